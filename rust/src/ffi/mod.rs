@@ -1,0 +1,138 @@
+//! The cxx bridge: the only door between the Rust staticlib and the C++ extension.
+//!
+//! Owns: the shared POD records (config) and the opaque handles (`Pipeline`, `Batch`).
+//! Calls: `pipeline` only. Contract: nothing here panics (cxx aborts the process on a
+//! panic); every fallible function returns `Result`, whose message starts with the stable
+//! status token `"[Status] "` that C++ and Python turn back into a typed error.
+
+use crate::error::Result;
+use crate::pipeline;
+
+#[cxx::bridge(namespace = "damacy::ffi")]
+mod bridge {
+    /// Pipeline configuration; validated once by `pipeline_new` / `config_from_json`.
+    /// Field meanings are documented on `crate::pipeline::Config` (same names).
+    #[derive(Debug, Clone)]
+    struct PipelineConfig {
+        samples_per_batch: u32,
+        sample_shape: Vec<u64>,
+        dtype: String,
+        device: String,
+        decode: String,
+        lookahead_samples: u32,
+        n_io_threads: u32,
+        n_array_meta_cache: u32,
+        n_shard_index_cache: u32,
+        n_chunk_layout_cache: u32,
+        n_batch_buffers: u32,
+        staging_bytes: u64,
+        decoded_bytes: u64,
+        max_read_op_bytes: u64,
+        pop_timeout_s: f64,
+        out_of_bounds: String,
+    }
+
+    extern "Rust" {
+        /// A running pipeline (thread-safe: push, pop, stats and close may be called from
+        /// any thread).
+        type Pipeline;
+        /// One finished batch: owns its output buffer until dropped.
+        type Batch;
+
+        /// The default configuration.
+        fn default_config() -> PipelineConfig;
+        /// Parses a JSON object of config fields over the defaults; unknown or invalid
+        /// fields fail with `[InvalidArgument]` naming the field.
+        fn config_from_json(json: &str) -> Result<PipelineConfig>;
+        /// The configuration as a JSON object (every field).
+        fn config_to_json(cfg: &PipelineConfig) -> String;
+        /// Validates `cfg`, fixes every resource, starts the I/O threads.
+        fn pipeline_new(cfg: &PipelineConfig) -> Result<Box<Pipeline>>;
+        /// Offers one sample; `false` when the lookahead window is full (pop first).
+        fn push(self: &Pipeline, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool>;
+        /// The next batch in push order; waits at most `timeout_s` (negative: the
+        /// config's `pop_timeout_s`).
+        fn pop(self: &Pipeline, timeout_s: f64) -> Result<Box<Batch>>;
+        /// Number of samples pushed but not yet popped as part of a batch.
+        fn pending_samples(self: &Pipeline) -> u64;
+        /// Statistics as a JSON object.
+        fn stats_json(self: &Pipeline) -> String;
+        /// Stops the workers; always returns, also with work in flight. Idempotent.
+        fn close(self: &Pipeline);
+
+        /// The batch's output bytes, `[samples_per_batch, *sample_shape]` C order.
+        fn bytes(self: &mut Batch) -> &mut [u8];
+        /// `[samples_per_batch, *sample_shape]`.
+        fn shape(self: &Batch) -> Vec<i64>;
+        /// The output dtype name ("f32" or "bf16").
+        fn dtype(self: &Batch) -> String;
+        /// The batch's samples as JSON: `[{"uri": .., "aabb": [[start, stop], ..]}, ..]`.
+        fn samples_json(self: &Batch) -> String;
+
+        /// Array facts (shape, dtype, chunk and shard shape, codecs, bytes on disk) as JSON.
+        fn array_info_json(uri: &str) -> Result<String>;
+        /// Writes a synthetic microscopy-like uint16 Zarr v3 array (smooth blobs plus noise)
+        /// at `path`: `codec` is "zstd" or "blosc-zstd"; `shard_shape` empty means unsharded.
+        fn write_example_volume(
+            path: &str,
+            shape: &[u64],
+            chunk_shape: &[u64],
+            shard_shape: &[u64],
+            codec: &str,
+            seed: u64,
+        ) -> Result<()>;
+    }
+}
+
+pub use bridge::PipelineConfig;
+pub use pipeline::{Batch, Pipeline};
+
+fn default_config() -> PipelineConfig {
+    pipeline::Config::default().into()
+}
+
+fn config_from_json(json: &str) -> Result<PipelineConfig> {
+    pipeline::Config::from_json(json).map(Into::into)
+}
+
+fn config_to_json(cfg: &PipelineConfig) -> String {
+    pipeline::Config::try_from(cfg).map_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()), |c| c.to_json())
+}
+
+fn pipeline_new(cfg: &PipelineConfig) -> Result<Box<Pipeline>> {
+    guard(|| Pipeline::new(pipeline::Config::try_from(cfg)?).map(Box::new))
+}
+
+fn array_info_json(uri: &str) -> Result<String> {
+    guard(|| pipeline::array_info_json(uri))
+}
+
+fn write_example_volume(
+    path: &str,
+    shape: &[u64],
+    chunk_shape: &[u64],
+    shard_shape: &[u64],
+    codec: &str,
+    seed: u64,
+) -> Result<()> {
+    guard(|| crate::zarr::example::write_example_volume(path, shape, chunk_shape, shard_shape, codec, seed))
+}
+
+/// Runs `f`, turning a panic into an error so that no panic unwinds into C++ (a panic is a
+/// bug; the message says so).
+pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(crate::error::Error::new(
+                crate::error::Status::InvalidArgument,
+                format!("internal error (please report): {what}"),
+            ))
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! damacy: random crops of chunked, sharded, compressed Zarr v3 arrays, planned, read and
+//! decoded for PyTorch.
+//!
+//! Stages, in data-flow order (each folder opens with its contract):
+//! `zarr` (parsers) → `store` (files) → `cache` → `prefetch` → `plan` → `io` → `decode` →
+//! `assemble` → `pipeline` (the public object) → `ffi` (the cxx bridge).
+
+pub mod error;
+pub mod zarr;
+pub mod store;
+pub mod cache;
+pub mod prefetch;
+pub mod plan;
+pub mod io;
+pub mod decode;
+pub mod assemble;
+pub mod pipeline;
+pub mod ffi;
+
+pub use error::{Error, Result, Status};
