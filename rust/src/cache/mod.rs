@@ -1,1 +1,224 @@
-//! cache
+//! cache: fixed-capacity maps from a key to a shared value, addressed by [`Handle`]s.
+//!
+//! Three instances live in a pipeline: `array_meta` (uri → parsed metadata), `shard_index`
+//! (shard file → index, or absent), `chunk_layout` (inner chunk → blosc framing, or none).
+//! A slot is reused only after its generation is bumped, so a stale handle never resolves
+//! to another key's value. Entries are pinned while a batch that needs them is in flight
+//! (the batch gate) and evicted least-recently-used once unpinned. Capacity is fixed at
+//! construction; a batch that needs more pinned entries than the capacity fails with
+//! BudgetExceeded naming the knob.
+//!
+//! Owns its slots; calls nothing. Not synchronised: the pipeline keeps each cache behind a
+//! mutex.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// Addresses one cache entry: the slot and the generation the slot had when handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle {
+    slot: u32,
+    generation: u32,
+}
+
+struct Slot<K, V> {
+    key: Option<K>,
+    value: Option<Arc<V>>,
+    generation: u32,
+    pins: u32,
+    last_used: u64,
+}
+
+/// Hit and miss counts of one cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found a filled entry.
+    pub hits: u64,
+    /// Lookups that reserved a slot to be filled.
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+}
+
+/// The outcome of [`Cache::acquire`]; either way the entry is pinned once for the caller.
+#[derive(Debug)]
+pub enum Acquired<V> {
+    /// The value is present.
+    Hit(Handle, Arc<V>),
+    /// A slot was reserved for the key: load the value, then [`Cache::fill`] it, or
+    /// [`Cache::release`] the handle if loading failed.
+    Miss(Handle),
+    /// Every slot is pinned.
+    Full,
+}
+
+/// A fixed-capacity, generation-checked, pin-aware LRU cache.
+pub struct Cache<K, V> {
+    slots: Vec<Slot<K, V>>,
+    index: HashMap<K, u32>,
+    clock: u64,
+    stats: CacheStats,
+}
+
+impl<K: Clone + Eq + Hash, V> Cache<K, V> {
+    /// A cache of `capacity` entries (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let slots = (0..capacity.max(1))
+            .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0 })
+            .collect();
+        Self { slots, index: HashMap::new(), clock: 0, stats: CacheStats::default() }
+    }
+
+    /// Capacity in entries.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Hit, miss and eviction counts so far.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Finds `key` (pinning it) or reserves a slot for it, evicting the least recently used
+    /// unpinned entry.
+    pub fn acquire(&mut self, key: &K) -> Acquired<V> {
+        self.clock += 1;
+        if let Some(&i) = self.index.get(key) {
+            let slot = &mut self.slots[i as usize];
+            slot.pins += 1;
+            slot.last_used = self.clock;
+            let handle = Handle { slot: i, generation: slot.generation };
+            return match &slot.value {
+                Some(v) => {
+                    self.stats.hits += 1;
+                    Acquired::Hit(handle, Arc::clone(v))
+                }
+                // Reserved by another caller and not filled yet: treat as a miss for this
+                // caller too (it loads and fills; the value is the same).
+                None => {
+                    self.stats.misses += 1;
+                    Acquired::Miss(handle)
+                }
+            };
+        }
+        let Some(victim) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.pins == 0)
+            .min_by_key(|(_, s)| (s.key.is_some(), s.last_used))
+            .map(|(i, _)| i)
+        else {
+            return Acquired::Full;
+        };
+        let slot = &mut self.slots[victim];
+        if let Some(old) = slot.key.take() {
+            self.index.remove(&old);
+            self.stats.evictions += 1;
+        }
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.key = Some(key.clone());
+        slot.value = None;
+        slot.pins = 1;
+        slot.last_used = self.clock;
+        self.index.insert(key.clone(), victim as u32);
+        self.stats.misses += 1;
+        Acquired::Miss(Handle { slot: victim as u32, generation: slot.generation })
+    }
+
+    fn slot(&self, h: Handle) -> Option<&Slot<K, V>> {
+        self.slots.get(h.slot as usize).filter(|s| s.generation == h.generation && s.key.is_some())
+    }
+
+    /// Stores the loaded value of a reserved entry; ignored for a stale handle.
+    pub fn fill(&mut self, h: Handle, value: Arc<V>) {
+        if self.slot(h).is_some() {
+            self.slots[h.slot as usize].value = Some(value);
+        }
+    }
+
+    /// The value behind `h`; `None` when the handle is stale or the entry is not filled.
+    pub fn get(&self, h: Handle) -> Option<&Arc<V>> {
+        self.slot(h).and_then(|s| s.value.as_ref())
+    }
+
+    /// Unpins once. An entry left unfilled and unpinned is dropped, so a failed load is
+    /// retried by the next lookup.
+    pub fn release(&mut self, h: Handle) {
+        if self.slot(h).is_none() {
+            return;
+        }
+        let slot = &mut self.slots[h.slot as usize];
+        slot.pins = slot.pins.saturating_sub(1);
+        if slot.pins == 0 && slot.value.is_none() {
+            if let Some(k) = slot.key.take() {
+                self.index.remove(&k);
+            }
+            slot.generation = slot.generation.wrapping_add(1);
+        }
+    }
+
+    /// Number of pinned entries.
+    pub fn pinned(&self) -> usize {
+        self.slots.iter().filter(|s| s.pins > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hit_after_fill_and_lru_eviction_of_unpinned() {
+        let mut c: Cache<u32, String> = Cache::new(2);
+        let Acquired::Miss(a) = c.acquire(&1) else { panic!() };
+        c.fill(a, Arc::new("one".into()));
+        let Acquired::Hit(a2, v) = c.acquire(&1) else { panic!() };
+        assert_eq!((a, v.as_str()), (a2, "one"));
+        let Acquired::Miss(b) = c.acquire(&2) else { panic!() };
+        c.fill(b, Arc::new("two".into()));
+        assert!(matches!(c.acquire(&3), Acquired::Full), "both pinned");
+        c.release(a);
+        c.release(a);
+        let Acquired::Miss(h3) = c.acquire(&3) else { panic!() };
+        assert!(c.get(a).is_none(), "evicted: stale handle resolves to nothing");
+        c.fill(h3, Arc::new("three".into()));
+        assert_eq!(c.get(h3).unwrap().as_str(), "three");
+        assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn failed_load_is_retried() {
+        let mut c: Cache<u32, u32> = Cache::new(1);
+        let Acquired::Miss(h) = c.acquire(&7) else { panic!() };
+        c.release(h);
+        assert!(matches!(c.acquire(&7), Acquired::Miss(_)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Under any sequence of acquires, fills and releases, a handle resolves only to the
+        /// value filled for its own key.
+        #[test]
+        fn stale_handles_never_return_data(ops in proptest::collection::vec((0u32..6, 0u8..3), 1..200), cap in 1usize..4) {
+            let mut c: Cache<u32, u32> = Cache::new(cap);
+            let mut live: Vec<(u32, Handle)> = Vec::new();
+            for (key, op) in ops {
+                match op {
+                    0 => match c.acquire(&key) {
+                        Acquired::Hit(h, v) => { prop_assert_eq!(*v, key * 10); live.push((key, h)); }
+                        Acquired::Miss(h) => { c.fill(h, Arc::new(key * 10)); live.push((key, h)); }
+                        Acquired::Full => prop_assert_eq!(c.pinned(), cap),
+                    },
+                    1 => if let Some((_, h)) = live.pop() { c.release(h); },
+                    _ => {}
+                }
+                for (k, h) in &live {
+                    if let Some(v) = c.get(*h) { prop_assert_eq!(**v, k * 10); }
+                }
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@
 use crate::error::Result;
 use crate::pipeline;
 
+#[allow(missing_docs)] // fields are documented on `crate::pipeline::Config`
 #[cxx::bridge(namespace = "damacy::ffi")]
 mod bridge {
     /// Pipeline configuration; validated once by `pipeline_new` / `config_from_json`.

@@ -1,0 +1,150 @@
+use super::*;
+use proptest::prelude::*;
+
+use crate::zarr::ChunkRange;
+
+fn meta_json(shape: &[u64], grid: &[u64], inner: Option<&[u64]>) -> String {
+    let bytes = r#"[{"name":"bytes","configuration":{"endian":"little"}}]"#;
+    let codecs = match inner {
+        None => bytes.to_string(),
+        Some(inner) => format!(
+            r#"[{{"name":"sharding_indexed","configuration":{{"chunk_shape":{inner:?},"codecs":{bytes},"index_codecs":{bytes},"index_location":"end"}}}}]"#
+        ),
+    };
+    format!(
+        r#"{{"zarr_format":3,"node_type":"array","shape":{shape:?},"data_type":"uint8","chunk_grid":{{"name":"regular","configuration":{{"chunk_shape":{grid:?}}}}},"fill_value":0,"codecs":{codecs}}}"#
+    )
+}
+
+/// Every shard present; inner chunk `i` of a shard is present unless `i % 3 == 2`.
+struct AllShards(Vec<ShardIndex>);
+impl ShardLookup for AllShards {
+    fn shard(&self, _root: &Path, _coords: &[u64]) -> Option<Option<&ShardIndex>> {
+        Some(self.0.first())
+    }
+}
+
+fn index_bytes(n: usize) -> ShardIndex {
+    let mut b = Vec::new();
+    for i in 0..n {
+        let (o, l) = if i % 3 == 2 { (u64::MAX, u64::MAX) } else { (i as u64 * 10, 10) };
+        b.extend(o.to_le_bytes());
+        b.extend(l.to_le_bytes());
+    }
+    ShardIndex::parse(&b, n, false, 1 << 40).unwrap()
+}
+
+fn geometry() -> impl Strategy<Value = (Vec<u64>, Vec<u64>, Option<Vec<u64>>)> {
+    (1usize..4).prop_flat_map(|rank| {
+        (
+            proptest::collection::vec(1u64..20, rank),
+            proptest::collection::vec(1u64..5, rank),
+            proptest::collection::vec(1u64..3, rank),
+            any::<bool>(),
+        )
+            .prop_map(|(shape, inner, per, sharded)| {
+                if sharded {
+                    let grid: Vec<u64> = inner.iter().zip(&per).map(|(i, p)| i * p).collect();
+                    (shape, grid, Some(inner))
+                } else {
+                    (shape, inner, None)
+                }
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    /// Every voxel of every crop is written by exactly one copy or fill, copies stay inside
+    /// their chunk, and a chunk shared by samples is planned once.
+    #[test]
+    fn every_voxel_covered_exactly_once(
+        (shape, grid, inner) in geometry(),
+        boxes in proptest::collection::vec(proptest::collection::vec((-6i64..24, 1i64..9), 3), 1..5),
+    ) {
+        let meta = Arc::new(ArrayMeta::parse(meta_json(&shape, &grid, inner.as_deref()).as_bytes()).unwrap());
+        let rank = shape.len();
+        let aabbs: Vec<Vec<(i64, i64)>> = boxes.iter().map(|b| b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()).collect();
+        let per_shard: u64 = meta.sharding.as_ref().map_or(1, |s| s.chunks_per_shard(&meta.grid_shape).iter().product());
+        let shards = AllShards(vec![index_bytes(per_shard as usize)]);
+        let root = PathBuf::from("/nonexistent");
+        let samples: Vec<ResolvedSample<'_>> = aabbs.iter().map(|a| ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: a }).collect();
+        let plan = plan_batch(&samples, &shards, true).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for op in &plan.chunk_ops {
+            prop_assert!(seen.insert(op.coords.clone()), "chunk {:?} planned twice", op.coords);
+        }
+        for (si, a) in aabbs.iter().enumerate() {
+            let ext: Vec<u64> = a.iter().map(|(s, e)| (e - s) as u64).collect();
+            let n: u64 = ext.iter().product();
+            let mut count = vec![0u8; n as usize];
+            let mut mark = |start: &[u64], extent: &[u64]| {
+                for cell in cells(&start.iter().zip(extent).map(|(s, e)| (*s, s + e)).collect::<Vec<_>>(), &vec![1; rank]) {
+                    count[ravel(&cell, &ext)] += 1;
+                }
+            };
+            for op in &plan.chunk_ops {
+                for c in op.copies.iter().filter(|c| c.sample as usize == si) {
+                    for d in 0..rank {
+                        prop_assert!(c.chunk_start[d] + c.extent[d] <= meta.chunk_shape()[d]);
+                    }
+                    mark(&c.sample_start, &c.extent);
+                }
+            }
+            for f in plan.fill_ops.iter().filter(|f| f.sample as usize == si) {
+                mark(&f.region.start, &f.region.extent);
+            }
+            prop_assert!(count.iter().all(|&c| c == 1), "sample {si} {a:?}: coverage {count:?}");
+        }
+    }
+}
+
+#[test]
+fn shared_chunk_is_decoded_once_and_absent_chunks_fill() {
+    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8, 8], &[4, 4], Some(&[2, 2])).as_bytes()).unwrap());
+    let shards = AllShards(vec![index_bytes(4)]);
+    let root = PathBuf::from("/r");
+    let a = [(0, 2), (0, 2)];
+    let b = [(1, 3), (1, 3)];
+    let samples = [
+        ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a },
+        ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &b },
+    ];
+    let plan = plan_batch(&samples, &shards, false).unwrap();
+    assert_eq!(plan.chunk_ops.len(), 4);
+    assert_eq!(plan.chunk_ops[0].copies.len(), 2, "chunk (0,0) serves both samples");
+    let absent = plan.chunk_ops.iter().filter(|o| o.source == ChunkSource::Absent).count();
+    assert_eq!(absent, 1, "inner chunk 2 of each shard is absent");
+    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::Range { offset: 0, nbytes: 10, path } if path.ends_with("c/0/0")));
+}
+
+#[test]
+fn out_of_bounds_is_an_error_unless_filling() {
+    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8, 8], &[4, 4], None).as_bytes()).unwrap());
+    let root = PathBuf::from("/r");
+    let a = [(-1, 3), (0, 4)];
+    let samples = [ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a }];
+    let e = plan_batch(&samples, &AllShards(vec![]), false).unwrap_err();
+    assert!(e.message().contains("[8, 8]"), "{e}");
+    let plan = plan_batch(&samples, &AllShards(vec![]), true).unwrap();
+    assert_eq!(plan.fill_ops.len(), 1);
+    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::File(p) if p.ends_with("c/0/0")));
+    let r = [(0, 4)];
+    let e = plan_batch(&[ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &r }], &AllShards(vec![]), false).unwrap_err();
+    assert_eq!(e.status(), crate::error::Status::RankMismatch);
+}
+
+#[test]
+fn an_unresolved_shard_is_an_error_not_a_panic() {
+    struct NoShards;
+    impl ShardLookup for NoShards {
+        fn shard(&self, _: &Path, _: &[u64]) -> Option<Option<&ShardIndex>> {
+            None
+        }
+    }
+    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8], &[4], Some(&[2])).as_bytes()).unwrap());
+    let root = PathBuf::from("/r");
+    let a = [(0, 2)];
+    assert!(plan_batch(&[ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a }], &NoShards, false).is_err());
+    let _ = ChunkRange { offset: 0, nbytes: 0 };
+}
