@@ -312,6 +312,12 @@ impl Drop for Pipeline {
     }
 }
 
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("shape", &self.shape).field("dtype", &self.dtype).finish_non_exhaustive()
+    }
+}
+
 impl Batch {
     /// The output bytes.
     pub fn bytes(&mut self) -> &mut [u8] {
