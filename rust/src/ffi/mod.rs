@@ -33,6 +33,45 @@ mod bridge {
         out_of_bounds: String,
     }
 
+    /// GPU path: decompress `src_len` staged bytes at `src_offset` into `dst_len` bytes at
+    /// `dst_offset` of the batch's decoded arena. `codec`: 0 copy (already decoded on the
+    /// CPU, or stored raw), 1 zstd, 2 lz4.
+    #[derive(Debug, Clone, Copy)]
+    struct GpuDecodeOp {
+        codec: u32,
+        src_offset: u64,
+        src_len: u64,
+        dst_offset: u64,
+        dst_len: u64,
+    }
+
+    /// GPU path: undo blosc's shuffle over one decoded block in place: `len` bytes at
+    /// `offset` of the decoded arena (via a scratch copy). `kind`: 1 byte, 2 bit shuffle.
+    #[derive(Debug, Clone, Copy)]
+    struct GpuUnshuffleOp {
+        offset: u64,
+        len: u64,
+        typesize: u32,
+        kind: u32,
+    }
+
+    /// GPU path: one box copied (and cast) from a decoded chunk into a sample, or filled.
+    /// Shapes are padded to rank 4 with leading 1s / 0s. `src_dtype` codes: 0 bool, 1 u8,
+    /// 2 i8, 3 u16, 4 i16, 5 u32, 6 i32, 7 u64, 8 i64, 9 f16, 10 bf16, 11 f32, 12 f64.
+    /// `fill` set: write `fill_bits` (one source element, little endian) instead.
+    #[derive(Debug, Clone, Copy)]
+    struct GpuCopyOp {
+        chunk_offset: u64,
+        src_dtype: u32,
+        sample: u32,
+        fill: bool,
+        fill_bits: u64,
+        chunk_shape: [u32; 4],
+        chunk_start: [u32; 4],
+        sample_start: [u32; 4],
+        extent: [u32; 4],
+    }
+
     extern "Rust" {
         /// A running pipeline (thread-safe: push, pop, stats and close may be called from
         /// any thread).
@@ -67,6 +106,19 @@ mod bridge {
         fn shape(self: &Batch) -> Vec<i64>;
         /// The output dtype name ("f32" or "bf16").
         fn dtype(self: &Batch) -> String;
+        /// GPU path: `true` when this batch carries staged bytes and ops for the device
+        /// instead of finished output bytes.
+        fn is_gpu(self: &Batch) -> bool;
+        /// GPU path: the staged (compressed) bytes, in pinned-able host memory.
+        fn staging(self: &mut Batch) -> &mut [u8];
+        /// GPU path: bytes of the decoded arena the ops write.
+        fn decoded_bytes(self: &Batch) -> u64;
+        /// GPU path: decompression ops (one nvCOMP batch per codec).
+        fn decode_ops(self: &Batch) -> &[GpuDecodeOp];
+        /// GPU path: unshuffle ops, after decompression.
+        fn unshuffle_ops(self: &Batch) -> &[GpuUnshuffleOp];
+        /// GPU path: copy and fill ops into the output, after unshuffling.
+        fn copy_ops(self: &Batch) -> &[GpuCopyOp];
         /// The batch's samples as JSON: `[{"uri": .., "aabb": [[start, stop], ..]}, ..]`.
         fn samples_json(self: &Batch) -> String;
 
@@ -85,7 +137,7 @@ mod bridge {
     }
 }
 
-pub use bridge::PipelineConfig;
+pub use bridge::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, PipelineConfig};
 pub use pipeline::{Batch, Pipeline};
 
 fn default_config() -> PipelineConfig {

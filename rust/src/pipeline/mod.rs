@@ -331,6 +331,30 @@ impl Batch {
     pub fn dtype(&self) -> String {
         self.dtype.name().into()
     }
+    /// `true` when the batch carries device work instead of output bytes.
+    pub fn is_gpu(&self) -> bool {
+        false
+    }
+    /// Staged compressed bytes (GPU path).
+    pub fn staging(&mut self) -> &mut [u8] {
+        &mut []
+    }
+    /// Decoded arena size (GPU path).
+    pub fn decoded_bytes(&self) -> u64 {
+        0
+    }
+    /// Decode ops (GPU path).
+    pub fn decode_ops(&self) -> &[crate::ffi::GpuDecodeOp] {
+        &[]
+    }
+    /// Unshuffle ops (GPU path).
+    pub fn unshuffle_ops(&self) -> &[crate::ffi::GpuUnshuffleOp] {
+        &[]
+    }
+    /// Copy ops (GPU path).
+    pub fn copy_ops(&self) -> &[crate::ffi::GpuCopyOp] {
+        &[]
+    }
     /// The batch's samples as JSON.
     pub fn samples_json(&self) -> String {
         let v: Vec<_> = self.samples.iter().map(|s| serde_json::json!({"uri": s.uri, "aabb": s.aabb.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>()})).collect();
