@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod device;
+
 use crate::error::{err, Result};
 use crate::zarr::{ArrayMeta, ShardIndex};
 

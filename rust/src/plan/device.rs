@@ -1,0 +1,190 @@
+//! The device (GPU) half of planning: which inner codec chains the GPU can decode, and the
+//! staging layout of a batch: coalesced read ops (file ranges → staging offsets) and a
+//! decoded-arena slot per chunk. Pure functions of the plan; no I/O.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{BatchPlan, ChunkSource};
+use crate::zarr::ArrayMeta;
+
+/// How the GPU decodes an array's inner chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceCodec {
+    /// Stored raw (little-endian `bytes` only): copied.
+    Raw,
+    /// `bytes` + `zstd`: one nvCOMP zstd stream per chunk.
+    Zstd,
+    /// `bytes` + `blosc` with lz4/lz4hc/zstd streams: blocks decompressed by nvCOMP, then
+    /// unshuffled on the device.
+    Blosc,
+    /// Anything else: decoded on the CPU, staged raw.
+    Cpu,
+}
+
+/// The device codec of `meta`'s inner chain, and whether a trailing crc32c must be checked
+/// and stripped on the host.
+pub fn device_codec(meta: &ArrayMeta) -> (DeviceCodec, bool) {
+    let Some(chain) = meta.chunk_codecs.as_array() else { return (DeviceCodec::Cpu, false) };
+    let name = |c: &Value| c.get("name").and_then(Value::as_str).map(str::to_string);
+    let mut names: Vec<String> = chain.iter().filter_map(name).collect();
+    let crc = names.last().is_some_and(|n| n == "crc32c");
+    if crc {
+        names.pop();
+    }
+    let little = chain.first().is_some_and(|b| {
+        let endian = b.get("configuration").and_then(|c| c.get("endian")).and_then(Value::as_str);
+        endian.is_none_or(|e| e == "little" || meta.dtype.size() == 1)
+    });
+    if !little || names.first().map(String::as_str) != Some("bytes") {
+        return (DeviceCodec::Cpu, false);
+    }
+    let codec = match names.get(1..).unwrap_or_default() {
+        [] => DeviceCodec::Raw,
+        [z] if z == "zstd" => DeviceCodec::Zstd,
+        [b] if b == "blosc" => {
+            let cname = chain[1].get("configuration").and_then(|c| c.get("cname")).and_then(Value::as_str);
+            match cname {
+                Some("lz4" | "lz4hc" | "zstd") => DeviceCodec::Blosc,
+                _ => DeviceCodec::Cpu,
+            }
+        }
+        _ => DeviceCodec::Cpu,
+    };
+    (codec, crc && codec != DeviceCodec::Cpu)
+}
+
+/// One positioned read into the staging buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOp {
+    /// File to read.
+    pub path: Arc<PathBuf>,
+    /// Byte offset in the file.
+    pub offset: u64,
+    /// Bytes to read.
+    pub len: u64,
+    /// Where they land in the staging buffer.
+    pub staging_offset: u64,
+    /// Chunk ops served by this read (indices into the plan's chunk ops).
+    pub chunks: Vec<usize>,
+}
+
+/// Where each chunk's bytes are staged and decoded.
+#[derive(Debug, Clone, Default)]
+pub struct StagingLayout {
+    /// Coalesced reads of shard-file ranges.
+    pub reads: Vec<ReadOp>,
+    /// Per chunk op: `(staging offset, staged length)`; `None` for absent chunks and for
+    /// whole-file chunks (staged by their own job).
+    pub staged: Vec<Option<(u64, u64)>>,
+    /// Per chunk op: offset of its decoded bytes in the decoded arena (`None`: absent).
+    pub decoded: Vec<Option<u64>>,
+    /// Staging bytes used by `reads`.
+    pub staging_bytes: u64,
+    /// Decoded arena bytes.
+    pub decoded_bytes: u64,
+}
+
+const ALIGN: u64 = 256;
+
+/// Lays out a batch: ranges of one file that are adjacent or closer than `max_gap` are
+/// read by one op, up to `max_read_op_bytes` per op (a single larger range is still read
+/// whole). Whole-file chunks and CPU-decoded chunks get a decoded-size staging slot after
+/// the reads (`cpu_slot` tells which chunk ops need one, and how large).
+pub fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
+    let n = plan.chunk_ops.len();
+    let mut out = StagingLayout { staged: vec![None; n], decoded: vec![None; n], ..Default::default() };
+    for (i, op) in plan.chunk_ops.iter().enumerate() {
+        if op.source != ChunkSource::Absent {
+            out.decoded[i] = Some(out.decoded_bytes);
+            out.decoded_bytes += plan.arrays[op.array as usize].codec.decoded_len() as u64;
+            out.decoded_bytes = out.decoded_bytes.next_multiple_of(ALIGN);
+        }
+    }
+    let mut ranges: Vec<(Arc<PathBuf>, u64, u64, usize)> = plan
+        .chunk_ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| cpu_slot(*i).is_none())
+        .filter_map(|(i, op)| match &op.source {
+            ChunkSource::Range { path, offset, nbytes } => Some((Arc::clone(path), *offset, *nbytes, i)),
+            _ => None,
+        })
+        .collect();
+    ranges.sort_by(|a, b| (a.0.as_path(), a.1).cmp(&(b.0.as_path(), b.1)));
+    for (path, offset, len, i) in ranges {
+        let extend = out.reads.last().is_some_and(|r| {
+            r.path == path && offset >= r.offset + r.len && offset - (r.offset + r.len) <= max_gap && offset + len - r.offset <= max_read_op_bytes
+        });
+        if extend {
+            let r = out.reads.last_mut().unwrap_or_else(|| unreachable!());
+            let grow = offset + len - (r.offset + r.len);
+            r.len += grow;
+            out.staging_bytes += grow;
+            out.staged[i] = Some((r.staging_offset + (offset - r.offset), len));
+            r.chunks.push(i);
+        } else {
+            let staging_offset = out.staging_bytes.next_multiple_of(16);
+            out.reads.push(ReadOp { path, offset, len, staging_offset, chunks: vec![i] });
+            out.staging_bytes = staging_offset + len;
+            out.staged[i] = Some((staging_offset, len));
+        }
+    }
+    for i in 0..n {
+        if let Some(bytes) = cpu_slot(i) {
+            let at = out.staging_bytes.next_multiple_of(ALIGN);
+            out.staged[i] = Some((at, bytes));
+            out.staging_bytes = at + bytes;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ChunkOp, ChunkSource};
+
+    fn meta() -> Arc<ArrayMeta> {
+        let json = r#"{"zarr_format":3,"node_type":"array","shape":[64],"data_type":"uint8",
+          "chunk_grid":{"name":"regular","configuration":{"chunk_shape":[64]}},"fill_value":0,
+          "codecs":[{"name":"sharding_indexed","configuration":{"chunk_shape":[8],
+            "codecs":[{"name":"bytes"},{"name":"zstd","configuration":{"level":1,"checksum":false}},{"name":"crc32c"}],
+            "index_codecs":[{"name":"bytes","configuration":{"endian":"little"}}]}}]}"#;
+        Arc::new(ArrayMeta::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn classifies_and_coalesces() {
+        let m = meta();
+        assert_eq!(device_codec(&m), (DeviceCodec::Zstd, true));
+        let path = Arc::new(PathBuf::from("/s"));
+        let other = Arc::new(PathBuf::from("/t"));
+        let op = |source| ChunkOp { array: 0, coords: vec![0], source, copies: vec![] };
+        let plan = BatchPlan {
+            arrays: vec![m],
+            chunk_ops: vec![
+                op(ChunkSource::Range { path: Arc::clone(&path), offset: 100, nbytes: 10 }),
+                op(ChunkSource::Range { path: Arc::clone(&path), offset: 0, nbytes: 50 }),
+                op(ChunkSource::Range { path: Arc::clone(&path), offset: 50, nbytes: 20 }),
+                op(ChunkSource::Absent),
+                op(ChunkSource::Range { path: other, offset: 0, nbytes: 5 }),
+            ],
+            fill_ops: vec![],
+            read_bytes: 85,
+        };
+        let l = layout(&plan, 1 << 20, 0, &|_| None);
+        assert_eq!(l.reads.len(), 3, "0..70 coalesced; 100 is past a gap; /t separate");
+        assert_eq!(l.reads[0].chunks, vec![1, 2]);
+        assert_eq!(l.staged[2], Some((50, 20)));
+        assert_eq!(l.staged[3], None);
+        assert!(l.decoded[3].is_none() && l.decoded[4].is_some());
+        let l = layout(&plan, 1 << 20, 64, &|_| None);
+        assert_eq!(l.reads.len(), 2, "the 30-byte gap is read through");
+        assert_eq!(l.staged[0], Some((100, 10)));
+        let l = layout(&plan, 60, 64, &|_| None);
+        assert_eq!(l.reads.len(), 4, "capped at 60 bytes per op");
+    }
+}
