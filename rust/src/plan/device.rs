@@ -185,6 +185,7 @@ mod tests {
         assert_eq!(l.reads.len(), 2, "the 30-byte gap is read through");
         assert_eq!(l.staged[0], Some((100, 10)));
         let l = layout(&plan, 60, 64, &|_| None);
-        assert_eq!(l.reads.len(), 4, "capped at 60 bytes per op");
+        assert_eq!(l.reads.len(), 3, "capped at 60 bytes per op");
+        assert_eq!(l.reads[1].chunks, vec![2, 0]);
     }
 }
