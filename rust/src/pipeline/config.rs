@@ -84,7 +84,7 @@ impl Default for Config {
             n_shard_index_cache: 1024,
             n_chunk_layout_cache: 4096,
             n_batch_buffers: 4,
-            staging_bytes: 1 << 30,
+            staging_bytes: 512 << 20,
             decoded_bytes: 4 << 30,
             max_read_op_bytes: 4 << 20,
             pop_timeout_s: 60.0,

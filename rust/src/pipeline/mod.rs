@@ -10,6 +10,7 @@
 
 mod buffers;
 mod config;
+mod device;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,7 @@ struct InFlight {
     error: Mutex<Option<Error>>,
     lease: Mutex<Option<Lease>>,
     resolved: Mutex<Option<Resolved>>,
+    device: device::DeviceSlot,
 }
 
 impl InFlight {
@@ -91,6 +93,8 @@ struct Shared {
     prefetch: Prefetcher,
     buffers: Arc<BufferPool>,
     stats: Stats,
+    /// Device path: stage compressed bytes and emit device ops instead of decoding.
+    gpu_mode: bool,
 }
 
 impl Shared {
@@ -111,6 +115,7 @@ impl Shared {
                 shape: std::iter::once(i64::from(self.cfg.samples_per_batch)).chain(self.cfg.sample_shape.iter().map(|&s| s as i64)).collect(),
                 dtype: self.cfg.dtype,
                 samples: batch.samples.clone(),
+                device: device::take(batch),
             }),
             (None, None) => Err(err!(Shutdown, "batch {} has no output buffer", batch.seq)),
         };
@@ -153,6 +158,7 @@ pub struct Batch {
     shape: Vec<i64>,
     dtype: OutDtype,
     samples: Vec<SampleSpec>,
+    device: Option<device::DeviceWork>,
 }
 
 impl Pipeline {
@@ -170,8 +176,11 @@ impl Pipeline {
             }
         }
         let pool = WorkerPool::new(cfg.n_io_threads as usize)?;
+        let gpu_mode = cfg.device.starts_with("cuda") && cfg.decode != "cpu";
+        let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
         let shared = Arc::new(Shared {
-            buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, cfg.batch_bytes())),
+            gpu_mode,
+            buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
             prefetch: Prefetcher::new(cfg.n_array_meta_cache as usize, cfg.n_shard_index_cache as usize),
             stats: Stats::default(),
             window: Mutex::new(Window::default()),
@@ -333,27 +342,27 @@ impl Batch {
     }
     /// `true` when the batch carries device work instead of output bytes.
     pub fn is_gpu(&self) -> bool {
-        false
+        self.device.is_some()
     }
-    /// Staged compressed bytes (GPU path).
+    /// Staged compressed bytes (device path; the whole slab, ops index into it).
     pub fn staging(&mut self) -> &mut [u8] {
-        &mut []
+        if self.device.is_some() { self.lease.bytes_mut() } else { &mut [] }
     }
-    /// Decoded arena size (GPU path).
+    /// Decoded arena size (device path).
     pub fn decoded_bytes(&self) -> u64 {
-        0
+        self.device.as_ref().map_or(0, |d| d.decoded_bytes)
     }
-    /// Decode ops (GPU path).
+    /// Decode ops (device path).
     pub fn decode_ops(&self) -> &[crate::ffi::GpuDecodeOp] {
-        &[]
+        self.device.as_ref().map_or(&[], |d| &d.decode_ops)
     }
-    /// Unshuffle ops (GPU path).
+    /// Unshuffle ops (device path).
     pub fn unshuffle_ops(&self) -> &[crate::ffi::GpuUnshuffleOp] {
-        &[]
+        self.device.as_ref().map_or(&[], |d| &d.unshuffle_ops)
     }
-    /// Copy ops (GPU path).
+    /// Copy and fill ops (device path).
     pub fn copy_ops(&self) -> &[crate::ffi::GpuCopyOp] {
-        &[]
+        self.device.as_ref().map_or(&[], |d| &d.copy_ops)
     }
     /// The batch's samples as JSON.
     pub fn samples_json(&self) -> String {
@@ -373,6 +382,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
             error: Mutex::new(None),
             lease: Mutex::new(None),
             resolved: Mutex::new(None),
+            device: Mutex::new(None),
         });
         // The scheduler holds one count until dispatch is done, so the batch cannot finish
         // early; dropping this guard releases it.
@@ -409,6 +419,9 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
     let plan = plan?;
     shared.stats.planned(t0.elapsed(), &plan);
+    if shared.gpu_mode {
+        return device::dispatch(shared, pool, batch, plan);
+    }
     if plan.read_bytes > cfg.staging_bytes {
         return Err(err!(BudgetExceeded, "batch {} reads {} bytes, over staging_bytes = {}; raise `staging_bytes` or use smaller samples", batch.seq, plan.read_bytes, cfg.staging_bytes));
     }

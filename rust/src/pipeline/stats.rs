@@ -28,6 +28,8 @@ pub(super) struct Stats {
     io_ns: AtomicU64,
     decode_ns: AtomicU64,
     assemble_ns: AtomicU64,
+    staged_bytes: AtomicU64,
+    device_read_ops: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
 }
 
@@ -60,6 +62,14 @@ impl Stats {
         self.io_ns.fetch_add(ns(io), Relaxed);
         self.decode_ns.fetch_add(ns(decode), Relaxed);
         self.assemble_ns.fetch_add(ns(assemble), Relaxed);
+    }
+    pub(super) fn staged(&self, layout: &crate::plan::device::StagingLayout) {
+        self.staged_bytes.fetch_add(layout.staging_bytes, Relaxed);
+        self.device_read_ops.fetch_add(layout.reads.len() as u64, Relaxed);
+    }
+    pub(super) fn read_op(&self, bytes: u64, io: Duration) {
+        self.bytes_read.fetch_add(bytes, Relaxed);
+        self.io_ns.fetch_add(ns(io), Relaxed);
     }
     pub(super) fn chunk_filled(&self, assemble: Duration) {
         self.chunks_filled.fetch_add(1, Relaxed);
@@ -97,7 +107,8 @@ impl Stats {
             "chunk_reuse": if planned == 0 { 0.0 } else { copies as f64 / planned as f64 },
             "read_ops": self.read_ops.load(Relaxed),
             "bytes_read": self.bytes_read.load(Relaxed),
-            "coalescing_ratio": 1.0,
+            "coalesced_read_ops": self.device_read_ops.load(Relaxed),
+            "staged_bytes": self.staged_bytes.load(Relaxed),
             "array_meta": cache(caches.array_meta),
             "shard_index": cache(caches.shard_index),
             "chunk_layout": cache(CacheStats::default()),

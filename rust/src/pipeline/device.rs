@@ -1,0 +1,335 @@
+//! The device path of a batch (`device="cuda:N"`, `decode` auto/gpu): instead of decoding,
+//! workers stage compressed bytes into a host slab (coalesced reads) and emit the ops the
+//! extension runs on the caller's stream: nvCOMP decompression per stream, unshuffle per
+//! blosc block, and one assemble launch of copy/fill ops. Chunks whose codec the GPU cannot
+//! decode are decoded here and staged raw.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use super::{InFlight, JobGuard, Shared};
+use crate::error::{err, Result};
+use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+use crate::io::WorkerPool;
+use crate::plan::device::{device_codec, layout, DeviceCodec, StagingLayout};
+use crate::plan::{BatchPlan, ChunkSource};
+use crate::store;
+use crate::zarr::blosc::{BloscCodec, BloscLayout, Shuffle};
+use crate::zarr::{ArrayMeta, SourceDtype};
+
+/// Device work of one batch, filled in by its jobs.
+#[derive(Debug, Default)]
+pub(super) struct DeviceWork {
+    /// Decoded arena bytes.
+    pub(super) decoded_bytes: u64,
+    /// Decompression ops.
+    pub(super) decode_ops: Vec<GpuDecodeOp>,
+    /// Unshuffle ops.
+    pub(super) unshuffle_ops: Vec<GpuUnshuffleOp>,
+    /// Copy and fill ops.
+    pub(super) copy_ops: Vec<GpuCopyOp>,
+}
+
+/// Largest gap between two chunk ranges of one file that a read op reads through.
+const MAX_READ_GAP: u64 = 64 << 10;
+
+fn dtype_code(d: SourceDtype) -> u32 {
+    match d {
+        SourceDtype::Bool => 0,
+        SourceDtype::U8 => 1,
+        SourceDtype::I8 => 2,
+        SourceDtype::U16 => 3,
+        SourceDtype::I16 => 4,
+        SourceDtype::U32 => 5,
+        SourceDtype::I32 => 6,
+        SourceDtype::U64 => 7,
+        SourceDtype::I64 => 8,
+        SourceDtype::F16 => 9,
+        SourceDtype::Bf16 => 10,
+        SourceDtype::F32 => 11,
+        SourceDtype::F64 => 12,
+    }
+}
+
+fn pad4(v: &[u64], pad: u32) -> Result<[u32; 4]> {
+    if v.len() > 4 {
+        return Err(err!(InvalidArgument, "the GPU path supports rank ≤ 4, found rank {} (use device=\"cpu\")", v.len()));
+    }
+    let mut out = [pad; 4];
+    for (o, x) in out[4 - v.len()..].iter_mut().zip(v) {
+        *o = u32::try_from(*x).map_err(|_| err!(InvalidArgument, "extent {x} too large for the GPU path"))?;
+    }
+    Ok(out)
+}
+
+fn fill_bits(meta: &ArrayMeta) -> u64 {
+    let mut b = [0u8; 8];
+    b[..meta.fill.len()].copy_from_slice(&meta.fill);
+    u64::from_le_bytes(b)
+}
+
+fn copy_ops(plan: &BatchPlan, staging: &StagingLayout, sample_shape: &[u64]) -> Result<Vec<GpuCopyOp>> {
+    let mut ops = Vec::new();
+    for (i, op) in plan.chunk_ops.iter().enumerate() {
+        let meta = &plan.arrays[op.array as usize];
+        for c in &op.copies {
+            ops.push(GpuCopyOp {
+                chunk_offset: staging.decoded[i].unwrap_or(0),
+                src_dtype: dtype_code(meta.dtype),
+                sample: c.sample,
+                fill: staging.decoded[i].is_none(),
+                fill_bits: fill_bits(meta),
+                chunk_shape: pad4(meta.chunk_shape(), 1)?,
+                chunk_start: pad4(&c.chunk_start, 0)?,
+                sample_start: pad4(&c.sample_start, 0)?,
+                extent: pad4(&c.extent, 1)?,
+            });
+        }
+    }
+    let _ = sample_shape;
+    for f in &plan.fill_ops {
+        let meta = &plan.arrays[f.array as usize];
+        ops.push(GpuCopyOp {
+            chunk_offset: 0,
+            src_dtype: dtype_code(meta.dtype),
+            sample: f.sample,
+            fill: true,
+            fill_bits: fill_bits(meta),
+            chunk_shape: pad4(&f.region.extent, 1)?,
+            chunk_start: [0; 4],
+            sample_start: pad4(&f.region.start, 0)?,
+            extent: pad4(&f.region.extent, 1)?,
+        });
+    }
+    Ok(ops)
+}
+
+/// Plans the device work of a batch and queues its staging jobs.
+pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
+    let cfg = &shared.cfg;
+    // Whole-file chunks (unsharded arrays): stat them now so they stage like ranges.
+    for op in &mut plan.chunk_ops {
+        if let ChunkSource::File(path) = &op.source {
+            op.source = match std::fs::metadata(path) {
+                Ok(m) => ChunkSource::Range { path: Arc::new(path.clone()), offset: 0, nbytes: m.len() },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => ChunkSource::Absent,
+                Err(e) => return Err(err!(Storage, "{}: stat failed: {e}", path.display())),
+            };
+        }
+    }
+    let codecs: Vec<(DeviceCodec, bool)> = plan.arrays.iter().map(|m| device_codec(m)).collect();
+    let cpu_slot = |i: usize| {
+        let op = &plan.chunk_ops[i];
+        (codecs[op.array as usize].0 == DeviceCodec::Cpu && op.source != ChunkSource::Absent)
+            .then(|| plan.arrays[op.array as usize].codec.decoded_len() as u64)
+    };
+    let staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &cpu_slot);
+    if staging.staging_bytes > cfg.staging_bytes {
+        return Err(err!(BudgetExceeded, "batch {} stages {} bytes, over staging_bytes = {}; raise `staging_bytes` or use fewer/smaller samples per batch", batch.seq, staging.staging_bytes, cfg.staging_bytes));
+    }
+    if staging.decoded_bytes > cfg.decoded_bytes {
+        return Err(err!(BudgetExceeded, "batch {} decodes {} bytes, over decoded_bytes = {}; raise `decoded_bytes` or use fewer/smaller samples per batch", batch.seq, staging.decoded_bytes, cfg.decoded_bytes));
+    }
+    let copies = copy_ops(&plan, &staging, &cfg.sample_shape)?;
+    let lease = shared.buffers.acquire(&shared.shutdown).ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
+    let slab = SlabPtr(lease.ptr(), lease.len());
+    *batch.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
+    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) = Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, ..DeviceWork::default() });
+    shared.stats.staged(&staging);
+
+    let cpu_chunks: Vec<usize> = (0..plan.chunk_ops.len()).filter(|&i| cpu_slot(i).is_some()).collect();
+    let plan = Arc::new(plan);
+    let staging = Arc::new(staging);
+    let codecs = Arc::new(codecs);
+    for r in 0..staging.reads.len() {
+        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
+        spawn(shared, pool, batch, move |shared, batch| job.read(r, shared, batch));
+    }
+    for i in cpu_chunks {
+        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
+        spawn(shared, pool, batch, move |shared, batch| job.cpu_decode(i, shared, batch));
+    }
+    Ok(())
+}
+
+fn spawn(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static) {
+    batch.remaining.fetch_add(1, Ordering::AcqRel);
+    let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
+    pool.spawn(move || {
+        let guard = guard;
+        if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
+            return;
+        }
+        if let Err(e) = f(&guard.shared, &guard.batch) {
+            guard.batch.fail(e);
+        }
+    });
+}
+
+/// The staging slab of a batch, written by its jobs at disjoint ranges.
+#[derive(Clone, Copy)]
+struct SlabPtr(*mut u8, usize);
+// SAFETY: the slab is owned by the batch's lease until the batch finishes, after every job;
+// jobs write disjoint ranges (the layout assigns each read and slot its own range).
+unsafe impl Send for SlabPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SlabPtr {}
+
+impl SlabPtr {
+    /// # Safety
+    /// No other job may access `at..at+len` concurrently.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, at: u64, len: u64) -> Result<&mut [u8]> {
+        let end = at.checked_add(len).filter(|&e| e <= self.1 as u64).ok_or_else(|| err!(BudgetExceeded, "staging range {at}..+{len} exceeds the {}-byte slab", self.1))?;
+        let _ = end;
+        // SAFETY: in bounds (checked); exclusive per the contract.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.0.add(at as usize), len as usize) })
+    }
+}
+
+struct StageJob {
+    plan: Arc<BatchPlan>,
+    staging: Arc<StagingLayout>,
+    codecs: Arc<Vec<(DeviceCodec, bool)>>,
+    slab: SlabPtr,
+}
+
+impl StageJob {
+    fn context(&self, i: usize, batch: &InFlight) -> String {
+        let op = &self.plan.chunk_ops[i];
+        let uri = op.copies.first().map_or("?", |c| batch.samples[c.sample as usize].uri.as_str());
+        format!("{uri}: chunk {:?}", op.coords)
+    }
+
+    /// Reads one coalesced range into the slab, then emits the decode ops of its chunks.
+    fn read(&self, r: usize, shared: &Shared, batch: &InFlight) -> Result<()> {
+        let read = &self.staging.reads[r];
+        let t0 = Instant::now();
+        // SAFETY: each read op owns its staging range.
+        let buf = unsafe { self.slab.range(read.staging_offset, read.len)? };
+        let file = store::ReadFile::open(&read.path)?.ok_or_else(|| err!(Storage, "{}: shard file vanished", read.path.display()))?;
+        file.read_exact_at(buf, read.offset)?;
+        shared.stats.read_op(read.len, t0.elapsed());
+        let mut work = Vec::new();
+        for &i in &read.chunks {
+            self.chunk_ops(i, &mut work).map_err(|e| e.context(self.context(i, batch)))?;
+        }
+        let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = dev.as_mut() {
+            for w in work {
+                match w {
+                    Op::Decode(o) => d.decode_ops.push(o),
+                    Op::Unshuffle(o) => d.unshuffle_ops.push(o),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a chunk the GPU cannot on this thread and stages it raw.
+    fn cpu_decode(&self, i: usize, shared: &Shared, batch: &InFlight) -> Result<()> {
+        let op = &self.plan.chunk_ops[i];
+        let meta = &self.plan.arrays[op.array as usize];
+        let t0 = Instant::now();
+        let encoded = match &op.source {
+            ChunkSource::Range { path, offset, nbytes } => {
+                let f = store::ReadFile::open(path)?.ok_or_else(|| err!(Storage, "{}: file vanished", path.display()))?;
+                f.read_at(*offset, *nbytes as usize)?
+            }
+            _ => return Ok(()),
+        };
+        let t1 = Instant::now();
+        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} has no staging slot"))?;
+        // SAFETY: each CPU slot is owned by its chunk.
+        let out = unsafe { self.slab.range(at, len)? };
+        meta.codec.decode_into(&encoded, out).map_err(|e| e.context(self.context(i, batch)))?;
+        shared.stats.chunk_decoded(encoded.len() as u64, t1 - t0, t1.elapsed(), std::time::Duration::ZERO);
+        let dst = self.staging.decoded[i].unwrap_or(0);
+        let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = dev.as_mut() {
+            d.decode_ops.push(GpuDecodeOp { codec: 0, src_offset: at, src_len: len, dst_offset: dst, dst_len: len });
+        }
+        Ok(())
+    }
+
+    fn chunk_ops(&self, i: usize, out: &mut Vec<Op>) -> Result<()> {
+        let op = &self.plan.chunk_ops[i];
+        let meta = &self.plan.arrays[op.array as usize];
+        let (codec, crc) = self.codecs[op.array as usize];
+        let (at, mut len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} not staged"))?;
+        let decoded_len = meta.codec.decoded_len() as u64;
+        let dst = self.staging.decoded[i].unwrap_or(0);
+        // SAFETY: read-only view of this read op's own range, written above by this job.
+        let bytes = unsafe { self.slab.range(at, len)? };
+        if crc {
+            if len < 4 {
+                return Err(err!(Decode, "crc32c: chunk of {len} bytes has no checksum"));
+            }
+            let body = &bytes[..len as usize - 4];
+            let stored = u32::from_le_bytes(bytes[len as usize - 4..].try_into().map_err(|_| err!(Decode, "crc32c"))?);
+            if crc32c::crc32c(body) != stored {
+                return Err(err!(Decode, "crc32c checksum mismatch"));
+            }
+            len -= 4;
+        }
+        let bytes = &bytes[..len as usize];
+        match codec {
+            DeviceCodec::Raw => {
+                if len != decoded_len {
+                    return Err(err!(Decode, "raw chunk has {len} bytes, expected {decoded_len}"));
+                }
+                out.push(Op::Decode(GpuDecodeOp { codec: 0, src_offset: at, src_len: len, dst_offset: dst, dst_len: len }));
+            }
+            DeviceCodec::Zstd => out.push(Op::Decode(GpuDecodeOp { codec: 1, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len })),
+            DeviceCodec::Blosc => {
+                let l = BloscLayout::parse(bytes)?;
+                if u64::from(l.nbytes) != decoded_len {
+                    return Err(err!(Decode, "blosc header: {} decoded bytes, expected {decoded_len}", l.nbytes));
+                }
+                if l.memcpyed {
+                    out.push(Op::Decode(GpuDecodeOp { codec: 0, src_offset: at + 16, src_len: decoded_len, dst_offset: dst, dst_len: decoded_len }));
+                } else {
+                    let codec = match l.codec {
+                        BloscCodec::Lz4 => 2,
+                        BloscCodec::Zstd => 1,
+                        other => return Err(err!(Decode, "blosc compressor {other:?} not supported on the GPU")),
+                    };
+                    for (b, streams) in l.blocks.iter().enumerate() {
+                        let block_at = dst + b as u64 * u64::from(l.blocksize);
+                        let mut s_at = block_at;
+                        for s in streams {
+                            let c = if s.cbytes == s.nbytes { 0 } else { codec };
+                            out.push(Op::Decode(GpuDecodeOp { codec: c, src_offset: at + u64::from(s.offset), src_len: u64::from(s.cbytes), dst_offset: s_at, dst_len: u64::from(s.nbytes) }));
+                            s_at += u64::from(s.nbytes);
+                        }
+                        let bsize = s_at - block_at;
+                        let kind = match l.shuffle {
+                            Shuffle::Byte if l.typesize > 1 => 1,
+                            Shuffle::Bit if bsize >= u64::from(l.typesize) => 2,
+                            _ => 0,
+                        };
+                        if kind != 0 {
+                            out.push(Op::Unshuffle(GpuUnshuffleOp { offset: block_at, len: bsize, typesize: l.typesize, kind }));
+                        }
+                    }
+                }
+            }
+            DeviceCodec::Cpu => return Err(err!(InvalidArgument, "internal: CPU chunk in a read op")),
+        }
+        Ok(())
+    }
+}
+
+enum Op {
+    Decode(GpuDecodeOp),
+    Unshuffle(GpuUnshuffleOp),
+}
+
+/// Lets the batch carry its device work out to the extension.
+pub(super) fn take(batch: &InFlight) -> Option<DeviceWork> {
+    batch.device.lock().unwrap_or_else(PoisonError::into_inner).take()
+}
+
+/// Where a batch keeps its device work while jobs fill it in.
+pub(super) type DeviceSlot = Mutex<Option<DeviceWork>>;
