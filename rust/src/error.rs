@@ -112,7 +112,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
 
     #[test]
     fn display_starts_with_the_status_token() {
