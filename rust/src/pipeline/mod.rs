@@ -95,6 +95,9 @@ struct Shared {
     stats: Stats,
     /// Device path: stage compressed bytes and emit device ops instead of decoding.
     gpu_mode: bool,
+    /// Batches the scheduler has started and that have not finished (their jobs run on the
+    /// pool, so they finish without the scheduler's help).
+    running: AtomicUsize,
 }
 
 impl Shared {
@@ -120,6 +123,7 @@ impl Shared {
             (None, None) => Err(err!(Shutdown, "batch {} has no output buffer", batch.seq)),
         };
         self.stats.batch_done(batch.formed_at.elapsed(), result.is_ok());
+        self.running.fetch_sub(1, Ordering::AcqRel);
         let mut w = self.window();
         w.in_flight -= 1;
         w.done.insert(batch.seq, result);
@@ -180,6 +184,7 @@ impl Pipeline {
         let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
         let shared = Arc::new(Shared {
             gpu_mode,
+            running: AtomicUsize::new(0),
             buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
             prefetch: Prefetcher::new(cfg.n_array_meta_cache as usize, cfg.n_shard_index_cache as usize),
             stats: Stats::default(),
@@ -384,6 +389,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
             resolved: Mutex::new(None),
             device: Mutex::new(None),
         });
+        shared.running.fetch_add(1, Ordering::AcqRel);
         // The scheduler holds one count until dispatch is done, so the batch cannot finish
         // early; dropping this guard releases it.
         let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(&batch) };
@@ -405,7 +411,7 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     let cfg = &shared.cfg;
     let specs: Vec<(String, Vec<(i64, i64)>)> = batch.samples.iter().map(|s| (s.uri.clone(), s.aabb.clone())).collect();
     let t0 = Instant::now();
-    let others = || shared.window().in_flight > 1;
+    let others = || shared.running.load(Ordering::Acquire) > 1;
     let resolved = shared.prefetch.resolve(&specs, pool, &others)?;
     let plan = {
         let samples: Vec<ResolvedSample<'_>> = resolved
