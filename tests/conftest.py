@@ -20,11 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fixtures as F  # noqa: E402
 
 
-def uri_of(path: Path) -> str:
-    """The uri damacy is given for a fixture directory (a plain absolute path)."""
-    return str(Path(path).resolve())
-
-
 @pytest.fixture(scope="session")
 def fixture_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("damacy-fixtures")

@@ -78,6 +78,11 @@ def register_bfloat16() -> None:
     _BF16_REGISTERED = True
 
 
+def uri_of(path: Path | str) -> str:
+    """The uri damacy is given for an array directory: a plain absolute path."""
+    return str(Path(path).resolve())
+
+
 def native_dtype(name: str) -> np.dtype:
     return BF16 if name == "bfloat16" else np.dtype(name)
 
