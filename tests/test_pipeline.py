@@ -211,7 +211,9 @@ def test_pending_and_released_buffers_are_reused(good):
 def _numbers(stats) -> dict[str, float]:
     """Numeric fields of a Stats, whatever its shape (mapping, dataclass, namedtuple,
     plain object), flattened with dotted names."""
-    if dataclasses.is_dataclass(stats):
+    if hasattr(stats, "as_dict"):
+        stats = stats.as_dict()
+    elif dataclasses.is_dataclass(stats):
         stats = dataclasses.asdict(stats)
     elif hasattr(stats, "_asdict"):
         stats = stats._asdict()
@@ -223,7 +225,7 @@ def _numbers(stats) -> dict[str, float]:
             continue
         if isinstance(v, (int, float)):
             out[k] = float(v)
-        elif isinstance(v, dict) or dataclasses.is_dataclass(v) or hasattr(v, "_asdict"):
+        elif isinstance(v, dict) or hasattr(v, "as_dict") or dataclasses.is_dataclass(v) or hasattr(v, "_asdict"):
             out.update({f"{k}.{kk}": vv for kk, vv in _numbers(v).items()})
     return out
 
