@@ -155,9 +155,23 @@ class Fixture:
             (c * g, min((c + 1) * g, s)) for c, g, s in zip(coords, self.grid_shape, self.shape)
         )
 
+    def unwritten_files(self) -> list[tuple[int, ...]]:
+        """Grid coordinates of the files no `only` region reaches (never written)."""
+        if self.only is None:
+            return []
+        grid = [_ceil_div(s, g) for s, g in zip(self.shape, self.grid_shape)]
+        return [c for c in np.ndindex(*grid)
+                if not any(_meets(self.file_region(c), r) for r in self.only)]
+
     def fill_regions(self) -> tuple[Aabb, ...]:
-        """Regions known to read as the fill value (holes and deleted files)."""
-        return tuple(self.holes) + tuple(self.file_region(c) for c in self.delete_files)
+        """Regions known to read as the fill value: holes, deleted files, and the first two
+        never-written files of an `only` fixture."""
+        return (tuple(self.holes) + tuple(self.file_region(c) for c in self.delete_files)
+                + tuple(self.file_region(c) for c in self.unwritten_files()[:2]))
+
+
+def _meets(a: Aabb, b: Aabb) -> bool:
+    return all(lo < hi2 and lo2 < hi for (lo, hi), (lo2, hi2) in zip(a, b))
 
 
 def _idx(*ranges: tuple[int, int]) -> Aabb:
