@@ -1,0 +1,136 @@
+"""damacy against the oracle (zarr-python + numpy casts), voxel for voxel, on every fixture.
+
+For each fixture ~200 seeded boxes in four extents (single voxel, about a chunk, spanning
+several chunks and shards, the whole array) go through a Pipeline in batches of 8, for f32
+and bf16 output; then partly-outside boxes with out_of_bounds="fill"; then boxes around each
+missing chunk/shard. Equality is exact on bit patterns, except that any NaN equals any NaN
+(fixtures.assert_same), so -0.0 vs 0.0 and rounding differences are caught.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import damacy
+import fixtures as F
+
+NAMES = F.FIXTURE_NAMES
+TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
+POP_TIMEOUT_S = 30.0
+
+
+def make_config(plan: F.BoxPlan, dtype: str, **extra) -> "damacy.Config":
+    kw = dict(
+        samples_per_batch=plan.batch,
+        sample_shape=list(plan.box_shape),
+        dtype=dtype,
+        n_io_threads=2,
+        out_of_bounds=plan.out_of_bounds,
+        pop_timeout_s=POP_TIMEOUT_S,
+    )
+    kw.update(extra)
+    return damacy.Config(**kw)
+
+
+def check_plan(path, oracle: F.OracleArray, plan: F.BoxPlan, dtype: str, label: str, **extra) -> None:
+    """Pushes every box of `plan` (one source, lazily consumed) and checks every batch."""
+    uri = F.uri_of(path)
+    n_batches = len(plan.boxes) // plan.batch
+    seen = 0
+    with damacy.Pipeline(make_config(plan, dtype, **extra)) as pipe:
+        pipe.push(damacy.Sample(uri, box) for box in plan.boxes)
+        for i, batch in enumerate(pipe.batches(n_batches)):
+            assert isinstance(batch, torch.Tensor)
+            assert batch.dtype == TORCH_DTYPE[dtype], label
+            assert tuple(batch.shape) == (plan.batch, *plan.box_shape), label
+            assert batch.device.type == "cpu"
+            for j in range(plan.batch):
+                box = plan.boxes[i * plan.batch + j]
+                want = oracle.read(box, dtype, plan.out_of_bounds)
+                F.assert_same(batch[j], want, f"{label} batch {i} sample {j} box {box}")
+            seen += 1
+            del batch  # release the output buffer before the next pop
+    assert seen == n_batches, f"{label}: batches({n_batches}) yielded {seen}"
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_random_boxes_match_the_oracle(name, dtype, fixture_arrays, oracles):
+    fx = F.FIXTURES[name]
+    for plan in F.plan_boxes(fx, seed=0):
+        check_plan(fixture_arrays[name], oracles(name), plan, dtype,
+                   f"{name} {dtype} extent {plan.box_shape}")
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+@pytest.mark.parametrize("name", NAMES)
+def test_out_of_bounds_fill_matches_the_oracle(name, dtype, fixture_arrays, oracles):
+    fx = F.FIXTURES[name]
+    for plan in F.plan_fill_boxes(fx, seed=0):
+        check_plan(fixture_arrays[name], oracles(name), plan, dtype,
+                   f"{name} {dtype} fill extent {plan.box_shape}")
+
+
+FILL_NAMES = [n for n in NAMES if F.FIXTURES[n].fill_regions()]
+
+
+@pytest.mark.parametrize("name", FILL_NAMES)
+def test_missing_chunks_and_shards_read_as_fill_with_neighbours_intact(name, fixture_arrays, oracles):
+    """A box around each missing chunk/shard (plus a margin into its neighbours): the missing
+    part is the fill value, the neighbours keep their data."""
+    fx = F.FIXTURES[name]
+    o = oracles(name)
+    for region in fx.fill_regions():
+        box = tuple((max(a - c // 2 - 1, 0), min(b + c // 2 + 1, n))
+                    for (a, b), c, n in zip(region, fx.chunk, fx.shape))
+        # the oracle itself: fill inside, data around
+        inner = tuple(slice(a - ba, b - ba) for (a, b), (ba, _) in zip(region, box))
+        want = o.read(box, "f32")
+        fill = torch.full_like(want[inner], float(o.fill32))
+        assert not F.mismatches(want[inner], fill).any()
+        margin = torch.ones(want.shape, dtype=torch.bool)
+        margin[inner] = False
+        assert F.mismatches(want[margin], torch.full_like(want[margin], float(o.fill32))).any()
+        for dtype in ("f32", "bf16"):
+            plan = F.BoxPlan(tuple(b - a for a, b in box), [box], batch=1)
+            check_plan(fixture_arrays[name], o, plan, dtype, f"{name} {dtype} around {region}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tight_budgets_and_caches_give_the_same_values(name, fixture_arrays, oracles):
+    """Caches of one entry, no read coalescing, a window of one batch, two output buffers
+    (the fewest a batches() loop can run on: the caller holds one while the next is made)
+    and one I/O thread: slower paths, same voxels."""
+    fx = F.FIXTURES[name]
+    plan = F.plan_boxes(fx, seed=3)[2]  # spans several chunks and shards
+    plan = F.BoxPlan(plan.box_shape, plan.boxes[:16], plan.batch)
+    check_plan(
+        fixture_arrays[name], oracles(name), plan, "f32", f"{name} tight",
+        n_io_threads=1, n_array_meta_cache=1, n_shard_index_cache=1, n_chunk_layout_cache=1,
+        n_batch_buffers=2, lookahead_samples=plan.batch, max_read_op_bytes=1,
+    )
+
+
+def test_batches_mixing_arrays_match_the_oracle(fixture_arrays, oracles):
+    """Samples from every 3D fixture interleaved in each batch (caches keyed by uri, one
+    batch decoding many codecs and dtypes)."""
+    names = [n for n in NAMES if len(F.FIXTURES[n].shape) == 3]
+    rng = np.random.default_rng(77)
+    extent = (3, 4, 5)
+    samples = []
+    for _ in range(8 * 12):
+        name = names[int(rng.integers(len(names)))]
+        (box,) = F.random_boxes(F.FIXTURES[name].shape, extent, 1, int(rng.integers(2**31)),
+                                grid=[F.FIXTURES[name].chunk])
+        samples.append((name, box))
+    for dtype in ("f32", "bf16"):
+        cfg = damacy.Config(samples_per_batch=8, sample_shape=list(extent), dtype=dtype,
+                            n_io_threads=2, pop_timeout_s=POP_TIMEOUT_S)
+        with damacy.Pipeline(cfg) as pipe:
+            pipe.push(damacy.Sample(F.uri_of(fixture_arrays[n]), b) for n, b in samples)
+            for i, batch in enumerate(pipe.batches(len(samples) // 8)):
+                for j in range(8):
+                    n, b = samples[i * 8 + j]
+                    F.assert_same(batch[j], oracles(n).read(b, dtype), f"mixed {dtype} {n} {b}")

@@ -1,0 +1,243 @@
+"""Pipeline behaviour: ordering, lazy sources, batches(), context manager, close, stats.
+
+Values are always checked against the oracle, so "order" means the right voxels in the
+right batch slot, not just the right count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import itertools
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import damacy
+import fixtures as F
+
+B = 4
+EXTENT = (3, 5, 7)
+POP_TIMEOUT_S = 20.0
+PROMPT_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def good(error_arrays):
+    return F.uri_of(error_arrays["good"]), F.OracleArray(error_arrays["good"])
+
+
+def boxes(n: int, seed: int, extent=EXTENT):
+    return F.random_boxes(F.GOOD.shape, extent, n, seed, grid=[F.GOOD.chunk, F.GOOD.shard])
+
+
+def config(**kw):
+    base = dict(samples_per_batch=B, sample_shape=list(EXTENT), n_io_threads=2,
+                pop_timeout_s=POP_TIMEOUT_S)
+    base.update(kw)
+    return damacy.Config(**base)
+
+
+def expect(oracle, bxs, i):
+    return oracle.read_batch(bxs[i * B:(i + 1) * B])
+
+
+def test_pop_order_is_push_order(good):
+    uri, oracle = good
+    bxs = boxes(10 * B, seed=1)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push([damacy.Sample(uri, b) for b in bxs])
+        for i in range(10):
+            F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"batch {i}")
+
+
+def test_sources_are_consumed_in_push_order(good):
+    """A list, a single Sample and a generator pushed one after another: their samples come
+    out in that order, also across batch boundaries."""
+    uri, oracle = good
+    bxs = boxes(3 * B, seed=2)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push([damacy.Sample(uri, b) for b in bxs[:5]])
+        pipe.push(damacy.Sample(uri, bxs[5]))
+        pipe.push(damacy.Sample(uri, b) for b in bxs[6:])
+        for i in range(3):
+            F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"batch {i}")
+
+
+def test_push_pulls_lazily_from_an_infinite_generator(good):
+    uri, oracle = good
+    pulled = 0
+
+    def forever(seed):
+        nonlocal pulled
+        rng = np.random.default_rng(seed)
+        while True:
+            (b,) = F.random_boxes(F.GOOD.shape, EXTENT, 1, int(rng.integers(2**31)))
+            pulled += 1
+            yield b
+
+    with damacy.Pipeline(config(lookahead_samples=2 * B)) as pipe:
+        t0 = time.perf_counter()
+        pipe.push(damacy.Sample(uri, b) for b in forever(3))
+        assert time.perf_counter() - t0 < PROMPT_S, "push must not drain the generator"
+        expected = list(itertools.islice(forever(3), 5 * B))
+        pulled = 0
+        for i in range(5):
+            F.assert_same(pipe.pop(), expect(oracle, expected, i), f"batch {i}")
+        # the window bounds how far ahead the source is pulled
+        assert pulled <= 5 * B + 2 * B + B, f"pulled {pulled} samples for 5 batches"
+        t0 = time.perf_counter()
+    assert time.perf_counter() - t0 < PROMPT_S, "close with an infinite source pending"
+
+
+def test_batches_yields_n_then_stops(good):
+    uri, oracle = good
+    bxs = boxes(6 * B, seed=4)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        got = list(pipe.batches(3))
+        assert len(got) == 3
+        for i, t in enumerate(got):
+            F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+        del got
+        gc.collect()
+        # the remaining three are still there
+        rest = list(pipe.batches(3))
+        for i, t in enumerate(rest):
+            F.assert_same(t, expect(oracle, bxs, 3 + i), f"batch {3 + i}")
+
+
+def test_batches_without_n_runs_until_sources_end_and_drops_the_partial_batch(good):
+    uri, oracle = good
+    bxs = boxes(3 * B + B // 2, seed=5)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        t0 = time.perf_counter()
+        n = 0
+        for i, t in enumerate(pipe.batches()):
+            F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+            n += 1
+        assert n == 3
+        assert time.perf_counter() - t0 < POP_TIMEOUT_S, "batches() must end, not time out"
+
+
+def test_context_manager_returns_the_pipeline_and_closes_it(good):
+    uri, _ = good
+    with damacy.Pipeline(config()) as pipe:
+        assert isinstance(pipe, damacy.Pipeline)
+        pipe.push(damacy.Sample(uri, b) for b in boxes(B, seed=6))
+        pipe.pop()
+    with pytest.raises(damacy.ShutdownError):
+        pipe.pop(timeout_s=1.0)
+
+
+def test_context_manager_closes_on_an_exception_and_lets_it_through(good):
+    uri, _ = good
+    with pytest.raises(KeyError):
+        with damacy.Pipeline(config()) as pipe:
+            pipe.push(damacy.Sample(uri, b) for b in boxes(8 * B, seed=7))
+            raise KeyError("boom")
+    with pytest.raises(damacy.ShutdownError):
+        pipe.pop(timeout_s=1.0)
+
+
+def test_close_with_work_in_flight_returns_promptly(fixture_arrays):
+    """Whole-array samples keep every I/O thread busy; close() must not wait for the
+    window to drain."""
+    name = "i16_sharded_blosc_zstd_bitshuffle"
+    fx = F.FIXTURES[name]
+    uri = F.uri_of(fixture_arrays[name])
+    whole = tuple((0, n) for n in fx.shape)
+    pipe = damacy.Pipeline(damacy.Config(samples_per_batch=8, sample_shape=list(fx.shape),
+                                         n_io_threads=2, lookahead_samples=64,
+                                         pop_timeout_s=POP_TIMEOUT_S))
+    pipe.push(damacy.Sample(uri, whole) for _ in itertools.count())
+    pipe.pop()
+    t0 = time.perf_counter()
+    pipe.close()
+    assert time.perf_counter() - t0 < PROMPT_S
+
+
+def test_close_wakes_a_blocked_pop_with_shutdown_error():
+    pipe = damacy.Pipeline(config())
+    result = {}
+
+    def waiter():
+        try:
+            pipe.pop(timeout_s=POP_TIMEOUT_S)
+        except BaseException as e:  # noqa: BLE001 - recorded and checked below
+            result["error"] = e
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    time.sleep(0.2)
+    t0 = time.perf_counter()
+    pipe.close()
+    th.join(PROMPT_S)
+    assert not th.is_alive(), "pop still blocked after close()"
+    assert time.perf_counter() - t0 < PROMPT_S
+    assert isinstance(result.get("error"), damacy.ShutdownError), result
+
+
+def test_a_popped_batch_outlives_its_pipeline(good):
+    """CPU batches view pipeline-owned buffers; they must stay valid after close."""
+    uri, oracle = good
+    bxs = boxes(B, seed=8)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        t = pipe.pop()
+    del pipe
+    gc.collect()
+    F.assert_same(t, expect(oracle, bxs, 0), "after close")
+    assert t.is_contiguous()
+    t.add_(1)  # writable, and nothing crashes
+
+
+def test_pending_and_released_buffers_are_reused(good):
+    """With one output buffer, popping and dropping batches one at a time goes on forever."""
+    uri, oracle = good
+    bxs = boxes(12 * B, seed=9)
+    with damacy.Pipeline(config(n_batch_buffers=1)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        for i in range(12):
+            t = pipe.pop()
+            F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+            del t
+
+
+def _numbers(stats) -> dict[str, float]:
+    """Numeric fields of a Stats, whatever its shape (mapping, dataclass, namedtuple,
+    plain object), flattened with dotted names."""
+    if hasattr(stats, "as_dict"):
+        stats = stats.as_dict()
+    elif dataclasses.is_dataclass(stats):
+        stats = dataclasses.asdict(stats)
+    elif hasattr(stats, "_asdict"):
+        stats = stats._asdict()
+    elif not isinstance(stats, dict):
+        stats = {k: v for k, v in vars(stats).items() if not k.startswith("_")}
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif isinstance(v, dict) or hasattr(v, "as_dict") or dataclasses.is_dataclass(v) or hasattr(v, "_asdict"):
+            out.update({f"{k}.{kk}": vv for kk, vv in _numbers(v).items()})
+    return out
+
+
+def test_stats_counters_change(good):
+    uri, _ = good
+    with damacy.Pipeline(config()) as pipe:
+        before = _numbers(pipe.stats())
+        assert before, "stats() has numeric counters"
+        pipe.push(damacy.Sample(uri, b) for b in boxes(3 * B, seed=10))
+        for _ in range(3):
+            pipe.pop()
+        after = _numbers(pipe.stats())
+    grown = [k for k in after if after[k] > before.get(k, 0.0)]
+    assert grown, f"no counter grew after 3 batches: {before} -> {after}"
