@@ -1,0 +1,988 @@
+// Standalone check of the GPU kernels against straightforward CPU references.
+//
+//   kernels_test [--seed N] [--cases N] [--bench] [--host-only]
+//
+// 1. host emulation: runs the kernels' per-thread code (kernels_impl.cuh) over an emulated
+//    grid on the CPU, so the index math and transposes are checked without a GPU;
+// 2. device: launches the real kernels (launch_assemble, launch_{byte,bit,}unshuffle,
+//    launch_decode_copy, launch_decode_status_check) on random batches and compares every
+//    byte with the references; prints "SKIP: no CUDA device" when there is none;
+// 3. --bench (device only): throughput of assemble and unshuffle on a realistic batch.
+//
+// References: assemble = nested loops over each op's box with independent casts (f16 and
+// bf16 decoded/rounded bit by bit); unshuffle = literal ports of c-blosc 1.21's generic
+// routines (shuffle-generic.h, bitshuffle-generic.c, shuffle.c bit(un)shuffle wrappers),
+// themselves checked by a shuffle -> unshuffle round trip.
+//
+// Prints PASS/FAIL counts per suite; exits 1 on any failure, else 0.
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "damacy/detail/gpu_kernels.h"
+#include "damacy/detail/gpu_plan.h"
+#include "damacy/src/ffi/mod.rs.h"
+#include "kernels_impl.cuh"
+
+using damacy::ffi::GpuCopyOp;
+using damacy::ffi::GpuDecodeOp;
+using damacy::ffi::GpuUnshuffleOp;
+namespace dg = damacy::gpu;
+namespace dd = damacy::gpu::detail;
+
+namespace {
+
+struct Tally {
+  const char* name;
+  int pass = 0;
+  int fail = 0;
+  void check(bool ok, const std::string& what) {
+    if (ok) {
+      ++pass;
+    } else {
+      ++fail;
+      if (fail <= 10) std::printf("  FAIL %s: %s\n", name, what.c_str());
+    }
+  }
+  void report() const { std::printf("%-34s PASS %d  FAIL %d\n", name, pass, fail); }
+};
+
+// The device view of a bridge record (same layout, asserted in gpu_plan.cpp); a copy, so the
+// host code never reads one type through another.
+template <class View, class Op>
+View view_of(const Op& op) {
+  static_assert(sizeof(View) == sizeof(Op));
+  View v;
+  std::memcpy(static_cast<void*>(&v), &op, sizeof v);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Independent scalar references.
+
+float bits_f32(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+uint32_t f32_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+
+float ref_f16(uint16_t h) {
+  const bool neg = (h >> 15) != 0;
+  const int exp = (h >> 10) & 0x1f;
+  const int man = h & 0x3ff;
+  float v;
+  if (exp == 0) {
+    v = std::ldexp(static_cast<float>(man), -24);
+  } else if (exp == 31) {
+    v = man == 0 ? INFINITY : NAN;
+  } else {
+    v = std::ldexp(static_cast<float>(1024 + man), exp - 25);
+  }
+  return neg ? -v : v;
+}
+
+uint16_t ref_bf16(float f) {  // half::bf16::from_f32
+  uint32_t u = f32_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float ref_to_f32(uint64_t raw, uint32_t code) {
+  switch (code) {
+    case dd::kBool: return (raw & 0xff) ? 1.0f : 0.0f;
+    case dd::kU8: return float(uint8_t(raw));
+    case dd::kI8: return float(int8_t(uint8_t(raw)));
+    case dd::kU16: return float(uint16_t(raw));
+    case dd::kI16: return float(int16_t(uint16_t(raw)));
+    case dd::kU32: return float(uint32_t(raw));
+    case dd::kI32: return float(int32_t(uint32_t(raw)));
+    case dd::kU64: return float(raw);
+    case dd::kI64: return float(int64_t(raw));
+    case dd::kF16: return ref_f16(uint16_t(raw));
+    case dd::kBf16: return bits_f32(uint32_t(raw & 0xffff) << 16);
+    case dd::kF32: return bits_f32(uint32_t(raw));
+    case dd::kF64: {
+      double d;
+      std::memcpy(&d, &raw, 8);
+      return float(d);
+    }
+  }
+  return NAN;
+}
+
+bool is_wide_int(uint32_t code) {
+  return code == dd::kU32 || code == dd::kI32 || code == dd::kU64 || code == dd::kI64;
+}
+
+// An integer at or next to an f32 rounding tie: 1 << s, plus random upper bits, plus half an
+// f32 ulp, plus {0, +-1, small}; negated at random for signed codes. Catches double rounding
+// (e.g. through f64) and truncation, which random bits almost never hit.
+uint64_t tricky_int(std::mt19937_64& rng, uint32_t code) {
+  const int bits = 8 * int(dg::src_dtype_size(code));
+  const int s = 24 + int(rng() % uint64_t(bits - 24));
+  const uint64_t half = uint64_t(1) << (s - 24);
+  const uint64_t upper = (rng() << (s - 23)) & ((uint64_t(1) << s) - 1);
+  const int64_t delta = std::vector<int64_t>{0, 1, -1, int64_t(rng() % 7) - 3}[rng() % 4];
+  uint64_t raw = (uint64_t(1) << s) + upper + half + uint64_t(delta);
+  if ((code == dd::kI32 || code == dd::kI64) && rng() % 2) raw = ~raw + 1;
+  if (bits < 64) raw &= (uint64_t(1) << bits) - 1;
+  return raw;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assemble cases.
+
+struct AsmCase {
+  std::string label;
+  uint32_t spb = 1;
+  uint32_t shape[4] = {1, 1, 1, 1};
+  int out_dtype = 0;
+  std::vector<GpuCopyOp> ops;
+  std::vector<uint8_t> decoded;
+  uint64_t sample_voxels() const { return uint64_t(shape[0]) * shape[1] * shape[2] * shape[3]; }
+  size_t out_bytes() const { return spb * sample_voxels() * (out_dtype == 0 ? 4 : 2); }
+};
+
+// Splits [0, n) into pieces: cut points chosen at random.
+std::vector<std::pair<uint32_t, uint32_t>> split(uint32_t n, int max_pieces, std::mt19937_64& rng) {
+  std::vector<uint32_t> cuts{0, n};
+  const int pieces = 1 + int(rng() % max_pieces);
+  for (int i = 1; i < pieces && n > 1; ++i) cuts.push_back(1 + uint32_t(rng() % (n - 1)));
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::vector<std::pair<uint32_t, uint32_t>> out;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) out.emplace_back(cuts[i], cuts[i + 1] - cuts[i]);
+  return out;
+}
+
+// A batch whose samples are tiled by random boxes, each from its own random chunk or a fill.
+AsmCase make_asm_case(std::mt19937_64& rng, int rank, const uint32_t* dims, uint32_t spb,
+                      int max_pieces, int out_dtype, int only_dtype, std::string label) {
+  AsmCase c;
+  c.label = std::move(label);
+  c.spb = spb;
+  c.out_dtype = out_dtype;
+  for (int d = 0; d < rank; ++d) c.shape[4 - rank + d] = dims[d];
+  for (uint32_t s = 0; s < spb; ++s) {
+    std::vector<std::pair<uint32_t, uint32_t>> cells[4];
+    for (int d = 0; d < 4; ++d) {
+      cells[d] = d < 4 - rank ? std::vector<std::pair<uint32_t, uint32_t>>{{0, 1}}
+                              : split(c.shape[d], max_pieces, rng);
+    }
+    for (auto& a : cells[0]) for (auto& b : cells[1]) for (auto& e : cells[2]) for (auto& f : cells[3]) {
+      GpuCopyOp op{};
+      const std::pair<uint32_t, uint32_t>* box[4] = {&a, &b, &e, &f};
+      op.sample = s;
+      op.src_dtype = only_dtype >= 0 ? uint32_t(only_dtype) : uint32_t(rng() % dd::kNumSrcDtypes);
+      const uint32_t size = dg::src_dtype_size(op.src_dtype);
+      uint64_t chunk_voxels = 1;
+      for (int d = 0; d < 4; ++d) {
+        op.sample_start[d] = box[d]->first;
+        op.extent[d] = box[d]->second;
+        const uint32_t extra = d < 4 - rank ? 0 : uint32_t(rng() % 4);
+        op.chunk_shape[d] = op.extent[d] + extra;
+        op.chunk_start[d] = extra ? uint32_t(rng() % (extra + 1)) : 0;
+        chunk_voxels *= op.chunk_shape[d];
+      }
+      op.fill = rng() % 5 == 0;
+      op.fill_bits = rng();
+      if (size < 8) op.fill_bits &= (uint64_t(1) << (8 * size)) - 1;
+      if (!op.fill) {
+        size_t at = (c.decoded.size() + 15) & ~size_t(15);
+        if (rng() % 4 == 0) at += 1 + rng() % 7;  // misaligned chunk: byte-wise loads
+        op.chunk_offset = at;
+        c.decoded.resize(at + chunk_voxels * size);
+        for (size_t i = at; i < c.decoded.size(); ++i) c.decoded[i] = uint8_t(rng());
+      }
+      c.ops.push_back(op);
+      if (rng() % 16 == 0) {  // an empty op (no voxels) somewhere in the order
+        GpuCopyOp empty = op;
+        empty.extent[int(rng() % 4)] = 0;
+        c.ops.push_back(empty);
+      }
+    }
+  }
+  std::shuffle(c.ops.begin(), c.ops.end(), rng);
+  return c;
+}
+
+constexpr uint8_t kOutPattern = 0xcd;
+
+std::vector<uint8_t> ref_assemble(const AsmCase& c) {
+  std::vector<uint8_t> out(c.out_bytes(), kOutPattern);
+  const uint64_t sv = c.sample_voxels();
+  for (const GpuCopyOp& op : c.ops) {
+    const uint32_t size = dg::src_dtype_size(op.src_dtype);
+    for (uint32_t i0 = 0; i0 < op.extent[0]; ++i0)
+      for (uint32_t i1 = 0; i1 < op.extent[1]; ++i1)
+        for (uint32_t i2 = 0; i2 < op.extent[2]; ++i2)
+          for (uint32_t i3 = 0; i3 < op.extent[3]; ++i3) {
+            const uint32_t i[4] = {i0, i1, i2, i3};
+            uint64_t raw = op.fill_bits;
+            if (!op.fill) {
+              uint64_t src = 0;
+              for (int d = 0; d < 4; ++d) src = src * op.chunk_shape[d] + op.chunk_start[d] + i[d];
+              raw = 0;
+              std::memcpy(&raw, c.decoded.data() + op.chunk_offset + src * size, size);
+            }
+            uint64_t dst = 0;
+            for (int d = 0; d < 4; ++d) dst = dst * c.shape[d] + op.sample_start[d] + i[d];
+            dst += op.sample * sv;
+            const float f = ref_to_f32(raw, op.src_dtype);
+            if (c.out_dtype == 0) {
+              std::memcpy(out.data() + dst * 4, &f, 4);
+            } else {
+              const uint16_t b = ref_bf16(f);
+              std::memcpy(out.data() + dst * 2, &b, 2);
+            }
+          }
+  }
+  return out;
+}
+
+// Element-wise comparison; NaN equals NaN (payloads may differ from the CPU path).
+std::string compare_out(const std::vector<uint8_t>& want, const std::vector<uint8_t>& got,
+                        int out_dtype) {
+  if (want.size() != got.size()) return "size differs";
+  const size_t es = out_dtype == 0 ? 4 : 2;
+  for (size_t i = 0; i < want.size() / es; ++i) {
+    uint32_t a = 0, b = 0;
+    std::memcpy(&a, want.data() + i * es, es);
+    std::memcpy(&b, got.data() + i * es, es);
+    if (a == b) continue;
+    const bool nan_a = es == 4 ? (a & 0x7fffffffu) > 0x7f800000u : (a & 0x7fffu) > 0x7f80u;
+    const bool nan_b = es == 4 ? (b & 0x7fffffffu) > 0x7f800000u : (b & 0x7fffu) > 0x7f80u;
+    if (nan_a && nan_b) continue;
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "element %zu: want 0x%x got 0x%x", i, a, b);
+    return msg;
+  }
+  return {};
+}
+
+std::vector<uint64_t> prefix_of(const AsmCase& c) {
+  std::vector<uint64_t> p(c.ops.size() + 1);
+  dg::copy_op_voxel_prefix(c.ops.data(), c.ops.size(), p.data());
+  return p;
+}
+
+// The assemble kernel, phase by phase, on the CPU (grid of tiles, then 256 threads).
+template <class OutT>
+void emulate_assemble_t(const AsmCase& c, std::vector<uint8_t>& out) {
+  const std::vector<uint64_t> prefix = prefix_of(c);
+  const uint64_t total = prefix.back();
+  const int n = int(c.ops.size());
+  dd::SampleGeom geom{};
+  geom.sample_voxels = c.sample_voxels();
+  for (int d = 0; d < 4; ++d) geom.shape[d] = c.shape[d];
+  std::vector<dd::CopyOpView> ops(c.ops.size());
+  for (size_t i = 0; i < ops.size(); ++i) ops[i] = view_of<dd::CopyOpView>(c.ops[i]);
+  dd::AsmPlan plans[dd::kAsmMaxTileOps];
+  uint64_t firsts[dd::kAsmMaxTileOps + 1];
+  for (uint64_t tile = 0; tile * dd::kAsmTile < total; ++tile) {
+    const uint64_t tb = tile * dd::kAsmTile;
+    const uint64_t te = std::min(tb + dd::kAsmTile, total);
+    const int lo = dd::find_op_serial(prefix.data(), n, tb);
+    const int hi = dd::find_op_serial(prefix.data(), n, te - 1);
+    for (int g = lo; g <= hi; g += dd::kAsmMaxTileOps) {
+      const int cnt = std::min(dd::kAsmMaxTileOps, hi - g + 1);
+      for (int t = 0; t < cnt; ++t) plans[t] = dd::make_asm_plan(ops[g + t], geom);
+      for (int t = 0; t <= cnt; ++t) firsts[t] = prefix[g + t];
+      for (uint32_t tid = 0; tid < uint32_t(dd::kAsmThreads); ++tid) {
+        dd::assemble_thread<OutT>(tid, tb, te, plans, firsts, cnt, c.decoded.data(),
+                                  reinterpret_cast<OutT*>(out.data()));
+      }
+    }
+  }
+}
+
+std::vector<uint8_t> emulate_assemble(const AsmCase& c) {
+  std::vector<uint8_t> out(c.out_bytes(), kOutPattern);
+  if (c.out_dtype == 0) {
+    emulate_assemble_t<float>(c, out);
+  } else {
+    emulate_assemble_t<__nv_bfloat16>(c, out);
+  }
+  return out;
+}
+
+std::vector<AsmCase> asm_cases(std::mt19937_64& rng, int n_random) {
+  std::vector<AsmCase> cases;
+  // Every source dtype, both outputs, rank 1..4.
+  for (int dt = 0; dt < int(dd::kNumSrcDtypes); ++dt) {
+    for (int od = 0; od < 2; ++od) {
+      const int rank = 1 + (dt + od) % 4;
+      uint32_t dims[4];
+      for (int d = 0; d < rank; ++d) dims[d] = 1 + uint32_t(rng() % (rank == 1 ? 700 : rank == 2 ? 60 : 17));
+      cases.push_back(make_asm_case(rng, rank, dims, 2, 3, od, dt,
+                                    "dtype " + std::to_string(dt) + " out " + std::to_string(od) +
+                                        " rank " + std::to_string(rank)));
+    }
+  }
+  // Random mixes.
+  for (int i = 0; i < n_random; ++i) {
+    const int rank = 1 + int(rng() % 4);
+    uint32_t dims[4];
+    for (int d = 0; d < rank; ++d) dims[d] = 1 + uint32_t(rng() % (d == rank - 1 ? 130 : 12));
+    cases.push_back(make_asm_case(rng, rank, dims, 1 + uint32_t(rng() % 3), 4, int(rng() % 2), -1,
+                                  "random " + std::to_string(i) + " rank " + std::to_string(rank)));
+  }
+  // Wide integers at f32 rounding ties (the device's conversion intrinsics).
+  for (uint32_t dt : {dd::kU32, dd::kI32, dd::kU64, dd::kI64}) {
+    uint32_t dims[2] = {40, 50};
+    AsmCase c = make_asm_case(rng, 2, dims, 2, 2, int(dt % 2), int(dt), "ties dtype " + std::to_string(dt));
+    const uint32_t size = dg::src_dtype_size(dt);
+    for (GpuCopyOp& op : c.ops) {
+      op.fill_bits = tricky_int(rng, dt);
+      if (op.fill) continue;
+      const uint64_t voxels = uint64_t(op.chunk_shape[0]) * op.chunk_shape[1] * op.chunk_shape[2] * op.chunk_shape[3];
+      for (uint64_t v = 0; v < voxels; ++v) {
+        const uint64_t x = tricky_int(rng, dt);
+        std::memcpy(c.decoded.data() + op.chunk_offset + v * size, &x, size);
+      }
+    }
+    cases.push_back(std::move(c));
+  }
+  // Many tiny ops in one tile (> kAsmMaxTileOps: the group loop).
+  {
+    uint32_t dims[1] = {3000};
+    cases.push_back(make_asm_case(rng, 1, dims, 1, 900, 0, -1, "tiny ops rank 1"));
+    uint32_t dims2[2] = {9, 300};
+    cases.push_back(make_asm_case(rng, 2, dims2, 2, 60, 1, -1, "tiny ops rank 2"));
+  }
+  // Innermost extent 1 (carries on every step), and long rows crossing tiles.
+  {
+    uint32_t dims[4] = {3, 5, 70, 1};
+    cases.push_back(make_asm_case(rng, 4, dims, 2, 2, 0, dd::kU16, "innermost 1"));
+    uint32_t dims2[3] = {2, 3, 5000};
+    cases.push_back(make_asm_case(rng, 3, dims2, 1, 2, 1, dd::kI32, "long rows"));
+  }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// c-blosc 1.21 generic (un)shuffle, ported literally.
+
+void blosc_shuffle_generic(size_t type_size, size_t blocksize, const uint8_t* src, uint8_t* dest) {
+  const size_t neblock_quot = blocksize / type_size;
+  const size_t neblock_rem = blocksize % type_size;
+  for (size_t j = 0; j < type_size; j++)
+    for (size_t i = 0; i < neblock_quot; i++) dest[j * neblock_quot + i] = src[i * type_size + j];
+  std::memcpy(dest + (blocksize - neblock_rem), src + (blocksize - neblock_rem), neblock_rem);
+}
+
+void blosc_unshuffle_generic(size_t type_size, size_t blocksize, const uint8_t* src, uint8_t* dest) {
+  const size_t neblock_quot = blocksize / type_size;
+  const size_t neblock_rem = blocksize % type_size;
+  for (size_t i = 0; i < neblock_quot; i++)
+    for (size_t j = 0; j < type_size; j++) dest[i * type_size + j] = src[j * neblock_quot + i];
+  std::memcpy(dest + (blocksize - neblock_rem), src + (blocksize - neblock_rem), neblock_rem);
+}
+
+#define TRANS_BIT_8X8(x, t)                       \
+  {                                               \
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AALL;    \
+    x = x ^ t ^ (t << 7);                         \
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCLL;   \
+    x = x ^ t ^ (t << 14);                        \
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0LL;   \
+    x = x ^ t ^ (t << 28);                        \
+  }
+
+void bshuf_trans_byte_elem_scal(const uint8_t* in_b, uint8_t* out_b, size_t size, size_t elem_size) {
+  size_t ii, jj, kk;
+  for (ii = 0; ii + 7 < size; ii += 8)
+    for (jj = 0; jj < elem_size; jj++)
+      for (kk = 0; kk < 8; kk++) out_b[jj * size + ii + kk] = in_b[ii * elem_size + kk * elem_size + jj];
+  for (ii = size - size % 8; ii < size; ii++)
+    for (jj = 0; jj < elem_size; jj++) out_b[jj * size + ii] = in_b[ii * elem_size + jj];
+}
+
+void bshuf_trans_bit_byte_scal(const uint8_t* in, uint8_t* out_b, size_t size, size_t elem_size) {
+  const size_t nbyte = elem_size * size;
+  const size_t nbyte_bitrow = nbyte / 8;
+  for (size_t ii = 0; ii < nbyte_bitrow; ii++) {
+    uint64_t x, t;
+    std::memcpy(&x, in + 8 * ii, 8);
+    TRANS_BIT_8X8(x, t);
+    for (size_t kk = 0; kk < 8; kk++) {
+      out_b[kk * nbyte_bitrow + ii] = uint8_t(x);
+      x = x >> 8;
+    }
+  }
+}
+
+void bshuf_trans_elem(const uint8_t* in_b, uint8_t* out_b, size_t lda, size_t ldb, size_t elem_size) {
+  for (size_t ii = 0; ii < lda; ii++)
+    for (size_t jj = 0; jj < ldb; jj++)
+      std::memcpy(&out_b[(jj * lda + ii) * elem_size], &in_b[(ii * ldb + jj) * elem_size], elem_size);
+}
+
+void bshuf_trans_bit_elem_scal(const uint8_t* in, uint8_t* out, size_t size, size_t elem_size,
+                               uint8_t* tmp) {
+  bshuf_trans_byte_elem_scal(in, out, size, elem_size);
+  bshuf_trans_bit_byte_scal(out, tmp, size, elem_size);
+  bshuf_trans_elem(tmp, out, 8, elem_size, size / 8);  // trans_bitrow_eight
+}
+
+void bshuf_trans_byte_bitrow_scal(const uint8_t* in_b, uint8_t* out_b, size_t size, size_t elem_size) {
+  const size_t nbyte_row = size / 8;
+  for (size_t jj = 0; jj < elem_size; jj++)
+    for (size_t ii = 0; ii < nbyte_row; ii++)
+      for (size_t kk = 0; kk < 8; kk++)
+        out_b[ii * 8 * elem_size + jj * 8 + kk] = in_b[(jj * 8 + kk) * nbyte_row + ii];
+}
+
+void bshuf_shuffle_bit_eightelem_scal(const uint8_t* in_b, uint8_t* out_b, size_t size, size_t elem_size) {
+  const size_t nbyte = elem_size * size;
+  for (size_t jj = 0; jj < 8 * elem_size; jj += 8) {
+    for (size_t ii = 0; ii + 8 * elem_size - 1 < nbyte; ii += 8 * elem_size) {
+      uint64_t x, t;
+      std::memcpy(&x, &in_b[ii + jj], 8);
+      TRANS_BIT_8X8(x, t);
+      for (size_t kk = 0; kk < 8; kk++) {
+        out_b[ii + jj / 8 + kk * elem_size] = uint8_t(x);
+        x = x >> 8;
+      }
+    }
+  }
+}
+
+void bshuf_untrans_bit_elem_scal(const uint8_t* in, uint8_t* out, size_t size, size_t elem_size,
+                                 uint8_t* tmp) {
+  bshuf_trans_byte_bitrow_scal(in, tmp, size, elem_size);
+  bshuf_shuffle_bit_eightelem_scal(tmp, out, size, elem_size);
+}
+
+// shuffle.c blosc_internal_bit{,un}shuffle (blosc.c only calls them when blocksize >= typesize).
+void blosc_bitshuffle(size_t bytesoftype, size_t blocksize, const uint8_t* src, uint8_t* dest) {
+  const size_t size = blocksize / bytesoftype;
+  if (size % 8 == 0) {
+    std::vector<uint8_t> tmp(blocksize + 8);
+    bshuf_trans_bit_elem_scal(src, dest, size, bytesoftype, tmp.data());
+    const size_t offset = size * bytesoftype;
+    std::memcpy(dest + offset, src + offset, blocksize - offset);
+  } else {
+    std::memcpy(dest, src, blocksize);
+  }
+}
+
+void blosc_bitunshuffle(size_t bytesoftype, size_t blocksize, const uint8_t* src, uint8_t* dest) {
+  const size_t size = blocksize / bytesoftype;
+  if (size % 8 == 0) {
+    std::vector<uint8_t> tmp(blocksize + 8);
+    bshuf_untrans_bit_elem_scal(src, dest, size, bytesoftype, tmp.data());
+    const size_t offset = size * bytesoftype;
+    std::memcpy(dest + offset, src + offset, blocksize - offset);
+  } else {
+    std::memcpy(dest, src, blocksize);
+  }
+}
+
+// blosc.c blosc_d: which filter runs for a block, then the filter (out of place).
+void ref_unshuffle_op(const GpuUnshuffleOp& op, const uint8_t* src, uint8_t* dst) {
+  const uint8_t* s = src + op.offset;
+  uint8_t* d = dst + op.offset;
+  if (op.kind == dd::kByteShuffle && op.typesize > 1) {
+    blosc_unshuffle_generic(op.typesize, op.len, s, d);
+  } else if (op.kind == dd::kBitShuffle && op.len >= op.typesize) {
+    blosc_bitunshuffle(op.typesize, op.len, s, d);
+  } else {
+    std::memcpy(d, s, op.len);
+  }
+}
+
+struct UnshuffleCase {
+  std::vector<GpuUnshuffleOp> ops;
+  std::vector<uint8_t> src;  // the scratch copy (shuffled bytes)
+  uint64_t max_len = 0;
+};
+
+constexpr uint8_t kArenaPattern = 0x5a;
+
+UnshuffleCase make_unshuffle_case(std::mt19937_64& rng, int n_ops, uint64_t big) {
+  static const uint32_t kTypesizes[] = {1, 2, 4, 8, 2, 4, 8, 3, 5, 12, 16};
+  UnshuffleCase c;
+  uint64_t at = 0;
+  for (int i = 0; i < n_ops; ++i) {
+    GpuUnshuffleOp op{};
+    op.kind = 1 + uint32_t(rng() % 2);
+    op.typesize = kTypesizes[rng() % (sizeof kTypesizes / sizeof kTypesizes[0])];
+    const uint64_t unit = uint64_t(op.typesize) * 8;
+    switch (rng() % 5) {
+      case 0: op.len = rng() % 40; break;                                   // tiny, often < typesize
+      case 1: op.len = unit * (1 + rng() % (big / unit + 1)); break;        // whole groups
+      case 2: op.len = unit * (1 + rng() % 64) + 1 + rng() % (unit - 1); break;  // + leftover
+      case 3: op.len = uint64_t(op.typesize) * (1 + rng() % 600); break;   // elems % 8 != 0
+      default: op.len = 1 + rng() % big; break;
+    }
+    at = (at + 15) & ~uint64_t(15);
+    if (rng() % 4 == 0) at += 1 + rng() % 15;  // misaligned block: general paths
+    op.offset = at;
+    at += op.len + rng() % 9;
+    c.max_len = std::max(c.max_len, op.len);
+    c.ops.push_back(op);
+  }
+  c.src.resize(at + 16);
+  for (auto& b : c.src) b = uint8_t(rng());
+  return c;
+}
+
+std::vector<uint8_t> ref_unshuffle(const UnshuffleCase& c, uint32_t kind_filter) {
+  std::vector<uint8_t> dst(c.src.size(), kArenaPattern);
+  for (const auto& op : c.ops) {
+    if (kind_filter == 0 || op.kind == kind_filter) ref_unshuffle_op(op, c.src.data(), dst.data());
+  }
+  return dst;
+}
+
+std::vector<uint8_t> emulate_unshuffle(const UnshuffleCase& c, uint32_t kind_filter, uint64_t nw) {
+  std::vector<uint8_t> dst(c.src.size(), kArenaPattern);
+  for (const auto& op : c.ops) {
+    const auto v = view_of<dd::UnshuffleOpView>(op);
+    for (uint64_t w = 0; w < nw; ++w) dd::unshuffle_op(v, c.src.data(), dst.data(), kind_filter, w, nw);
+  }
+  return dst;
+}
+
+std::string first_diff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  if (a.size() != b.size()) return "size differs";
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) {
+      char msg[96];
+      std::snprintf(msg, sizeof msg, "byte %zu: want 0x%02x got 0x%02x", i, a[i], b[i]);
+      return msg;
+    }
+  }
+  return {};
+}
+
+std::string op_desc(const GpuUnshuffleOp& op) {
+  return "kind " + std::to_string(op.kind) + " typesize " + std::to_string(op.typesize) + " len " +
+         std::to_string(op.len) + " offset " + std::to_string(op.offset);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host suites.
+
+int host_suites(uint64_t seed, int n_cases) {
+  std::mt19937_64 rng(seed);
+  Tally fastdiv{"host fastdiv"};
+  for (int i = 0; i < 200000; ++i) {
+    uint32_t d = uint32_t(rng() >> (rng() % 32));
+    if (d == 0) d = 1;
+    const uint32_t n = uint32_t(rng() >> (rng() % 32));
+    const uint32_t q = dd::fastdiv(n, d, dd::fastdiv_magic(d));
+    if (q != n / d) fastdiv.check(false, std::to_string(n) + "/" + std::to_string(d));
+  }
+  for (uint32_t d : {1u, 2u, 3u, 7u, 0xffffffffu, 0x80000000u, 0x80000001u}) {
+    for (uint32_t n : {0u, 1u, d - 1, d, 0xffffffffu, 0xfffffffeu}) {
+      fastdiv.check(dd::fastdiv(n, d, dd::fastdiv_magic(d)) == n / d,
+                    std::to_string(n) + "/" + std::to_string(d));
+    }
+  }
+  fastdiv.check(true, "");
+  fastdiv.report();
+
+  Tally locate{"host locate (fast vs 64-bit)"};
+  for (int i = 0; i < 20000; ++i) {
+    GpuCopyOp op{};
+    for (int d = 0; d < 4; ++d) {
+      op.extent[d] = 1 + uint32_t(rng() % (d == 0 ? 5 : 1 + (rng() % 3 == 0 ? 70000 : 40)));
+      op.chunk_shape[d] = op.extent[d] + uint32_t(rng() % 3);
+    }
+    dd::SampleGeom g{};
+    for (int d = 0; d < 4; ++d) g.shape[d] = op.extent[d];
+    g.sample_voxels = 1;
+    dd::AsmPlan p = dd::make_asm_plan(view_of<dd::CopyOpView>(op), g);
+    const uint64_t voxels = uint64_t(op.extent[0]) * op.extent[1] * op.extent[2] * op.extent[3];
+    if (voxels >> 32) continue;
+    const uint64_t local = rng() % voxels;
+    dd::AsmPlan wide = p;
+    wide.flags |= dd::kPlanWide;
+    const dd::AsmCursor a = dd::asm_locate(p, local);
+    const dd::AsmCursor b = dd::asm_locate(wide, local);
+    bool ok = a.i1 == b.i1 && a.i2 == b.i2 && a.i3 == b.i3 && a.src == b.src && a.dst == b.dst;
+    // Stepping from `local` must land where locating `local + kAsmThreads` does.
+    if (local + dd::kAsmThreads < voxels) {
+      dd::AsmCursor s = a;
+      dd::asm_step(p, s);
+      const dd::AsmCursor t = dd::asm_locate(p, local + dd::kAsmThreads);
+      ok = ok && s.i1 == t.i1 && s.i2 == t.i2 && s.i3 == t.i3 && s.src == t.src && s.dst == t.dst;
+    }
+    locate.check(ok, "local " + std::to_string(local));
+  }
+  locate.report();
+
+  Tally casts{"host casts (kernel vs reference)"};
+  for (uint32_t code = 0; code < dd::kNumSrcDtypes; ++code) {
+    for (int i = 0; i < 20000; ++i) {
+      uint64_t raw = rng();
+      const uint32_t size = dg::src_dtype_size(code);
+      if (i < 64) raw = (uint64_t(1) << (i % 64)) + (i & 1);  // powers of two
+      if (is_wide_int(code) && i < 8000) raw = tricky_int(rng, code);
+      const float want = ref_to_f32(raw, code);
+      const float got = dd::src_to_f32(raw, code);
+      const bool same = f32_bits(want) == f32_bits(got) || (std::isnan(want) && std::isnan(got));
+      const uint16_t wb = ref_bf16(want);
+      const __nv_bfloat16 gb = dd::f32_to_out<__nv_bfloat16>(got);
+      uint16_t gbits;
+      std::memcpy(&gbits, &gb, 2);
+      const bool same_b = wb == gbits || (std::isnan(want) && (gbits & 0x7fff) > 0x7f80);
+      if (!same || !same_b) casts.check(false, "code " + std::to_string(code) + " raw " + std::to_string(raw));
+    }
+  }
+  casts.check(true, "");
+  casts.report();
+
+  Tally assemble{"host assemble (emulated grid)"};
+  for (const AsmCase& c : asm_cases(rng, n_cases)) {
+    const std::string err = dg::check_copy_ops(c.ops.data(), c.ops.size(), c.decoded.size(), c.spb, c.shape);
+    assemble.check(err.empty(), c.label + ": check_copy_ops: " + err);
+    const std::string diff = compare_out(ref_assemble(c), emulate_assemble(c), c.out_dtype);
+    assemble.check(diff.empty(), c.label + " (" + std::to_string(c.ops.size()) + " ops): " + diff);
+  }
+  assemble.report();
+
+  Tally roundtrip{"host c-blosc port round trip"};
+  for (int i = 0; i < 300; ++i) {
+    const size_t ts = std::vector<size_t>{1, 2, 3, 4, 8, 16}[rng() % 6];
+    const size_t len = rng() % 3 == 0 ? ts * 8 * (1 + rng() % 50) : rng() % 900;
+    std::vector<uint8_t> x(len), y(len), z(len);
+    for (auto& b : x) b = uint8_t(rng());
+    if (ts > 1) {
+      blosc_shuffle_generic(ts, len, x.data(), y.data());
+      blosc_unshuffle_generic(ts, len, y.data(), z.data());
+      roundtrip.check(x == z, "byte ts " + std::to_string(ts) + " len " + std::to_string(len));
+    }
+    if (len >= ts) {
+      blosc_bitshuffle(ts, len, x.data(), y.data());
+      blosc_bitunshuffle(ts, len, y.data(), z.data());
+      roundtrip.check(x == z, "bit ts " + std::to_string(ts) + " len " + std::to_string(len));
+    }
+  }
+  roundtrip.report();
+
+  Tally unshuffle{"host unshuffle (emulated grid)"};
+  for (int i = 0; i < n_cases; ++i) {
+    const UnshuffleCase c = make_unshuffle_case(rng, 1 + int(rng() % 24), 3000);
+    for (uint32_t filter : {0u, 1u, 2u}) {
+      const uint64_t nw = std::vector<uint64_t>{1, 3, 64, 256}[rng() % 4];
+      const std::string diff = first_diff(ref_unshuffle(c, filter), emulate_unshuffle(c, filter, nw));
+      std::string ops;
+      for (const auto& op : c.ops) ops += "\n    " + op_desc(op);
+      unshuffle.check(diff.empty(), "filter " + std::to_string(filter) + " nw " + std::to_string(nw) +
+                                        ": " + diff + ops);
+    }
+  }
+  unshuffle.report();
+
+  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device suites.
+
+#define CK(call)                                                                              \
+  do {                                                                                        \
+    cudaError_t e_ = (call);                                                                  \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::printf("CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__,  \
+                  #call);                                                                     \
+      std::exit(1);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+template <class T>
+T* to_device(const std::vector<T>& v) {
+  T* d = nullptr;
+  CK(cudaMalloc(&d, std::max<size_t>(v.size(), 1) * sizeof(T)));
+  if (!v.empty()) CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+std::vector<uint8_t> device_assemble(const AsmCase& c, cudaStream_t stream) {
+  const std::vector<uint64_t> prefix = prefix_of(c);
+  GpuCopyOp* d_ops = to_device(c.ops);
+  uint64_t* d_prefix = to_device(prefix);
+  uint8_t* d_dec = to_device(c.decoded);
+  uint8_t* d_out = nullptr;
+  CK(cudaMalloc(&d_out, c.out_bytes()));
+  CK(cudaMemsetAsync(d_out, kOutPattern, c.out_bytes(), stream));
+  CK(dg::launch_assemble(d_ops, int(c.ops.size()), d_prefix, prefix.back(), d_dec, d_out,
+                         c.out_dtype, c.sample_voxels(), c.shape, stream));
+  std::vector<uint8_t> out(c.out_bytes());
+  CK(cudaMemcpyAsync(out.data(), d_out, out.size(), cudaMemcpyDeviceToHost, stream));
+  CK(cudaStreamSynchronize(stream));
+  CK(cudaFree(d_ops));
+  CK(cudaFree(d_prefix));
+  CK(cudaFree(d_dec));
+  CK(cudaFree(d_out));
+  return out;
+}
+
+std::vector<uint8_t> device_unshuffle(const UnshuffleCase& c, uint32_t filter, cudaStream_t stream,
+                                      uint64_t hint) {
+  GpuUnshuffleOp* d_ops = to_device(c.ops);
+  uint8_t* d_src = to_device(c.src);
+  uint8_t* d_dst = nullptr;
+  CK(cudaMalloc(&d_dst, c.src.size()));
+  CK(cudaMemsetAsync(d_dst, kArenaPattern, c.src.size(), stream));
+  const int n = int(c.ops.size());
+  if (filter == 0) CK(dg::launch_unshuffle(d_ops, n, d_src, d_dst, stream, hint));
+  if (filter == 1) CK(dg::launch_byte_unshuffle(d_ops, n, d_src, d_dst, stream, hint));
+  if (filter == 2) CK(dg::launch_bit_unshuffle(d_ops, n, d_src, d_dst, stream, hint));
+  std::vector<uint8_t> out(c.src.size());
+  CK(cudaMemcpyAsync(out.data(), d_dst, out.size(), cudaMemcpyDeviceToHost, stream));
+  CK(cudaStreamSynchronize(stream));
+  CK(cudaFree(d_ops));
+  CK(cudaFree(d_src));
+  CK(cudaFree(d_dst));
+  return out;
+}
+
+int device_suites(uint64_t seed, int n_cases) {
+  std::mt19937_64 rng(seed ^ 0x9e3779b97f4a7c15ull);
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+
+  Tally assemble{"device assemble"};
+  for (const AsmCase& c : asm_cases(rng, n_cases)) {
+    const std::string diff = compare_out(ref_assemble(c), device_assemble(c, stream), c.out_dtype);
+    assemble.check(diff.empty(), c.label + " (" + std::to_string(c.ops.size()) + " ops): " + diff);
+  }
+  assemble.report();
+
+  Tally unshuffle{"device unshuffle"};
+  for (int i = 0; i < n_cases; ++i) {
+    const UnshuffleCase c = make_unshuffle_case(rng, 1 + int(rng() % 40), i % 4 == 0 ? 300000 : 5000);
+    for (uint32_t filter : {0u, 1u, 2u}) {
+      const uint64_t hint = rng() % 2 ? c.max_len : 0;
+      const std::string diff = first_diff(ref_unshuffle(c, filter), device_unshuffle(c, filter, stream, hint));
+      unshuffle.check(diff.empty(), "case " + std::to_string(i) + " filter " + std::to_string(filter) + ": " + diff);
+    }
+  }
+  unshuffle.report();
+
+  Tally copy{"device decode copy"};
+  for (int i = 0; i < 20; ++i) {
+    std::vector<GpuDecodeOp> ops;
+    std::vector<uint8_t> staging(1 << 16);
+    for (auto& b : staging) b = uint8_t(rng());
+    uint64_t at = 0;
+    for (int k = 0; k < 1 + int(rng() % 30); ++k) {
+      GpuDecodeOp op{};
+      op.codec = rng() % 3 == 0 ? 1 : 0;
+      op.src_len = op.dst_len = rng() % 3000;
+      op.src_offset = rng() % (staging.size() - op.src_len);
+      op.dst_offset = at + (rng() % 2 ? 0 : rng() % 16);
+      at = op.dst_offset + op.dst_len;
+      ops.push_back(op);
+    }
+    std::vector<uint8_t> want(at + 1, kArenaPattern);
+    for (const auto& op : ops) {
+      if (op.codec == 0) std::memcpy(want.data() + op.dst_offset, staging.data() + op.src_offset, op.src_len);
+    }
+    copy.check(dg::check_decode_ops(ops.data(), ops.size(), staging.size(), want.size()).empty(), "check");
+    GpuDecodeOp* d_ops = to_device(ops);
+    uint8_t* d_staging = to_device(staging);
+    uint8_t* d_arena = nullptr;
+    CK(cudaMalloc(&d_arena, want.size()));
+    CK(cudaMemsetAsync(d_arena, kArenaPattern, want.size(), stream));
+    CK(dg::launch_decode_copy(d_ops, int(ops.size()), d_staging, d_arena, stream));
+    std::vector<uint8_t> got(want.size());
+    CK(cudaMemcpyAsync(got.data(), d_arena, got.size(), cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    copy.check(first_diff(want, got).empty(), "case " + std::to_string(i) + ": " + first_diff(want, got));
+    CK(cudaFree(d_ops));
+    CK(cudaFree(d_staging));
+    CK(cudaFree(d_arena));
+  }
+  copy.report();
+
+  Tally status{"device decode status check"};
+  for (int i = 0; i < 10; ++i) {
+    const size_t n = 1 + rng() % 5000;
+    std::vector<int32_t> st(n, 0);
+    std::vector<size_t> actual(n), expected(n);
+    uint32_t bad = 0, first = UINT32_MAX;
+    for (size_t k = 0; k < n; ++k) {
+      expected[k] = actual[k] = rng() % 100000;
+      const int r = int(rng() % 50);
+      if (r == 0) st[k] = 12;
+      if (r == 1) actual[k] += 1;
+      if (r <= 1) {
+        ++bad;
+        first = std::min<uint32_t>(first, uint32_t(k));
+      }
+    }
+    int32_t* d_st = to_device(st);
+    size_t* d_actual = to_device(actual);
+    size_t* d_expected = to_device(expected);
+    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+    CK(dg::launch_decode_status_check(d_st, d_actual, d_expected, n, d_res, stream));
+    uint32_t res[2];
+    CK(cudaMemcpyAsync(res, d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    status.check(res[0] == bad && res[1] == first, "n " + std::to_string(n));
+    CK(cudaFree(d_st));
+    CK(cudaFree(d_actual));
+    CK(cudaFree(d_expected));
+    CK(cudaFree(d_res));
+  }
+  status.report();
+
+  CK(cudaStreamDestroy(stream));
+  return assemble.fail + unshuffle.fail + copy.fail + status.fail;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmark: random 64x128x128 crops of an array of 64^3 uint16 chunks (18 chunks per crop,
+// all distinct, as the decoded arena of a batch would hold them), f32 and bf16 out; unshuffle
+// of 512 KiB chunks split in 64 KiB blosc blocks (typesize 2).
+
+float time_ms(cudaStream_t s, int reps, const std::function<void()>& f) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  f();  // warm-up
+  CK(cudaEventRecord(a, s));
+  for (int i = 0; i < reps; ++i) f();
+  CK(cudaEventRecord(b, s));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  return ms / reps;
+}
+
+void bench(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("bench on %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+
+  const uint32_t spb = 32, C = 64;
+  const uint32_t crop[3] = {64, 128, 128};
+  std::vector<GpuCopyOp> ops;
+  uint64_t arena = 0;
+  for (uint32_t smp = 0; smp < spb; ++smp) {
+    uint32_t off[3];
+    for (int d = 0; d < 3; ++d) off[d] = 1 + uint32_t(rng() % (C - 1));  // unaligned crop start
+    // chunk-grid cells the crop [off, off + crop) touches
+    for (uint32_t a = off[0] / C; a * C < off[0] + crop[0]; ++a)
+      for (uint32_t b = off[1] / C; b * C < off[1] + crop[1]; ++b)
+        for (uint32_t c = off[2] / C; c * C < off[2] + crop[2]; ++c) {
+          const uint32_t cell[3] = {a, b, c};
+          GpuCopyOp op{};
+          op.src_dtype = dd::kU16;
+          op.sample = smp;
+          op.chunk_offset = arena;
+          arena += uint64_t(C) * C * C * 2;
+          op.chunk_shape[0] = op.extent[0] = 1;
+          for (int d = 0; d < 3; ++d) {
+            const uint32_t lo = std::max(off[d], cell[d] * C);
+            const uint32_t hi = std::min(off[d] + crop[d], cell[d] * C + C);
+            op.chunk_shape[d + 1] = C;
+            op.chunk_start[d + 1] = lo - cell[d] * C;
+            op.sample_start[d + 1] = lo - off[d];
+            op.extent[d + 1] = hi - lo;
+          }
+          ops.push_back(op);
+        }
+  }
+  const uint32_t shape[4] = {1, crop[0], crop[1], crop[2]};
+  std::vector<uint64_t> prefix(ops.size() + 1);
+  const uint64_t total = dg::copy_op_voxel_prefix(ops.data(), ops.size(), prefix.data());
+  GpuCopyOp* d_ops = to_device(ops);
+  uint64_t* d_prefix = to_device(prefix);
+  uint8_t* d_dec = nullptr;
+  void* d_out = nullptr;
+  CK(cudaMalloc(&d_dec, arena));
+  CK(cudaMemset(d_dec, 1, arena));
+  CK(cudaMalloc(&d_out, total * 4));
+  const uint64_t sv = uint64_t(crop[0]) * crop[1] * crop[2];
+  for (int od = 0; od < 2; ++od) {
+    const float ms = time_ms(s, 20, [&] {
+      CK(dg::launch_assemble(d_ops, int(ops.size()), d_prefix, total, d_dec, d_out, od, sv, shape, s));
+    });
+    const double bytes = double(total) * (2 + (od == 0 ? 4 : 2));
+    std::printf("assemble u16 -> %s: %zu ops, %.1f Mvoxels, %.3f ms, %.0f Gvoxel/s, %.0f GB/s (read+write)\n",
+                od == 0 ? "f32" : "bf16", ops.size(), total / 1e6, ms, total / ms / 1e6, bytes / ms / 1e6);
+  }
+  const float copy_ms = time_ms(s, 20, [&] {
+    CK(cudaMemcpyAsync(d_out, d_dec, total * 3, cudaMemcpyDeviceToDevice, s));
+  });
+  std::printf("reference cudaMemcpy D2D of %.0f MB: %.3f ms, %.0f GB/s (read+write)\n", total * 3 / 1e6,
+              copy_ms, 2.0 * total * 3 / copy_ms / 1e6);
+
+  // Unshuffle: the arena as 64 KiB blocks.
+  const uint64_t block = 64 << 10;
+  const uint64_t nblocks = std::min<uint64_t>(arena / block, 16384);
+  for (uint32_t kind : {1u, 2u}) {
+    std::vector<GpuUnshuffleOp> uops(nblocks);
+    for (uint64_t i = 0; i < nblocks; ++i) uops[i] = GpuUnshuffleOp{i * block, block, 2, kind};
+    GpuUnshuffleOp* d_uops = to_device(uops);
+    uint8_t* d_scratch = nullptr;
+    CK(cudaMalloc(&d_scratch, nblocks * block));
+    const float ms = time_ms(s, 20, [&] {
+      CK(dg::launch_unshuffle(d_uops, int(nblocks), d_scratch, d_dec, s, block));
+    });
+    std::printf("%s unshuffle typesize 2: %" PRIu64 " x 64 KiB, %.3f ms, %.0f GB/s (read+write)\n",
+                kind == 1 ? "byte" : "bit", nblocks, ms, 2.0 * nblocks * block / ms / 1e6);
+    CK(cudaFree(d_uops));
+    CK(cudaFree(d_scratch));
+  }
+  CK(cudaFree(d_ops));
+  CK(cudaFree(d_prefix));
+  CK(cudaFree(d_dec));
+  CK(cudaFree(d_out));
+  CK(cudaStreamDestroy(s));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  uint64_t seed = 12345;
+  int n_cases = 40;
+  bool do_bench = false, host_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--seed" && i + 1 < argc) seed = std::strtoull(argv[++i], nullptr, 10);
+    else if (a == "--cases" && i + 1 < argc) n_cases = std::atoi(argv[++i]);
+    else if (a == "--bench") do_bench = true;
+    else if (a == "--host-only") host_only = true;
+    else {
+      std::printf("usage: %s [--seed N] [--cases N] [--bench] [--host-only]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::printf("seed %" PRIu64 ", %d random cases per suite\n", seed, n_cases);
+  int fails = host_suites(seed, n_cases);
+  int devices = 0;
+  const cudaError_t e = host_only ? cudaErrorNoDevice : cudaGetDeviceCount(&devices);
+  if (e != cudaSuccess || devices == 0) {
+    std::printf("SKIP: no CUDA device (%s)\n", host_only ? "--host-only" : cudaGetErrorName(e));
+  } else {
+    fails += device_suites(seed, n_cases);
+    if (do_bench) bench(seed);
+  }
+  std::printf("%s\n", fails ? "FAIL" : "PASS");
+  return fails ? 1 : 0;
+}
