@@ -1,0 +1,6 @@
+// The whole damacy C++ API.
+#pragma once
+
+#include "damacy/config.h"
+#include "damacy/errors.h"
+#include "damacy/pipeline.h"
