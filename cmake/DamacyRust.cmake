@@ -36,8 +36,16 @@ else()
     message(FATAL_ERROR "damacy: cargo not found. Install Rust (https://rustup.rs), or pass "
       "-DDAMACY_RUST_LIB=<libdamacy.a> -DDAMACY_RUST_INCLUDE=<cxxbridge folder> built elsewhere")
   endif()
-  set(DAMACY_CARGO_TARGET_DIR "${PROJECT_SOURCE_DIR}/target" CACHE PATH
-    "CARGO_TARGET_DIR for the staticlib (shared with a plain `cargo build`)")
+  # Development builds share the repo's target/ with a plain `cargo build`. Wheel builds
+  # (scikit-build-core) get their own: they export SOURCE_DATE_EPOCH (and may set CC/CXX),
+  # which the C codecs' build scripts track, so sharing would rebuild them on every switch.
+  if(SKBUILD)
+    set(_damacy_cargo_target_default "${PROJECT_BINARY_DIR}/cargo-target")
+  else()
+    set(_damacy_cargo_target_default "${PROJECT_SOURCE_DIR}/target")
+  endif()
+  set(DAMACY_CARGO_TARGET_DIR "${_damacy_cargo_target_default}" CACHE PATH
+    "CARGO_TARGET_DIR for the staticlib")
   set(_damacy_rust_lib "${DAMACY_CARGO_TARGET_DIR}/release/libdamacy.a")
   set(_damacy_rust_inc "${DAMACY_CARGO_TARGET_DIR}/cxxbridge")
   add_custom_target(damacy_cargo
