@@ -126,3 +126,13 @@ def test_ops_are_registered():
     defaults = torch.ops.damacy.config_defaults()
     assert "samples_per_batch" in defaults
     assert hasattr(torch.classes.damacy, "Pipeline")
+
+
+def test_array_info_missing_array_is_not_found():
+    with pytest.raises(damacy.NotFound, match="/nonexistent/damacy-test.zarr"):
+        damacy.array_info("/nonexistent/damacy-test.zarr")
+
+
+def test_write_example_volume_rejects_negative_extents(tmp_path):
+    with pytest.raises(damacy.InvalidArgument, match="shape"):
+        _ops.call(torch.ops.damacy.write_example_volume, str(tmp_path / "v.zarr"), [-1, 4], [2, 2], [], "zstd", 0)

@@ -129,4 +129,9 @@ TEST(pipeline_close_is_idempotent) {
   CHECK_THROWS(damacy::ShutdownError, p.pop(0.0), (void)e);  // moved-from
 }
 
+TEST(array_info_missing_array_is_not_found) {
+  CHECK_THROWS(damacy::NotFound, damacy::array_info_json("/nonexistent/damacy-test.zarr"),
+               CHECK(contains(e.message(), "/nonexistent/damacy-test.zarr")));
+}
+
 int main(int argc, char** argv) { return harness::main(argc, argv); }

@@ -46,7 +46,8 @@ class Stats:
         return Stats(value) if isinstance(value, dict) else value
 
     def __getitem__(self, name: str) -> Any:
-        return self.__getattr__(name)
+        value = self._data[name]
+        return Stats(value) if isinstance(value, dict) else value
 
     def __contains__(self, name: object) -> bool:
         return name in self._data

@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include "damacy/damacy.h"
-#include "bridge.h"
 
 namespace damacy {
 namespace {
@@ -22,37 +21,29 @@ struct PipelineObject final : torch::CustomClassHolder {
 };
 using Self = c10::intrusive_ptr<PipelineObject>;
 
-std::string config_defaults() { return Config::defaults().to_json(); }
+std::string config_defaults_op() { return Config::defaults().to_json(); }
 
-std::string validate_config(std::string json) { return Config::from_json(json).to_json(); }
+std::string validate_config_op(std::string json) { return Config::from_json(json).to_json(); }
 
-std::string array_info(std::string uri) {
-  return std::string(detail::call([&] { return ffi::array_info_json(detail::str(uri, "uri")); }));
-}
+std::string array_info_op(std::string uri) { return array_info_json(uri); }
 
 std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
   std::vector<std::uint64_t> out;
   out.reserve(v.size());
   for (std::int64_t x : v) {
-    if (x < 0) throw InvalidArgument(std::string(what) + ": expected non-negative sizes, found " + std::to_string(x));
+    if (x < 0) {
+      throw InvalidArgument(std::string(what) + ": expected non-negative sizes, found " + std::to_string(x));
+    }
     out.push_back(static_cast<std::uint64_t>(x));
   }
   return out;
 }
 
-void write_example_volume(std::string path, std::vector<std::int64_t> shape,
-                          std::vector<std::int64_t> chunk, std::vector<std::int64_t> shard,
-                          std::string codec, std::int64_t seed) {
-  const auto shape_u = extents(shape, "shape");
-  const auto chunk_u = extents(chunk, "chunk");
-  const auto shard_u = extents(shard, "shard");
-  detail::call([&] {
-    ffi::write_example_volume(detail::str(path, "path"),
-                              rust::Slice<const std::uint64_t>(shape_u.data(), shape_u.size()),
-                              rust::Slice<const std::uint64_t>(chunk_u.data(), chunk_u.size()),
-                              rust::Slice<const std::uint64_t>(shard_u.data(), shard_u.size()),
-                              detail::str(codec, "codec"), static_cast<std::uint64_t>(seed));
-  });
+void write_example_volume_op(std::string path, std::vector<std::int64_t> shape,
+                             std::vector<std::int64_t> chunk, std::vector<std::int64_t> shard,
+                             std::string codec, std::int64_t seed) {
+  damacy::write_example_volume(path, extents(shape, "shape"), extents(chunk, "chunk"),
+                               extents(shard, "shard"), codec, static_cast<std::uint64_t>(seed));
 }
 
 }  // namespace
@@ -85,9 +76,9 @@ TORCH_LIBRARY(damacy, m) {
       .def("stats", [](const Self& self) { return self->pipeline.stats(); })
       .def("close", [](const Self& self) { self->pipeline.close(); });
 
-  m.def("config_defaults() -> str", &damacy::config_defaults);
-  m.def("validate_config(str json) -> str", &damacy::validate_config);
-  m.def("array_info(str uri) -> str", &damacy::array_info);
+  m.def("config_defaults() -> str", &damacy::config_defaults_op);
+  m.def("validate_config(str json) -> str", &damacy::validate_config_op);
+  m.def("array_info(str uri) -> str", &damacy::array_info_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
-        &damacy::write_example_volume);
+        &damacy::write_example_volume_op);
 }
