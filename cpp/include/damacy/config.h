@@ -1,0 +1,48 @@
+// damacy::Config: a validated pipeline configuration (no torch).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace damacy {
+
+namespace ffi {
+struct PipelineConfig;  // the bridge's record (rust/src/ffi/mod.rs); opaque here
+}  // namespace ffi
+
+/// A pipeline configuration, always valid: every way to make one goes through Rust's single
+/// validation pass. Cheap to copy (shared, immutable). Fields and their meanings are those
+/// of Rust's `pipeline::Config` and Python's `damacy.Config`.
+class Config {
+ public:
+  /// The defaults (`damacy.Config()` in Python).
+  static Config defaults();
+  /// A JSON object of config fields over the defaults, e.g.
+  /// `{"samples_per_batch": 8, "sample_shape": [64, 128, 128]}`.
+  /// @throws InvalidArgument naming the field for unknown fields, wrong types or values.
+  static Config from_json(std::string_view json);
+
+  /// Every field as a JSON object (accepted by from_json).
+  std::string to_json() const;
+
+  std::uint32_t samples_per_batch() const noexcept;
+  std::vector<std::uint64_t> sample_shape() const;
+  /// "f32" or "bf16".
+  std::string dtype() const;
+  /// "cpu", "cuda" or "cuda:N".
+  std::string device() const;
+  /// The default pop timeout in seconds.
+  double pop_timeout_s() const noexcept;
+
+  /// The bridge record (for the library's own use; the type is complete only there).
+  const ffi::PipelineConfig& raw() const noexcept { return *cfg_; }
+
+ private:
+  explicit Config(std::shared_ptr<const ffi::PipelineConfig> cfg) : cfg_(std::move(cfg)) {}
+  std::shared_ptr<const ffi::PipelineConfig> cfg_;
+};
+
+}  // namespace damacy

@@ -1,0 +1,7 @@
+// The whole damacy C++ API.
+#pragma once
+
+#include "damacy/arrays.h"
+#include "damacy/config.h"
+#include "damacy/errors.h"
+#include "damacy/pipeline.h"

@@ -1,0 +1,84 @@
+// TORCH_LIBRARY(damacy): every op schema of the extension, and nothing else (dev/ops.md is
+// the contract). Each op calls the C++ API; its damacy::Error reaches Python as a
+// RuntimeError whose message starts with "[Token] ", which python/damacy/_ops.py maps back.
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include "damacy/damacy.h"
+
+namespace damacy {
+namespace {
+
+// torch.classes.damacy.Pipeline: the C++ Pipeline, held by c10::intrusive_ptr.
+struct PipelineObject final : torch::CustomClassHolder {
+  explicit PipelineObject(const std::string& config_json) : pipeline(config_json) {}
+  Pipeline pipeline;
+};
+using Self = c10::intrusive_ptr<PipelineObject>;
+
+std::string config_defaults_op() { return Config::defaults().to_json(); }
+
+std::string validate_config_op(std::string json) { return Config::from_json(json).to_json(); }
+
+std::string array_info_op(std::string uri) { return array_info_json(uri); }
+
+std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
+  std::vector<std::uint64_t> out;
+  out.reserve(v.size());
+  for (std::int64_t x : v) {
+    if (x < 0) {
+      throw InvalidArgument(std::string(what) + ": expected non-negative sizes, found " + std::to_string(x));
+    }
+    out.push_back(static_cast<std::uint64_t>(x));
+  }
+  return out;
+}
+
+void write_example_volume_op(std::string path, std::vector<std::int64_t> shape,
+                             std::vector<std::int64_t> chunk, std::vector<std::int64_t> shard,
+                             std::string codec, std::int64_t seed) {
+  damacy::write_example_volume(path, extents(shape, "shape"), extents(chunk, "chunk"),
+                               extents(shard, "shard"), codec, static_cast<std::uint64_t>(seed));
+}
+
+}  // namespace
+}  // namespace damacy
+
+TORCH_LIBRARY(damacy, m) {
+  using damacy::Self;
+  m.class_<damacy::PipelineObject>("Pipeline")
+      .def(torch::init<std::string>(), "Starts a pipeline from a config JSON object.",
+           {torch::arg("config_json")})
+      .def(
+          "push",
+          [](const Self& self, std::string uri, std::vector<std::int64_t> starts,
+             std::vector<std::int64_t> stops) { return self->pipeline.push(uri, starts, stops); },
+          "Offers one sample; false when the lookahead window is full (pop first).",
+          {torch::arg("uri"), torch::arg("starts"), torch::arg("stops")})
+      .def(
+          "pop", [](const Self& self, double timeout_s) { return self->pipeline.pop(timeout_s); },
+          "The next batch; negative timeout: the config's pop_timeout_s.",
+          {torch::arg("timeout_s") = -1.0})
+      .def(
+          "pop_with_samples",
+          [](const Self& self, double timeout_s) {
+            auto b = self->pipeline.pop_with_samples(timeout_s);
+            return std::make_tuple(std::move(b.tensor), std::move(b.samples_json));
+          },
+          "pop() plus the batch's samples as JSON.", {torch::arg("timeout_s") = -1.0})
+      .def("pending_samples",
+           [](const Self& self) { return static_cast<std::int64_t>(self->pipeline.pending_samples()); })
+      .def("stats", [](const Self& self) { return self->pipeline.stats(); })
+      .def("close", [](const Self& self) { self->pipeline.close(); });
+
+  m.def("config_defaults() -> str", &damacy::config_defaults_op);
+  m.def("validate_config(str json) -> str", &damacy::validate_config_op);
+  m.def("array_info(str uri) -> str", &damacy::array_info_op);
+  m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
+        &damacy::write_example_volume_op);
+}

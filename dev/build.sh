@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Development build from a fresh clone, incremental when re-run:
+#   venv (dev/venv.sh) -> cargo build --release -> cmake configure + build into build/ ->
+#   `import damacy` works in that venv from any directory.
+# Env: JOBS (default: nproc, at most 2 here), DAMACY_BUILD_DIR (default build),
+#      DAMACY_CMAKE_ARGS (extra configure arguments).
+#
+# How `import damacy` finds this checkout: a `damacy-dev.pth` in the venv's site-packages
+# names <repo>/python (the venv is shared by every checkout using it: the last build wins),
+# and python/damacy/libdamacy_torch.so is a symlink into the build folder (gitignored).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+t0=$(date +%s%N)
+
+venv="$(bash dev/venv.sh)"
+py="$venv/bin/python"
+export PATH="$venv/bin:$PATH"  # cmake, ninja from the venv
+jobs="${JOBS:-$(nproc)}"
+build="${DAMACY_BUILD_DIR:-build}"
+
+echo "== cargo build --release -p damacy" >&2
+cargo build --release -p damacy -j "$jobs"
+
+echo "== cmake configure ($build)" >&2
+torch_prefix="$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+# shellcheck disable=SC2086
+cmake -S . -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$torch_prefix" \
+  -DDAMACY_PYTHON="$py" \
+  -DDAMACY_BUILD_TESTS=ON \
+  ${DAMACY_CMAKE_ARGS:-} >/dev/null
+
+echo "== cmake build" >&2
+cmake --build "$build" -j "$jobs"
+
+# Make `import damacy` work from anywhere in the venv.
+site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$root/python" > "$site/damacy-dev.pth"
+ln -sfn "$root/$build/libdamacy_torch.so" "$root/python/damacy/libdamacy_torch.so"
+
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+printf 'damacy: built in %d.%d s: %s\n  venv %s\n  tests: ctest --test-dir %s\n' \
+  $((ms / 1000)) $((ms % 1000 / 100)) "$root/$build/libdamacy_torch.so" "$venv" "$build"

@@ -1,0 +1,65 @@
+"""damacy: random crops of chunked, sharded, compressed Zarr arrays as torch tensors.
+
+>>> import damacy
+>>> cfg = damacy.Config(samples_per_batch=8, sample_shape=(64, 128, 128))
+>>> with damacy.Pipeline(cfg) as p:
+...     p.push(damacy.Sample("/data/vol.zarr", [(0, 64), (0, 128), (0, 128)]) for _ in range(8))
+...     batch = p.pop()   # torch.Tensor [8, 64, 128, 128], float32
+
+A thin layer over `torch.ops.damacy` / `torch.classes.damacy` (libdamacy_torch.so, loaded on
+import): no decoding, no I/O, no threads of its own.
+"""
+
+from . import _ops, errors
+from ._version import __version__
+from .config import Config
+from .errors import (
+    BudgetExceeded,
+    CudaError,
+    DamacyError,
+    DecodeError,
+    DtypeMismatch,
+    InvalidArgument,
+    NotFound,
+    OutOfMemory,
+    PoolStarved,
+    RankMismatch,
+    ShutdownError,
+    StorageError,
+    TryAgain,
+)
+from .pipeline import Pipeline, Stats
+from .sample import Sample
+
+_ops.load()
+
+
+def array_info(uri: str) -> dict:
+    """Facts about the array at `uri` (shape, dtype, chunk and shard shape, codecs, bytes)."""
+    import json
+
+    return json.loads(_ops.call(_ops.ops().array_info, uri))
+
+
+__all__ = [
+    "__version__",
+    "Config",
+    "Sample",
+    "Pipeline",
+    "Stats",
+    "array_info",
+    "errors",
+    "DamacyError",
+    "TryAgain",
+    "InvalidArgument",
+    "NotFound",
+    "DtypeMismatch",
+    "RankMismatch",
+    "StorageError",
+    "DecodeError",
+    "CudaError",
+    "OutOfMemory",
+    "BudgetExceeded",
+    "ShutdownError",
+    "PoolStarved",
+]

@@ -1,0 +1,114 @@
+"""Loads libdamacy_torch.so and maps its errors to damacy.errors.
+
+The library registers `torch.ops.damacy.*` and `torch.classes.damacy.Pipeline`
+(cpp/src/ops/register.cpp; contract in dev/ops.md). It is looked for, first found wins:
+
+1. `$DAMACY_LIBRARY` (a path to the .so);
+2. the package folder (`python/damacy/` in a wheel, or the link dev/build.sh makes);
+3. the repository's build folder (`<repo>/build/`), for development checkouts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import errors
+
+__all__ = ["LIBRARY_NAME", "library_path", "load", "ops", "classes", "call", "translate"]
+
+LIBRARY_NAME = "libdamacy_torch.so"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_BUILD_DIR = _PACKAGE_DIR.parent.parent / "build"
+
+_loaded: str | None = None
+
+
+def _candidates() -> list[Path]:
+    out = []
+    env = os.environ.get("DAMACY_LIBRARY")
+    if env:
+        out.append(Path(env))
+    out.append(_PACKAGE_DIR / LIBRARY_NAME)
+    out.append(_REPO_BUILD_DIR / LIBRARY_NAME)
+    return out
+
+
+def library_path() -> Path:
+    """The library that `load` uses; ImportError with the fix when there is none."""
+    candidates = _candidates()
+    env = os.environ.get("DAMACY_LIBRARY")
+    if env and not Path(env).is_file():
+        raise ImportError(f"damacy: DAMACY_LIBRARY={env} is not a file")
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = "\n  ".join(str(p) for p in candidates)
+    raise ImportError(
+        f"damacy: the native library {LIBRARY_NAME} was not found; looked at:\n  {looked}\n"
+        "Build it with `bash dev/build.sh` (development checkout) or install the package with "
+        "`pip install --no-build-isolation .`, or point DAMACY_LIBRARY at the .so."
+    )
+
+
+def load() -> str:
+    """Loads the library once per process; returns its path."""
+    global _loaded
+    if _loaded is None:
+        path = library_path()
+        try:
+            torch.ops.load_library(str(path))
+        except OSError as e:
+            raise ImportError(
+                f"damacy: loading {path} failed: {e}\n"
+                f"It must be built against this torch ({torch.__version__}); rebuild with "
+                "`bash dev/build.sh`."
+            ) from e
+        _loaded = str(path)
+    return _loaded
+
+
+def ops() -> Any:
+    """`torch.ops.damacy` (loads the library)."""
+    load()
+    return torch.ops.damacy
+
+
+def classes() -> Any:
+    """`torch.classes.damacy` (loads the library)."""
+    load()
+    return torch.classes.damacy
+
+
+# "[Token] message": the first damacy token in torch's RuntimeError text.
+_TOKEN = re.compile(r"\[(" + "|".join(errors.STATUSES) + r")\] ")
+
+
+def translate(exc: BaseException) -> errors.DamacyError | None:
+    """The typed error for a RuntimeError raised by a damacy op, or None if it is not one.
+
+    torch may wrap the C++ message (a prefix, or lines such as "Exception raised from ..."
+    after it); damacy messages are one line, so the message is the rest of the token's line.
+    """
+    if isinstance(exc, errors.DamacyError):
+        return exc
+    m = _TOKEN.search(str(exc))
+    if m is None:
+        return None
+    what = str(exc)[m.end() :].split("\n", 1)[0].rstrip()
+    return errors.from_status(m.group(1), what)
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)`, with a damacy RuntimeError raised as its typed damacy error."""
+    try:
+        return fn(*args)
+    except RuntimeError as e:
+        typed = translate(e)
+        if typed is None:
+            raise
+        raise typed from None

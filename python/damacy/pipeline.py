@@ -1,0 +1,229 @@
+"""damacy.Pipeline: push samples, pop batches (torch tensors)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import deque
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+
+from . import _ops
+from .config import Config
+from .errors import ShutdownError
+from .sample import Sample
+
+__all__ = ["Pipeline", "Stats"]
+
+
+class Stats:
+    """Pipeline statistics: the stats JSON object with attribute access.
+
+    Nested objects are Stats too; `as_dict()` gives the plain data. The set of fields follows
+    the native library (cache hits and misses, bytes, timings) and may grow.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_data", dict(data))
+
+    @classmethod
+    def from_json(cls, text: str) -> Stats:
+        return cls(json.loads(text))
+
+    def as_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            value = self._data[name]
+        except KeyError:
+            raise AttributeError(f"Stats has no field {name!r}; fields: {sorted(self._data)}") from None
+        return Stats(value) if isinstance(value, dict) else value
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._data[name]
+        return Stats(value) if isinstance(value, dict) else value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Stats is read-only")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self._data))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Stats):
+            return NotImplemented
+        return self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={self.__getattr__(k)!r}" for k in self._data)
+        return f"Stats({inner})"
+
+    def __reduce__(self):
+        return (Stats, (self._data,))
+
+
+def _as_sample(item: Any) -> Sample:
+    if isinstance(item, Sample):
+        return item
+    if isinstance(item, tuple) and len(item) == 2:
+        return Sample(*item)
+    raise TypeError(f"expected a damacy.Sample or a (uri, aabb) pair, found {type(item).__name__}")
+
+
+class Pipeline:
+    """Streams batches of crops: `[samples_per_batch, *sample_shape]` tensors, in push order.
+
+    >>> with Pipeline(cfg) as p:
+    ...     p.push(samples)            # any iterable, also an endless generator; consumed lazily
+    ...     for batch in p.batches(100):
+    ...         ...
+
+    `push` keeps each iterable as a source; samples are pulled from the sources, in order,
+    whenever the native lookahead window has room: before and after each pop. A single
+    consumer thread is assumed. Closing (also on `with` exit and on garbage collection) stops
+    the native workers; batches already popped stay valid.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._closed = True  # until the native pipeline exists (so __del__ is safe)
+        if not isinstance(config, Config):
+            raise TypeError(f"expected a damacy.Config, found {type(config).__name__}")
+        self._config = config
+        self._sources: deque[Iterator[Any]] = deque()
+        self._held: Sample | None = None  # pulled from a source, refused by a full window
+        self._native = _ops.call(_ops.classes().Pipeline, config.to_json())
+        self._closed = False
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- push -----------------------------------------------------------------------------
+
+    def push(self, samples: Sample | Iterable[Sample]) -> None:
+        """Adds a source of samples: a Sample, or any iterable of Samples or (uri, aabb) pairs,
+        also an endless generator. Nothing is pulled here; see the class docstring."""
+        self._check_open()
+        self._sources.append(iter((samples,)) if isinstance(samples, Sample) else iter(samples))
+
+    def _fill(self) -> None:
+        """Pulls samples from the sources into the native window until it is full or the
+        sources are exhausted."""
+        push = self._native.push
+        while True:
+            sample = self._held
+            self._held = None
+            if sample is None:
+                sample = self._next_sample()
+                if sample is None:
+                    return
+            if not _ops.call(push, sample.uri, sample.starts, sample.stops):
+                self._held = sample
+                return
+
+    def _next_sample(self) -> Sample | None:
+        while self._sources:
+            try:
+                return _as_sample(next(self._sources[0]))
+            except StopIteration:
+                self._sources.popleft()
+        return None
+
+    # --- pop ------------------------------------------------------------------------------
+
+    def pop(self, timeout_s: float | None = None) -> torch.Tensor:
+        """The next batch; waits at most `timeout_s` seconds (None: the config's
+        pop_timeout_s). Raises TryAgain on time-out or when nothing was pushed, or the batch's
+        own error (the pipeline goes on with the next batch)."""
+        return self._pop(timeout_s, with_samples=False)
+
+    def pop_with_samples(self, timeout_s: float | None = None) -> tuple[torch.Tensor, list[Sample]]:
+        """pop() plus the samples of the batch, in batch order."""
+        tensor, samples_json = self._pop(timeout_s, with_samples=True)
+        samples = [Sample(s["uri"], [tuple(r) for r in s["aabb"]]) for s in json.loads(samples_json)]
+        return tensor, samples
+
+    def _pop(self, timeout_s: float | None, *, with_samples: bool) -> Any:
+        self._check_open()
+        self._fill()
+        t = -1.0 if timeout_s is None else float(timeout_s)
+        fn = self._native.pop_with_samples if with_samples else self._native.pop
+        out = _ops.call(fn, t)
+        self._fill()  # top up the window so the next batch is prefetched meanwhile
+        return out
+
+    def batches(self, n: int | None = None, timeout_s: float | None = None) -> Iterator[torch.Tensor]:
+        """Yields `n` batches (None: until the sources are exhausted; a trailing partial batch
+        is dropped)."""
+        spb = self._config.samples_per_batch
+        produced = 0
+        while n is None or produced < n:
+            self._check_open()
+            self._fill()
+            if self._held is None and not self._sources and self._native.pending_samples() < spb:
+                return
+            yield self.pop(timeout_s)
+            produced += 1
+
+    def pending_samples(self) -> int:
+        """Samples in the native window (pushed, not yet popped in a batch)."""
+        self._check_open()
+        return int(self._native.pending_samples())
+
+    def stats(self) -> Stats:
+        """Statistics (cache hits and misses, bytes, timings) as a Stats object."""
+        self._check_open()
+        return Stats.from_json(_ops.call(self._native.stats))
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stops the native workers and drops the sources. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sources.clear()
+        self._held = None
+        _ops.call(self._native.close)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ShutdownError("pipeline is closed")
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.pending_samples()} pending"
+        return f"Pipeline({self._config!r}, {state})"
+
+    def __reduce__(self):
+        raise TypeError("a damacy.Pipeline cannot be pickled; pickle its Config and make one per process")
+

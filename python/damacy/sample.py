@@ -1,0 +1,103 @@
+"""damacy.Sample: one crop request, an array uri and an axis-aligned box."""
+
+from __future__ import annotations
+
+import operator
+import os
+from typing import Any, Iterable
+
+from .errors import InvalidArgument
+
+__all__ = ["Sample"]
+
+
+def _bound(value: Any, dim: int, which: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise InvalidArgument(f"sample aabb dim {dim}: {which} must be an integer, found {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidArgument(
+            f"sample aabb dim {dim}: {which} must be an integer, found {type(value).__name__} {value!r}"
+        ) from None
+
+
+def _range(item: Any, dim: int) -> tuple[int, int]:
+    if isinstance(item, slice):
+        if item.step not in (None, 1):
+            raise InvalidArgument(f"sample aabb dim {dim}: step must be 1, found {item.step!r}")
+        start, stop = _bound(item.start, dim, "start"), _bound(item.stop, dim, "stop")
+    elif isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or not hasattr(item, "__getitem__"):
+        raise InvalidArgument(
+            f"sample aabb dim {dim}: expected a (start, stop) pair or a slice, found {item!r}"
+        )
+    elif len(item) != 2:
+        raise InvalidArgument(f"sample aabb dim {dim}: expected a (start, stop) pair, found {len(item)} values")
+    else:
+        start, stop = _bound(item[0], dim, "start"), _bound(item[1], dim, "stop")
+    if start < 0:
+        raise InvalidArgument(f"sample aabb dim {dim}: start must be >= 0, found {start}")
+    if stop <= start:
+        raise InvalidArgument(f"sample aabb dim {dim}: empty range [{start}, {stop})")
+    return start, stop
+
+
+class Sample:
+    """A crop request: `uri` (an array folder or URL) and `aabb`, one half-open
+    ``(start, stop)`` per dimension; pairs or slices (step 1) are accepted.
+
+    >>> Sample("/data/vol.zarr", [(0, 64), slice(10, 138), (0, 128)]).shape
+    (64, 128, 128)
+
+    Immutable, hashable, picklable. Invalid boxes raise `damacy.InvalidArgument`.
+    """
+
+    __slots__ = ("uri", "aabb")
+    uri: str
+    aabb: tuple[tuple[int, int], ...]
+
+    def __init__(self, uri: str | os.PathLike[str], aabb: Iterable[Any]) -> None:
+        if isinstance(uri, os.PathLike):
+            uri = os.fspath(uri)
+        if not isinstance(uri, str) or not uri:
+            raise InvalidArgument(f"sample uri: expected a non-empty string, found {uri!r}")
+        if isinstance(aabb, (str, bytes)) or not hasattr(aabb, "__iter__"):
+            raise InvalidArgument(f"sample aabb: expected a sequence of (start, stop) pairs, found {aabb!r}")
+        box = tuple(_range(item, dim) for dim, item in enumerate(aabb))
+        if not box:
+            raise InvalidArgument("sample aabb: expected at least one dimension, found none")
+        object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "aabb", box)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The extent per dimension (stop - start)."""
+        return tuple(stop - start for start, stop in self.aabb)
+
+    @property
+    def starts(self) -> list[int]:
+        return [start for start, _ in self.aabb]
+
+    @property
+    def stops(self) -> list[int]:
+        return [stop for _, stop in self.aabb]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Sample is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Sample is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sample):
+            return NotImplemented
+        return (self.uri, self.aabb) == (other.uri, other.aabb)
+
+    def __hash__(self) -> int:
+        return hash((self.uri, self.aabb))
+
+    def __repr__(self) -> str:
+        return f"Sample({self.uri!r}, {list(self.aabb)!r})"
+
+    def __reduce__(self):
+        return (Sample, (self.uri, self.aabb))

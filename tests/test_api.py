@@ -1,0 +1,138 @@
+"""The Python API over the native library, without data: config validation, the error
+mapping, samples, pipeline lifetime, pickling (dev/ops.md)."""
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import damacy
+from damacy import _ops, errors
+
+
+def test_config_validates_and_reads_back():
+    c = damacy.Config(samples_per_batch=2, sample_shape=(4, 4, 4))
+    assert c.samples_per_batch == 2
+    assert c.sample_shape == (4, 4, 4)
+    assert c.dtype == "f32"
+    assert damacy.Config.from_json(c.to_json()) == c
+    assert c.replace(dtype="bf16").dtype == "bf16"
+    with pytest.raises(AttributeError):
+        c.samples_per_batch = 3
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"foo": 1}, "foo"),
+        ({"sample_shape": (4, 0)}, "sample_shape"),
+        ({"dtype": "f64"}, "dtype"),
+        ({"samples_per_batch": 100, "lookahead_samples": 10}, "lookahead_samples"),
+        ({"samples_per_batch": object()}, "samples_per_batch"),
+    ],
+)
+def test_config_errors_name_the_field(fields, named):
+    with pytest.raises(damacy.InvalidArgument, match=named) as info:
+        damacy.Config(**fields)
+    assert info.value.status == "InvalidArgument"
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("status", errors.STATUSES)
+def test_every_status_maps_and_pickles(status):
+    # What torch raises for a damacy op: the C++ what() plus, at times, lines of its own.
+    raw = RuntimeError(f"[{status}] uri /a.zarr: shard c/0/1 truncated\nException raised from x at y.cpp:1")
+    typed = _ops.translate(raw)
+    assert typed.status == status
+    assert typed.what == "uri /a.zarr: shard c/0/1 truncated"
+    assert isinstance(typed, damacy.DamacyError)
+    assert type(typed).STATUS == status
+    back = pickle.loads(pickle.dumps(typed))
+    assert type(back) is type(typed) and back == typed
+
+
+def test_errors_survive_another_process():
+    e = damacy.StorageError("shard c/0/0 truncated")
+    out = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; e = pickle.loads(sys.stdin.buffer.read()); print(type(e).__name__, e.status, e.what)"],
+        input=pickle.dumps(e), capture_output=True, check=True,
+    )
+    assert out.stdout.decode().strip() == "StorageError Storage shard c/0/0 truncated"
+
+
+def test_non_damacy_runtime_errors_pass_through():
+    def boom():
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        _ops.call(boom)
+
+
+def test_sample_validation_and_pickle():
+    s = damacy.Sample("/a.zarr", [(0, 4), slice(2, 6), (1, 5)])
+    assert s.aabb == ((0, 4), (2, 6), (1, 5))
+    assert s.shape == (4, 4, 4)
+    assert pickle.loads(pickle.dumps(s)) == s
+    assert len({s, damacy.Sample("/a.zarr", [(0, 4), (2, 6), (1, 5)])}) == 1
+    for bad in ([3], [(0, 0)], [(-1, 2)], [slice(0, 4, 2)], [slice(None, 4)], [], [(0, 1.5)], [(True, 2)]):
+        with pytest.raises(damacy.InvalidArgument):
+            damacy.Sample("/a.zarr", bad)
+    with pytest.raises(damacy.InvalidArgument):
+        damacy.Sample("", [(0, 1)])
+
+
+def test_pipeline_lifetime_and_errors():
+    c = damacy.Config(samples_per_batch=2, sample_shape=(4, 4, 4))
+    with damacy.Pipeline(c) as p:
+        assert p.pending_samples() == 0
+        with pytest.raises(damacy.TryAgain):
+            p.pop(0.01)
+        assert isinstance(p.stats(), damacy.Stats)
+    assert p.closed
+    p.close()  # idempotent
+    with pytest.raises(damacy.ShutdownError):
+        p.pop()
+    with pytest.raises(TypeError):
+        pickle.dumps(p)
+
+
+def test_push_is_lazy():
+    pulled = []
+
+    def endless():
+        i = 0
+        while True:
+            pulled.append(i)
+            yield damacy.Sample("/nowhere.zarr", [(i, i + 4), (0, 4), (0, 4)])
+            i += 1
+
+    c = damacy.Config(samples_per_batch=2, sample_shape=(4, 4, 4))
+    with damacy.Pipeline(c) as p:
+        p.push(endless())
+        assert pulled == []  # nothing pulled before a pop
+
+
+def test_stats_object():
+    s = damacy.Stats({"a": 1, "cache": {"hits": 2}})
+    assert s.a == 1 and s.cache.hits == 2 and s.as_dict() == {"a": 1, "cache": {"hits": 2}}
+    assert pickle.loads(pickle.dumps(s)) == s
+    with pytest.raises(AttributeError):
+        s.nope
+
+
+def test_ops_are_registered():
+    defaults = torch.ops.damacy.config_defaults()
+    assert "samples_per_batch" in defaults
+    assert hasattr(torch.classes.damacy, "Pipeline")
+
+
+def test_array_info_missing_array_is_not_found():
+    with pytest.raises(damacy.NotFound, match="/nonexistent/damacy-test.zarr"):
+        damacy.array_info("/nonexistent/damacy-test.zarr")
+
+
+def test_write_example_volume_rejects_negative_extents(tmp_path):
+    with pytest.raises(damacy.InvalidArgument, match="shape"):
+        _ops.call(torch.ops.damacy.write_example_volume, str(tmp_path / "v.zarr"), [-1, 4], [2, 2], [], "zstd", 0)
