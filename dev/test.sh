@@ -9,7 +9,7 @@ venv="$(bash dev/venv.sh)"
 export PATH="$venv/bin:$PATH"
 
 echo "== cargo test"
-cargo test --release --workspace 2>&1 | grep -vE "^\s+(Compiling|Running)" || exit 1
+cargo test --release --workspace
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 

@@ -126,7 +126,9 @@ fn a_failed_batch_reports_and_the_next_batch_works() {
     assert!(e.message().contains("[10, 12]"), "{e}");
     let mut b = p.pop(5.0).unwrap();
     assert_eq!(f32::from_ne_bytes(b.bytes()[..4].try_into().unwrap()), f32::from(value(0, 0)));
-    let e = p.push(uri, &[0, 0], &[3, 3]).unwrap_err();
+    assert!(p.push(uri, &[0, 0], &[3, 3]).unwrap(), "a wrong extent fails its batch, not push");
+    let e = p.pop(5.0).unwrap_err();
     assert_eq!(e.status(), Status::InvalidArgument);
+    assert!(e.message().contains("sample_shape"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

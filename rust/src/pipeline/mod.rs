@@ -37,6 +37,8 @@ use stats::Stats;
 struct SampleSpec {
     uri: String,
     aabb: Vec<(i64, i64)>,
+    /// Set when the sample was invalid at push: its batch fails with this error.
+    error: Option<Error>,
 }
 
 struct BatchJob {
@@ -173,12 +175,9 @@ impl Pipeline {
     /// what one batch needs; OutOfMemory when threads cannot start.
     pub fn new(cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        let spb = cfg.samples_per_batch;
-        for (knob, v) in [("n_array_meta_cache", cfg.n_array_meta_cache), ("n_shard_index_cache", cfg.n_shard_index_cache), ("n_chunk_layout_cache", cfg.n_chunk_layout_cache)] {
-            if v < spb {
-                return Err(err!(InvalidArgument, "config field `{knob}`: {v} cannot hold the entries of one batch; raise `{knob}` to at least samples_per_batch ({spb})"));
-            }
-        }
+        // Cache capacities are checked per batch (what a batch needs depends on the arrays'
+        // geometry): one that cannot hold a single batch fails it with BudgetExceeded
+        // naming the knob.
         let pool = WorkerPool::new(cfg.n_io_threads as usize)?;
         let gpu_mode = cfg.device.starts_with("cuda") && cfg.decode != "cpu";
         let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
@@ -208,21 +207,25 @@ impl Pipeline {
 
     /// Offers one sample; `Ok(false)` when the lookahead window is full.
     ///
+    /// A box whose extent differs from `sample_shape` is accepted and fails its batch with
+    /// InvalidArgument at `pop`.
+    ///
     /// # Errors
-    /// InvalidArgument when the box's extent differs from `sample_shape`; Shutdown after
-    /// `close`.
+    /// Shutdown after `close`.
     pub fn push(&self, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool> {
         let cfg = &self.shared.cfg;
-        if starts.len() != stops.len() {
-            return Err(err!(InvalidArgument, "{uri}: box has {} starts and {} stops", starts.len(), stops.len()));
-        }
+        // An invalid box does not fail `push`: like every other problem with a sample, it
+        // fails the sample's batch, so batch boundaries stay where the caller expects them.
         let extent: Vec<i64> = starts.iter().zip(stops).map(|(a, b)| b - a).collect();
-        if extent.len() != cfg.sample_shape.len() || extent.iter().zip(&cfg.sample_shape).any(|(&e, &s)| e != s as i64) {
-            return Err(err!(InvalidArgument, "{uri}: box extent {extent:?} differs from sample_shape {:?}", cfg.sample_shape));
-        }
-        if uri.is_empty() {
-            return Err(err!(InvalidArgument, "empty uri"));
-        }
+        let error = if starts.len() != stops.len() {
+            Some(err!(InvalidArgument, "{uri}: box has {} starts and {} stops", starts.len(), stops.len()))
+        } else if extent.len() != cfg.sample_shape.len() || extent.iter().zip(&cfg.sample_shape).any(|(&e, &s)| e != s as i64) {
+            Some(err!(InvalidArgument, "{uri}: box extent {extent:?} differs from sample_shape {:?}", cfg.sample_shape))
+        } else if uri.is_empty() {
+            Some(err!(InvalidArgument, "empty uri"))
+        } else {
+            None
+        };
         let mut w = self.shared.window();
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(Shutdown, "push on a closed pipeline"));
@@ -230,7 +233,7 @@ impl Pipeline {
         if w.unpopped >= u64::from(cfg.lookahead_samples) {
             return Ok(false);
         }
-        w.forming.push(SampleSpec { uri: uri.to_string(), aabb: starts.iter().copied().zip(stops.iter().copied()).collect() });
+        w.forming.push(SampleSpec { uri: uri.to_string(), aabb: starts.iter().copied().zip(stops.iter().copied()).collect(), error });
         w.unpopped += 1;
         self.shared.stats.sample_pushed();
         if w.forming.len() == cfg.samples_per_batch as usize {
@@ -249,8 +252,8 @@ impl Pipeline {
     /// `pop_timeout_s`).
     ///
     /// # Errors
-    /// The batch's own error (its pipeline stays usable); TryAgain when no complete batch
-    /// was pushed or it is not ready in time; PoolStarved when every output buffer is held
+    /// The batch's own error (its pipeline stays usable); TryAgain when the next batch is
+    /// not complete or not ready within the timeout; PoolStarved when every output buffer is held
     /// by live batches; Shutdown after `close`.
     pub fn pop(&self, timeout_s: f64) -> Result<Box<Batch>> {
         let timeout = if timeout_s < 0.0 || !timeout_s.is_finite() { self.shared.cfg.pop_timeout_s } else { timeout_s };
@@ -273,10 +276,7 @@ impl Pipeline {
                     Box::new(b)
                 });
             }
-            if seq >= w.formed {
-                return Err(err!(TryAgain, "no complete batch pending: {} sample(s) pushed toward the next batch, samples_per_batch = {spb}", w.forming.len()));
-            }
-            if self.shared.buffers.starved() {
+            if seq < w.formed && self.shared.buffers.starved() {
                 return Err(err!(
                     PoolStarved,
                     "all {} output buffers are held by live batch tensors; drop (or .clone()) batches you keep, or raise `n_batch_buffers`",
@@ -285,6 +285,9 @@ impl Pipeline {
             }
             let now = Instant::now();
             if now >= deadline {
+                if seq >= w.formed {
+                    return Err(err!(TryAgain, "no complete batch pushed after {timeout} s: {} sample(s) pushed toward the next batch, samples_per_batch = {spb}", w.forming.len()));
+                }
                 return Err(err!(TryAgain, "batch {seq} not ready after {timeout} s (pop_timeout_s)"));
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
@@ -409,6 +412,9 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
 
 fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> Result<()> {
     let cfg = &shared.cfg;
+    if let Some(e) = batch.samples.iter().find_map(|s| s.error.clone()) {
+        return Err(e);
+    }
     let specs: Vec<(String, Vec<(i64, i64)>)> = batch.samples.iter().map(|s| (s.uri.clone(), s.aabb.clone())).collect();
     let t0 = Instant::now();
     let others = || shared.running.load(Ordering::Acquire) > 1;
