@@ -22,6 +22,18 @@ build="${DAMACY_BUILD_DIR:-build}"
 echo "== cargo build --release -p damacy" >&2
 cargo build --release -p damacy -j "$jobs"
 
+# CUDA: a system nvcc if there is one, else the venv's PyPI nvcc (nvidia-cuda-nvcc, CUDA 13),
+# so the CUDA build compiles here and in CI though nothing runs it. DAMACY_CUDA=OFF skips it.
+cuda_args=()
+if [ "${DAMACY_CUDA:-AUTO}" = "OFF" ]; then
+  cuda_args=(-DDAMACY_CUDA=OFF)
+elif ! command -v nvcc >/dev/null 2>&1; then
+  cu13="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13"
+  if [ -x "$cu13/bin/nvcc" ]; then
+    cuda_args=(-DCMAKE_CUDA_COMPILER="$cu13/bin/nvcc" -DCMAKE_CUDA_FLAGS="-L$cu13/lib" -DDAMACY_CUDA=ON)
+  fi
+fi
+
 echo "== cmake configure ($build)" >&2
 torch_prefix="$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 # shellcheck disable=SC2086
@@ -30,6 +42,7 @@ cmake -S . -B "$build" -G Ninja \
   -DCMAKE_PREFIX_PATH="$torch_prefix" \
   -DDAMACY_PYTHON="$py" \
   -DDAMACY_BUILD_TESTS=ON \
+  "${cuda_args[@]}" \
   ${DAMACY_CMAKE_ARGS:-} >/dev/null
 
 echo "== cmake build" >&2

@@ -6,6 +6,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="$(bash dev/venv.sh)"
+# This checkout's python/ first, whatever checkout the shared venv's .pth names.
+export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
 
 echo "== cargo test"

@@ -2,8 +2,21 @@
 #include "damacy/arrays.h"
 
 #include "bridge.h"
+#if DAMACY_WITH_CUDA
+#include "device/device_batch.h"
+#endif
 
 namespace damacy {
+
+std::string gpu_info_json(std::string_view search_path) {
+#if DAMACY_WITH_CUDA
+  return detail::gpu_info_json(std::string(search_path));
+#else
+  (void)search_path;
+  return "{\"cuda_built\": false, \"nvcomp_available\": false, \"nvcomp_path\": \"\", "
+         "\"nvcomp_version\": 0, \"why\": \"this damacy build has no CUDA support\"}";
+#endif
+}
 
 std::string array_info_json(std::string_view uri) {
   return std::string(detail::call([&] { return ffi::array_info_json(detail::str(uri, "uri")); }));

@@ -40,6 +40,15 @@ std::string Config::dtype() const { return std::string(cfg_->dtype); }
 
 std::string Config::device() const { return std::string(cfg_->device); }
 
+std::string Config::decode() const { return std::string(cfg_->decode); }
+
+Config Config::with_decode(std::string_view decode) const {
+  auto cfg = std::make_shared<ffi::PipelineConfig>(*cfg_);
+  cfg->decode = rust::String(std::string(decode));
+  // Re-validate through Rust's single pass.
+  return from_json(std::string(ffi::config_to_json(*cfg)));
+}
+
 double Config::pop_timeout_s() const noexcept { return cfg_->pop_timeout_s; }
 
 }  // namespace damacy

@@ -6,6 +6,7 @@
 #include "damacy/pipeline.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -14,6 +15,9 @@
 #include <c10/util/Exception.h>
 
 #include "bridge.h"
+#if DAMACY_WITH_CUDA
+#include "device/device_batch.h"
+#endif
 
 namespace damacy {
 namespace {
@@ -85,25 +89,71 @@ struct Pipeline::Impl {
   Config config;
   at::Device device;
   rust::Box<ffi::Pipeline> rust;
+#if DAMACY_WITH_CUDA
+  std::unique_ptr<detail::DeviceRunner> runner;  // device path (decode on the GPU)
+#endif
+
+  at::Tensor finish(rust::Box<ffi::Batch> batch) {
+#if DAMACY_WITH_CUDA
+    if (runner && batch->is_gpu()) return runner->run(std::move(batch));
+#endif
+    return to_tensor(std::move(batch), device);
+  }
+  void close() {
+#if DAMACY_WITH_CUDA
+    if (runner) runner->close();  // unpins slabs before Rust may free them
+#endif
+    rust->close();
+  }
 };
 
-Pipeline::Pipeline(const Config& config) {
-  at::Device device = parse_device(config.device());
+namespace {
+
+// Where chunks of a CUDA pipeline are decoded: "gpu" needs this build's CUDA path and
+// nvCOMP (else InvalidArgument/CudaError with the fix); "auto" falls back to CPU decode with
+// one log line; the config handed to Rust says which.
+Config resolve_decode(const Config& config, const at::Device& device) {
+  const std::string decode = config.decode();
+  if (!device.is_cuda() || decode == "cpu") return config;
+  std::string why;
+#if DAMACY_WITH_CUDA
+  why = detail::nvcomp_unavailable_reason();
+#else
+  why = "this damacy build has no CUDA support (rebuild with a CUDA compiler, DAMACY_CUDA=ON)";
+#endif
+  if (why.empty()) return config;
+  if (decode == "gpu") throw CudaError("decode=\"gpu\": " + why);
+  static bool logged = false;
+  if (!logged) {
+    logged = true;
+    std::fprintf(stderr, "damacy: decoding on the CPU (decode=\"auto\"): %s\n", why.c_str());
+  }
+  return config.with_decode("cpu");
+}
+
+}  // namespace
+
+Pipeline::Pipeline(const Config& requested) {
+  at::Device device = parse_device(requested.device());
+  const Config config = resolve_decode(requested, device);
   auto rust = detail::call([&] { return ffi::pipeline_new(config.raw()); });
   impl_ = std::make_unique<Impl>(Impl{config, device, std::move(rust)});
+#if DAMACY_WITH_CUDA
+  if (device.is_cuda() && config.decode() != "cpu") impl_->runner = std::make_unique<detail::DeviceRunner>(device);
+#endif
 }
 
 Pipeline::Pipeline(std::string_view config_json) : Pipeline(Config::from_json(config_json)) {}
 
 Pipeline::~Pipeline() {
-  if (impl_) impl_->rust->close();
+  if (impl_) impl_->close();
 }
 
 Pipeline::Pipeline(Pipeline&&) noexcept = default;
 
 Pipeline& Pipeline::operator=(Pipeline&& other) noexcept {
   if (this != &other) {
-    if (impl_) impl_->rust->close();
+    if (impl_) impl_->close();
     impl_ = std::move(other.impl_);
   }
   return *this;
@@ -137,14 +187,14 @@ bool Pipeline::push(std::string_view uri, const std::vector<std::int64_t>& start
 at::Tensor Pipeline::pop(double timeout_s) {
   if (!impl_) moved_from();
   auto batch = detail::call([&] { return impl_->rust->pop(timeout_s); });
-  return to_tensor(std::move(batch), impl_->device);
+  return impl_->finish(std::move(batch));
 }
 
 BatchWithSamples Pipeline::pop_with_samples(double timeout_s) {
   if (!impl_) moved_from();
   auto batch = detail::call([&] { return impl_->rust->pop(timeout_s); });
   std::string samples(batch->samples_json());
-  return {to_tensor(std::move(batch), impl_->device), std::move(samples)};
+  return {impl_->finish(std::move(batch)), std::move(samples)};
 }
 
 std::uint64_t Pipeline::pending_samples() const {
@@ -158,7 +208,7 @@ std::string Pipeline::stats() const {
 }
 
 void Pipeline::close() {
-  if (impl_) impl_->rust->close();
+  if (impl_) impl_->close();
 }
 
 const Config& Pipeline::config() const {

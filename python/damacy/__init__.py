@@ -34,6 +34,13 @@ from .sample import Sample
 _ops.load()
 
 
+def gpu_info() -> dict:
+    """What this build can do on the GPU: {"cuda_built", "nvcomp_available", "nvcomp_path",
+    "nvcomp_version", "why"}. `Config(device="cuda:N", decode="auto")` decodes on the GPU when
+    both are true, else on the CPU (one log line says why)."""
+    return _ops.gpu_info()
+
+
 def array_info(uri: str) -> dict:
     """Facts about the array at `uri` (shape, dtype, chunk and shard shape, codecs, bytes)."""
     import json
@@ -48,6 +55,7 @@ __all__ = [
     "Pipeline",
     "Stats",
     "array_info",
+    "gpu_info",
     "errors",
     "DamacyError",
     "TryAgain",

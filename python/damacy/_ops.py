@@ -11,6 +11,8 @@ The library registers `torch.ops.damacy.*` and `torch.classes.damacy.Pipeline`
 from __future__ import annotations
 
 import os
+import json
+import sys
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -69,7 +71,22 @@ def load() -> str:
                 "`bash dev/build.sh`."
             ) from e
         _loaded = str(path)
+        # nvCOMP is found at run time: point the extension at this Python's site folders,
+        # where the nvidia-libnvcomp-cu13 wheel puts libnvcomp.so.5.
+        global _gpu_info
+        _gpu_info = json.loads(torch.ops.damacy.gpu_info(os.pathsep.join(p for p in sys.path if p)))
     return _loaded
+
+
+_gpu_info: dict | None = None
+
+
+def gpu_info() -> dict:
+    """What this build can do on the GPU: cuda_built, nvcomp_available, nvcomp_path,
+    nvcomp_version, why (empty when nvCOMP is usable)."""
+    load()
+    assert _gpu_info is not None
+    return dict(_gpu_info)
 
 
 def ops() -> Any:

@@ -20,4 +20,9 @@ void write_example_volume(std::string_view path, const std::vector<std::uint64_t
                           const std::vector<std::uint64_t>& shard_shape, std::string_view codec,
                           std::uint64_t seed);
 
+/// What this build can do on the GPU, as a JSON object: {"cuda_built", "nvcomp_available",
+/// "nvcomp_path", "nvcomp_version", "why"}. Loads nvCOMP once, searching the `:`-separated
+/// folders in `search_path` (e.g. Python's sys.path) for the nvidia-libnvcomp-cu13 wheel.
+std::string gpu_info_json(std::string_view search_path);
+
 }  // namespace damacy

@@ -34,6 +34,10 @@ class Config {
   std::string dtype() const;
   /// "cpu", "cuda" or "cuda:N".
   std::string device() const;
+  /// "auto", "gpu" or "cpu": where chunks are decoded.
+  std::string decode() const;
+  /// A copy with `decode` replaced. @throws InvalidArgument for an unknown value.
+  Config with_decode(std::string_view decode) const;
   /// The default pop timeout in seconds.
   double pop_timeout_s() const noexcept;
 

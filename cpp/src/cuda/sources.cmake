@@ -89,9 +89,10 @@ function(damacy_add_gpu_library name)
     CXX_STANDARD_REQUIRED ON
     POSITION_INDEPENDENT_CODE ON
     CUDA_RUNTIME_LIBRARY ${DAMACY_CUDA_RUNTIME})
+  # nvCOMP's headers are public: the extension's device path includes nvcomp_loader.h.
   target_include_directories(${name}
-    PUBLIC "${DAMACY_GPU_REPO}/cpp/include"
-    PRIVATE "${DAMACY_GPU_DIR}" "${DAMACY_GPU_REPO}/cpp/src" "${DAMACY_NVCOMP_INCLUDE_DIR}")
+    PUBLIC "${DAMACY_GPU_REPO}/cpp/include" "${DAMACY_NVCOMP_INCLUDE_DIR}"
+    PRIVATE "${DAMACY_GPU_DIR}" "${DAMACY_GPU_REPO}/cpp/src")
   # The .cpp files and the headers include cuda_runtime_api.h: the CUDA compiler's own
   # include folder (CUDAToolkit's may be incomplete with the PyPI toolkit).
   target_include_directories(${name} SYSTEM PUBLIC ${CMAKE_CUDA_TOOLKIT_INCLUDE_DIRECTORIES})

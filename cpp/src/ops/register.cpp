@@ -27,6 +27,8 @@ std::string validate_config_op(std::string json) { return Config::from_json(json
 
 std::string array_info_op(std::string uri) { return array_info_json(uri); }
 
+std::string gpu_info_op(std::string search_path) { return gpu_info_json(search_path); }
+
 std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
   std::vector<std::uint64_t> out;
   out.reserve(v.size());
@@ -79,6 +81,7 @@ TORCH_LIBRARY(damacy, m) {
   m.def("config_defaults() -> str", &damacy::config_defaults_op);
   m.def("validate_config(str json) -> str", &damacy::validate_config_op);
   m.def("array_info(str uri) -> str", &damacy::array_info_op);
+  m.def("gpu_info(str search_path) -> str", &damacy::gpu_info_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);
 }

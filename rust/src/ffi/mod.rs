@@ -119,6 +119,8 @@ mod bridge {
         fn unshuffle_ops(self: &Batch) -> &[GpuUnshuffleOp];
         /// GPU path: copy and fill ops into the output, after unshuffling.
         fn copy_ops(self: &Batch) -> &[GpuCopyOp];
+        /// GPU path: the uri and chunk that decode op `i` belongs to (for error messages).
+        fn decode_op_context(self: &Batch, i: u32) -> String;
         /// The batch's samples as JSON: `[{"uri": .., "aabb": [[start, stop], ..]}, ..]`.
         fn samples_json(self: &Batch) -> String;
 

@@ -29,6 +29,17 @@ pub(super) struct DeviceWork {
     pub(super) unshuffle_ops: Vec<GpuUnshuffleOp>,
     /// Copy and fill ops.
     pub(super) copy_ops: Vec<GpuCopyOp>,
+    /// Per decode op: the chunk op it belongs to (index into `chunk_names`).
+    pub(super) decode_chunk: Vec<u32>,
+    /// Per chunk op: "uri: chunk [coords]".
+    pub(super) chunk_names: Vec<String>,
+}
+
+impl DeviceWork {
+    /// "uri: chunk [..]" of decode op `i`.
+    pub(super) fn context(&self, i: usize) -> String {
+        self.decode_chunk.get(i).and_then(|&c| self.chunk_names.get(c as usize)).cloned().unwrap_or_else(|| format!("decode op {i}"))
+    }
 }
 
 /// Largest gap between two chunk ranges of one file that a read op reads through.
@@ -135,7 +146,16 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
     let lease = shared.buffers.acquire(&shared.shutdown).ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
     let slab = SlabPtr(lease.ptr(), lease.len());
     *batch.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
-    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) = Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, ..DeviceWork::default() });
+    let chunk_names = plan
+        .chunk_ops
+        .iter()
+        .map(|op| {
+            let uri = op.copies.first().map_or("?", |c| batch.samples[c.sample as usize].uri.as_str());
+            format!("{uri}: chunk {:?}", op.coords)
+        })
+        .collect();
+    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, chunk_names, ..DeviceWork::default() });
     shared.stats.staged(&staging);
 
     let cpu_chunks: Vec<usize> = (0..plan.chunk_ops.len()).filter(|&i| cpu_slot(i).is_some()).collect();
@@ -213,14 +233,19 @@ impl StageJob {
         shared.stats.read_op(read.len, t0.elapsed());
         let mut work = Vec::new();
         for &i in &read.chunks {
-            self.chunk_ops(i, &mut work).map_err(|e| e.context(self.context(i, batch)))?;
+            let mut ops = Vec::new();
+            self.chunk_ops(i, &mut ops).map_err(|e| e.context(self.context(i, batch)))?;
+            work.extend(ops.into_iter().map(|o| (o, i)));
         }
         let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = dev.as_mut() {
             for w in work {
                 match w {
-                    Op::Decode(o) => d.decode_ops.push(o),
-                    Op::Unshuffle(o) => d.unshuffle_ops.push(o),
+                    (Op::Decode(o), i) => {
+                        d.decode_ops.push(o);
+                        d.decode_chunk.push(i as u32);
+                    }
+                    (Op::Unshuffle(o), _) => d.unshuffle_ops.push(o),
                 }
             }
         }
@@ -249,6 +274,7 @@ impl StageJob {
         let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = dev.as_mut() {
             d.decode_ops.push(GpuDecodeOp { codec: 0, src_offset: at, src_len: len, dst_offset: dst, dst_len: len });
+            d.decode_chunk.push(i as u32);
         }
         Ok(())
     }

@@ -368,6 +368,10 @@ impl Batch {
     pub fn unshuffle_ops(&self) -> &[crate::ffi::GpuUnshuffleOp] {
         self.device.as_ref().map_or(&[], |d| &d.unshuffle_ops)
     }
+    /// The uri and chunk of decode op `i` (device path).
+    pub fn decode_op_context(&self, i: u32) -> String {
+        self.device.as_ref().map_or_else(String::new, |d| d.context(i as usize))
+    }
     /// Copy and fill ops (device path).
     pub fn copy_ops(&self) -> &[crate::ffi::GpuCopyOp] {
         self.device.as_ref().map_or(&[], |d| &d.copy_ops)

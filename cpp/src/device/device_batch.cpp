@@ -1,0 +1,266 @@
+// The device path of a batch: see device_batch.h.
+#include "device/device_batch.h"
+
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+
+#include "damacy/detail/gpu_kernels.h"
+#include "damacy/detail/gpu_plan.h"
+#include "damacy/errors.h"
+#include "nvcomp/nvcomp_loader.h"
+
+namespace damacy::detail {
+namespace {
+
+void check_cuda(cudaError_t rc, const char* what) {
+  if (rc != cudaSuccess) {
+    throw CudaError(std::string(what) + ": " + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) + ")");
+  }
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+at::Tensor device_bytes(uint64_t n, const at::Device& device) {
+  return at::empty({static_cast<int64_t>(std::max<uint64_t>(n, 1))},
+                   at::TensorOptions().dtype(at::kByte).device(device));
+}
+
+template <class T>
+at::Tensor upload(const T* data, size_t n, const at::Device& device, cudaStream_t stream) {
+  at::Tensor d = device_bytes(n * sizeof(T), device);
+  if (n) check_cuda(cudaMemcpyAsync(d.data_ptr(), data, n * sizeof(T), cudaMemcpyHostToDevice, stream), "upload ops");
+  return d;
+}
+
+}  // namespace
+
+std::string gpu_info_json(const std::string& search_path) {
+  const bool ok = nvcomp::load_pathlist(search_path);
+  std::string out = "{\"cuda_built\": true, \"nvcomp_available\": ";
+  out += ok ? "true" : "false";
+  out += ", \"nvcomp_path\": \"" + json_escape(nvcomp::library_path()) + "\"";
+  out += ", \"nvcomp_version\": " + std::to_string(nvcomp::library_version());
+  out += ", \"why\": \"" + json_escape(nvcomp::why_unavailable()) + "\"}";
+  return out;
+}
+
+std::string nvcomp_unavailable_reason() {
+  return nvcomp::available() ? std::string() : nvcomp::why_unavailable();
+}
+
+struct DeviceRunner::State {
+  at::Device device;
+  std::set<const void*> pinned;  // slabs registered with cudaHostRegister
+  // Batches whose slab the device may still read, with the event that says it is done.
+  std::deque<std::pair<cudaEvent_t, rust::Box<ffi::Batch>>> in_use;
+  bool closed = false;
+
+  explicit State(const at::Device& d) : device(d) {}
+
+  void reclaim(bool wait) {
+    while (!in_use.empty()) {
+      cudaEvent_t ev = in_use.front().first;
+      if (wait) {
+        cudaEventSynchronize(ev);
+      } else if (cudaEventQuery(ev) != cudaSuccess) {
+        break;
+      }
+      cudaEventDestroy(ev);
+      in_use.pop_front();
+    }
+  }
+};
+
+DeviceRunner::DeviceRunner(const at::Device& device) : state_(std::make_unique<State>(device)) {}
+
+DeviceRunner::~DeviceRunner() { close(); }
+
+void DeviceRunner::close() noexcept {
+  if (!state_ || state_->closed) return;
+  state_->closed = true;
+  try {
+    c10::cuda::CUDAGuard guard(state_->device);
+    state_->reclaim(true);
+    for (const void* p : state_->pinned) cudaHostUnregister(const_cast<void*>(p));
+    state_->pinned.clear();
+  } catch (...) {
+  }
+}
+
+at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
+  State& st = *state_;
+  if (st.closed) throw ShutdownError("device runner closed");
+  c10::cuda::CUDAGuard guard(st.device);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(st.device.index()).stream();
+  st.reclaim(false);
+
+  const rust::Vec<int64_t> shape_rs = batch->shape();
+  const std::vector<int64_t> shape(shape_rs.begin(), shape_rs.end());
+  const std::string dtype(batch->dtype());
+  int out_code;
+  at::ScalarType out_type;
+  if (dtype == "f32") {
+    out_code = gpu::kOutF32;
+    out_type = at::kFloat;
+  } else if (dtype == "bf16") {
+    out_code = gpu::kOutBf16;
+    out_type = at::kBFloat16;
+  } else {
+    throw DtypeMismatch("the GPU path outputs f32 or bf16, not \"" + dtype + "\"");
+  }
+  uint32_t sample4[4];
+  if (!gpu::pad_shape4(shape.data() + 1, shape.size() - 1, sample4)) {
+    throw InvalidArgument("the GPU path supports samples of rank 1 to 4");
+  }
+  const uint64_t sample_voxels = uint64_t(sample4[0]) * sample4[1] * sample4[2] * sample4[3];
+
+  const rust::Slice<const ffi::GpuDecodeOp> dec = batch->decode_ops();
+  const rust::Slice<const ffi::GpuUnshuffleOp> unsh = batch->unshuffle_ops();
+  const rust::Slice<const ffi::GpuCopyOp> copies = batch->copy_ops();
+  const uint64_t decoded_bytes = batch->decoded_bytes();
+  rust::Slice<uint8_t> slab = batch->staging();
+  uint64_t staged = 0;
+  for (const auto& op : dec) staged = std::max<uint64_t>(staged, op.src_offset + op.src_len);
+
+  for (const std::string& msg : {gpu::check_decode_ops(dec.data(), dec.size(), slab.size(), decoded_bytes),
+                                 gpu::check_unshuffle_ops(unsh.data(), unsh.size(), decoded_bytes),
+                                 gpu::check_copy_ops(copies.data(), copies.size(), decoded_bytes,
+                                                     static_cast<uint32_t>(shape[0]), sample4)}) {
+    if (!msg.empty()) throw DecodeError("device ops rejected: " + msg);
+  }
+
+  // Pin the slab once; Rust recycles a fixed set of slabs.
+  if (staged && !st.pinned.count(slab.data())) {
+    check_cuda(cudaHostRegister(slab.data(), slab.size(), cudaHostRegisterDefault), "pinning a staging slab");
+    st.pinned.insert(slab.data());
+  }
+
+  at::Tensor d_staging = device_bytes(staged, st.device);
+  if (staged) check_cuda(cudaMemcpyAsync(d_staging.data_ptr(), slab.data(), staged, cudaMemcpyHostToDevice, stream), "staging H2D");
+  at::Tensor d_arena = device_bytes(decoded_bytes, st.device);
+  const auto* d_stage_p = static_cast<const uint8_t*>(d_staging.data_ptr());
+  auto* d_arena_p = static_cast<uint8_t*>(d_arena.data_ptr());
+
+  // Decode: raw copies in one launch, then one nvCOMP call per codec.
+  at::Tensor d_dec = upload(dec.data(), dec.size(), st.device, stream);
+  uint64_t max_copy = 0;
+  for (const auto& op : dec) if (op.codec == 0) max_copy = std::max<uint64_t>(max_copy, op.dst_len);
+  if (gpu::count_decode_ops(dec.data(), dec.size(), 0)) {
+    check_cuda(gpu::launch_decode_copy(reinterpret_cast<const ffi::GpuDecodeOp*>(d_dec.data_ptr()),
+                                       static_cast<int>(dec.size()), d_stage_p, d_arena_p, stream, max_copy),
+               "raw chunk copy");
+  }
+  struct Check {
+    gpu::DecompressArgs args;
+    nvcomp::Codec codec;
+  };
+  std::vector<Check> checks;
+  std::vector<at::Tensor> keep;  // device buffers that must live until the launches ran
+  at::Tensor h_result = at::empty({8}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  at::Tensor d_result = at::empty({8}, at::TensorOptions().dtype(at::kInt).device(st.device));
+  for (nvcomp::Codec codec : {nvcomp::Codec::Zstd, nvcomp::Codec::Lz4}) {
+    const size_t n = gpu::count_decode_ops(dec.data(), dec.size(), static_cast<uint32_t>(codec));
+    if (!n) continue;
+    if (!nvcomp::available()) throw CudaError("nvCOMP is needed for this batch: " + nvcomp::why_unavailable());
+    const size_t arg_bytes = gpu::decompress_args_bytes(n);
+    at::Tensor h_args = at::empty({static_cast<int64_t>(arg_bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    at::Tensor d_args = device_bytes(arg_bytes, st.device);
+    gpu::DecompressArgs args = gpu::pack_decompress_args(dec.data(), dec.size(), static_cast<uint32_t>(codec), d_stage_p,
+                                                         d_arena_p, h_args.data_ptr(), d_args.data_ptr());
+    check_cuda(cudaMemcpyAsync(d_args.data_ptr(), h_args.data_ptr(), arg_bytes, cudaMemcpyHostToDevice, stream), "nvCOMP args H2D");
+    size_t temp_bytes = 0;
+    nvcompStatus_t rc = nvcomp::decompress_temp_bytes(codec, args.n, args.max_dst_bytes, args.total_dst_bytes, &temp_bytes);
+    if (rc != nvcompSuccess) throw CudaError(std::string("nvCOMP temp size: ") + nvcomp::status_name(rc));
+    at::Tensor d_temp = device_bytes(temp_bytes, st.device);
+    rc = nvcomp::batched_decompress(codec, args.d_src_ptrs, args.d_src_bytes, args.d_dst_bytes, args.d_actual,
+                                    args.d_dst_ptrs, args.n, d_temp.data_ptr(), temp_bytes,
+                                    reinterpret_cast<nvcompStatus_t*>(args.d_statuses), stream);
+    if (rc != nvcompSuccess) throw CudaError(std::string("nvCOMP batched decompress: ") + nvcomp::status_name(rc));
+    keep.insert(keep.end(), {h_args, d_args, d_temp});
+    checks.push_back({std::move(args), codec});
+  }
+  // Read back the decode statuses: a corrupt chunk must fail this batch, not a later one.
+  if (!checks.empty()) {
+    std::vector<int32_t> init(2 * checks.size(), 0);
+    for (size_t i = 0; i < checks.size(); ++i) init[2 * i + 1] = -1;  // UINT32_MAX
+    check_cuda(cudaMemcpyAsync(d_result.data_ptr(), init.data(), init.size() * 4, cudaMemcpyHostToDevice, stream), "status init");
+    for (size_t i = 0; i < checks.size(); ++i) {
+      const auto& a = checks[i].args;
+      check_cuda(gpu::launch_decode_status_check(a.d_statuses, a.d_actual, a.d_dst_bytes, a.n,
+                                                 reinterpret_cast<uint32_t*>(d_result.data_ptr<int32_t>() + 2 * i), stream),
+                 "decode status check");
+    }
+    check_cuda(cudaMemcpyAsync(h_result.data_ptr(), d_result.data_ptr(), 2 * checks.size() * 4, cudaMemcpyDeviceToHost, stream), "status D2H");
+    check_cuda(cudaStreamSynchronize(stream), "decode");
+    for (size_t i = 0; i < checks.size(); ++i) {
+      const auto* r = reinterpret_cast<const uint32_t*>(h_result.data_ptr<int32_t>()) + 2 * i;
+      if (r[0] != 0) {
+        const uint32_t first = r[1] < checks[i].args.op_index.size() ? checks[i].args.op_index[r[1]] : r[1];
+        std::string where = std::string(batch->decode_op_context(first));
+        throw DecodeError(std::to_string(r[0]) + " " + nvcomp::codec_name(checks[i].codec) +
+                          " stream(s) failed to decode on the GPU; first: " + where);
+      }
+    }
+  }
+
+  // Unshuffle blosc blocks: from a scratch copy of the arena back into the arena.
+  if (unsh.size()) {
+    at::Tensor scratch = d_arena.clone();
+    at::Tensor d_unsh = upload(unsh.data(), unsh.size(), st.device, stream);
+    uint64_t max_len = 0;
+    for (const auto& op : unsh) max_len = std::max<uint64_t>(max_len, op.len);
+    check_cuda(gpu::launch_unshuffle(reinterpret_cast<const ffi::GpuUnshuffleOp*>(d_unsh.data_ptr()),
+                                     static_cast<int>(unsh.size()), static_cast<const uint8_t*>(scratch.data_ptr()),
+                                     d_arena_p, stream, max_len),
+               "unshuffle");
+    keep.insert(keep.end(), {scratch, d_unsh});
+  }
+
+  // Assemble: one launch over every copy and fill op.
+  at::Tensor out = at::empty(shape, at::TensorOptions().dtype(out_type).device(st.device));
+  std::vector<uint64_t> prefix(copies.size() + 1);
+  const uint64_t total = gpu::copy_op_voxel_prefix(copies.data(), copies.size(), prefix.data());
+  if (total) {
+    at::Tensor d_copies = upload(copies.data(), copies.size(), st.device, stream);
+    at::Tensor d_prefix = upload(prefix.data(), prefix.size(), st.device, stream);
+    check_cuda(gpu::launch_assemble(reinterpret_cast<const ffi::GpuCopyOp*>(d_copies.data_ptr()),
+                                    static_cast<int>(copies.size()), reinterpret_cast<const uint64_t*>(d_prefix.data_ptr()),
+                                    total, d_arena_p, out.data_ptr(), out_code, sample_voxels, sample4, stream),
+               "assemble");
+    keep.insert(keep.end(), {d_copies, d_prefix});
+  }
+  // Buffers from torch's caching allocator are reused only after work queued on this stream
+  // before their release: no record_stream needed, everything ran on `stream`.
+  (void)keep;
+
+  // The slab goes back to Rust once the device has read it.
+  cudaEvent_t ev;
+  check_cuda(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
+  check_cuda(cudaEventRecord(ev, stream), "event record");
+  st.in_use.emplace_back(ev, std::move(batch));
+  return out;
+}
+
+}  // namespace damacy::detail
