@@ -90,15 +90,43 @@ struct Pipeline::Impl {
   at::Device device;
   rust::Box<ffi::Pipeline> rust;
 #if DAMACY_WITH_CUDA
-  std::unique_ptr<detail::DeviceRunner> runner;  // device path (decode on the GPU)
+  std::unique_ptr<detail::DeviceRunner> runner = nullptr;  // device path (decode on the GPU)
 #endif
 
-  at::Tensor finish(rust::Box<ffi::Batch> batch) {
+  // The next batch as a tensor, with its samples JSON when asked.
+  at::Tensor next(double timeout_s, std::string* samples) {
 #if DAMACY_WITH_CUDA
-    if (runner && batch->is_gpu()) return runner->run(std::move(batch));
+    if (runner) return next_device(timeout_s, samples);
 #endif
+    auto batch = detail::call([&] { return rust->pop(timeout_s); });
+    if (samples) *samples = std::string(batch->samples_json());
     return to_tensor(std::move(batch), device);
   }
+
+#if DAMACY_WITH_CUDA
+  // Device path: keep one batch launched ahead, so its decode overlaps the caller's work on
+  // the batch just returned. Batch errors keep their place in the queue.
+  at::Tensor next_device(double timeout_s, std::string* samples) {
+    if (runner->queued() == 0) {
+      auto batch = detail::call([&] { return rust->pop(timeout_s); });  // TryAgain etc. pass
+      runner->enqueue(std::move(batch));
+    }
+    if (runner->queued() < 2) {
+      try {
+        runner->enqueue(detail::call([&] { return rust->pop(0.0); }));
+      } catch (const TryAgain&) {
+        // not staged yet: the next pop waits for it
+      } catch (const PoolStarved&) {
+      } catch (const ShutdownError&) {
+      } catch (...) {
+        runner->enqueue_error(std::current_exception());
+      }
+    }
+    auto taken = runner->take();
+    if (samples) *samples = std::move(taken.samples);
+    return taken.tensor;
+  }
+#endif
   void close() {
 #if DAMACY_WITH_CUDA
     if (runner) runner->close();  // unpins slabs before Rust may free them
@@ -186,15 +214,14 @@ bool Pipeline::push(std::string_view uri, const std::vector<std::int64_t>& start
 
 at::Tensor Pipeline::pop(double timeout_s) {
   if (!impl_) moved_from();
-  auto batch = detail::call([&] { return impl_->rust->pop(timeout_s); });
-  return impl_->finish(std::move(batch));
+  return impl_->next(timeout_s, nullptr);
 }
 
 BatchWithSamples Pipeline::pop_with_samples(double timeout_s) {
   if (!impl_) moved_from();
-  auto batch = detail::call([&] { return impl_->rust->pop(timeout_s); });
-  std::string samples(batch->samples_json());
-  return {impl_->finish(std::move(batch)), std::move(samples)};
+  std::string samples;
+  at::Tensor tensor = impl_->next(timeout_s, &samples);
+  return {std::move(tensor), std::move(samples)};
 }
 
 std::uint64_t Pipeline::pending_samples() const {

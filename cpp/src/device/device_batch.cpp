@@ -1,15 +1,18 @@
 // The device path of a batch: see device_batch.h.
 #include "device/device_batch.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <set>
+#include <optional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 
@@ -54,6 +57,21 @@ at::Tensor upload(const T* data, size_t n, const at::Device& device, cudaStream_
   return d;
 }
 
+// One batch between launch and take.
+struct Queued {
+  std::exception_ptr error;  // set: this batch failed before or while launching
+  std::optional<rust::Box<ffi::Batch>> batch;  // owns the staging slab until the work is done
+  at::Tensor out;
+  std::string samples;
+  cudaEvent_t done = nullptr;  // all of the batch's work on the runner's stream
+  at::Tensor h_result;         // pinned decode-status words {failed, first op} per nvCOMP call
+  struct Check {
+    std::vector<uint32_t> op_index;  // decode-op index of each chunk of the call
+    std::string codec;
+  };
+  std::vector<Check> checks;
+};
+
 }  // namespace
 
 std::string gpu_info_json(const std::string& search_path) {
@@ -72,24 +90,28 @@ std::string nvcomp_unavailable_reason() {
 
 struct DeviceRunner::State {
   at::Device device;
-  std::set<const void*> pinned;  // slabs registered with cudaHostRegister
-  // Batches whose slab the device may still read, with the event that says it is done.
-  std::deque<std::pair<cudaEvent_t, rust::Box<ffi::Batch>>> in_use;
+  c10::cuda::CUDAStream stream;  // the runner's own stream; joined to the caller's by events
+  std::deque<Queued> queue;
+  // Staging slabs pinned with cudaHostRegister: start -> registered bytes. A slab is pinned
+  // over the part batches use (grown, never shrunk), not its whole reserved size.
+  std::map<void*, size_t> pinned;
   bool closed = false;
 
-  explicit State(const at::Device& d) : device(d) {}
+  explicit State(const at::Device& d)
+      : device(d), stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, d.index())) {}
 
-  void reclaim(bool wait) {
-    while (!in_use.empty()) {
-      cudaEvent_t ev = in_use.front().first;
-      if (wait) {
-        cudaEventSynchronize(ev);
-      } else if (cudaEventQuery(ev) != cudaSuccess) {
-        break;
-      }
-      cudaEventDestroy(ev);
-      in_use.pop_front();
+  void pin(uint8_t* slab, size_t used, size_t capacity) {
+    if (!used) return;
+    auto it = pinned.find(slab);
+    if (it != pinned.end() && it->second >= used) return;
+    if (it != pinned.end()) {
+      // The slab is idle (its previous batch was taken), so it may be re-pinned larger.
+      cudaHostUnregister(slab);
+      pinned.erase(it);
     }
+    const size_t want = std::min(capacity, std::max<size_t>(used + used / 4, size_t(16) << 20));
+    check_cuda(cudaHostRegister(slab, want, cudaHostRegisterDefault), "pinning a staging slab");
+    pinned[slab] = want;
   }
 };
 
@@ -102,19 +124,79 @@ void DeviceRunner::close() noexcept {
   state_->closed = true;
   try {
     c10::cuda::CUDAGuard guard(state_->device);
-    state_->reclaim(true);
-    for (const void* p : state_->pinned) cudaHostUnregister(const_cast<void*>(p));
+    for (auto& q : state_->queue) {
+      if (q.done) {
+        cudaEventSynchronize(q.done);
+        cudaEventDestroy(q.done);
+      }
+    }
+    state_->queue.clear();  // drops the batches: their slabs go back to Rust
+    for (auto& [p, n] : state_->pinned) cudaHostUnregister(p);
     state_->pinned.clear();
   } catch (...) {
   }
 }
 
-at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
+size_t DeviceRunner::queued() const noexcept { return state_->queue.size(); }
+
+void DeviceRunner::enqueue_error(std::exception_ptr error) noexcept {
+  Queued q;
+  q.error = std::move(error);
+  state_->queue.push_back(std::move(q));
+}
+
+void DeviceRunner::enqueue(rust::Box<ffi::Batch> batch) noexcept {
+  try {
+    launch(std::move(batch));
+  } catch (...) {
+    enqueue_error(std::current_exception());
+  }
+}
+
+DeviceRunner::Taken DeviceRunner::take() {
+  State& st = *state_;
+  if (st.queue.empty()) throw TryAgain("no device batch queued");
+  Queued q = std::move(st.queue.front());
+  st.queue.pop_front();
+  if (q.error) std::rethrow_exception(q.error);
+  c10::cuda::CUDAGuard guard(st.device);
+  // The status words arrive with `done`, usually long before the caller asks.
+  const cudaError_t rc = cudaEventSynchronize(q.done);
+  cudaEvent_t done = q.done;
+  if (rc != cudaSuccess) {
+    cudaEventDestroy(done);
+    check_cuda(rc, "waiting for the batch's device work");
+  }
+  const auto* r = reinterpret_cast<const uint32_t*>(q.h_result.data_ptr<int32_t>());
+  for (size_t i = 0; i < q.checks.size(); ++i) {
+    if (r[2 * i] != 0) {
+      cudaEventDestroy(done);
+      const auto& ops = q.checks[i].op_index;
+      const uint32_t first = r[2 * i + 1] < ops.size() ? ops[r[2 * i + 1]] : 0;
+      throw DecodeError(std::to_string(r[2 * i]) + " " + q.checks[i].codec +
+                        " stream(s) failed to decode on the GPU; first: " +
+                        std::string((*q.batch)->decode_op_context(first)));
+    }
+  }
+  // The caller's current stream waits for the batch (an event, not a synchronisation).
+  const c10::cuda::CUDAStream user = c10::cuda::getCurrentCUDAStream(st.device.index());
+  const cudaError_t wait_rc = cudaStreamWaitEvent(user.stream(), done, 0);
+  cudaEventDestroy(done);
+  check_cuda(wait_rc, "joining the caller's stream");
+  // Allocated on the runner's stream, used on the caller's: the caching allocator must not
+  // hand it out again before the caller's work on it is done.
+  q.out.record_stream(user);
+  return {std::move(q.out), std::move(q.samples)};
+}
+
+void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   State& st = *state_;
   if (st.closed) throw ShutdownError("device runner closed");
   c10::cuda::CUDAGuard guard(st.device);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream(st.device.index()).stream();
-  st.reclaim(false);
+  c10::cuda::CUDAStreamGuard stream_guard(st.stream);  // torch allocations below: this stream
+  const cudaStream_t stream = st.stream.stream();
+  Queued q;
+  q.samples = std::string(batch->samples_json());
 
   const rust::Vec<int64_t> shape_rs = batch->shape();
   const std::vector<int64_t> shape(shape_rs.begin(), shape_rs.end());
@@ -151,11 +233,8 @@ at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
     if (!msg.empty()) throw DecodeError("device ops rejected: " + msg);
   }
 
-  // Pin the slab once; Rust recycles a fixed set of slabs.
-  if (staged && !st.pinned.count(slab.data())) {
-    check_cuda(cudaHostRegister(slab.data(), slab.size(), cudaHostRegisterDefault), "pinning a staging slab");
-    st.pinned.insert(slab.data());
-  }
+  // Pin the part of the slab in use (Rust recycles a fixed set of slabs).
+  st.pin(slab.data(), staged, slab.size());
 
   at::Tensor d_staging = device_bytes(staged, st.device);
   if (staged) check_cuda(cudaMemcpyAsync(d_staging.data_ptr(), slab.data(), staged, cudaMemcpyHostToDevice, stream), "staging H2D");
@@ -178,7 +257,7 @@ at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
   };
   std::vector<Check> checks;
   std::vector<at::Tensor> keep;  // device buffers that must live until the launches ran
-  at::Tensor h_result = at::empty({8}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  at::Tensor h_result = at::zeros({8}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
   at::Tensor d_result = at::empty({8}, at::TensorOptions().dtype(at::kInt).device(st.device));
   for (nvcomp::Codec codec : {nvcomp::Codec::Zstd, nvcomp::Codec::Lz4}) {
     const size_t n = gpu::count_decode_ops(dec.data(), dec.size(), static_cast<uint32_t>(codec));
@@ -201,7 +280,9 @@ at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
     keep.insert(keep.end(), {h_args, d_args, d_temp});
     checks.push_back({std::move(args), codec});
   }
-  // Read back the decode statuses: a corrupt chunk must fail this batch, not a later one.
+  // Decode statuses into pinned memory; `take` reads them after the batch's event, so a
+  // corrupt chunk fails its own batch without a synchronisation here.
+  q.h_result = h_result;
   if (!checks.empty()) {
     std::vector<int32_t> init(2 * checks.size(), 0);
     for (size_t i = 0; i < checks.size(); ++i) init[2 * i + 1] = -1;  // UINT32_MAX
@@ -211,18 +292,12 @@ at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
       check_cuda(gpu::launch_decode_status_check(a.d_statuses, a.d_actual, a.d_dst_bytes, a.n,
                                                  reinterpret_cast<uint32_t*>(d_result.data_ptr<int32_t>() + 2 * i), stream),
                  "decode status check");
+      // The first failing op is known only later; name the batch's chunks lazily through
+      // the op index (kept) and the batch's own context strings.
+      q.checks.push_back({a.op_index, nvcomp::codec_name(checks[i].codec)});
     }
     check_cuda(cudaMemcpyAsync(h_result.data_ptr(), d_result.data_ptr(), 2 * checks.size() * 4, cudaMemcpyDeviceToHost, stream), "status D2H");
-    check_cuda(cudaStreamSynchronize(stream), "decode");
-    for (size_t i = 0; i < checks.size(); ++i) {
-      const auto* r = reinterpret_cast<const uint32_t*>(h_result.data_ptr<int32_t>()) + 2 * i;
-      if (r[0] != 0) {
-        const uint32_t first = r[1] < checks[i].args.op_index.size() ? checks[i].args.op_index[r[1]] : r[1];
-        std::string where = std::string(batch->decode_op_context(first));
-        throw DecodeError(std::to_string(r[0]) + " " + nvcomp::codec_name(checks[i].codec) +
-                          " stream(s) failed to decode on the GPU; first: " + where);
-      }
-    }
+    keep.push_back(d_result);
   }
 
   // Unshuffle blosc blocks: from a scratch copy of the arena back into the arena.
@@ -255,12 +330,13 @@ at::Tensor DeviceRunner::run(rust::Box<ffi::Batch> batch) {
   // before their release: no record_stream needed, everything ran on `stream`.
   (void)keep;
 
-  // The slab goes back to Rust once the device has read it.
-  cudaEvent_t ev;
-  check_cuda(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "event");
-  check_cuda(cudaEventRecord(ev, stream), "event record");
-  st.in_use.emplace_back(ev, std::move(batch));
-  return out;
+  check_cuda(cudaEventCreateWithFlags(&q.done, cudaEventDisableTiming), "event");
+  check_cuda(cudaEventRecord(q.done, stream), "event record");
+  // Temporaries (staging, arena, temp, op arrays) are freed here: the caching allocator
+  // reuses them only for later work on this same stream, after the kernels above.
+  q.out = std::move(out);
+  q.batch.emplace(std::move(batch));
+  st.queue.push_back(std::move(q));
 }
 
 }  // namespace damacy::detail

@@ -2,12 +2,15 @@
 //
 // A device batch arrives from Rust as staged compressed bytes in a host slab plus three op
 // lists (decode, unshuffle, copy/fill). `DeviceRunner::run` turns it into the output tensor
-// on the caller's current stream of the pipeline's device: H2D of the staged bytes, nvCOMP
-// batched decompression per codec, blosc unshuffle, one assemble launch. Nothing waits for
-// the device except the decode-status read back (so a corrupt chunk fails its own batch).
-// The Rust batch (and so its slab) is kept until the device finished reading the slab.
+// on the pipeline's device: H2D of the staged bytes, nvCOMP batched decompression per
+// codec, blosc unshuffle, one assemble launch, all on the runner's own stream, so the next
+// batch decodes while the caller computes on the current one. `take` joins the caller's
+// current stream to that work through an event (never the legacy default stream) and reads
+// the decode status first, so a corrupt chunk fails its own batch. The Rust batch (and so
+// its staging slab) is kept until the device finished reading the slab.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <string>
 
@@ -32,15 +35,29 @@ class DeviceRunner {
   DeviceRunner(const DeviceRunner&) = delete;
   DeviceRunner& operator=(const DeviceRunner&) = delete;
 
-  /// The batch's output tensor `[samples_per_batch, *sample_shape]` on the device.
-  /// @throws DecodeError for chunks nvCOMP rejected, CudaError for CUDA failures.
-  at::Tensor run(rust::Box<ffi::Batch> batch);
+  /// Launches a batch's device work on the runner's own stream and queues it; a failure
+  /// is queued too, and thrown by the `take` that reaches it.
+  void enqueue(rust::Box<ffi::Batch> batch) noexcept;
+  /// Queues an error in batch order (a batch that failed before reaching the device).
+  void enqueue_error(std::exception_ptr error) noexcept;
+  /// Batches queued and not yet taken.
+  size_t queued() const noexcept;
+
+  struct Taken {
+    at::Tensor tensor;   // [samples_per_batch, *sample_shape] on the device
+    std::string samples; // the batch's samples as JSON
+  };
+  /// The oldest queued batch: waits for its decode status, throws its error (DecodeError
+  /// naming the chunk, CudaError, ...), makes the caller's current stream wait for its
+  /// work and records the tensor's use on that stream. Needs queued() > 0.
+  Taken take();
 
   /// Waits for the device to finish with every slab, drops the held batches and unpins the
   /// slabs. Idempotent.
   void close() noexcept;
 
  private:
+  void launch(rust::Box<ffi::Batch> batch);
   struct State;
   std::unique_ptr<State> state_;
 };
