@@ -226,7 +226,12 @@ BatchWithSamples Pipeline::pop_with_samples(double timeout_s) {
 
 std::uint64_t Pipeline::pending_samples() const {
   if (!impl_) moved_from();
-  return impl_->rust->pending_samples();
+  std::uint64_t n = impl_->rust->pending_samples();
+#if DAMACY_WITH_CUDA
+  // Batches launched ahead on the device are popped from Rust but not yet returned.
+  if (impl_->runner) n += impl_->runner->queued() * impl_->config.samples_per_batch();
+#endif
+  return n;
 }
 
 std::string Pipeline::stats() const {
