@@ -178,3 +178,32 @@ def test_missing_prefix_is_reported(tmp_path):
         mod.cmake_prefix()
     assert str(pkg / "lib/cmake/damacy/damacy-config.cmake") in str(info.value)
     assert "dev/build.sh" in str(info.value)
+
+
+def test_docs_quick_start_builds_and_runs(cmake_prefix, tmp_path):
+    """docs/cpp.md's quick start (its CMakeLists.txt and main.cpp blocks) is a working program
+    whose sums equal the Python API's."""
+    import re
+
+    doc = (REPO / "docs" / "cpp.md").read_text()
+    src = tmp_path / "quickstart"
+    src.mkdir()
+    for name in ["CMakeLists.txt", "main.cpp"]:
+        m = re.search(rf"<!-- quickstart:{re.escape(name)} -->\n```\w+\n(.*?)```", doc, re.S)
+        assert m, f"docs/cpp.md has no quickstart block for {name}"
+        (src / name).write_text(m.group(1))
+    cmake = shutil.which("cmake", path=_env()["PATH"])
+    gen = ["-G", "Ninja"] if shutil.which("ninja", path=_env()["PATH"]) else []
+    build = tmp_path / "build"
+    _run([cmake, "-S", str(src), "-B", str(build), *gen, f"-DCMAKE_PREFIX_PATH={cmake_prefix}"], timeout=300)
+    _run([cmake, "--build", str(build)], timeout=600)
+    uri = str(tmp_path / "qs.zarr")
+    out = _run([str(build / "quickstart"), uri], timeout=120).stdout
+    sums = [float(m.group(2)) for m in re.finditer(r"^batch (\d+): 4 samples, first z \d+, sum (\S+)$", out, re.M)]
+    assert len(sums) == 2, out
+    boxes = [((i, i + 16), (2 * i, 2 * i + 32), (4 * i, 4 * i + 32)) for i in range(8)]
+    cfg = damacy.Config(samples_per_batch=4, sample_shape=(16, 32, 32))
+    with damacy.Pipeline(cfg) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes)
+        want = [float(pipe.pop().double().sum()) for _ in range(2)]
+    assert sums == want, out
