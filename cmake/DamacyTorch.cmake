@@ -15,8 +15,20 @@
 #   AUTO      (default) PACKAGE when torch is a CPU build or a CUDA toolkit is found, else
 #             IMPORTED.
 #
-# This file is written so that an installed damacy-config.cmake can include it again to
-# re-create damacy::libtorch for downstream projects (issue 7).
+# The installed damacy-config.cmake includes this file again (with DAMACY_TORCH_FOR_PACKAGE
+# set) to re-create damacy::libtorch for downstream projects. Then a failure does not stop the
+# consumer's configure: it marks the package not found (damacy_FOUND, damacy_NOT_FOUND_MESSAGE)
+# and returns, and Torch is found with find_dependency.
+
+# FATAL_ERROR in the build; "package not found" + return() from this file in the config.
+macro(_damacy_torch_fail)
+  if(DAMACY_TORCH_FOR_PACKAGE)
+    string(CONCAT damacy_NOT_FOUND_MESSAGE "damacy: " ${ARGN})
+    set(damacy_FOUND FALSE)
+    return()
+  endif()
+  message(FATAL_ERROR "damacy: " ${ARGN})
+endmacro()
 
 set(DAMACY_TORCH_MODE AUTO CACHE STRING "How to find libtorch: AUTO, PACKAGE or IMPORTED")
 set_property(CACHE DAMACY_TORCH_MODE PROPERTY STRINGS AUTO PACKAGE IMPORTED)
@@ -30,7 +42,11 @@ if(NOT DAMACY_PYTHON AND NOT DAMACY_TORCH_ROOT)
   elseif(Python_EXECUTABLE)
     set(_damacy_py "${Python_EXECUTABLE}")
   else()
-    find_package(Python3 REQUIRED COMPONENTS Interpreter)
+    find_package(Python3 COMPONENTS Interpreter)
+    if(NOT Python3_Interpreter_FOUND)
+      _damacy_torch_fail("no python3 found to ask for torch; set DAMACY_PYTHON to a Python "
+        "with torch, or DAMACY_TORCH_ROOT to the torch package folder")
+    endif()
     set(_damacy_py "${Python3_EXECUTABLE}")
   endif()
   set(DAMACY_PYTHON "${_damacy_py}" CACHE FILEPATH "Python whose torch the extension is built for")
@@ -44,7 +60,7 @@ if(DAMACY_PYTHON AND NOT DAMACY_TORCH_QUERIED_FOR STREQUAL DAMACY_PYTHON)
     RESULT_VARIABLE _rc
     OUTPUT_STRIP_TRAILING_WHITESPACE)
   if(NOT _rc EQUAL 0)
-    message(FATAL_ERROR "damacy: `${DAMACY_PYTHON} -c 'import torch'` failed; point "
+    _damacy_torch_fail("`${DAMACY_PYTHON} -c 'import torch'` failed; point "
       "-DDAMACY_PYTHON at the venv that has torch (bash dev/venv.sh), or set "
       "DAMACY_TORCH_ROOT.\n${_err}")
   endif()
@@ -86,7 +102,11 @@ endif()
 add_library(damacy::libtorch INTERFACE IMPORTED)
 if(_damacy_torch_mode STREQUAL "PACKAGE")
   list(APPEND CMAKE_PREFIX_PATH "${DAMACY_TORCH_CMAKE_PREFIX}")
-  find_package(Torch REQUIRED)
+  if(DAMACY_TORCH_FOR_PACKAGE)
+    find_dependency(Torch)  # not found: marks damacy not found and returns from this file
+  else()
+    find_package(Torch REQUIRED)
+  endif()
   # TORCH_LIBRARIES carries the ABI flag (on the `torch` target) and, for CUDA builds, the
   # CUDA libraries; the include dirs come with the `torch` target.
   set_property(TARGET damacy::libtorch PROPERTY INTERFACE_LINK_LIBRARIES "${TORCH_LIBRARIES}")
@@ -99,7 +119,7 @@ else()
   endif()
   foreach(_f IN LISTS _libs ITEMS "${DAMACY_TORCH_ROOT}/include/torch/library.h")
     if(NOT EXISTS "${_f}")
-      message(FATAL_ERROR "damacy: ${_f} is missing (DAMACY_TORCH_ROOT=${DAMACY_TORCH_ROOT})")
+      _damacy_torch_fail("${_f} is missing (DAMACY_TORCH_ROOT=${DAMACY_TORCH_ROOT})")
     endif()
   endforeach()
   set_target_properties(damacy::libtorch PROPERTIES

@@ -48,11 +48,16 @@ cmake -S . -B "$build" -G Ninja \
 echo "== cmake build" >&2
 cmake --build "$build" -j "$jobs"
 
+# The CMake package (find_package(damacy CONFIG)) for C++ consumers; `python -m damacy
+# --cmake-prefix` prints this prefix for the default build folder.
+echo "== cmake install ($build/install)" >&2
+cmake --install "$build" --prefix "$root/$build/install" >/dev/null
+
 # Make `import damacy` work from anywhere in the venv.
 site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$root/python" > "$site/damacy-dev.pth"
 ln -sfn "$root/$build/libdamacy_torch.so" "$root/python/damacy/libdamacy_torch.so"
 
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-printf 'damacy: built in %d.%d s: %s\n  venv %s\n  tests: ctest --test-dir %s\n' \
-  $((ms / 1000)) $((ms % 1000 / 100)) "$root/$build/libdamacy_torch.so" "$venv" "$build"
+printf 'damacy: built in %d.%d s: %s\n  venv %s\n  tests: ctest --test-dir %s\n  CMake package: %s\n' \
+  $((ms / 1000)) $((ms % 1000 / 100)) "$root/$build/libdamacy_torch.so" "$venv" "$build" "$root/$build/install"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test suite: cargo (unit, property, integration), clippy, the C++ tests
-# (ctest), and pytest against the built extension. Builds whatever is missing first.
+# (ctest), and pytest against the built extension (including the downstream CMake consumer). Builds whatever is missing first.
 # `.ci/run` calls exactly this.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,5 +21,10 @@ bash dev/build.sh
 echo "== ctest"
 ctest --test-dir build --output-on-failure
 
+# tests/test_downstream.py is in here: it configures, builds and runs examples/downstream and
+# the docs/cpp.md quick start against the installed CMake package (build/install, made by
+# dev/build.sh) and compares their checksums with the Python API's.
+# PYTHONPATH: this checkout's package, whatever the shared venv's damacy-dev.pth names (the
+# last dev/build.sh of any checkout using the venv writes it).
 echo "== pytest"
-"$venv/bin/python" -m pytest -q tests "$@"
+PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}" "$venv/bin/python" -m pytest -q tests "$@"

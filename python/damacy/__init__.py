@@ -11,6 +11,7 @@ import): no decoding, no I/O, no threads of its own.
 """
 
 from . import _ops, errors
+from ._cmake import cmake_prefix
 from ._version import __version__
 from .config import Config
 from .errors import (
@@ -56,6 +57,7 @@ __all__ = [
     "Stats",
     "array_info",
     "gpu_info",
+    "cmake_prefix",
     "errors",
     "DamacyError",
     "TryAgain",

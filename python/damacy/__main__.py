@@ -1,4 +1,5 @@
-"""damacy's command line: `python -m damacy {demo, info, bench}`."""
+"""damacy's command line: `python -m damacy {demo, info, bench}`, and
+`python -m damacy --cmake-prefix` (the prefix for `find_package(damacy CONFIG)`)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m damacy", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--cmake-prefix", action="store_true",
+                   help="print the prefix for CMAKE_PREFIX_PATH that makes find_package(damacy CONFIG) work, and exit")
+    sub = p.add_subparsers(dest="command")
 
     def streaming(sp: argparse.ArgumentParser, batch_default: int | None) -> None:
         sp.add_argument("--batch", type=int, default=batch_default, help="samples per batch")
@@ -130,7 +133,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.cmake_prefix:
+        from damacy._cmake import cmake_prefix
+
+        try:
+            print(cmake_prefix())
+        except FileNotFoundError as e:
+            print(e, file=sys.stderr)
+            return 1
+        return 0
+    if args.command is None:
+        p.error("a command is required (or --cmake-prefix)")
     import damacy
 
     try:
