@@ -70,6 +70,10 @@ struct Queued {
     std::string codec;
   };
   std::vector<Check> checks;
+  // Pinned host buffers the device copies from asynchronously (nvCOMP argument arrays):
+  // torch's host allocator would hand them out again at once, since our raw copies record
+  // no event with it, so they live until the batch is taken.
+  std::vector<at::Tensor> host_keep;
 };
 
 }  // namespace
@@ -277,7 +281,8 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
                                     args.d_dst_ptrs, args.n, d_temp.data_ptr(), temp_bytes,
                                     reinterpret_cast<nvcompStatus_t*>(args.d_statuses), stream);
     if (rc != nvcompSuccess) throw CudaError(std::string("nvCOMP batched decompress: ") + nvcomp::status_name(rc));
-    keep.insert(keep.end(), {h_args, d_args, d_temp});
+    keep.insert(keep.end(), {d_args, d_temp});
+    q.host_keep.push_back(h_args);
     checks.push_back({std::move(args), codec});
   }
   // Decode statuses into pinned memory; `take` reads them after the batch's event, so a
