@@ -307,7 +307,10 @@ impl StageJob {
                 }
                 out.push(Op::Decode(GpuDecodeOp { codec: 0, src_offset: at, src_len: len, dst_offset: dst, dst_len: len }));
             }
-            DeviceCodec::Zstd => out.push(Op::Decode(GpuDecodeOp { codec: 1, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len })),
+            DeviceCodec::Zstd => {
+                crate::zarr::zstd_frame::check_frame(bytes, decoded_len)?;
+                out.push(Op::Decode(GpuDecodeOp { codec: 1, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len }));
+            }
             DeviceCodec::Blosc => {
                 let l = BloscLayout::parse(bytes)?;
                 if u64::from(l.nbytes) != decoded_len {
@@ -326,6 +329,11 @@ impl StageJob {
                         let mut s_at = block_at;
                         for s in streams {
                             let c = if s.cbytes == s.nbytes { 0 } else { codec };
+                            if c == 1 {
+                                let from = s.offset as usize;
+                                let stream = bytes.get(from..from + s.cbytes as usize).ok_or_else(|| err!(Decode, "blosc block {b}: stream outside the chunk"))?;
+                                crate::zarr::zstd_frame::check_frame(stream, u64::from(s.nbytes)).map_err(|e| e.context(format_args!("blosc block {b}")))?;
+                            }
                             out.push(Op::Decode(GpuDecodeOp { codec: c, src_offset: at + u64::from(s.offset), src_len: u64::from(s.cbytes), dst_offset: s_at, dst_len: u64::from(s.nbytes) }));
                             s_at += u64::from(s.nbytes);
                         }

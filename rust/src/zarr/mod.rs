@@ -8,6 +8,7 @@ pub mod blosc;
 pub mod example;
 mod meta;
 mod shard_index;
+pub mod zstd_frame;
 
 pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype};
 pub use shard_index::{ChunkRange, ShardIndex};

@@ -1,0 +1,112 @@
+//! Host-side check of a zstd frame's structure (RFC 8878 §3.1.1): magic number, frame
+//! header, and every block header up to the last block and the optional checksum, ending
+//! exactly at the end of the buffer. The GPU path runs it before handing a chunk to nvCOMP,
+//! which treats malformed input as undefined behaviour (a fault poisons the CUDA context).
+//! It reads headers only (a few bytes per 128 KiB block), never the compressed payload.
+
+use crate::error::{err, Result};
+
+const MAGIC: u32 = 0xFD2F_B528;
+const MAX_BLOCK: u32 = 128 << 10;
+
+/// Checks that `frame` is exactly one well-formed zstd frame whose content size, when the
+/// header states it, equals `decoded_len`.
+///
+/// # Errors
+/// Decode naming what is wrong (magic, reserved bit, content size, block type or size,
+/// trailing or missing bytes).
+pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
+    let byte = |at: usize| frame.get(at).copied().ok_or_else(|| err!(Decode, "zstd frame truncated at byte {at} of {}", frame.len()));
+    let le = |at: usize, n: usize| -> Result<u64> {
+        let b = frame.get(at..at + n).ok_or_else(|| err!(Decode, "zstd frame truncated at byte {at} of {}", frame.len()))?;
+        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    };
+    let magic = le(0, 4)? as u32;
+    if magic != MAGIC {
+        return Err(err!(Decode, "not a zstd frame: magic number {magic:#010x}, expected {MAGIC:#010x}"));
+    }
+    let fhd = byte(4)?;
+    if fhd & 0x08 != 0 {
+        return Err(err!(Decode, "zstd frame header: reserved bit set"));
+    }
+    let single_segment = fhd & 0x20 != 0;
+    let checksum = fhd & 0x04 != 0;
+    let dict_bytes = [0usize, 1, 2, 4][usize::from(fhd & 0x03)];
+    let fcs_bytes = match fhd >> 6 {
+        0 => usize::from(single_segment),
+        1 => 2,
+        2 => 4,
+        _ => 8,
+    };
+    let mut at = 5 + usize::from(!single_segment) + dict_bytes;
+    if fcs_bytes > 0 {
+        let mut fcs = le(at, fcs_bytes)?;
+        if fcs_bytes == 2 {
+            fcs += 256;
+        }
+        if fcs != decoded_len {
+            return Err(err!(Decode, "zstd frame: content size {fcs}, expected {decoded_len}"));
+        }
+    }
+    at += fcs_bytes;
+    loop {
+        let header = le(at, 3)? as u32;
+        at += 3;
+        let last = header & 1 != 0;
+        let size = header >> 3;
+        let payload = match (header >> 1) & 3 {
+            0 | 2 if size > MAX_BLOCK => return Err(err!(Decode, "zstd block of {size} bytes exceeds {MAX_BLOCK}")),
+            0 | 2 => size as usize,
+            1 => 1,
+            _ => return Err(err!(Decode, "zstd block of reserved type 3 at byte {}", at - 3)),
+        };
+        at = at.checked_add(payload).filter(|&e| e <= frame.len()).ok_or_else(|| err!(Decode, "zstd block runs past the {}-byte frame", frame.len()))?;
+        if last {
+            break;
+        }
+    }
+    if checksum {
+        at += 4;
+    }
+    if at != frame.len() {
+        return Err(err!(Decode, "zstd frame: {} bytes after parsing, chunk has {}", at, frame.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| ((i * 7) % 251 + (i / 1000) % 3) as u8).collect()
+    }
+
+    #[test]
+    fn accepts_real_frames() {
+        for n in [0usize, 1, 300, 70_000, 300_000] {
+            for level in [1, 3, 19] {
+                let d = data(n);
+                let mut c = zstd::bulk::Compressor::new(level).unwrap();
+                c.include_checksum(n % 2 == 0).unwrap();
+                let f = c.compress(&d).unwrap();
+                check_frame(&f, n as u64).unwrap_or_else(|e| panic!("n={n} level={level}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_garbage_truncation_and_wrong_size() {
+        let d = data(200_000);
+        let f = zstd::bulk::compress(&d, 3).unwrap();
+        assert!(check_frame(&f, 199_999).is_err(), "content size differs");
+        assert!(check_frame(&f[..f.len() - 1], 200_000).is_err(), "truncated");
+        let mut longer = f.clone();
+        longer.push(0);
+        assert!(check_frame(&longer, 200_000).is_err(), "trailing bytes");
+        let mut x = 0x2545_F491u32;
+        let garbage: Vec<u8> = (0..f.len()).map(|_| { x ^= x << 13; x ^= x >> 17; x ^= x << 5; x as u8 }).collect();
+        assert!(check_frame(&garbage, 200_000).is_err());
+        assert!(check_frame(&[], 0).is_err());
+    }
+}
