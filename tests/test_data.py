@@ -27,7 +27,7 @@ import torch.multiprocessing as tmp
 import zarr
 from torch.utils.data import DataLoader
 from torch.utils.data._utils import worker as torch_worker
-from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.codecs import ZstdCodec
 
 import damacy
 from damacy.data import CropDataset, GridCrops, RandomCrops, Stitcher, stitch, to_device
