@@ -28,10 +28,14 @@ void drop_batch(void* batch) noexcept {
   (void)rust::Box<ffi::Batch>::from_raw(static_cast<ffi::Batch*>(batch));
 }
 
+// Config dtype names (rust/src/pipeline/config.rs OutDtype::name) -> torch dtypes.
 at::ScalarType scalar_type(std::string_view dtype) {
   if (dtype == "f32") return at::kFloat;
   if (dtype == "bf16") return at::kBFloat16;
-  std::string message = "batch dtype: expected \"f32\" or \"bf16\", found \"";
+  if (dtype == "u8") return at::kByte;
+  if (dtype == "i32") return at::kInt;
+  if (dtype == "i64") return at::kLong;
+  std::string message = "batch dtype: expected \"f32\", \"bf16\", \"u8\", \"i32\" or \"i64\", found \"";
   message += dtype;
   message += '"';
   throw DtypeMismatch(message);

@@ -108,7 +108,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--batch", type=int, default=batch_default, help="samples per batch")
         sp.add_argument("--batches", type=int, default=None, help="stop after N batches (default: after --seconds)")
         sp.add_argument("--seconds", type=float, default=10.0, help="run time without --batches (default 10)")
-        sp.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+        sp.add_argument("--dtype", default="f32", choices=["f32", "bf16", "u8", "i32", "i64"])
         sp.add_argument("--device", default="cpu", help='"cpu" or "cuda:N"')
         sp.add_argument("--io-threads", type=int, default=None, help="n_io_threads (default: the library's)")
         sp.add_argument("--seed", type=int, default=0, help="seed of the random crops")

@@ -33,7 +33,8 @@ class Config:
     """A pipeline configuration. Keyword-only; every field has a default.
 
     Fields (meanings in the docs and in Rust's `pipeline::Config`):
-    ``samples_per_batch``, ``sample_shape``, ``dtype`` ("f32" | "bf16"), ``device``
+    ``samples_per_batch``, ``sample_shape``, ``dtype`` ("f32" | "bf16", or for labels
+    "u8" | "i32" | "i64": the source value cast like Rust's ``as``, see docs/data.md), ``device``
     ("cpu" | "cuda:N"), ``decode`` ("auto" | "gpu" | "cpu"), ``lookahead_samples``,
     ``n_io_threads``, ``n_array_meta_cache``, ``n_shard_index_cache``,
     ``n_chunk_layout_cache``, ``n_batch_buffers``, ``staging_bytes``, ``decoded_bytes``,

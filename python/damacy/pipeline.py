@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections import deque
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -15,6 +16,10 @@ from .errors import ShutdownError
 from .sample import Sample
 
 __all__ = ["Pipeline", "Stats"]
+
+# Native pipelines inherited through fork: their threads do not exist in the child, so they
+# are never closed or destroyed there (that would join threads of the parent); kept here.
+_INHERITED: list[Any] = []
 
 
 class Stats:
@@ -95,7 +100,8 @@ class Pipeline:
     `push` keeps each iterable as a source; samples are pulled from the sources, in order,
     whenever the native lookahead window has room: before and after each pop. A single
     consumer thread is assumed. Closing (also on `with` exit and on garbage collection) stops
-    the native workers; batches already popped stay valid.
+    the native workers; batches already popped stay valid. A process forked while a pipeline
+    is open inherits it closed (its threads stay in the parent): make pipelines after forking.
     """
 
     def __init__(self, config: Config) -> None:
@@ -106,6 +112,7 @@ class Pipeline:
         self._sources: deque[Iterator[Any]] = deque()
         self._held: Sample | None = None  # pulled from a source, refused by a full window
         self._native = _ops.call(_ops.classes().Pipeline, config.to_json())
+        self._pid = os.getpid()
         self._closed = False
 
     @property
@@ -202,11 +209,17 @@ class Pipeline:
         self._closed = True
         self._sources.clear()
         self._held = None
+        if os.getpid() != self._pid:  # a forked child: the worker threads are the parent's
+            _INHERITED.append(self._native)
+            return
         _ops.call(self._native.close)
 
     def _check_open(self) -> None:
         if self._closed:
             raise ShutdownError("pipeline is closed")
+        if os.getpid() != self._pid:
+            self.close()
+            raise ShutdownError("pipeline was made in the parent of this forked process; make one per process")
 
     def __enter__(self) -> Pipeline:
         return self

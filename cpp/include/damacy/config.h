@@ -30,7 +30,7 @@ class Config {
 
   std::uint32_t samples_per_batch() const noexcept;
   std::vector<std::uint64_t> sample_shape() const;
-  /// "f32" or "bf16".
+  /// "f32", "bf16", "u8", "i32" or "i64" (torch float, bfloat16, uint8, int32, int64).
   std::string dtype() const;
   /// "cpu", "cuda" or "cuda:N".
   std::string device() const;

@@ -1,7 +1,17 @@
 //! assemble: writes decoded chunk regions and fill regions into a batch's output buffer,
-//! casting to the output dtype on the way (f32: `as f32` from the source value, rounding to
-//! nearest even, so u32/i32/u64/i64 beyond 2^24 and f64 lose precision and f64 beyond f32's
-//! range becomes ±inf; bf16: the f32 value rounded to nearest even; bool: 0 or 1).
+//! casting to the output dtype on the way:
+//! - f32: `as f32` from the source value, rounding to nearest even, so u32/i32/u64/i64
+//!   beyond 2^24 and f64 lose precision and f64 beyond f32's range becomes ±inf;
+//! - bf16: the f32 value rounded to nearest even; bool: 0 or 1;
+//! - u8, i32, i64 (label outputs): Rust's `as` from the source value (f16/bf16 through their
+//!   exact f32 value, bool as 0 or 1). Integer to integer keeps the low bits (two's
+//!   complement wrap: u16 300 -> u8 44, i64 -1 -> u8 255, u64 2^63 -> i64 -2^63), exactly
+//!   what numpy's `astype` does. Float to integer truncates toward zero and *saturates*:
+//!   out-of-range values become the type's min or max, NaN becomes 0. numpy's `astype` agrees
+//!   for in-range values; for NaN, ±inf and out-of-range floats it is platform-defined (x86:
+//!   int32/int64 get the minimum value, uint8 wraps through int32) and warns.
+//!
+//! Fill values (the array's `fill_value`) go through the same casts.
 //!
 //! The output buffer is shared by the worker threads; each voxel is written by exactly one
 //! op (the planner's invariant), which is what makes the unsynchronised writes sound.
@@ -54,58 +64,85 @@ impl OutBuffer {
 
 type RowCast = fn(&[u8], &mut [u8]);
 
+/// One source element type: how to read it (native-endian bytes) as each output type.
 trait Load {
     const SIZE: usize;
     fn load(b: &[u8]) -> f32;
+    fn load_u8(b: &[u8]) -> u8;
+    fn load_i32(b: &[u8]) -> i32;
+    fn load_i64(b: &[u8]) -> i64;
 }
 
-macro_rules! load_int {
+// Every conversion is a plain `as` (wrapping int -> int, saturating float -> int, NaN -> 0).
+macro_rules! load_num {
     ($name:ident, $t:ty) => {
         struct $name;
         impl Load for $name {
             const SIZE: usize = std::mem::size_of::<$t>();
             #[inline(always)]
             fn load(b: &[u8]) -> f32 {
-                <$t>::from_ne_bytes(b.try_into().unwrap_or_default()) as f32
+                Self::native(b) as f32
+            }
+            #[inline(always)]
+            fn load_u8(b: &[u8]) -> u8 {
+                Self::native(b) as u8
+            }
+            #[inline(always)]
+            fn load_i32(b: &[u8]) -> i32 {
+                Self::native(b) as i32
+            }
+            #[inline(always)]
+            fn load_i64(b: &[u8]) -> i64 {
+                Self::native(b) as i64
+            }
+        }
+        impl $name {
+            #[inline(always)]
+            fn native(b: &[u8]) -> $t {
+                <$t>::from_ne_bytes(b.try_into().unwrap_or_default())
             }
         }
     };
 }
-load_int!(LU8, u8);
-load_int!(LI8, i8);
-load_int!(LU16, u16);
-load_int!(LI16, i16);
-load_int!(LU32, u32);
-load_int!(LI32, i32);
-load_int!(LU64, u64);
-load_int!(LI64, i64);
-load_int!(LF32, f32);
-load_int!(LF64, f64);
+load_num!(LU8, u8);
+load_num!(LI8, i8);
+load_num!(LU16, u16);
+load_num!(LI16, i16);
+load_num!(LU32, u32);
+load_num!(LI32, i32);
+load_num!(LU64, u64);
+load_num!(LI64, i64);
+load_num!(LF32, f32);
+load_num!(LF64, f64);
 
-struct LBool;
-impl Load for LBool {
-    const SIZE: usize = 1;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        f32::from(u8::from(b[0] != 0))
-    }
+// Types read through another one: bool as 0/1 (u8), f16 and bf16 as their exact f32 value.
+macro_rules! load_via {
+    ($name:ident, $size:expr, $via:ty, $read:expr) => {
+        struct $name;
+        impl Load for $name {
+            const SIZE: usize = $size;
+            #[inline(always)]
+            fn load(b: &[u8]) -> f32 {
+                f32::from($read(b))
+            }
+            #[inline(always)]
+            fn load_u8(b: &[u8]) -> u8 {
+                $read(b) as u8
+            }
+            #[inline(always)]
+            fn load_i32(b: &[u8]) -> i32 {
+                $read(b) as i32
+            }
+            #[inline(always)]
+            fn load_i64(b: &[u8]) -> i64 {
+                $read(b) as i64
+            }
+        }
+    };
 }
-struct LF16;
-impl Load for LF16 {
-    const SIZE: usize = 2;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        half::f16::from_ne_bytes([b[0], b[1]]).to_f32()
-    }
-}
-struct LBf16;
-impl Load for LBf16 {
-    const SIZE: usize = 2;
-    #[inline(always)]
-    fn load(b: &[u8]) -> f32 {
-        half::bf16::from_ne_bytes([b[0], b[1]]).to_f32()
-    }
-}
+load_via!(LBool, 1, u8, |b: &[u8]| -> u8 { u8::from(b[0] != 0) });
+load_via!(LF16, 2, f32, |b: &[u8]| -> f32 { half::f16::from_ne_bytes([b[0], b[1]]).to_f32() });
+load_via!(LBf16, 2, f32, |b: &[u8]| -> f32 { half::bf16::from_ne_bytes([b[0], b[1]]).to_f32() });
 
 fn to_f32<L: Load>(src: &[u8], dst: &mut [u8]) {
     for (s, d) in src.chunks_exact(L::SIZE).zip(dst.chunks_exact_mut(4)) {
@@ -119,12 +156,33 @@ fn to_bf16<L: Load>(src: &[u8], dst: &mut [u8]) {
     }
 }
 
+fn to_u8<L: Load>(src: &[u8], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(L::SIZE).zip(dst.iter_mut()) {
+        *d = L::load_u8(s);
+    }
+}
+
+fn to_i32<L: Load>(src: &[u8], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(L::SIZE).zip(dst.chunks_exact_mut(4)) {
+        d.copy_from_slice(&L::load_i32(s).to_ne_bytes());
+    }
+}
+
+fn to_i64<L: Load>(src: &[u8], dst: &mut [u8]) {
+    for (s, d) in src.chunks_exact(L::SIZE).zip(dst.chunks_exact_mut(8)) {
+        d.copy_from_slice(&L::load_i64(s).to_ne_bytes());
+    }
+}
+
 fn row_cast(src: SourceDtype, out: OutDtype) -> RowCast {
     macro_rules! pick {
         ($l:ty) => {
             match out {
                 OutDtype::F32 => to_f32::<$l> as RowCast,
                 OutDtype::Bf16 => to_bf16::<$l> as RowCast,
+                OutDtype::U8 => to_u8::<$l> as RowCast,
+                OutDtype::I32 => to_i32::<$l> as RowCast,
+                OutDtype::I64 => to_i64::<$l> as RowCast,
             }
         };
     }
@@ -203,7 +261,7 @@ pub unsafe fn copy_region(src: &[u8], src_dtype: SourceDtype, chunk_shape: &[u64
 /// # Safety
 /// As [`copy_region`].
 pub unsafe fn fill_region(fill: &[u8], src_dtype: SourceDtype, sample: u32, region: &Region, out: &OutBuffer, sample_shape: &[u64]) {
-    let mut one = [0u8; 4];
+    let mut one = [0u8; 8]; // the widest output element (i64)
     let osize = out.dtype.size();
     row_cast(src_dtype, out.dtype)(fill, &mut one[..osize]);
     let row = *region.extent.last().unwrap_or(&1) as usize;
@@ -256,5 +314,69 @@ mod tests {
         let mut one = [0u8; 2];
         to_bf16::<LU32>(&16_777_217u32.to_ne_bytes(), &mut one);
         assert_eq!(half::bf16::from_ne_bytes(one).to_f32(), 16_777_216.0);
+    }
+
+    fn cast_one<L: Load>(out: OutDtype, src: &[u8]) -> i64 {
+        let mut d = [0u8; 8];
+        row_cast_for::<L>(out)(src, &mut d[..out.size()]);
+        match out {
+            OutDtype::U8 => i64::from(d[0]),
+            OutDtype::I32 => i64::from(i32::from_ne_bytes(d[..4].try_into().unwrap())),
+            OutDtype::I64 => i64::from_ne_bytes(d),
+            _ => unreachable!(),
+        }
+    }
+
+    fn row_cast_for<L: Load>(out: OutDtype) -> RowCast {
+        match out {
+            OutDtype::U8 => to_u8::<L>,
+            OutDtype::I32 => to_i32::<L>,
+            OutDtype::I64 => to_i64::<L>,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn integer_outputs_wrap_ints_and_saturate_floats() {
+        use OutDtype::{I32, I64, U8};
+        // int -> int: two's complement wrap (numpy astype agrees).
+        assert_eq!(cast_one::<LU16>(U8, &300u16.to_ne_bytes()), 44);
+        assert_eq!(cast_one::<LI64>(U8, &(-1i64).to_ne_bytes()), 255);
+        assert_eq!(cast_one::<LU64>(I64, &(1u64 << 63).to_ne_bytes()), i64::MIN);
+        assert_eq!(cast_one::<LI64>(I32, &(1i64 << 32 | 7).to_ne_bytes()), 7);
+        assert_eq!(cast_one::<LI8>(I64, &(-5i8).to_ne_bytes()), -5);
+        assert_eq!(cast_one::<LBool>(I64, &[2u8]), 1);
+        // float -> int: truncation toward zero, saturation, NaN -> 0.
+        assert_eq!(cast_one::<LF32>(I32, &(-1.7f32).to_ne_bytes()), -1);
+        assert_eq!(cast_one::<LF32>(I32, &1e10f32.to_ne_bytes()), i64::from(i32::MAX));
+        assert_eq!(cast_one::<LF32>(U8, &(-3.0f32).to_ne_bytes()), 0);
+        assert_eq!(cast_one::<LF64>(U8, &300.5f64.to_ne_bytes()), 255);
+        assert_eq!(cast_one::<LF64>(I64, &f64::NAN.to_ne_bytes()), 0);
+        assert_eq!(cast_one::<LF64>(I64, &f64::NEG_INFINITY.to_ne_bytes()), i64::MIN);
+        assert_eq!(cast_one::<LF16>(I32, &half::f16::from_f32(-2.5).to_ne_bytes()), -2);
+        assert_eq!(cast_one::<LBf16>(I64, &half::bf16::from_f32(3.0e38).to_ne_bytes()), i64::MAX);
+    }
+
+    #[test]
+    fn copies_and_fills_integer_outputs() {
+        // chunk 1x4 of i64 -> i64 output of one sample of 6: 4 copied, 2 filled with -9.
+        let src: Vec<u8> = [i64::MIN, -1, 0, i64::MAX].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut dst = vec![0u8; 6 * 8];
+        let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::I64, 6) };
+        let copy = Copy { sample: 0, chunk_start: vec![0, 0], sample_start: vec![0, 0], extent: vec![1, 4] };
+        unsafe { copy_region(&src, SourceDtype::I64, &[1, 4], &copy, &out, &[1, 6]) };
+        let r = Region { start: vec![0, 4], extent: vec![1, 2] };
+        unsafe { fill_region(&(-9i64).to_ne_bytes(), SourceDtype::I64, 0, &r, &out, &[1, 6]) };
+        let got: Vec<i64> = dst.chunks_exact(8).map(|b| i64::from_ne_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(got, [i64::MIN, -1, 0, i64::MAX, -9, -9]);
+        // u16 -> u8 output, fill 65535 wraps to 255.
+        let src: Vec<u8> = [1u16, 256, 511].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let mut dst = vec![0u8; 4];
+        let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::U8, 4) };
+        let copy = Copy { sample: 0, chunk_start: vec![0], sample_start: vec![0], extent: vec![3] };
+        unsafe { copy_region(&src, SourceDtype::U16, &[3], &copy, &out, &[4]) };
+        let r = Region { start: vec![3], extent: vec![1] };
+        unsafe { fill_region(&65535u16.to_ne_bytes(), SourceDtype::U16, 0, &r, &out, &[4]) };
+        assert_eq!(dst, [1, 0, 255, 255]);
     }
 }

@@ -104,7 +104,7 @@ mod bridge {
         fn bytes(self: &mut Batch) -> &mut [u8];
         /// `[samples_per_batch, *sample_shape]`.
         fn shape(self: &Batch) -> Vec<i64>;
-        /// The output dtype name ("f32" or "bf16").
+        /// The output dtype name ("f32", "bf16", "u8", "i32" or "i64").
         fn dtype(self: &Batch) -> String;
         /// GPU path: `true` when this batch carries staged bytes and ops for the device
         /// instead of finished output bytes.

@@ -5,29 +5,44 @@ use serde_json::{Map, Value};
 use crate::error::{err, Result};
 use crate::ffi::PipelineConfig;
 
-/// Output element type of a batch.
+/// Output element type of a batch. Casts from each source type: `assemble`'s module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutDtype {
     /// IEEE f32.
     F32,
     /// bfloat16, rounded to nearest even from the f32 value.
     Bf16,
+    /// u8 (label arrays): the source value converted with Rust's `as`.
+    U8,
+    /// i32 (label arrays): the source value converted with Rust's `as`.
+    I32,
+    /// i64 (label arrays, e.g. class indices for a cross-entropy loss): Rust's `as`.
+    I64,
 }
 
 impl OutDtype {
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            OutDtype::F32 => 4,
+            OutDtype::U8 => 1,
             OutDtype::Bf16 => 2,
+            OutDtype::F32 | OutDtype::I32 => 4,
+            OutDtype::I64 => 8,
         }
     }
-    /// The config name ("f32", "bf16").
+    /// The config name ("f32", "bf16", "u8", "i32", "i64").
     pub fn name(self) -> &'static str {
         match self {
             OutDtype::F32 => "f32",
             OutDtype::Bf16 => "bf16",
+            OutDtype::U8 => "u8",
+            OutDtype::I32 => "i32",
+            OutDtype::I64 => "i64",
         }
+    }
+    /// `true` for the floating-point outputs (the ones the GPU path assembles).
+    pub fn is_float(self) -> bool {
+        matches!(self, OutDtype::F32 | OutDtype::Bf16)
     }
 }
 
@@ -163,9 +178,13 @@ impl Config {
                     c.sample_shape = items.iter().map(|x| uint(x, key, 1)).collect::<Result<_>>()?;
                 }
                 "dtype" => {
-                    c.dtype = match string(v, key, &["f32", "bf16", "float32", "bfloat16"])? {
+                    let names = ["f32", "bf16", "u8", "i32", "i64", "float32", "bfloat16", "uint8", "int32", "int64"];
+                    c.dtype = match string(v, key, &names)? {
                         "f32" | "float32" => OutDtype::F32,
-                        _ => OutDtype::Bf16,
+                        "bf16" | "bfloat16" => OutDtype::Bf16,
+                        "u8" | "uint8" => OutDtype::U8,
+                        "i32" | "int32" => OutDtype::I32,
+                        _ => OutDtype::I64,
                     }
                 }
                 "device" => {
@@ -225,6 +244,17 @@ impl Config {
         }
         if self.n_batch_buffers < 1 {
             return Err(err!(InvalidArgument, "config field `n_batch_buffers`: expected at least 1"));
+        }
+        // The GPU path (device "cuda*" with decode other than "cpu", as Pipeline::new decides)
+        // assembles f32/bf16 only; integer outputs take the CPU path and one copy.
+        if !self.dtype.is_float() && self.device.starts_with("cuda") && self.decode != "cpu" {
+            return Err(err!(
+                InvalidArgument,
+                "config field `dtype`: {:?} is not supported by the GPU path (device {:?}, decode {:?}); set decode=\"cpu\" (CPU decode, then one copy to the device) or use \"f32\"/\"bf16\"",
+                self.dtype.name(),
+                self.device,
+                self.decode
+            ));
         }
         let voxels = self.sample_shape.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
         if voxels.and_then(|v| v.checked_mul(u64::from(self.samples_per_batch))).is_none() {
@@ -343,5 +373,21 @@ mod tests {
         assert!(e.message().contains("sample_shape"), "{e}");
         let e = Config::from_json(r#"{"samples_per_batch": 100, "lookahead_samples": 10}"#).unwrap_err();
         assert!(e.message().contains("lookahead_samples"), "{e}");
+    }
+
+    #[test]
+    fn integer_dtypes_parse_and_stay_off_the_gpu_path() {
+        for (name, want, size) in [("u8", OutDtype::U8, 1), ("int32", OutDtype::I32, 4), ("i64", OutDtype::I64, 8)] {
+            let c = Config::from_json(&format!(r#"{{"dtype": "{name}", "sample_shape": [2, 3], "samples_per_batch": 2}}"#)).unwrap();
+            assert_eq!(c.dtype, want);
+            assert_eq!(c.batch_bytes(), 12 * size);
+            assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+            assert!(!c.dtype.is_float());
+        }
+        let e = Config::from_json(r#"{"dtype": "u8", "device": "cuda:0"}"#).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidArgument);
+        assert!(e.message().contains("`dtype`") && e.message().contains("decode"), "{e}");
+        let c = Config::from_json(r#"{"dtype": "i64", "device": "cuda:0", "decode": "cpu"}"#).unwrap();
+        assert_eq!(c.dtype, OutDtype::I64);
     }
 }

@@ -1,0 +1,847 @@
+"""damacy.data: torch.utils.data integration.
+
+>>> from torch.utils.data import DataLoader
+>>> from damacy.data import CropDataset, RandomCrops
+>>> ds = CropDataset([{"image": "a/img.zarr", "label": "a/lbl.zarr"}],
+...                  RandomCrops((32, 64, 64), seed=0, num_samples=1024),
+...                  samples_per_batch=8, dtype={"image": "f32", "label": "i64"})
+>>> for batch in DataLoader(ds, batch_size=None, num_workers=2):
+...     batch["image"], batch["label"]      # [8, 32, 64, 64] float32 and int64
+
+The dataset yields whole batches (one damacy pipeline per array key assembles them), so the
+DataLoader is used with ``batch_size=None``. docs/data.md has the guide; the contracts:
+
+Order. A sampler fixes, for an epoch, a sequence of samples (array, box): sample ``i`` is a
+pure function of (sampler, arrays, weights, epoch, i). Batch ``g`` of the epoch holds samples
+``[g*B, (g+1)*B)``. With ``world_size`` ranks, rank ``r`` gets batches ``r, r+W, r+2W, ...``
+(its *stream*); DataLoader worker ``w`` of ``n`` gets stream entries ``w, w+n, ...`` and the
+DataLoader interleaves them back in order. So the batches a rank sees, and their order, do not
+depend on ``num_workers``; ranks are disjoint and together cover the epoch.
+
+Processes. Nothing native starts before iteration: the constructor reads each array's
+``zarr.json`` (shapes) and validates the configs, no threads. Pipelines are created inside
+``__iter__``, i.e. inside each DataLoader worker. Workers never touch CUDA: with ``device``
+"cuda" they assemble on the CPU and the main process copies (``DataLoader(pin_memory=True)``
+plus `to_device`). With ``num_workers=0`` the pipeline writes to the device itself.
+
+Resume. ``state_dict()`` / ``load_state_dict()`` give the epoch and the position in the rank's
+stream; a dataset restored mid-epoch yields exactly the batches not yet yielded. See
+`CropDataset.state_dict` for the DataLoader cases (workers, torchdata's StatefulDataLoader).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import json
+import math
+import operator
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .config import Config
+from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
+from .pipeline import Pipeline
+from .sample import Sample
+
+__all__ = ["CropDataset", "RandomCrops", "GridCrops", "Stitcher", "stitch", "to_device", "array_shape"]
+
+Box = tuple[tuple[int, int], ...]
+
+
+# --------------------------------------------------------------------------------------
+# Arrays
+# --------------------------------------------------------------------------------------
+
+
+def array_shape(uri: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The shape of the Zarr v3 array at `uri`, read from its ``zarr.json`` only.
+
+    (`damacy.array_info` also walks every file for byte counts: too slow to call per array
+    when a dataset opens thousands of them. Everything else about the array is checked by the
+    pipeline when its first sample is read.)
+    """
+    uri = os.fspath(uri)
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    if "://" in path:
+        raise InvalidArgument(f"{uri}: unsupported uri scheme (only local paths and file:// are supported)")
+    meta_path = Path(path) / "zarr.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{uri}: no zarr.json (not a Zarr v3 array)") from None
+    except (OSError, ValueError) as e:
+        raise StorageError(f"{meta_path}: cannot read: {e}") from None
+    if not isinstance(meta, dict) or meta.get("node_type") != "array" or not isinstance(meta.get("shape"), list):
+        raise InvalidArgument(f"{uri}: zarr.json does not describe an array (node_type, shape)")
+    return tuple(int(n) for n in meta["shape"])
+
+
+def _uri(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"CropDataset arrays: expected a uri (str or path), found {value!r}")
+    # Plain relative paths become absolute: spawned workers may run elsewhere.
+    return value if "://" in value else os.path.abspath(value)
+
+
+def _shape_tuple(value: Any, what: str) -> tuple[int, ...]:
+    try:
+        out = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise InvalidArgument(f"{what}: expected a sequence of positive integers, found {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise InvalidArgument(f"{what}: expected a non-empty sequence of positive integers, found {value!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Samplers
+# --------------------------------------------------------------------------------------
+
+
+class _EpochPlan:
+    """One epoch of a sampler over fixed arrays: `len` samples (None: endless); `sample(i)`
+    gives (array index, starts, own), where `own` is the region (array coordinates) the
+    sample contributes when stitching."""
+
+    n_samples: int | None
+
+    def sample(self, i: int) -> tuple[int, tuple[int, ...], Box]:
+        raise NotImplementedError
+
+
+class RandomCrops:
+    """Random crops: each sample picks an array (by weight), then a start uniformly among the
+    array's valid positions (every box of `sample_shape` inside the array).
+
+    `num_samples` samples per epoch (over all ranks), or None for an endless stream. Weights
+    (CropDataset's ``weights``) default to each array's number of valid positions, so that
+    every (array, position) pair is equally likely; explicit weights are relative (need not
+    sum to 1), and an array of weight 0 is never picked. Sample ``i`` of an epoch is a pure
+    function of (seed, epoch, i), which is what makes workers, ranks and resume agree.
+    """
+
+    _BLOCK = 512  # samples drawn per RNG stream (random access without replaying the epoch)
+
+    def __init__(self, sample_shape: Sequence[int], seed: int = 0, num_samples: int | None = None) -> None:
+        self.sample_shape = _shape_tuple(sample_shape, "RandomCrops sample_shape")
+        self.seed = operator.index(seed)
+        if num_samples is not None:
+            num_samples = operator.index(num_samples)
+            if num_samples < 1:
+                raise InvalidArgument(f"RandomCrops num_samples: expected at least 1 (or None: endless), found {num_samples}")
+        self.num_samples = num_samples
+
+    pads = False  # boxes always lie inside their array
+
+    def __repr__(self) -> str:
+        return f"RandomCrops(sample_shape={self.sample_shape}, seed={self.seed}, num_samples={self.num_samples})"
+
+    def _plan(self, uris: Sequence[str], shapes: Sequence[tuple[int, ...]], weights: Sequence[float] | None, epoch: int) -> _EpochPlan:
+        S = self.sample_shape
+        positions = []
+        for uri, shape in zip(uris, shapes):
+            if len(shape) != len(S):
+                raise RankMismatch(f"{uri}: array has rank {len(shape)} ({shape}), sample_shape {S} has rank {len(S)}")
+            positions.append(math.prod(max(a - s + 1, 0) for a, s in zip(shape, S)))
+        if weights is None:
+            weights = [float(p) for p in positions]
+            if not any(weights):
+                raise InvalidArgument(f"RandomCrops: sample_shape {S} fits in none of the arrays (shapes {list(shapes)})")
+        for uri, shape, p, w in zip(uris, shapes, positions, weights):
+            if w > 0 and p == 0:
+                raise InvalidArgument(f"{uri}: sample_shape {S} does not fit in the array of shape {shape}; give it weight 0 or use GridCrops(edge='pad')")
+        return _RandomEpoch(self, shapes, weights, epoch)
+
+
+class _RandomEpoch(_EpochPlan):
+    def __init__(self, sampler: RandomCrops, shapes: Sequence[tuple[int, ...]], weights: Sequence[float], epoch: int) -> None:
+        self.n_samples = sampler.num_samples
+        self._sampler = sampler
+        self._shapes = list(shapes)
+        self._cum = list(itertools.accumulate(float(w) for w in weights))
+        self._epoch = epoch
+        self._blocks: dict[int, list[tuple[int, tuple[int, ...]]]] = {}
+
+    def _block(self, b: int) -> list[tuple[int, tuple[int, ...]]]:
+        block = self._blocks.get(b)
+        if block is None:
+            s = self._sampler
+            key = hashlib.blake2b(f"damacy.RandomCrops:{s.seed}:{self._epoch}:{b}".encode(), digest_size=8).digest()
+            rng = random.Random(int.from_bytes(key, "little"))
+            total, cum, S = self._cum[-1], self._cum, s.sample_shape
+            block = []
+            for _ in range(s._BLOCK):
+                a = min(bisect.bisect_right(cum, rng.random() * total), len(cum) - 1)
+                shape = self._shapes[a]
+                block.append((a, tuple(rng.randrange(n - k + 1) for n, k in zip(shape, S))))
+            if len(self._blocks) >= 4:
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[b] = block
+        return block
+
+    def sample(self, i: int) -> tuple[int, tuple[int, ...], Box]:
+        a, starts = self._block(i // self._sampler._BLOCK)[i % self._sampler._BLOCK]
+        box = tuple((b, b + k) for b, k in zip(starts, self._sampler.sample_shape))
+        return a, starts, box
+
+
+class GridCrops:
+    """A grid of crops tiling every array, for inference: every voxel lies in at least one
+    crop, and each crop carries the region it *owns* (meta ``"own"``), so that the owned
+    regions of all crops partition every array exactly (see `Stitcher`).
+
+    `stride` (default: `sample_shape`, no overlap) must be at most `sample_shape` per
+    dimension. Along each dimension the starts are ``0, stride, 2*stride, ...``; the last crop
+    meets the array's end by `edge`:
+
+    - ``"shift"``: the last crop is moved back to end at the array's end (overlapping its
+      neighbour more); every crop lies inside the array. An array smaller than `sample_shape`
+      is an error.
+    - ``"pad"``: the last crop keeps the stride and reaches past the end; the outside part is
+      the array's fill value (the pipeline runs with ``out_of_bounds="fill"``).
+
+    Where crops overlap, each one owns the half of the overlap nearest to its own centre
+    (so a model's less reliable borders are cut away). Order: array by array, crops in C
+    order of their grid position. Same for every epoch.
+    """
+
+    def __init__(self, sample_shape: Sequence[int], stride: Sequence[int] | None = None, edge: str = "shift") -> None:
+        self.sample_shape = _shape_tuple(sample_shape, "GridCrops sample_shape")
+        self.stride = self.sample_shape if stride is None else _shape_tuple(stride, "GridCrops stride")
+        if len(self.stride) != len(self.sample_shape):
+            raise InvalidArgument(f"GridCrops stride {self.stride}: rank differs from sample_shape {self.sample_shape}")
+        if any(t > s for t, s in zip(self.stride, self.sample_shape)):
+            raise InvalidArgument(f"GridCrops stride {self.stride} exceeds sample_shape {self.sample_shape}: voxels between crops would be missed")
+        if edge not in ("shift", "pad"):
+            raise InvalidArgument(f"GridCrops edge: expected \"shift\" or \"pad\", found {edge!r}")
+        self.edge = edge
+
+    @property
+    def pads(self) -> bool:
+        return self.edge == "pad"
+
+    def __repr__(self) -> str:
+        return f"GridCrops(sample_shape={self.sample_shape}, stride={self.stride}, edge={self.edge!r})"
+
+    def axis(self, extent: int, dim: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Starts and owned ranges of the crops along one dimension of `extent` voxels."""
+        s, t = self.sample_shape[dim], self.stride[dim]
+        if extent <= s:
+            if self.edge == "shift" and extent < s:
+                raise InvalidArgument(f"GridCrops(edge='shift'): extent {extent} along dim {dim} is smaller than sample_shape {self.sample_shape}; use edge='pad'")
+            starts = [0]
+        else:
+            n = -(-(extent - s) // t) + 1  # crops so that the last one reaches the end
+            starts = [i * t for i in range(n)]
+            if self.edge == "shift":
+                starts[-1] = extent - s
+        own = []
+        for i, b in enumerate(starts):
+            lo = 0 if i == 0 else own[-1][1]
+            hi = extent if i == len(starts) - 1 else (starts[i + 1] + b + s) // 2
+            own.append((lo, min(hi, extent)))
+        return starts, own
+
+    def _plan(self, uris: Sequence[str], shapes: Sequence[tuple[int, ...]], weights: Sequence[float] | None, epoch: int) -> _EpochPlan:
+        if weights is not None:
+            raise InvalidArgument("CropDataset weights apply to RandomCrops; GridCrops visits every array once")
+        for uri, shape in zip(uris, shapes):
+            if len(shape) != len(self.sample_shape):
+                raise RankMismatch(f"{uri}: array has rank {len(shape)} ({shape}), sample_shape {self.sample_shape} has rank {len(self.sample_shape)}")
+        return _GridEpoch(self, uris, shapes)
+
+
+class _GridEpoch(_EpochPlan):
+    def __init__(self, sampler: GridCrops, uris: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> None:
+        self._axes = []
+        self._offsets = [0]
+        for uri, shape in zip(uris, shapes):
+            try:
+                axes = [sampler.axis(n, d) for d, n in enumerate(shape)]
+            except InvalidArgument as e:
+                raise InvalidArgument(f"{uri}: {e}") from None
+            self._axes.append(axes)
+            self._offsets.append(self._offsets[-1] + math.prod(len(st) for st, _ in axes))
+        self.n_samples = self._offsets[-1]
+        self._shape = sampler.sample_shape
+
+    def sample(self, i: int) -> tuple[int, tuple[int, ...], Box]:
+        a = bisect.bisect_right(self._offsets, i) - 1
+        k = i - self._offsets[a]
+        axes = self._axes[a]
+        idx = []
+        for starts, _ in reversed(axes):
+            k, r = divmod(k, len(starts))
+            idx.append(r)
+        idx.reverse()
+        starts = tuple(axes[d][0][j] for d, j in enumerate(idx))
+        own = tuple(axes[d][1][j] for d, j in enumerate(idx))
+        return a, starts, own
+
+
+# --------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------
+
+
+def _distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _Streams:
+    """The pipelines of one iteration (one per key), closed when the iteration ends, but
+    only by the process that made them (a forked child must never join its parent's
+    threads)."""
+
+    def __init__(self, configs: Sequence[Config]) -> None:
+        self.pid = os.getpid()
+        self.pipes: list[Pipeline] = []
+        try:
+            for cfg in configs:
+                self.pipes.append(Pipeline(cfg))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if os.getpid() == self.pid:
+            for p in self.pipes:
+                p.close()
+        self.pipes = []
+
+
+class CropDataset(IterableDataset):
+    """Batches of crops of Zarr arrays, for ``DataLoader(ds, batch_size=None, ...)``.
+
+    `arrays`: one uri, or a list whose entries are all of one kind:
+      - a uri (str or path): a batch is a tensor ``[B, *sample_shape]``;
+      - a dict ``{key: uri}`` with the same keys in every entry (e.g. image and label): a
+        batch is a dict of tensors, every key cropped with the same box;
+      - a tuple of uris: a batch is a tuple of tensors, likewise.
+      The arrays of one entry must have the same shape.
+    `sampler`: `RandomCrops` or `GridCrops`.
+    `samples_per_batch`: B, the batch tensors' first dimension.
+    `weights`: one per entry, relative sampling weights (RandomCrops only).
+    `dtype`: output dtype, one for all keys or a dict/tuple per key: "f32", "bf16", or for
+      labels "u8", "i32", "i64" (integer casts: docs/data.md).
+    `device`: "cpu" or "cuda[:N]": where batches are assembled when iterating in this
+      process. DataLoader workers always assemble on the CPU (see the module docstring).
+    `config`: a `damacy.Config` for the other knobs (threads, caches, budgets, timeouts);
+      samples_per_batch, sample_shape, dtype, device and out_of_bounds are set here.
+      ``n_io_threads`` is the budget of the whole DataLoader: each of ``n`` workers runs its
+      pipelines with ``max(1, n_io_threads // n)`` threads.
+    `drop_last`: drop the trailing partial batch; with several ranks also the trailing
+      batches that would leave ranks with unequal counts (what DDP needs). Otherwise the
+      last batch may be smaller, and ranks' counts may differ by one.
+    `return_meta`: yield ``(batch, meta)``; meta is a dict: ``"epoch"`` (int), ``"batch"``
+      (int, the batch's index in the epoch), and per sample ``"index"`` (LongTensor [n], the
+      sample's index in the epoch), ``"array"`` (LongTensor [n], the entry's index in
+      `arrays`), ``"box"`` (LongTensor [n, rank, 2], start/stop per dimension, as the
+      pipeline read it), ``"own"`` (LongTensor [n, rank, 2], the region this sample owns
+      when stitching), ``"uri"`` (list of str, or a dict/tuple of lists like the batch).
+    `rank`, `world_size`: this process's share; default: torch.distributed's, if initialised
+      when the dataset is made, else 0 and 1.
+
+    Held batches pin pipeline buffers (``n_batch_buffers`` per key): copy batches you keep
+    with ``num_workers=0``, or PoolStarved is raised.
+    """
+
+    def __init__(
+        self,
+        arrays: Any,
+        sampler: RandomCrops | GridCrops,
+        *,
+        samples_per_batch: int,
+        weights: Sequence[float] | None = None,
+        dtype: str | Mapping[Any, str] | Sequence[str] = "f32",
+        device: str = "cpu",
+        config: Config | None = None,
+        drop_last: bool = False,
+        return_meta: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(sampler, (RandomCrops, GridCrops)):
+            raise TypeError(f"CropDataset sampler: expected RandomCrops or GridCrops, found {type(sampler).__name__}")
+        self.sampler = sampler
+        self._kind, self._keys, self._uris = self._entries(arrays)
+        self.samples_per_batch = operator.index(samples_per_batch)
+        if self.samples_per_batch < 1:
+            raise InvalidArgument(f"CropDataset samples_per_batch: expected at least 1, found {samples_per_batch}")
+        # Shapes: zarr.json only (no native threads before DataLoader forks its workers).
+        self.shapes: list[tuple[int, ...]] = []
+        for entry in self._uris:
+            shapes = [array_shape(u) for u in entry]
+            if any(s != shapes[0] for s in shapes):
+                detail = ", ".join(f"{u}: {s}" for u, s in zip(entry, shapes))
+                raise InvalidArgument(f"CropDataset: the arrays of one entry must have the same shape ({detail})")
+            self.shapes.append(shapes[0])
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(self._uris):
+                raise InvalidArgument(f"CropDataset weights: {len(weights)} given for {len(self._uris)} arrays")
+            if any(not (w >= 0 and math.isfinite(w)) for w in weights) or not any(weights):
+                raise InvalidArgument(f"CropDataset weights: expected finite values >= 0, not all 0, found {weights}")
+        self.weights = weights
+        self.drop_last = bool(drop_last)
+        self.return_meta = bool(return_meta)
+        if rank is None and world_size is None:
+            rank, world_size = _distributed()
+        elif rank is None or world_size is None:
+            raise InvalidArgument("CropDataset: give both rank and world_size, or neither")
+        self.rank, self.world_size = operator.index(rank), operator.index(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise InvalidArgument(f"CropDataset: rank {self.rank} outside world_size {self.world_size}")
+        self.device = str(device)
+        self._configs = self._make_configs(config or Config(), dtype)
+        self._epoch = 0
+        self._position = 0  # next index of this rank's stream to yield
+        self._worker_resume: tuple[int, int, int] | None = None  # (worker, num_workers, next)
+        self._worker_progress: tuple[int, int, int] | None = None
+        self._loaded = False  # position came from load_state_dict (kept even if complete)
+        self._plan(0)  # validates sampler vs arrays now, not in a worker
+
+    # --- construction helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _entries(arrays: Any) -> tuple[str, list[Any], list[list[str]]]:
+        if isinstance(arrays, (str, os.PathLike)):
+            arrays = [arrays]
+        if isinstance(arrays, Mapping) or not isinstance(arrays, Iterable):
+            raise InvalidArgument(f"CropDataset arrays: expected a uri or a list of entries, found {type(arrays).__name__}")
+        entries = list(arrays)
+        if not entries:
+            raise InvalidArgument("CropDataset arrays: empty")
+        first = entries[0]
+        if isinstance(first, Mapping):
+            kind, keys = "dict", list(first)
+        elif isinstance(first, (tuple, list)):
+            kind, keys = "tuple", list(range(len(first)))
+        else:
+            kind, keys = "tensor", [None]
+        if not keys:
+            raise InvalidArgument("CropDataset arrays: an entry names no array")
+        uris = []
+        for i, e in enumerate(entries):
+            if kind == "dict":
+                if not isinstance(e, Mapping) or list(e) != keys:
+                    raise InvalidArgument(f"CropDataset arrays[{i}]: expected a dict with keys {keys} like the first entry, found {e!r}")
+                uris.append([_uri(e[k]) for k in keys])
+            elif kind == "tuple":
+                if not isinstance(e, (tuple, list)) or len(e) != len(keys):
+                    raise InvalidArgument(f"CropDataset arrays[{i}]: expected {len(keys)} uris like the first entry, found {e!r}")
+                uris.append([_uri(u) for u in e])
+            else:
+                if isinstance(e, (Mapping, tuple, list)):
+                    raise InvalidArgument(f"CropDataset arrays[{i}]: expected a uri like the first entry, found {e!r}")
+                uris.append([_uri(e)])
+        return kind, keys, uris
+
+    def _make_configs(self, base: Config, dtype: Any) -> list[Config]:
+        if not isinstance(base, Config):
+            raise TypeError(f"CropDataset config: expected a damacy.Config, found {type(base).__name__}")
+        if isinstance(dtype, str):
+            dtypes = [dtype] * len(self._keys)
+        elif isinstance(dtype, Mapping):
+            if self._kind != "dict" or set(dtype) != set(self._keys):
+                raise InvalidArgument(f"CropDataset dtype: a dict needs exactly the keys {self._keys}, found {list(dtype)}")
+            dtypes = [dtype[k] for k in self._keys]
+        else:
+            dtypes = list(dtype)
+            if self._kind != "tuple" or len(dtypes) != len(self._keys):
+                raise InvalidArgument(f"CropDataset dtype: expected one str, or one per array of an entry, found {dtype!r}")
+        B = self.samples_per_batch
+        out = []
+        for dt in dtypes:
+            fields = dict(
+                samples_per_batch=B,
+                sample_shape=self.sampler.sample_shape,
+                dtype=dt,
+                device=self.device,
+                out_of_bounds="fill" if self.sampler.pads else "error",
+                lookahead_samples=max(base.lookahead_samples, B),
+            )
+            # Integer outputs take the CPU decode path (the GPU path assembles floats only).
+            if self.device.startswith("cuda") and base.decode == "auto" and dt not in ("f32", "float32", "bf16", "bfloat16"):
+                fields["decode"] = "cpu"
+            out.append(base.replace(**fields))
+        return out
+
+    def _worker_configs(self, num_workers: int) -> list[Config]:
+        """The configs a DataLoader worker runs: CPU only, a share of the thread budget."""
+        out = []
+        for cfg in self._configs:
+            out.append(cfg.replace(device="cpu", decode="cpu", n_io_threads=max(1, cfg.n_io_threads // num_workers)))
+        return out
+
+    def _plan(self, epoch: int) -> _EpochPlan:
+        cached = getattr(self, "_plan_cache", None)
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        first_uris = [entry[0] for entry in self._uris]
+        plan = self.sampler._plan(first_uris, self.shapes, self.weights, epoch)
+        self._plan_cache = (epoch, plan)
+        return plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_plan_cache", None)  # rebuilt on demand (RandomCrops' drawn blocks)
+        return state
+
+    # --- geometry of an epoch ---------------------------------------------------------------
+
+    @property
+    def arrays(self) -> list[Any]:
+        """The entries, as given (uris made absolute)."""
+        if self._kind == "dict":
+            return [dict(zip(self._keys, e)) for e in self._uris]
+        if self._kind == "tuple":
+            return [tuple(e) for e in self._uris]
+        return [e[0] for e in self._uris]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def num_samples(self) -> int | None:
+        """Samples in an epoch over all ranks (None: endless)."""
+        return self._plan(self._epoch).n_samples
+
+    def sample_at(self, i: int, epoch: int | None = None) -> tuple[int, Box]:
+        """Sample `i` of an epoch (default: the current one): (entry index, box). What the
+        dataset promises to read, whichever rank, worker or resume yields it."""
+        plan = self._plan(self._epoch if epoch is None else operator.index(epoch))
+        i = operator.index(i)
+        if i < 0 or (plan.n_samples is not None and i >= plan.n_samples):
+            raise IndexError(f"sample {i} outside the epoch's {plan.n_samples} samples")
+        a, starts, _ = plan.sample(i)
+        return a, tuple((b, b + s) for b, s in zip(starts, self.sampler.sample_shape))
+
+    def _total_batches(self, n_samples: int | None) -> int | None:
+        if n_samples is None:
+            return None
+        B, W = self.samples_per_batch, self.world_size
+        if self.drop_last:
+            return (n_samples // B) // W * W
+        return -(-n_samples // B)
+
+    def _rank_batches(self, n_samples: int | None) -> int | None:
+        total = self._total_batches(n_samples)
+        if total is None:
+            return None
+        return max(0, -(-(total - self.rank) // self.world_size))
+
+    def __len__(self) -> int:
+        """Batches this rank yields in an epoch (over all of its DataLoader workers)."""
+        n = self._rank_batches(self.num_samples())
+        if n is None:
+            raise TypeError("an endless CropDataset (RandomCrops(num_samples=None)) has no len()")
+        return n
+
+    # --- epochs and state -------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (RandomCrops draws a new sequence per epoch). A new epoch starts
+        at its first batch; setting the current epoch again keeps the position (so that
+        ``load_state_dict`` followed by the usual ``set_epoch`` resumes)."""
+        epoch = operator.index(epoch)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._position = 0
+            self._worker_resume = None
+            self._loaded = False
+
+    def _fingerprint(self) -> str:
+        what = json.dumps([repr(self.sampler), self._uris, self.weights, self.samples_per_batch,
+                           self.drop_last, self.rank, self.world_size])
+        return hashlib.blake2b(what.encode(), digest_size=12).hexdigest()
+
+    def _pass_start(self) -> int:
+        """Where the next pass starts: a loaded position as is (at the end: nothing left);
+        otherwise the current position, or 0 after a completed pass (a new pass)."""
+        if self._loaded:
+            return self._position
+        n = self._rank_batches(self.num_samples())
+        return 0 if n is not None and self._position >= n else self._position
+
+    def state_dict(self, batches_yielded: int | None = None) -> dict[str, Any]:
+        """The epoch and the position in this rank's stream of batches.
+
+        - Iterated in this process (``num_workers=0``, any DataLoader): counts what it
+          yielded; call with no argument.
+        - A plain DataLoader with ``num_workers > 0`` iterates copies in the workers, so this
+          object cannot count: pass `batches_yielded`, the batches your loop received in
+          this epoch (pass) since it started or was restored.
+        - torchdata's StatefulDataLoader calls this inside each worker and gives each worker
+          its own state back on load; nothing to do.
+        """
+        state: dict[str, Any] = {"version": 1, "fingerprint": self._fingerprint(), "epoch": self._epoch}
+        if batches_yielded is not None:
+            state["position"] = self._pass_start() + operator.index(batches_yielded)
+        else:
+            state["position"] = self._position
+            if self._worker_progress is not None:
+                state["worker"] = list(self._worker_progress)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores `state_dict()`: the next iteration yields the batches not yet yielded."""
+        if not isinstance(state, Mapping) or state.get("version") != 1:
+            raise InvalidArgument(f"CropDataset state: expected a state_dict() of version 1, found {state!r}")
+        if state.get("fingerprint") != self._fingerprint():
+            raise InvalidArgument(
+                "CropDataset state: it was saved by a dataset with other arrays, sampler, weights, "
+                "samples_per_batch, drop_last, rank or world_size; resume with the same ones"
+            )
+        self._epoch = operator.index(state["epoch"])
+        self._position = operator.index(state["position"])
+        worker = state.get("worker")
+        self._worker_resume = tuple(operator.index(v) for v in worker) if worker is not None else None  # type: ignore[assignment]
+        self._worker_progress = None
+        self._loaded = True
+
+    # --- iteration ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        plan = self._plan(self._epoch)
+        n_rank = self._rank_batches(plan.n_samples)
+        resume, self._worker_resume = self._worker_resume, None
+        if resume is not None and resume[:2] == (w, nw):
+            first = resume[2]
+        else:
+            self._position = self._pass_start()
+            first = self._position + w
+        self._loaded = False
+        if info is not None:  # what state_dict() says in this worker until its first batch
+            self._worker_progress = (w, nw, first)
+        configs = self._configs if info is None else self._worker_configs(nw)
+
+        def js() -> Iterable[int]:  # this process's entries of the rank's stream
+            return itertools.count(first, nw) if n_rank is None else range(first, n_rank, nw)
+
+        return self._batches(plan, js, configs, in_worker=info is not None, worker=(w, nw))
+
+    def _sample_range(self, j: int, n_samples: int | None) -> range:
+        g = self.rank + j * self.world_size
+        lo = g * self.samples_per_batch
+        hi = lo + self.samples_per_batch
+        return range(lo, hi if n_samples is None else min(hi, n_samples))
+
+    def _samples(self, plan: _EpochPlan, js: Any, key: int) -> Iterator[Sample]:
+        """The samples for `key` of the batches `js`; a short last batch is padded with
+        repeats of its last sample (read, then sliced away)."""
+        B, S = self.samples_per_batch, self.sampler.sample_shape
+        for j in js():
+            sample = None
+            rng = self._sample_range(j, plan.n_samples)
+            for i in rng:
+                a, starts, _ = plan.sample(i)
+                sample = Sample(self._uris[a][key], [(b, b + s) for b, s in zip(starts, S)])
+                yield sample
+            for _ in range(B - len(rng)):
+                yield sample
+
+    def _batches(self, plan: _EpochPlan, js: Any, configs: Sequence[Config], *, in_worker: bool, worker: tuple[int, int]) -> Iterator[Any]:
+        streams = _Streams(configs)
+        try:
+            for k, pipe in enumerate(streams.pipes):
+                pipe.push(self._samples(plan, js, k))
+            for j in js():
+                rng = self._sample_range(j, plan.n_samples)
+                tensors, samples = [], []
+                for pipe in streams.pipes:
+                    t, s = pipe.pop_with_samples() if self.return_meta else (pipe.pop(), [])
+                    if len(rng) < self.samples_per_batch:
+                        t, s = t[: len(rng)], s[: len(rng)]
+                    tensors.append(t)
+                    samples.append(s)
+                if self._kind == "dict":
+                    batch: Any = dict(zip(self._keys, tensors))
+                elif self._kind == "tuple":
+                    batch = tuple(tensors)
+                else:
+                    batch = tensors[0]
+                if self.return_meta:
+                    batch = (batch, self._meta(plan, j, rng, samples))
+                # The state counts this batch as yielded once the consumer has it.
+                if in_worker:
+                    self._worker_progress = (worker[0], worker[1], j + worker[1])
+                else:
+                    self._position = j + 1
+                yield batch
+        finally:
+            streams.close()
+
+    def _meta(self, plan: _EpochPlan, j: int, rng: range, samples: list[list[Sample]]) -> dict[str, Any]:
+        arrays, owns = [], []
+        for i in rng:
+            a, _, own = plan.sample(i)
+            arrays.append(a)
+            owns.append(own)
+        uris = [[s.uri for s in per_key] for per_key in samples]
+        if self._kind == "dict":
+            uri: Any = dict(zip(self._keys, uris))
+        elif self._kind == "tuple":
+            uri = tuple(uris)
+        else:
+            uri = uris[0]
+        return {
+            "epoch": self._epoch,
+            "batch": self.rank + j * self.world_size,
+            "index": torch.tensor(list(rng), dtype=torch.int64),
+            "array": torch.tensor(arrays, dtype=torch.int64),
+            "box": torch.tensor([s.aabb for s in samples[0]], dtype=torch.int64).reshape(len(rng), -1, 2),
+            "own": torch.tensor(owns, dtype=torch.int64).reshape(len(rng), -1, 2),
+            "uri": uri,
+        }
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def stitcher(self, **kwargs: Any) -> Stitcher:
+        """A `Stitcher` for this dataset's arrays (needs ``return_meta=True`` batches)."""
+        return Stitcher(self.shapes, **kwargs)
+
+    def __repr__(self) -> str:
+        return (f"CropDataset({len(self._uris)} arrays, {self.sampler!r}, samples_per_batch={self.samples_per_batch}, "
+                f"rank={self.rank}/{self.world_size}, epoch={self._epoch})")
+
+
+# --------------------------------------------------------------------------------------
+# Moving batches and stitching predictions
+# --------------------------------------------------------------------------------------
+
+
+def to_device(obj: Any, device: str | torch.device, non_blocking: bool = True) -> Any:
+    """`obj` with every tensor (also inside dicts, lists and tuples) moved to `device`.
+
+    Meant for the main process after ``DataLoader(pin_memory=True)``: the copy from pinned
+    memory is asynchronous with ``non_blocking=True``.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(to_device(v, device, non_blocking) for v in obj)
+    if isinstance(obj, list):
+        return [to_device(v, device, non_blocking) for v in obj]
+    return obj
+
+
+class Stitcher:
+    """Writes per-sample predictions back into whole arrays, one output per array.
+
+    ``add(pred, meta)``: `pred` is ``[n, *extra, *sample_shape]`` (extra: e.g. channels),
+    `meta` the batch's meta (``return_meta=True``). Outputs are ``[*extra, *array_shape]``.
+
+    `mode`:
+    - ``"own"`` (default): each voxel takes the value of the one sample that owns it (meta
+      ``"own"``; for GridCrops the owned regions partition every array, so every voxel is
+      written exactly once when the whole grid was added).
+    - ``"mean"``: the average over every sample whose box covers the voxel (inside the array).
+
+    `count=True` keeps how many times each voxel was written (`counts()`), a check that the
+    grid covered everything (``"mean"`` always counts). Voxels never written are `fill`
+    (``"own"``) or NaN (``"mean"``, float dtypes).
+    """
+
+    def __init__(self, shapes: Sequence[Sequence[int]], *, mode: str = "own", dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None, count: bool = False, fill: float = 0) -> None:
+        if mode not in ("own", "mean"):
+            raise InvalidArgument(f"Stitcher mode: expected \"own\" or \"mean\", found {mode!r}")
+        self.shapes = [tuple(int(n) for n in s) for s in shapes]
+        self.mode, self.dtype, self.device, self.fill = mode, dtype, device, fill
+        self._count = count or mode == "mean"
+        self._out: list[torch.Tensor | None] = [None] * len(self.shapes)
+        self._counts: list[torch.Tensor | None] = [None] * len(self.shapes)
+
+    def _buffers(self, a: int, extra: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self._out[a]
+        if out is None:
+            device = self.device if self.device is not None else like.device
+            dtype = self.dtype or (torch.float32 if self.mode == "mean" and not like.is_floating_point() else like.dtype)
+            shape = extra + self.shapes[a]
+            out = torch.zeros(shape, dtype=dtype, device=device) if self.mode == "mean" else torch.full(shape, self.fill, dtype=dtype, device=device)
+            self._out[a] = out
+            if self._count:
+                self._counts[a] = torch.zeros(self.shapes[a], dtype=torch.int32, device=device)
+        elif tuple(out.shape[: len(extra)]) != extra:
+            raise InvalidArgument(f"Stitcher: prediction leading dims {extra} differ from earlier ones {tuple(out.shape[: out.dim() - len(self.shapes[a])])}")
+        return out, self._counts[a]
+
+    def add(self, pred: torch.Tensor, meta: Mapping[str, Any]) -> None:
+        """Adds a batch of predictions with its meta."""
+        boxes, arrays = meta["box"], meta["array"]
+        regions = meta["own"] if self.mode == "own" else None
+        n = int(arrays.shape[0])
+        if pred.shape[0] != n:
+            raise InvalidArgument(f"Stitcher: {pred.shape[0]} predictions for {n} samples in meta")
+        rank = int(boxes.shape[1])
+        if pred.dim() < 1 + rank:
+            raise InvalidArgument(f"Stitcher: predictions of shape {tuple(pred.shape)} lack the sample's {rank} dims")
+        extra = tuple(pred.shape[1 : pred.dim() - rank])
+        for s in range(n):
+            a = int(arrays[s])
+            box = boxes[s].tolist()
+            shape = self.shapes[a]
+            if regions is not None:
+                region = regions[s].tolist()
+            else:
+                region = [(max(b0, 0), min(b1, size)) for (b0, b1), size in zip(box, shape)]
+            if any(hi <= lo for lo, hi in region):
+                continue
+            dst = tuple(slice(lo, hi) for lo, hi in region)
+            src = tuple(slice(lo - b0, hi - b0) for (lo, hi), (b0, _) in zip(region, box))
+            out, counts = self._buffers(a, extra, pred)
+            full = (Ellipsis,) + dst
+            piece = pred[s][(Ellipsis,) + src].to(device=out.device)
+            if self.mode == "own":
+                out[full] = piece.to(out.dtype)
+            else:
+                out[full] += piece.to(out.dtype)
+            if counts is not None:
+                counts[dst] += 1
+
+    def counts(self) -> list[torch.Tensor | None]:
+        """Per array, how many times each voxel was written (None: never touched)."""
+        if not self._count:
+            raise InvalidArgument("Stitcher: make it with count=True (or mode='mean') to keep counts")
+        return list(self._counts)
+
+    def result(self) -> list[torch.Tensor | None]:
+        """Per array, the stitched output (None: no sample of the array was added)."""
+        if self.mode == "own":
+            return list(self._out)
+        out = []
+        for o, c in zip(self._out, self._counts):
+            if o is None or c is None:
+                out.append(o)
+                continue
+            mean = o / c.to(o.dtype) if o.is_floating_point() else o // c.clamp(min=1)
+            out.append(mean)
+        return out
+
+
+def stitch(batches: Iterable[tuple[torch.Tensor, Mapping[str, Any]]], shapes: Sequence[Sequence[int]], **kwargs: Any) -> list[torch.Tensor | None]:
+    """`Stitcher(shapes, **kwargs)` fed with every ``(pred, meta)`` of `batches`; its result."""
+    s = Stitcher(shapes, **kwargs)
+    for pred, meta in batches:
+        s.add(pred, meta)
+    return s.result()
