@@ -240,7 +240,23 @@ std::uint64_t Pipeline::pending_samples() const {
 
 std::string Pipeline::stats() const {
   if (!impl_) moved_from();
-  return std::string(impl_->rust->stats_json());
+  std::string json(impl_->rust->stats_json());
+#if DAMACY_WITH_CUDA
+  // "batches" counts batches returned to the caller: those launched ahead on the device
+  // were popped from Rust but not yet returned.
+  if (impl_->runner && impl_->runner->queued()) {
+    const std::string key = "\"batches\":";
+    const size_t at = json.find(key);
+    if (at != std::string::npos) {
+      const size_t from = at + key.size();
+      const size_t to = json.find_first_not_of("0123456789", from);
+      const unsigned long long n = std::stoull(json.substr(from, to - from));
+      const unsigned long long ahead = impl_->runner->queued();
+      json.replace(from, to - from, std::to_string(n >= ahead ? n - ahead : 0));
+    }
+  }
+#endif
+  return json;
 }
 
 void Pipeline::close() {

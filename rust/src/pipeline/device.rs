@@ -235,6 +235,7 @@ impl StageJob {
         for &i in &read.chunks {
             let mut ops = Vec::new();
             self.chunk_ops(i, &mut ops).map_err(|e| e.context(self.context(i, batch)))?;
+            shared.stats.device_chunk();
             work.extend(ops.into_iter().map(|o| (o, i)));
         }
         let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);

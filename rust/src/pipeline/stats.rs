@@ -71,6 +71,10 @@ impl Stats {
         self.bytes_read.fetch_add(bytes, Relaxed);
         self.io_ns.fetch_add(ns(io), Relaxed);
     }
+    /// A chunk handed to the device for decoding.
+    pub(super) fn device_chunk(&self) {
+        self.chunks_decoded.fetch_add(1, Relaxed);
+    }
     pub(super) fn chunk_filled(&self, assemble: Duration) {
         self.chunks_filled.fetch_add(1, Relaxed);
         self.assemble_ns.fetch_add(ns(assemble), Relaxed);
