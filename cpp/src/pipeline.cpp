@@ -5,8 +5,10 @@
 // context deleter re-boxes and drops it, which hands the buffer back to the pipeline's pool.
 #include "damacy/pipeline.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -89,12 +91,23 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
 
 }  // namespace
 
+namespace {
+// Device batches kept launched (the one returned next included): DAMACY_DEVICE_AHEAD,
+// default 2, 1..8. More overlap costs one batch of device memory each.
+size_t device_ahead() {
+  const char* v = std::getenv("DAMACY_DEVICE_AHEAD");
+  const long n = v ? std::strtol(v, nullptr, 10) : 2;
+  return static_cast<size_t>(std::clamp<long>(n, 1, 8));
+}
+}  // namespace
+
 struct Pipeline::Impl {
   Config config;
   at::Device device;
   rust::Box<ffi::Pipeline> rust;
 #if DAMACY_WITH_CUDA
   std::unique_ptr<detail::DeviceRunner> runner = nullptr;  // device path (decode on the GPU)
+  size_t ahead = device_ahead();
 #endif
 
   // The next batch as a tensor, with its samples JSON when asked.
@@ -115,13 +128,15 @@ struct Pipeline::Impl {
       auto batch = detail::call([&] { return rust->pop(timeout_s); });  // TryAgain etc. pass
       runner->enqueue(std::move(batch));
     }
-    if (runner->queued() < 2) {
+    while (runner->queued() < ahead) {
       try {
         runner->enqueue(detail::call([&] { return rust->pop(0.0); }));
       } catch (const TryAgain&) {
-        // not staged yet: the next pop waits for it
+        break;  // not staged yet: a later pop waits for it
       } catch (const PoolStarved&) {
+        break;
       } catch (const ShutdownError&) {
+        break;
       } catch (...) {
         runner->enqueue_error(std::current_exception());
       }

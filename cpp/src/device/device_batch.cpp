@@ -94,7 +94,10 @@ std::string nvcomp_unavailable_reason() {
 
 struct DeviceRunner::State {
   at::Device device;
-  c10::cuda::CUDAStream stream;  // the runner's own stream; joined to the caller's by events
+  // The runner's own streams, used in turn by consecutive batches so that one batch's
+  // decode can overlap the previous batch's tail; joined to the caller's by events.
+  std::vector<c10::cuda::CUDAStream> streams;
+  size_t launched = 0;
   std::deque<Queued> queue;
   // Staging slabs pinned with cudaHostRegister: start -> registered bytes. A slab is pinned
   // over the part batches use (grown, never shrunk), not its whole reserved size.
@@ -102,7 +105,9 @@ struct DeviceRunner::State {
   bool closed = false;
 
   explicit State(const at::Device& d)
-      : device(d), stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, d.index())) {}
+      : device(d) {
+    for (int i = 0; i < 2; ++i) streams.push_back(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, d.index()));
+  }
 
   void pin(uint8_t* slab, size_t used, size_t capacity) {
     if (!used) return;
@@ -197,8 +202,9 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   State& st = *state_;
   if (st.closed) throw ShutdownError("device runner closed");
   c10::cuda::CUDAGuard guard(st.device);
-  c10::cuda::CUDAStreamGuard stream_guard(st.stream);  // torch allocations below: this stream
-  const cudaStream_t stream = st.stream.stream();
+  const c10::cuda::CUDAStream own = st.streams[st.launched++ % st.streams.size()];
+  c10::cuda::CUDAStreamGuard stream_guard(own);  // torch allocations below: this stream
+  const cudaStream_t stream = own.stream();
   Queued q;
   q.samples = std::string(batch->samples_json());
 
