@@ -180,6 +180,17 @@ def read_damacy_once(a, uris, items, decode: str) -> torch.Tensor:
         return t.cpu()
 
 
+def drop_page_cache() -> bool:
+    """Drops the page cache (needs root); False when not possible here."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def run_damacy(a, uris, batches, decode: str, chunk_bytes: int, profile: bool, label: str) -> dict:
     import damacy
 
@@ -561,6 +572,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check", type=int, default=2, help="boxes on which every reader must agree before timing (0: none)")
     p.add_argument("--no-ceilings", action="store_true", help="skip bench/ceilings.py")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the page cache (root: /proc/sys/vm/drop_caches) before each timed "
+                        "reader instead of priming it; says so when dropping is not possible")
     p.add_argument("--profile", action="store_true", help="print where time goes in the damacy GPU reader")
     p.add_argument("--profile-batches", type=int, default=10)
     p.add_argument("--trace", default=None, help="with --profile: write Chrome traces to this folder")
@@ -602,9 +616,10 @@ def main(argv=None) -> int:
 
     uris = {c: ensure_arrays(data_dir, c, a.arrays, a.shape, a.chunk, a.shard, a.seed) for c in a.codecs}
     primed = 0
-    for us in uris.values():
-        for u in us:
-            primed += BR.prime_page_cache(Path(u))
+    if not a.cold:
+        for us in uris.values():
+            for u in us:
+                primed += BR.prime_page_cache(Path(u))
     itemsize = 2
     chunk_bytes = int(np.prod(a.chunk)) * itemsize
     sample_bytes = int(np.prod(a.sample_shape)) * 4
@@ -669,6 +684,8 @@ def main(argv=None) -> int:
             print(f"# {codec}: readers agree on {len(items)} boxes", file=sys.stderr)
         results = {}
         for r in a.readers:
+            if a.cold:
+                print(f"# {codec}: page cache dropped: {drop_page_cache()}", file=sys.stderr, flush=True)
             print(f"# {codec}: {r} ...", file=sys.stderr, flush=True)
             try:
                 if r.startswith("damacy"):
