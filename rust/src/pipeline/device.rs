@@ -4,11 +4,10 @@
 //! blosc block, and one assemble launch of copy/fill ops. Chunks whose codec the GPU cannot
 //! decode are decoded here and staged raw.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use super::{InFlight, JobGuard, Shared};
+use super::{spawn_job, InFlight, Shared, MAX_READ_GAP};
 use crate::error::{err, Result};
 use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 use crate::io::WorkerPool;
@@ -41,9 +40,6 @@ impl DeviceWork {
         self.decode_chunk.get(i).and_then(|&c| self.chunk_names.get(c as usize)).cloned().unwrap_or_else(|| format!("decode op {i}"))
     }
 }
-
-/// Largest gap between two chunk ranges of one file that a read op reads through.
-const MAX_READ_GAP: u64 = 64 << 10;
 
 fn dtype_code(d: SourceDtype) -> u32 {
     match d {
@@ -164,27 +160,13 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
     let codecs = Arc::new(codecs);
     for r in 0..staging.reads.len() {
         let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
-        spawn(shared, pool, batch, move |shared, batch| job.read(r, shared, batch));
+        spawn_job(shared, pool, batch, move |shared, batch| job.read(r, shared, batch));
     }
     for i in cpu_chunks {
         let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
-        spawn(shared, pool, batch, move |shared, batch| job.cpu_decode(i, shared, batch));
+        spawn_job(shared, pool, batch, move |shared, batch| job.cpu_decode(i, shared, batch));
     }
     Ok(())
-}
-
-fn spawn(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static) {
-    batch.remaining.fetch_add(1, Ordering::AcqRel);
-    let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
-    pool.spawn(move || {
-        let guard = guard;
-        if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
-            return;
-        }
-        if let Err(e) = f(&guard.shared, &guard.batch) {
-            guard.batch.fail(e);
-        }
-    });
 }
 
 /// The staging slab of a batch, written by its jobs at disjoint ranges.
@@ -270,7 +252,8 @@ impl StageJob {
         // SAFETY: each CPU slot is owned by its chunk.
         let out = unsafe { self.slab.range(at, len)? };
         meta.codec.decode_into(&encoded, out).map_err(|e| e.context(self.context(i, batch)))?;
-        shared.stats.chunk_decoded(encoded.len() as u64, t1 - t0, t1.elapsed(), std::time::Duration::ZERO);
+        shared.stats.read_op(encoded.len() as u64, t1 - t0);
+        shared.stats.chunk_decoded(0, std::time::Duration::ZERO, t1.elapsed(), std::time::Duration::ZERO);
         let dst = self.staging.decoded[i].unwrap_or(0);
         let mut dev = batch.device.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(d) = dev.as_mut() {

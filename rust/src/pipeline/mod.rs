@@ -447,54 +447,92 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     let out = unsafe { OutBuffer::new(lease.ptr(), lease.len(), cfg.dtype, cfg.sample_voxels()) };
     *batch.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
 
+    // Ranges of shard files are read by coalesced read ops (adjacent chunks of one file in
+    // one pread, up to max_read_op_bytes); each read job then decodes and assembles the
+    // chunks it read. Whole-file and absent chunks get a job each; fills one job.
+    let staging = crate::plan::device::layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
+    shared.stats.staged(&staging);
     let sample_shape = Arc::new(cfg.sample_shape.clone());
     let arrays = Arc::new(plan.arrays);
     if !plan.fill_ops.is_empty() {
-        batch.remaining.fetch_add(1, Ordering::AcqRel);
-        let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
         let (arrays, sample_shape, fills) = (Arc::clone(&arrays), Arc::clone(&sample_shape), plan.fill_ops);
-        pool.spawn(move || {
-            let _guard = guard;
+        spawn_job(shared, pool, batch, move |_, _| {
             for f in &fills {
                 let meta = &arrays[f.array as usize];
                 // SAFETY: see `out` above.
                 unsafe { assemble::fill_region(&meta.fill, meta.dtype, f.sample, &f.region, &out, &sample_shape) };
             }
+            Ok(())
         });
     }
-    for op in plan.chunk_ops {
-        batch.remaining.fetch_add(1, Ordering::AcqRel);
-        let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
-        let (arrays, sample_shape) = (Arc::clone(&arrays), Arc::clone(&sample_shape));
-        pool.spawn(move || {
-            let guard = guard;
-            if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
-                return;
+    let plan_ops = Arc::new(plan.chunk_ops);
+    for read in staging.reads {
+        let (ops, arrays, sample_shape) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape));
+        spawn_job(shared, pool, batch, move |shared, batch| {
+            let t0 = Instant::now();
+            let file = store::ReadFile::open(&read.path)?.ok_or_else(|| err!(Storage, "{}: shard file vanished", read.path.display()))?;
+            let bytes = file.read_at(read.offset, read.len as usize)?;
+            shared.stats.read_op(read.len, t0.elapsed());
+            for &i in &read.chunks {
+                let op = &ops[i];
+                let ChunkSource::Range { offset, nbytes, .. } = op.source else { continue };
+                let at = (offset - read.offset) as usize;
+                let encoded = &bytes[at..at + nbytes as usize];
+                let meta = &arrays[op.array as usize];
+                decode_and_assemble(shared, op, meta, Some(encoded), &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))?;
             }
-            let meta = &arrays[op.array as usize];
-            if let Err(e) = run_chunk(&guard.shared, &op, meta, &out, &sample_shape) {
-                let uri = &guard.batch.samples[op.copies[0].sample as usize].uri;
-                guard.batch.fail(e.context(format_args!("{uri}: chunk {:?}", op.coords)));
-            }
+            Ok(())
+        });
+    }
+    for i in 0..plan_ops.len() {
+        if matches!(plan_ops[i].source, ChunkSource::Range { .. }) {
+            continue;
+        }
+        let (ops, arrays, sample_shape) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape));
+        spawn_job(shared, pool, batch, move |shared, batch| {
+            let op = &ops[i];
+            let t0 = Instant::now();
+            let encoded = match &op.source {
+                ChunkSource::File(path) => store::read_file(path).map_err(|e| chunk_context(e, batch, op))?,
+                _ => None,
+            };
+            shared.stats.read_op(encoded.as_ref().map_or(0, |e| e.len() as u64), t0.elapsed());
+            decode_and_assemble(shared, op, &arrays[op.array as usize], encoded.as_deref(), &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))
         });
     }
     Ok(())
+}
+
+/// Largest gap between two chunk ranges of one file that a read op reads through.
+const MAX_READ_GAP: u64 = 64 << 10;
+
+fn chunk_context(e: Error, batch: &InFlight, op: &ChunkOp) -> Error {
+    let uri = op.copies.first().map_or("?", |c| batch.samples[c.sample as usize].uri.as_str());
+    e.context(format_args!("{uri}: chunk {:?}", op.coords))
+}
+
+/// Queues one job of `batch` on the pool; its error fails the batch. Jobs of a batch that
+/// already failed, or of a closed pipeline, do nothing.
+fn spawn_job(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static) {
+    batch.remaining.fetch_add(1, Ordering::AcqRel);
+    let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
+    pool.spawn(move || {
+        let guard = guard;
+        if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
+            return;
+        }
+        if let Err(e) = f(&guard.shared, &guard.batch) {
+            guard.batch.fail(e);
+        }
+    });
 }
 
 thread_local! {
     static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn run_chunk(shared: &Shared, op: &ChunkOp, meta: &crate::zarr::ArrayMeta, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
-    let t0 = Instant::now();
-    let encoded = match &op.source {
-        ChunkSource::Range { path, offset, nbytes } => {
-            let file = store::ReadFile::open(path)?.ok_or_else(|| err!(Storage, "{}: shard file vanished", path.display()))?;
-            Some(file.read_at(*offset, *nbytes as usize)?)
-        }
-        ChunkSource::File(path) => store::read_file(path)?,
-        ChunkSource::Absent => None,
-    };
+/// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies.
+fn decode_and_assemble(shared: &Shared, op: &ChunkOp, meta: &crate::zarr::ArrayMeta, encoded: Option<&[u8]>, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
     let t1 = Instant::now();
     let Some(encoded) = encoded else {
         for c in &op.copies {
@@ -506,13 +544,13 @@ fn run_chunk(shared: &Shared, op: &ChunkOp, meta: &crate::zarr::ArrayMeta, out: 
     };
     DECODED.with_borrow_mut(|buf| {
         buf.resize(meta.codec.decoded_len(), 0);
-        meta.codec.decode_into(&encoded, buf)?;
+        meta.codec.decode_into(encoded, buf)?;
         let t2 = Instant::now();
         for c in &op.copies {
             // SAFETY: exclusive voxels (planner invariant).
             unsafe { assemble::copy_region(buf, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
         }
-        shared.stats.chunk_decoded(encoded.len() as u64, t1 - t0, t2 - t1, t2.elapsed());
+        shared.stats.chunk_decoded(0, std::time::Duration::ZERO, t2 - t1, t2.elapsed());
         Ok(())
     })
 }

@@ -146,6 +146,49 @@ pub fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: 
 mod tests {
     use super::*;
     use crate::plan::{ChunkOp, ChunkSource};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Every chunk byte range lies inside exactly one read op (the one that lists it), at
+        /// the staging offset the layout gives it; read ops do not overlap in staging; an op
+        /// exceeds max_read_op_bytes only when it is a single larger range.
+        #[test]
+        fn every_range_inside_exactly_one_read(
+            ranges in proptest::collection::vec((0usize..3, 0u64..4000, 1u64..300), 1..40),
+            max_op in 1u64..2000,
+            gap in 0u64..200,
+        ) {
+            let m = meta();
+            let paths: Vec<Arc<PathBuf>> = (0..3).map(|i| Arc::new(PathBuf::from(format!("/s{i}")))).collect();
+            // Distinct chunks of one file never overlap: lay them out without overlaps.
+            let mut next = [0u64; 3];
+            let chunk_ops: Vec<ChunkOp> = ranges.iter().map(|&(f, skip, len)| {
+                let offset = next[f] + skip % 50;
+                next[f] = offset + len;
+                ChunkOp { array: 0, coords: vec![0], source: ChunkSource::Range { path: Arc::clone(&paths[f]), offset, nbytes: len }, copies: vec![] }
+            }).collect();
+            let plan = BatchPlan { arrays: vec![m], chunk_ops, fill_ops: vec![], read_bytes: 0 };
+            let l = layout(&plan, max_op, gap, &|_| None);
+            let mut spans: Vec<(u64, u64)> = l.reads.iter().map(|r| (r.staging_offset, r.staging_offset + r.len)).collect();
+            spans.sort_unstable();
+            for w in spans.windows(2) {
+                prop_assert!(w[0].1 <= w[1].0, "read ops overlap in staging: {:?}", w);
+            }
+            for (i, op) in plan.chunk_ops.iter().enumerate() {
+                let ChunkSource::Range { path, offset, nbytes } = &op.source else { unreachable!() };
+                let holders: Vec<&ReadOp> = l.reads.iter().filter(|r| r.path == *path && r.offset <= *offset && offset + nbytes <= r.offset + r.len).collect();
+                prop_assert_eq!(holders.len(), 1, "chunk {} in {} read ops", i, holders.len());
+                let r = holders[0];
+                prop_assert!(r.chunks.contains(&i));
+                prop_assert_eq!(l.staged[i], Some((r.staging_offset + (offset - r.offset), *nbytes)));
+            }
+            for r in &l.reads {
+                prop_assert!(r.len <= max_op || r.chunks.len() == 1, "op of {} bytes over {}", r.len, max_op);
+            }
+            prop_assert!(l.staging_bytes >= l.reads.iter().map(|r| r.len).sum::<u64>());
+        }
+    }
 
     fn meta() -> Arc<ArrayMeta> {
         let json = r#"{"zarr_format":3,"node_type":"array","shape":[64],"data_type":"uint8",
