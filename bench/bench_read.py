@@ -43,6 +43,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 READERS = ("damacy", "tensorstore", "zarr")
+# Decoded-chunk cache given to damacy (decoded_cache_bytes) and tensorstore (cache_pool), the
+# same budget for both; 0 (default) = no cache (--cache-mib).
+CACHE_BYTES = 0
 
 
 # ------------------------------------------------------------------------------ machine
@@ -207,7 +210,7 @@ class TensorstoreReader:
             "context": {
                 "data_copy_concurrency": {"limit": threads},
                 "file_io_concurrency": {"limit": threads},
-                "cache_pool": {"total_bytes_limit": 0},
+                "cache_pool": {"total_bytes_limit": CACHE_BYTES},
             },
             "open": True,
         }, read=True).result()
@@ -261,7 +264,7 @@ def run_damacy(uri: str, batches, sample_shape, threads: int, pop_timeout_s: flo
     b = len(batches[0])
     cfg = damacy.Config(samples_per_batch=b, sample_shape=list(sample_shape), dtype="f32",
                         device="cpu", decode="cpu", n_io_threads=threads,
-                        pop_timeout_s=pop_timeout_s)
+                        pop_timeout_s=pop_timeout_s, decoded_cache_bytes=CACHE_BYTES)
     times = []
     with damacy.Pipeline(cfg) as pipe:
         pipe.push(damacy.Sample(uri, box) for batch in batches for box in batch)
@@ -310,6 +313,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=20, help="timed batches per reader")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches first, per reader")
     p.add_argument("--readers", default=",".join(READERS), help="comma list of " + ",".join(READERS))
+    p.add_argument("--cache-mib", type=int, default=0,
+                   help="decoded-chunk cache for damacy and tensorstore alike, MiB (default 0: none)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="I/O+decode threads per reader (default: usable CPUs)")
     p.add_argument("--repeat", type=int, default=1,
@@ -320,6 +325,8 @@ def main(argv=None) -> int:
     p.add_argument("--pop-timeout", type=float, default=120.0)
     p.add_argument("--out", help="write bench/results/<OUT>.json")
     a = p.parse_args(argv)
+    global CACHE_BYTES
+    CACHE_BYTES = a.cache_mib << 20
 
     readers = [r.strip() for r in a.readers.split(",") if r.strip()]
     for r in readers:
@@ -368,7 +375,7 @@ def main(argv=None) -> int:
             "uri": uri if a.uri else Path(uri).name, "writer": writer, "shape": shape,
             "data_type": meta["data_type"], "codecs": meta["codecs"],
             "sample_shape": sample_shape, "batch": a.batch, "batches": a.batches,
-            "warmup": a.warmup, "repeat": a.repeat, "threads": a.threads, "seed": a.seed,
+            "warmup": a.warmup, "repeat": a.repeat, "threads": a.threads, "seed": a.seed, "cache_mib": a.cache_mib,
             "page_cache_primed_bytes": primed,
         },
         "results": {},
@@ -377,7 +384,8 @@ def main(argv=None) -> int:
     print(f"# machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs "
           f"({m['physical_cores']} physical cores), {m['usable_cpus']} usable")
     print(f"# array: {shape} {meta['data_type']} ({writer}); crops {sample_shape}, batch {a.batch}, "
-          f"{a.batches} timed + {a.warmup} warm-up batches, {a.threads} threads; "
+          f"{a.batches} timed + {a.warmup} warm-up batches, {a.threads} threads, "
+          f"decoded cache {a.cache_mib} MiB each; "
           f"readers agree on {len(check)} boxes")
     sample_bytes = int(np.prod(sample_shape)) * 4
     runs: dict[str, list[dict]] = {r: [] for r in readers}

@@ -124,3 +124,38 @@ fn holding_every_batch_starves_the_pool_with_a_typed_error() {
     assert!(p.pop(5.0).is_ok(), "dropping batches frees the pool");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn decoded_cache_gives_the_same_values_and_hits_on_revisits() {
+    let dir = std::env::temp_dir().join(format!("damacy-decoded-cache-{}", std::process::id()));
+    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 2).unwrap();
+    let uri = dir.to_str().unwrap();
+    let all = boxes(48, 9);
+    let read_all = |cache: u64| -> (Vec<Vec<u32>>, serde_json::Value) {
+        let cfg = Config::from_json(&format!(r#"{{"samples_per_batch": 4, "sample_shape": [5, 9, 7], "n_io_threads": 2, "decoded_cache_bytes": {cache}, "lookahead_samples": 8}}"#)).unwrap();
+        let p = Pipeline::new(cfg).unwrap();
+        let mut out = Vec::new();
+        // Two passes over the same boxes: the second revisits every chunk.
+        for pass in 0..2 {
+            for chunk in all.chunks(4) {
+                for b in chunk {
+                    let stops: Vec<i64> = b.iter().zip(SAMPLE).map(|(s, e)| s + e).collect();
+                    assert!(p.push(uri, b, &stops).unwrap());
+                }
+                let mut batch = p.pop(10.0).unwrap();
+                if pass == 1 {
+                    out.push(batch.bytes().chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().unwrap())).collect());
+                }
+            }
+        }
+        (out, serde_json::from_str(&p.stats_json()).unwrap())
+    };
+    let (plain, s0) = read_all(0);
+    let (cached, s1) = read_all(1 << 30);
+    let (tiny, s2) = read_all(8 * 8 * 4 * 2 * 3);
+    assert!(plain == cached && plain == tiny, "the cache changes no voxel");
+    assert_eq!(s0["decoded_cache"]["hits"], 0);
+    assert!(s1["decoded_cache"]["hits"].as_u64().unwrap() > 0 && s1["chunks_from_cache"].as_u64().unwrap() > 0);
+    assert!(s2["decoded_cache"]["evictions"].as_u64().unwrap() > 0, "a 3-chunk cache evicts");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

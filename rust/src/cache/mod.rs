@@ -11,6 +11,8 @@
 //! Owns its slots; calls nothing. Not synchronised: the pipeline keeps each cache behind a
 //! mutex.
 
+pub mod decoded;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;

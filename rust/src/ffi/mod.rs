@@ -29,6 +29,7 @@ mod bridge {
         staging_bytes: u64,
         decoded_bytes: u64,
         max_read_op_bytes: u64,
+        decoded_cache_bytes: u64,
         pop_timeout_s: f64,
         out_of_bounds: String,
     }

@@ -77,6 +77,9 @@ pub struct Config {
     pub decoded_bytes: u64,
     /// Largest read op after coalescing adjacent byte ranges of one file.
     pub max_read_op_bytes: u64,
+    /// Decoded chunks kept across batches on the CPU path, in bytes (0: off). Pays off when
+    /// crops revisit chunks (data that fits in RAM, several epochs).
+    pub decoded_cache_bytes: u64,
     /// Default `pop` timeout in seconds.
     pub pop_timeout_s: f64,
     /// `true`: a box reaching outside the array is padded with the fill value; `false`
@@ -102,6 +105,7 @@ impl Default for Config {
             staging_bytes: 512 << 20,
             decoded_bytes: 4 << 30,
             max_read_op_bytes: 4 << 20,
+            decoded_cache_bytes: 0,
             pop_timeout_s: 60.0,
             out_of_bounds_fill: false,
         }
@@ -123,6 +127,7 @@ const FIELDS: &[&str] = &[
     "staging_bytes",
     "decoded_bytes",
     "max_read_op_bytes",
+    "decoded_cache_bytes",
     "pop_timeout_s",
     "out_of_bounds",
 ];
@@ -207,6 +212,7 @@ impl Config {
                 "staging_bytes" => c.staging_bytes = uint(v, key, 1)?,
                 "decoded_bytes" => c.decoded_bytes = uint(v, key, 1)?,
                 "max_read_op_bytes" => c.max_read_op_bytes = uint(v, key, 1)?,
+                "decoded_cache_bytes" => c.decoded_cache_bytes = uint(v, key, 0)?,
                 "pop_timeout_s" => {
                     let t = v.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| {
                         err!(InvalidArgument, "config field `pop_timeout_s`: expected a positive number of seconds, found {v}")
@@ -290,6 +296,7 @@ impl Config {
             "staging_bytes": self.staging_bytes,
             "decoded_bytes": self.decoded_bytes,
             "max_read_op_bytes": self.max_read_op_bytes,
+            "decoded_cache_bytes": self.decoded_cache_bytes,
             "pop_timeout_s": self.pop_timeout_s,
             "out_of_bounds": if self.out_of_bounds_fill { "fill" } else { "error" },
         })
@@ -314,6 +321,7 @@ impl From<Config> for PipelineConfig {
             staging_bytes: c.staging_bytes,
             decoded_bytes: c.decoded_bytes,
             max_read_op_bytes: c.max_read_op_bytes,
+            decoded_cache_bytes: c.decoded_cache_bytes,
             pop_timeout_s: c.pop_timeout_s,
             out_of_bounds: if c.out_of_bounds_fill { "fill".into() } else { "error".into() },
         }
@@ -338,6 +346,7 @@ impl TryFrom<&PipelineConfig> for Config {
             "staging_bytes": p.staging_bytes,
             "decoded_bytes": p.decoded_bytes,
             "max_read_op_bytes": p.max_read_op_bytes,
+            "decoded_cache_bytes": p.decoded_cache_bytes,
             "pop_timeout_s": p.pop_timeout_s,
             "out_of_bounds": p.out_of_bounds,
         });

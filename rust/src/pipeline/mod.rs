@@ -100,6 +100,8 @@ struct Shared {
     /// Batches the scheduler has started and that have not finished (their jobs run on the
     /// pool, so they finish without the scheduler's help).
     running: AtomicUsize,
+    /// Decoded chunks kept across batches (CPU path; `decoded_cache_bytes`).
+    decoded: Mutex<crate::cache::decoded::DecodedCache>,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
+            decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
             buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
             prefetch: Prefetcher::new(cfg.n_array_meta_cache as usize, cfg.n_shard_index_cache as usize),
             stats: Stats::default(),
@@ -302,7 +305,8 @@ impl Pipeline {
 
     /// Statistics as a JSON object.
     pub fn stats_json(&self) -> String {
-        self.shared.stats.to_json(&self.shared.prefetch.stats(), &self.shared.buffers)
+        let decoded = self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats();
+        self.shared.stats.to_json(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
     }
 
     /// Stops the threads; always returns, also with work in flight. Idempotent. Batches
@@ -450,6 +454,22 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     // Ranges of shard files are read by coalesced read ops (adjacent chunks of one file in
     // one pread, up to max_read_op_bytes); each read job then decodes and assembles the
     // chunks it read. Whole-file and absent chunks get a job each; fills one job.
+    // Chunks found decoded in the cache are not read: their op's source becomes Absent and
+    // `cached` holds the bytes the job assembles from.
+    let mut plan = plan;
+    let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
+    {
+        let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.enabled() {
+            for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
+                if let Some(v) = cache_key(&op.source).and_then(|k| cache.get(&k)) {
+                    cached[i] = Some(v);
+                    op.source = ChunkSource::Absent;
+                }
+            }
+        }
+    }
+    let cached = Arc::new(cached);
     let staging = crate::plan::device::layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
     shared.stats.staged(&staging);
     let sample_shape = Arc::new(cfg.sample_shape.clone());
@@ -479,7 +499,8 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
                 let at = (offset - read.offset) as usize;
                 let encoded = &bytes[at..at + nbytes as usize];
                 let meta = &arrays[op.array as usize];
-                decode_and_assemble(shared, op, meta, Some(encoded), &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))?;
+                let key = cache_key(&op.source);
+                decode_and_assemble(shared, op, meta, Some(encoded), key, &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))?;
             }
             Ok(())
         });
@@ -488,16 +509,27 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
         if matches!(plan_ops[i].source, ChunkSource::Range { .. }) {
             continue;
         }
-        let (ops, arrays, sample_shape) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape));
+        let (ops, arrays, sample_shape, cached) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape), Arc::clone(&cached));
         spawn_job(shared, pool, batch, move |shared, batch| {
             let op = &ops[i];
+            let meta = &arrays[op.array as usize];
+            if let Some(decoded) = &cached[i] {
+                let t = Instant::now();
+                for c in &op.copies {
+                    // SAFETY: exclusive voxels (planner invariant).
+                    unsafe { assemble::copy_region(decoded, meta.dtype, meta.chunk_shape(), c, &out, &sample_shape) };
+                }
+                shared.stats.chunk_cached(t.elapsed());
+                return Ok(());
+            }
             let t0 = Instant::now();
             let encoded = match &op.source {
                 ChunkSource::File(path) => store::read_file(path).map_err(|e| chunk_context(e, batch, op))?,
                 _ => None,
             };
             shared.stats.read_op(encoded.as_ref().map_or(0, |e| e.len() as u64), t0.elapsed());
-            decode_and_assemble(shared, op, &arrays[op.array as usize], encoded.as_deref(), &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))
+            let key = encoded.as_ref().and_then(|_| cache_key(&op.source));
+            decode_and_assemble(shared, op, meta, encoded.as_deref(), key, &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))
         });
     }
     Ok(())
@@ -531,8 +563,26 @@ thread_local! {
     static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies.
-fn decode_and_assemble(shared: &Shared, op: &ChunkOp, meta: &crate::zarr::ArrayMeta, encoded: Option<&[u8]>, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
+/// The decoded-cache key of a chunk stored at `source`.
+fn cache_key(source: &ChunkSource) -> Option<crate::cache::decoded::ChunkKey> {
+    match source {
+        ChunkSource::Range { path, offset, .. } => Some(((**path).clone(), *offset)),
+        ChunkSource::File(path) => Some((path.clone(), 0)),
+        ChunkSource::Absent => None,
+    }
+}
+
+/// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies; with a
+/// `key` and the decoded cache on, keeps the decoded chunk for later batches.
+fn decode_and_assemble(
+    shared: &Shared,
+    op: &ChunkOp,
+    meta: &crate::zarr::ArrayMeta,
+    encoded: Option<&[u8]>,
+    key: Option<crate::cache::decoded::ChunkKey>,
+    out: &OutBuffer,
+    sample_shape: &[u64],
+) -> Result<()> {
     let t1 = Instant::now();
     let Some(encoded) = encoded else {
         for c in &op.copies {
@@ -542,15 +592,28 @@ fn decode_and_assemble(shared: &Shared, op: &ChunkOp, meta: &crate::zarr::ArrayM
         shared.stats.chunk_filled(t1.elapsed());
         return Ok(());
     };
-    DECODED.with_borrow_mut(|buf| {
-        buf.resize(meta.codec.decoded_len(), 0);
-        meta.codec.decode_into(encoded, buf)?;
+    let assemble_from = |buf: &[u8]| {
         let t2 = Instant::now();
         for c in &op.copies {
             // SAFETY: exclusive voxels (planner invariant).
             unsafe { assemble::copy_region(buf, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
         }
         shared.stats.chunk_decoded(0, std::time::Duration::ZERO, t2 - t1, t2.elapsed());
+    };
+    let caching = key.is_some() && shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    if caching {
+        let mut buf = vec![0u8; meta.codec.decoded_len()];
+        meta.codec.decode_into(encoded, &mut buf)?;
+        assemble_from(&buf);
+        if let Some(key) = key {
+            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf));
+        }
+        return Ok(());
+    }
+    DECODED.with_borrow_mut(|buf| {
+        buf.resize(meta.codec.decoded_len(), 0);
+        meta.codec.decode_into(encoded, buf)?;
+        assemble_from(buf);
         Ok(())
     })
 }

@@ -29,6 +29,7 @@ pub(super) struct Stats {
     decode_ns: AtomicU64,
     assemble_ns: AtomicU64,
     staged_bytes: AtomicU64,
+    chunks_cached: AtomicU64,
     device_read_ops: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
 }
@@ -71,6 +72,11 @@ impl Stats {
         self.bytes_read.fetch_add(bytes, Relaxed);
         self.io_ns.fetch_add(ns(io), Relaxed);
     }
+    /// A chunk assembled from the decoded cache.
+    pub(super) fn chunk_cached(&self, assemble: Duration) {
+        self.chunks_cached.fetch_add(1, Relaxed);
+        self.assemble_ns.fetch_add(ns(assemble), Relaxed);
+    }
     /// A chunk handed to the device for decoding.
     pub(super) fn device_chunk(&self) {
         self.chunks_decoded.fetch_add(1, Relaxed);
@@ -88,7 +94,7 @@ impl Stats {
         l.push_back(latency.as_micros() as u64);
     }
 
-    pub(super) fn to_json(&self, caches: &PrefetchStats, buffers: &BufferPool) -> String {
+    pub(super) fn to_json(&self, caches: &PrefetchStats, decoded: CacheStats, buffers: &BufferPool) -> String {
         let mut lat: Vec<u64> = self.latencies_us.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect();
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -116,6 +122,8 @@ impl Stats {
             "array_meta": cache(caches.array_meta),
             "shard_index": cache(caches.shard_index),
             "chunk_layout": cache(CacheStats::default()),
+            "decoded_cache": cache(decoded),
+            "chunks_from_cache": self.chunks_cached.load(Relaxed),
             "time_plan_s": secs(&self.plan_ns),
             "time_io_s": secs(&self.io_ns),
             "time_decode_s": secs(&self.decode_ns),
