@@ -3,11 +3,11 @@
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
 # headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
-#   STAGES="build kernels pytest sanitize bench" (default: all)
+#   STAGES="build kernels pytest example sanitize bench" (default: all)
 set -uo pipefail
 OUT="${OUT:-/tmp/damacy-out}"
 mkdir -p "$OUT"
-STAGES="${STAGES:-build kernels pytest sanitize bench}"
+STAGES="${STAGES:-build kernels pytest example sanitize bench}"
 BENCH_ARGS="${BENCH_ARGS:---quick}"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -46,8 +46,14 @@ fi
 if has pytest; then
   log "pytest (GPU + differential + errors + pipeline)"
   timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_differential.py \
-    tests/test_errors.py tests/test_pipeline.py > "$OUT/pytest.txt" 2>&1
+    tests/test_errors.py tests/test_pipeline.py tests/test_data.py > "$OUT/pytest.txt" 2>&1
   log "pytest rc=$?"; tail -5 "$OUT/pytest.txt" | tee -a "$OUT/summary.txt"
+fi
+
+if has example; then
+  log "examples/train_segmentation.py --device cuda"
+  timeout 200 python3 examples/train_segmentation.py --device cuda --steps 40 --workdir /tmp/damacy-seg > "$OUT/example.txt" 2>&1
+  log "example rc=$?"; tail -4 "$OUT/example.txt" | tee -a "$OUT/summary.txt"
 fi
 
 if has sanitize; then
