@@ -476,7 +476,7 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     }
     let cached = Arc::new(cached);
     let staging = crate::plan::device::layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
-    shared.stats.staged(&staging);
+    shared.stats.coalesced(&staging);
     let sample_shape = Arc::new(cfg.sample_shape.clone());
     let arrays = Arc::new(plan.arrays);
     if !plan.fill_ops.is_empty() {

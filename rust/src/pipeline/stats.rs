@@ -64,8 +64,13 @@ impl Stats {
         self.decode_ns.fetch_add(ns(decode), Relaxed);
         self.assemble_ns.fetch_add(ns(assemble), Relaxed);
     }
+    /// A device batch staged: bytes into the staging slab, in these read ops.
     pub(super) fn staged(&self, layout: &crate::plan::device::StagingLayout) {
         self.staged_bytes.fetch_add(layout.staging_bytes, Relaxed);
+        self.coalesced(layout);
+    }
+    /// Read ops of a batch after coalescing (both paths).
+    pub(super) fn coalesced(&self, layout: &crate::plan::device::StagingLayout) {
         self.device_read_ops.fetch_add(layout.reads.len() as u64, Relaxed);
     }
     pub(super) fn read_op(&self, bytes: u64, io: Duration) {
