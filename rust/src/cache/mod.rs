@@ -13,7 +13,7 @@
 
 pub mod decoded;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -59,6 +59,10 @@ pub enum Acquired<V> {
 pub struct Cache<K, V> {
     slots: Vec<Slot<K, V>>,
     index: HashMap<K, u32>,
+    /// Unpinned slots holding a value, by last use: the eviction order (O(log n)).
+    lru: BTreeMap<u64, u32>,
+    /// Slots holding no key.
+    free: Vec<u32>,
     clock: u64,
     stats: CacheStats,
 }
@@ -69,7 +73,8 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
         let slots = (0..capacity.max(1))
             .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0 })
             .collect();
-        Self { slots, index: HashMap::new(), clock: 0, stats: CacheStats::default() }
+        let n = capacity.max(1) as u32;
+        Self { slots, index: HashMap::new(), lru: BTreeMap::new(), free: (0..n).rev().collect(), clock: 0, stats: CacheStats::default() }
     }
 
     /// Capacity in entries.
@@ -88,6 +93,9 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
         self.clock += 1;
         if let Some(&i) = self.index.get(key) {
             let slot = &mut self.slots[i as usize];
+            if slot.pins == 0 {
+                self.lru.remove(&slot.last_used);
+            }
             slot.pins += 1;
             slot.last_used = self.clock;
             let handle = Handle { slot: i, generation: slot.generation };
@@ -104,15 +112,12 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
                 }
             };
         }
-        let Some(victim) = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.pins == 0)
-            .min_by_key(|(_, s)| (s.key.is_some(), s.last_used))
-            .map(|(i, _)| i)
-        else {
-            return Acquired::Full;
+        let victim = match self.free.pop() {
+            Some(i) => i as usize,
+            None => match self.lru.pop_first() {
+                Some((_, i)) => i as usize,
+                None => return Acquired::Full,
+            },
         };
         let slot = &mut self.slots[victim];
         if let Some(old) = slot.key.take() {
@@ -152,12 +157,21 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
             return;
         }
         let slot = &mut self.slots[h.slot as usize];
-        slot.pins = slot.pins.saturating_sub(1);
-        if slot.pins == 0 && slot.value.is_none() {
+        if slot.pins == 0 {
+            return;
+        }
+        slot.pins -= 1;
+        if slot.pins > 0 {
+            return;
+        }
+        if slot.value.is_none() {
             if let Some(k) = slot.key.take() {
                 self.index.remove(&k);
             }
             slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(h.slot);
+        } else {
+            self.lru.insert(slot.last_used, h.slot);
         }
     }
 
