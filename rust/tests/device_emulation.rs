@@ -84,12 +84,6 @@ fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize) 
             out.push(emulate(&mut batch, spb, sample));
         }
     }
-    if device != "cpu" && uri.contains("blosc") {
-        let stats: serde_json::Value = serde_json::from_str(&p.stats_json()).unwrap();
-        let layouts = &stats["chunk_layout"];
-        assert!(layouts["misses"].as_u64().unwrap() > 0, "blosc layouts go through the chunk_layout cache: {layouts}");
-        assert!(layouts["hits"].as_u64().unwrap() > 0, "chunks shared by batches hit it: {layouts}");
-    }
     out
 }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use super::{spawn_job, InFlight, Shared, MAX_READ_GAP};
-use crate::cache::Acquired;
 use crate::error::{err, Result};
 use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 use crate::io::WorkerPool;
@@ -217,7 +216,7 @@ impl StageJob {
         let mut work = Vec::new();
         for &i in &read.chunks {
             let mut ops = Vec::new();
-            self.chunk_ops(i, shared, &mut ops).map_err(|e| e.context(self.context(i, batch)))?;
+            self.chunk_ops(i, &mut ops).map_err(|e| e.context(self.context(i, batch)))?;
             shared.stats.device_chunk();
             work.extend(ops.into_iter().map(|o| (o, i)));
         }
@@ -264,37 +263,7 @@ impl StageJob {
         Ok(())
     }
 
-    /// The blosc framing of chunk op `i` (its staged `bytes`), from the chunk_layout cache
-    /// or parsed and cached; a full cache (every entry pinned) just parses.
-    fn blosc_layout(&self, i: usize, shared: &Shared, bytes: &[u8]) -> Result<Arc<BloscLayout>> {
-        let key = match &self.plan.chunk_ops[i].source {
-            ChunkSource::Range { path, offset, .. } => ((**path).clone(), *offset),
-            _ => return BloscLayout::parse(bytes).map(Arc::new),
-        };
-        let mut cache = shared.layouts.lock().unwrap_or_else(PoisonError::into_inner);
-        match cache.acquire(&key) {
-            Acquired::Hit(h, layout) => {
-                cache.release(h);
-                Ok(layout)
-            }
-            Acquired::Miss(h) => {
-                drop(cache);
-                let parsed = BloscLayout::parse(bytes).map(Arc::new);
-                let mut cache = shared.layouts.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Ok(layout) = &parsed {
-                    cache.fill(h, Arc::clone(layout));
-                }
-                cache.release(h);
-                parsed
-            }
-            Acquired::Full => {
-                drop(cache);
-                BloscLayout::parse(bytes).map(Arc::new)
-            }
-        }
-    }
-
-    fn chunk_ops(&self, i: usize, shared: &Shared, out: &mut Vec<Op>) -> Result<()> {
+    fn chunk_ops(&self, i: usize, out: &mut Vec<Op>) -> Result<()> {
         let op = &self.plan.chunk_ops[i];
         let meta = &self.plan.arrays[op.array as usize];
         let (codec, crc) = self.codecs[op.array as usize];
@@ -327,7 +296,7 @@ impl StageJob {
                 out.push(Op::Decode(GpuDecodeOp { codec: 1, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len }));
             }
             DeviceCodec::Blosc => {
-                let l = self.blosc_layout(i, shared, bytes)?;
+                let l = BloscLayout::parse(bytes)?;
                 if u64::from(l.nbytes) != decoded_len {
                     return Err(err!(Decode, "blosc header: {} decoded bytes, expected {decoded_len}", l.nbytes));
                 }

@@ -100,9 +100,6 @@ struct Shared {
     /// Batches the scheduler has started and that have not finished (their jobs run on the
     /// pool, so they finish without the scheduler's help).
     running: AtomicUsize,
-    /// Blosc framing of inner chunks (device path; `n_chunk_layout_cache`), keyed by where
-    /// the chunk is stored.
-    layouts: Mutex<crate::cache::Cache<crate::cache::decoded::ChunkKey, crate::zarr::blosc::BloscLayout>>,
     /// Decoded chunks kept across batches (CPU path; `decoded_cache_bytes`).
     decoded: Mutex<crate::cache::decoded::DecodedCache>,
 }
@@ -190,7 +187,6 @@ impl Pipeline {
             gpu_mode,
             running: AtomicUsize::new(0),
             decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
-            layouts: Mutex::new(crate::cache::Cache::new(cfg.n_chunk_layout_cache as usize)),
             buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
             prefetch: Prefetcher::new(cfg.n_array_meta_cache as usize, cfg.n_shard_index_cache as usize),
             stats: Stats::default(),
@@ -310,8 +306,7 @@ impl Pipeline {
     /// Statistics as a JSON object.
     pub fn stats_json(&self) -> String {
         let decoded = self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats();
-        let layouts = self.shared.layouts.lock().unwrap_or_else(PoisonError::into_inner).stats();
-        self.shared.stats.to_json(&self.shared.prefetch.stats(), decoded, layouts, &self.shared.buffers)
+        self.shared.stats.to_json(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
     }
 
     /// Stops the threads; always returns, also with work in flight. Idempotent. Batches
