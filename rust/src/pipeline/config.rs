@@ -281,26 +281,7 @@ impl Config {
 
     /// The configuration as a JSON object with every field.
     pub fn to_json(&self) -> String {
-        serde_json::json!({
-            "samples_per_batch": self.samples_per_batch,
-            "sample_shape": self.sample_shape,
-            "dtype": self.dtype.name(),
-            "device": self.device,
-            "decode": self.decode,
-            "lookahead_samples": self.lookahead_samples,
-            "n_io_threads": self.n_io_threads,
-            "n_array_meta_cache": self.n_array_meta_cache,
-            "n_shard_index_cache": self.n_shard_index_cache,
-            "n_chunk_layout_cache": self.n_chunk_layout_cache,
-            "n_batch_buffers": self.n_batch_buffers,
-            "staging_bytes": self.staging_bytes,
-            "decoded_bytes": self.decoded_bytes,
-            "max_read_op_bytes": self.max_read_op_bytes,
-            "decoded_cache_bytes": self.decoded_cache_bytes,
-            "pop_timeout_s": self.pop_timeout_s,
-            "out_of_bounds": if self.out_of_bounds_fill { "fill" } else { "error" },
-        })
-        .to_string()
+        Value::Object(fields(&self.clone().into())).to_string()
     }
 }
 
@@ -331,27 +312,35 @@ impl From<Config> for PipelineConfig {
 impl TryFrom<&PipelineConfig> for Config {
     type Error = crate::error::Error;
     fn try_from(p: &PipelineConfig) -> Result<Self> {
-        let json = serde_json::json!({
-            "samples_per_batch": p.samples_per_batch,
-            "sample_shape": p.sample_shape,
-            "dtype": p.dtype,
-            "device": p.device,
-            "decode": p.decode,
-            "lookahead_samples": p.lookahead_samples,
-            "n_io_threads": p.n_io_threads,
-            "n_array_meta_cache": p.n_array_meta_cache,
-            "n_shard_index_cache": p.n_shard_index_cache,
-            "n_chunk_layout_cache": p.n_chunk_layout_cache,
-            "n_batch_buffers": p.n_batch_buffers,
-            "staging_bytes": p.staging_bytes,
-            "decoded_bytes": p.decoded_bytes,
-            "max_read_op_bytes": p.max_read_op_bytes,
-            "decoded_cache_bytes": p.decoded_cache_bytes,
-            "pop_timeout_s": p.pop_timeout_s,
-            "out_of_bounds": p.out_of_bounds,
-        });
-        let Value::Object(map) = json else { unreachable!("json! of an object") };
-        Self::from_map(&map)
+        Self::from_map(&fields(p))
+    }
+}
+
+/// Every field of `p` as a JSON object (keys = config field names): the one list shared by
+/// `Config::to_json` and the conversion back from the bridge record.
+fn fields(p: &PipelineConfig) -> Map<String, Value> {
+    let json = serde_json::json!({
+        "samples_per_batch": p.samples_per_batch,
+        "sample_shape": p.sample_shape,
+        "dtype": p.dtype,
+        "device": p.device,
+        "decode": p.decode,
+        "lookahead_samples": p.lookahead_samples,
+        "n_io_threads": p.n_io_threads,
+        "n_array_meta_cache": p.n_array_meta_cache,
+        "n_shard_index_cache": p.n_shard_index_cache,
+        "n_chunk_layout_cache": p.n_chunk_layout_cache,
+        "n_batch_buffers": p.n_batch_buffers,
+        "staging_bytes": p.staging_bytes,
+        "decoded_bytes": p.decoded_bytes,
+        "max_read_op_bytes": p.max_read_op_bytes,
+        "decoded_cache_bytes": p.decoded_cache_bytes,
+        "pop_timeout_s": p.pop_timeout_s,
+        "out_of_bounds": p.out_of_bounds,
+    });
+    match json {
+        Value::Object(map) => map,
+        _ => Map::new(),
     }
 }
 

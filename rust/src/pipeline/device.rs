@@ -76,7 +76,7 @@ fn fill_bits(meta: &ArrayMeta) -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn copy_ops(plan: &BatchPlan, staging: &StagingLayout, sample_shape: &[u64]) -> Result<Vec<GpuCopyOp>> {
+fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>> {
     let mut ops = Vec::new();
     for (i, op) in plan.chunk_ops.iter().enumerate() {
         let meta = &plan.arrays[op.array as usize];
@@ -94,7 +94,6 @@ fn copy_ops(plan: &BatchPlan, staging: &StagingLayout, sample_shape: &[u64]) -> 
             });
         }
     }
-    let _ = sample_shape;
     for f in &plan.fill_ops {
         let meta = &plan.arrays[f.array as usize];
         ops.push(GpuCopyOp {
@@ -138,7 +137,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
     if staging.decoded_bytes > cfg.decoded_bytes {
         return Err(err!(BudgetExceeded, "batch {} decodes {} bytes, over decoded_bytes = {}; raise `decoded_bytes` or use fewer/smaller samples per batch", batch.seq, staging.decoded_bytes, cfg.decoded_bytes));
     }
-    let copies = copy_ops(&plan, &staging, &cfg.sample_shape)?;
+    let copies = copy_ops(&plan, &staging)?;
     let lease = shared.buffers.acquire(&shared.shutdown).ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
     let slab = SlabPtr(lease.ptr(), lease.len());
     *batch.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
@@ -183,8 +182,7 @@ impl SlabPtr {
     /// No other job may access `at..at+len` concurrently.
     #[allow(clippy::mut_from_ref)]
     unsafe fn range(&self, at: u64, len: u64) -> Result<&mut [u8]> {
-        let end = at.checked_add(len).filter(|&e| e <= self.1 as u64).ok_or_else(|| err!(BudgetExceeded, "staging range {at}..+{len} exceeds the {}-byte slab", self.1))?;
-        let _ = end;
+        at.checked_add(len).filter(|&e| e <= self.1 as u64).ok_or_else(|| err!(BudgetExceeded, "staging range {at}..+{len} exceeds the {}-byte slab", self.1))?;
         // SAFETY: in bounds (checked); exclusive per the contract.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.0.add(at as usize), len as usize) })
     }
