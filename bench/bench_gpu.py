@@ -551,7 +551,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="a first run: 2 arrays per codec, at most 10 timed batches and 5 s per reader, "
                         "small ceilings")
     p.add_argument("--readers", default=",".join(READERS), help="comma list of " + ",".join(READERS))
-    p.add_argument("--codecs", default=",".join(CODECS), help="comma list of " + ",".join(CODECS))
+    p.add_argument("--codecs", default=",".join(CODECS),
+                   help="comma list of " + ",".join(CODECS) + " or blosc-zstd:BLOCKSIZE (blosc with forced blocks of BLOCKSIZE bytes)")
     p.add_argument("--data-dir", default="/tmp/damacy-bench", help="where the arrays are written (kept)")
     p.add_argument("--out", help="write the results as JSON to this path")
     p.add_argument("--arrays", type=int, default=None, help="arrays per codec (default 8; --quick 2)")
@@ -591,8 +592,8 @@ def parse(argv=None) -> argparse.Namespace:
         if r not in READERS:
             p.error(f"unknown reader {r!r} (known: {', '.join(READERS)})")
     for c in a.codecs:
-        if c not in CODECS:
-            p.error(f"unknown codec {c!r} (known: {', '.join(CODECS)})")
+        if c not in CODECS and not c.startswith("blosc-zstd:"):
+            p.error(f"unknown codec {c!r} (known: {', '.join(CODECS)}, blosc-zstd:BLOCKSIZE)")
     if len(a.sample_shape) != len(a.shape) or any(e > s for e, s in zip(a.sample_shape, a.shape)):
         p.error(f"sample shape {a.sample_shape} does not fit array shape {a.shape}")
     return a

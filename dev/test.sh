@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test suite: cargo (unit, property, integration), clippy, the C++ tests
+# Runs every test suite: cargo (unit, property, integration), clippy, the concurrency tests
+# under ThreadSanitizer (dev/tsan.sh), the C++ tests
 # (ctest), and pytest against the built extension (including the downstream CMake consumer). Builds whatever is missing first.
 # `.ci/run` calls exactly this.
 set -euo pipefail
@@ -14,6 +15,9 @@ echo "== cargo test"
 cargo test --release --workspace
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
+
+echo "== ThreadSanitizer (prefetcher, stress, device staging; skipped without nightly)"
+bash dev/tsan.sh
 
 echo "== build (extension, C++ tests)"
 bash dev/build.sh

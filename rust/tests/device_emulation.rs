@@ -1,7 +1,8 @@
 //! The device path's plan, executed by a CPU emulation of the extension (decompress each
 //! op with the zstd crate, byte-unshuffle, assemble with the copy ops), must equal the CPU
 //! path bit for bit. Geometry: shape=[40,50,60] uint16, inner=[8,16,16], shard=[16,32,32]
-//! (3×2×2 shards of 2×2×2 chunks), zstd and blosc(zstd, shuffle); boxes partly outside.
+//! (3×2×2 shards of 2×2×2 chunks), zstd and blosc(zstd, shuffle) with one and with four
+//! blocks per chunk; boxes partly outside.
 
 use damacy::pipeline::{Config, Pipeline};
 
@@ -62,7 +63,7 @@ fn emulate(b: &mut damacy::pipeline::Batch, spb: usize, sample: &[u64]) -> Vec<f
     out
 }
 
-fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize) -> Vec<Vec<f32>> {
+fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize) -> (Vec<Vec<f32>>, serde_json::Value) {
     let cfg = Config::from_json(&format!(
         r#"{{"samples_per_batch": {spb}, "sample_shape": {sample:?}, "n_io_threads": 2, "out_of_bounds": "fill", "device": "{device}", "decode": "auto", "lookahead_samples": {}}}"#,
         spb * 2
@@ -84,7 +85,7 @@ fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize) 
             out.push(emulate(&mut batch, spb, sample));
         }
     }
-    out
+    (out, serde_json::from_str(&p.stats_json()).unwrap())
 }
 
 #[test]
@@ -92,12 +93,20 @@ fn device_plan_equals_cpu_path() {
     let base = std::env::temp_dir().join(format!("damacy-devemu-{}", std::process::id()));
     let sample = [9u64, 20, 17];
     let boxes: Vec<[i64; 3]> = (0..12).map(|i| [(i * 7) % 40 - 4, (i * 13) % 50 - 6, (i * 11) % 60 - 5]).collect();
-    for codec in ["zstd", "blosc-zstd"] {
+    // blosc-zstd:1024: four blocks of two z-planes per 8×16×16 chunk, so crops skip blocks.
+    for codec in ["zstd", "blosc-zstd", "blosc-zstd:1024"] {
         let path = base.join(codec);
         damacy::zarr::example::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
         let uri = path.to_str().unwrap();
-        let cpu = run(uri, "cpu", &boxes, &sample, 4);
-        let gpu = run(uri, "cuda:0", &boxes, &sample, 4);
+        let (cpu, _) = run(uri, "cpu", &boxes, &sample, 4);
+        let (gpu, stats) = run(uri, "cuda:0", &boxes, &sample, 4);
+        let (layout, skipped) = (&stats["chunk_layout"], stats["blosc_blocks_skipped"].as_u64().unwrap());
+        if codec.starts_with("blosc") {
+            assert!(layout["misses"].as_u64().unwrap() > 0 && layout["hits"].as_u64().unwrap() > 0, "{codec}: layouts come from the chunk_layout cache: {layout}");
+        } else {
+            assert_eq!(layout["misses"], 0, "{codec}: no blosc framing, no layouts");
+        }
+        assert_eq!(skipped > 0, codec == "blosc-zstd:1024", "{codec}: blocks skipped {skipped}");
         for (b, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
             let bad = c.iter().zip(g).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
             assert_eq!(bad, 0, "{codec}: batch {b}: {bad} voxels differ");

@@ -5,7 +5,8 @@
 use damacy::io::WorkerPool;
 use damacy::pipeline::{Config, Pipeline};
 use damacy::plan::ShardLookup;
-use damacy::prefetch::Prefetcher;
+use damacy::prefetch::{Options, Phase, Prefetcher};
+use std::time::Duration;
 
 fn volume(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("damacy-missing-{tag}-{}", std::process::id()));
@@ -28,14 +29,20 @@ fn test_missing_shard_reaches_ready() {
     let dir = volume("ready");
     std::fs::remove_file(dir.join("c/1/0/1")).unwrap();
     let pool = WorkerPool::new(2).unwrap();
-    let prefetch = Prefetcher::new(4, 16);
+    let prefetch = Prefetcher::new(Options::new(&[10, 18, 10]), pool.spawner());
     let uri = dir.to_str().unwrap().to_string();
-    let samples = vec![(uri.clone(), vec![(10, 20), (2, 20), (10, 20)])];
-    let mut resolved = prefetch.resolve(&samples, &pool, &|| false).expect("a missing shard is not an error");
+    let id = prefetch.submit(&uri, &[(10, 20), (2, 20), (10, 20)]);
+    assert!(prefetch.drain(Duration::from_secs(10)), "the prefetcher drains");
+    assert_eq!(prefetch.phase(id), Some(Phase::Ready), "a missing shard is not an error: the sample is READY");
+    assert_eq!(prefetch.stats().resolved_inline, 0);
+    let mut resolved = prefetch.resolve_batch(&[id], &|| false).expect("ready");
+    assert_eq!(prefetch.stats().ready_ahead, 1, "resolved by the background task, ahead of the batch");
     assert_eq!(resolved.shards.len(), 8, "the box touches every shard");
-    assert!(matches!(resolved.shard(&dir, &[1, 0, 1]), Some(None)), "the unlinked shard queries as absent");
+    assert!(matches!(resolved.shard(&dir, &[1, 0, 1]), Some(None)), "the unlinked shard queries as NOTFOUND");
     assert!(matches!(resolved.shard(&dir, &[0, 0, 0]), Some(Some(_))), "its neighbours are present");
+    assert_eq!(prefetch.pinned(), (1, 8, 0), "the batch gate pins the meta and every shard entry");
     prefetch.release(&mut resolved);
+    assert_eq!(prefetch.pinned(), (0, 0, 0), "released with the batch");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -42,9 +42,13 @@ fn concurrent_push_and_pop_with_small_caches() {
     let uri: Arc<str> = dir.to_str().unwrap().into();
     let all = boxes(96, 5);
     let refs: Vec<Vec<u32>> = all.iter().map(|b| reference(&uri, b)).collect();
-    for (round, (spb, threads, meta, shards, buffers)) in [(1u32, 1u32, 1u32, 1u32, 1u32), (3, 2, 3, 3, 2), (4, 3, 4, 4, 3), (2, 4, 64, 1000, 4)].into_iter().enumerate() {
-        // A batch touching 8 shards cannot fit a 1-entry shard cache: those configs must
-        // fail each batch with BudgetExceeded, never hang.
+    // A sample of [5, 9, 7] touches up to 2×2×2 shards, so one batch may need 8 × spb
+    // shard-index entries: caches of exactly that size make the lookahead defer and park
+    // samples but every batch completes; smaller ones fail every batch with InvalidArgument
+    // naming the knob and the minimum; none may hang.
+    for (round, (spb, threads, meta, shards, buffers)) in
+        [(1u32, 1u32, 1u32, 8u32, 1u32), (3, 2, 1, 24, 2), (4, 3, 2, 32, 3), (2, 4, 64, 1000, 4), (2, 2, 1, 4, 2), (3, 3, 1, 23, 2)].into_iter().enumerate()
+    {
         let cfg = Config::from_json(&format!(
             r#"{{"samples_per_batch": {spb}, "sample_shape": [5, 9, 7], "n_io_threads": {threads}, "n_array_meta_cache": {meta}, "n_shard_index_cache": {shards}, "n_chunk_layout_cache": {shards}, "n_batch_buffers": {buffers}, "lookahead_samples": {}}}"#,
             spb * 3
@@ -80,16 +84,58 @@ fn concurrent_push_and_pop_with_small_caches() {
                     }
                     ok += 1;
                 }
-                Err(e) => assert_eq!(e.status(), Status::BudgetExceeded, "round {round}: {e}"),
+                Err(e) => {
+                    assert!(shards < 8 * spb, "round {round}: batch {i} failed: {e}");
+                    assert_eq!(e.status(), Status::InvalidArgument, "round {round}: {e}");
+                    assert!(e.message().contains(&format!("`n_shard_index_cache` to at least {}", 8 * spb)), "round {round}: {e}");
+                }
             }
         }
         pusher.join().unwrap();
-        if shards >= 8 {
+        if shards >= 8 * spb {
             assert_eq!(ok, batches, "round {round}: every batch fits");
         }
         let stats: serde_json::Value = serde_json::from_str(&p.stats_json()).unwrap();
-        assert!(stats["shard_index"]["misses"].as_u64().unwrap() > 0);
+        assert!(shards < 8 * spb || stats["shard_index"]["misses"].as_u64().unwrap() > 0);
+        assert_eq!(stats["samples_pushed"].as_u64().unwrap(), all.len() as u64);
         p.close();
+    }
+    // Close from a third thread while one thread pushes and another pops: both stop with
+    // Shutdown, nothing hangs.
+    for delay_ms in [0u64, 5, 30] {
+        let cfg = Config::from_json(r#"{"samples_per_batch": 2, "sample_shape": [5, 9, 7], "n_io_threads": 2, "n_shard_index_cache": 16, "lookahead_samples": 6}"#).unwrap();
+        let p = Arc::new(Pipeline::new(cfg).unwrap());
+        let pusher = {
+            let (p, uri, all) = (Arc::clone(&p), Arc::clone(&uri), all.clone());
+            std::thread::spawn(move || loop {
+                for b in &all {
+                    let stops: Vec<i64> = b.iter().zip(SAMPLE).map(|(s, e)| s + e).collect();
+                    loop {
+                        match p.push(&uri, b, &stops) {
+                            Ok(true) => break,
+                            Ok(false) => std::thread::sleep(Duration::from_micros(100)),
+                            Err(e) => return e.status(),
+                        }
+                    }
+                }
+            })
+        };
+        let popper = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || loop {
+                match p.pop(10.0) {
+                    Ok(_) => {}
+                    Err(e) if e.status() == Status::TryAgain => {}
+                    Err(e) => return e.status(),
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let t = std::time::Instant::now();
+        p.close();
+        assert_eq!(pusher.join().unwrap(), Status::Shutdown);
+        assert_eq!(popper.join().unwrap(), Status::Shutdown);
+        assert!(t.elapsed() < Duration::from_secs(5), "close took {:?}", t.elapsed());
     }
     // Close with work in flight returns promptly.
     let cfg = Config::from_json(r#"{"samples_per_batch": 8, "sample_shape": [5, 9, 7], "n_io_threads": 2, "lookahead_samples": 64}"#).unwrap();

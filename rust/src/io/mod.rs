@@ -3,6 +3,7 @@
 //! (positioned read, decode, assemble) for the batches in flight. Threads are started at
 //! construction and joined by `shutdown`; nothing is spawned afterwards.
 
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{unbounded, Sender};
@@ -11,7 +12,7 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// A fixed-size pool of worker threads.
 pub struct WorkerPool {
-    tx: Option<Sender<Job>>,
+    tx: Option<Arc<Sender<Job>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -37,7 +38,7 @@ impl WorkerPool {
                 .map_err(|e| crate::error::err!(OutOfMemory, "cannot start I/O thread {i}: {e}"))?;
             threads.push(t);
         }
-        Ok(Self { tx: Some(tx), threads })
+        Ok(Self { tx: Some(Arc::new(tx)), threads })
     }
 
     /// Queues a job; dropped silently after shutdown.
@@ -45,6 +46,12 @@ impl WorkerPool {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Box::new(job));
         }
+    }
+
+    /// A handle that queues jobs from elsewhere (the prefetcher's own tasks) without
+    /// keeping the pool alive: after shutdown its jobs are dropped.
+    pub fn spawner(&self) -> Spawner {
+        Spawner(self.tx.as_ref().map_or_else(Weak::new, Arc::downgrade))
     }
 
     /// Number of threads.
@@ -58,6 +65,17 @@ impl WorkerPool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Queues jobs on a [`WorkerPool`] while it runs.
+#[derive(Clone)]
+pub struct Spawner(Weak<Sender<Job>>);
+
+impl Spawner {
+    /// Queues a job; `false` (job dropped) after the pool shut down.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        self.0.upgrade().is_some_and(|tx| tx.send(Box::new(job)).is_ok())
     }
 }
 

@@ -4,6 +4,7 @@
 //! blosc block, and one assemble launch of copy/fill ops. Chunks whose codec the GPU cannot
 //! decode are decoded here and staged raw.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -14,7 +15,8 @@ use crate::io::WorkerPool;
 use crate::plan::device::{device_codec, layout, DeviceCodec, StagingLayout};
 use crate::plan::{BatchPlan, ChunkSource};
 use crate::store;
-use crate::zarr::blosc::{BloscCodec, BloscLayout, Shuffle};
+use crate::prefetch::ChunkKey;
+use crate::zarr::blosc::{BloscCodec, BloscFrame, Shuffle};
 use crate::zarr::{ArrayMeta, SourceDtype};
 
 /// Device work of one batch, filled in by its jobs.
@@ -112,7 +114,7 @@ fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>>
 }
 
 /// Plans the device work of a batch and queues its staging jobs.
-pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
+pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan, layouts: &HashMap<ChunkKey, Arc<BloscFrame>>) -> Result<()> {
     let cfg = &shared.cfg;
     // Whole-file chunks (unsharded arrays): stat them now so they stage like ranges.
     for op in &mut plan.chunk_ops {
@@ -125,6 +127,28 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
         }
     }
     let codecs: Vec<(DeviceCodec, bool)> = plan.arrays.iter().map(|m| device_codec(m)).collect();
+    // Blosc chunks with a layout from the chunk_layout cache: read and decode only the
+    // blocks their copies touch.
+    let mut frames: Vec<Option<Blocks>> = Vec::with_capacity(plan.chunk_ops.len());
+    for op in &mut plan.chunk_ops {
+        let (codec, crc) = codecs[op.array as usize];
+        let frame = match &op.source {
+            ChunkSource::Range { path, offset, .. } if codec == DeviceCodec::Blosc => layouts.get(&((**path).clone(), *offset)),
+            _ => None,
+        };
+        let Some(frame) = frame else {
+            frames.push(None);
+            continue;
+        };
+        let meta = &plan.arrays[op.array as usize];
+        let blocks = Blocks::needed(Arc::clone(frame), op, meta, crc);
+        shared.stats.blocks(blocks.decoded as u64, (frame.blocks.len() - blocks.decoded) as u64);
+        if let ChunkSource::Range { offset, nbytes, .. } = &mut op.source {
+            *offset += u64::from(blocks.span.0);
+            *nbytes = u64::from(blocks.span.1 - blocks.span.0);
+        }
+        frames.push(Some(blocks));
+    }
     let cpu_slot = |i: usize| {
         let op = &plan.chunk_ops[i];
         (codecs[op.array as usize].0 == DeviceCodec::Cpu && op.source != ChunkSource::Absent)
@@ -157,12 +181,13 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
     let plan = Arc::new(plan);
     let staging = Arc::new(staging);
     let codecs = Arc::new(codecs);
+    let frames = Arc::new(frames);
     for r in 0..staging.reads.len() {
-        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
+        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), frames: Arc::clone(&frames), slab };
         spawn_job(shared, pool, batch, move |shared, batch| job.read(r, shared, batch));
     }
     for i in cpu_chunks {
-        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), slab };
+        let job = StageJob { plan: Arc::clone(&plan), staging: Arc::clone(&staging), codecs: Arc::clone(&codecs), frames: Arc::clone(&frames), slab };
         spawn_job(shared, pool, batch, move |shared, batch| job.cpu_decode(i, shared, batch));
     }
     Ok(())
@@ -192,7 +217,51 @@ struct StageJob {
     plan: Arc<BatchPlan>,
     staging: Arc<StagingLayout>,
     codecs: Arc<Vec<(DeviceCodec, bool)>>,
+    /// Per chunk op: the blosc blocks to decode, when its layout is known.
+    frames: Arc<Vec<Option<Blocks>>>,
     slab: SlabPtr,
+}
+
+/// The blocks of one blosc chunk that a batch decodes, from its cached framing.
+struct Blocks {
+    frame: Arc<BloscFrame>,
+    /// Per block: decode it.
+    needed: Vec<bool>,
+    /// Blocks decoded.
+    decoded: usize,
+    /// Bytes of the chunk that are staged: `[span.0, span.1)` (the whole chunk when a
+    /// checksum must be verified or the chunk is stored raw).
+    span: (u32, u32),
+}
+
+impl Blocks {
+    /// The blocks holding the elements `op`'s copies read: per copy, every block between
+    /// its first and last element in C order.
+    fn needed(frame: Arc<BloscFrame>, op: &crate::plan::ChunkOp, meta: &ArrayMeta, crc: bool) -> Self {
+        let n = frame.blocks.len();
+        let mut needed = vec![false; n];
+        let shape = meta.chunk_shape();
+        let item = meta.dtype.size() as u64;
+        let ravel = |c: &mut dyn Iterator<Item = u64>| c.zip(shape).fold(0u64, |acc, (x, s)| acc * s + x);
+        let bs = u64::from(frame.blocksize.max(1));
+        for c in &op.copies {
+            let first = ravel(&mut c.chunk_start.iter().copied()) * item;
+            let last = ravel(&mut c.chunk_start.iter().zip(&c.extent).map(|(s, e)| s + e - 1)) * item + item - 1;
+            let hi = ((last / bs) as usize).min(n.saturating_sub(1));
+            for flag in needed.iter_mut().take(hi + 1).skip((first / bs) as usize) {
+                *flag = true;
+            }
+        }
+        let decoded = needed.iter().filter(|&&x| x).count();
+        let whole = (0, frame.cbytes + if crc { 4 } else { 0 });
+        let span = if crc || frame.memcpyed || decoded == 0 {
+            whole
+        } else {
+            let picked = frame.blocks.iter().zip(&needed).filter(|(_, &x)| x).map(|(&b, _)| b);
+            picked.fold((u32::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)))
+        };
+        Self { frame, needed, decoded, span }
+    }
 }
 
 impl StageJob {
@@ -294,40 +363,54 @@ impl StageJob {
                 out.push(Op::Decode(GpuDecodeOp { codec: 1, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len }));
             }
             DeviceCodec::Blosc => {
-                let l = BloscLayout::parse(bytes)?;
-                if u64::from(l.nbytes) != decoded_len {
-                    return Err(err!(Decode, "blosc header: {} decoded bytes, expected {decoded_len}", l.nbytes));
+                // The framing comes from the chunk_layout cache; without it (no layout was
+                // resolved) it is parsed from the staged chunk, and every block decoded.
+                let parsed;
+                let (frame, needed, span_lo) = match &self.frames[i] {
+                    Some(b) => (&*b.frame, Some(&b.needed), b.span.0),
+                    None => {
+                        parsed = BloscFrame::parse(bytes, len)?;
+                        (&parsed, None, 0)
+                    }
+                };
+                if u64::from(frame.nbytes) != decoded_len {
+                    return Err(err!(Decode, "blosc header: {} decoded bytes, expected {decoded_len}", frame.nbytes));
                 }
-                if l.memcpyed {
+                if frame.memcpyed {
                     out.push(Op::Decode(GpuDecodeOp { codec: 0, src_offset: at + 16, src_len: decoded_len, dst_offset: dst, dst_len: decoded_len }));
-                } else {
-                    let codec = match l.codec {
-                        BloscCodec::Lz4 => 2,
-                        BloscCodec::Zstd => 1,
-                        other => return Err(err!(Decode, "blosc compressor {other:?} not supported on the GPU")),
+                    return Ok(());
+                }
+                let codec = match frame.codec {
+                    BloscCodec::Lz4 => 2,
+                    BloscCodec::Zstd => 1,
+                    other => return Err(err!(Decode, "blosc compressor {other:?} not supported on the GPU")),
+                };
+                for (b, &(start, end)) in frame.blocks.iter().enumerate() {
+                    if needed.is_some_and(|n| !n[b]) {
+                        continue;
+                    }
+                    let from = (start - span_lo) as usize;
+                    let block = bytes.get(from..(end - span_lo) as usize).ok_or_else(|| err!(Decode, "blosc block {b}: bytes {start}..{end} not staged"))?;
+                    let block_at = dst + b as u64 * u64::from(frame.blocksize);
+                    let mut s_at = block_at;
+                    for s in frame.streams(b, block)? {
+                        let c = if s.cbytes == s.nbytes { 0 } else { codec };
+                        let payload = &block[s.offset as usize..(s.offset + s.cbytes) as usize];
+                        if c == 1 {
+                            crate::zarr::zstd_frame::check_frame(payload, u64::from(s.nbytes)).map_err(|e| e.context(format_args!("blosc block {b}")))?;
+                        }
+                        let src_offset = at + from as u64 + u64::from(s.offset);
+                        out.push(Op::Decode(GpuDecodeOp { codec: c, src_offset, src_len: u64::from(s.cbytes), dst_offset: s_at, dst_len: u64::from(s.nbytes) }));
+                        s_at += u64::from(s.nbytes);
+                    }
+                    let bsize = s_at - block_at;
+                    let kind = match frame.shuffle {
+                        Shuffle::Byte if frame.typesize > 1 => 1,
+                        Shuffle::Bit if bsize >= u64::from(frame.typesize) => 2,
+                        _ => 0,
                     };
-                    for (b, streams) in l.blocks.iter().enumerate() {
-                        let block_at = dst + b as u64 * u64::from(l.blocksize);
-                        let mut s_at = block_at;
-                        for s in streams {
-                            let c = if s.cbytes == s.nbytes { 0 } else { codec };
-                            if c == 1 {
-                                let from = s.offset as usize;
-                                let stream = bytes.get(from..from + s.cbytes as usize).ok_or_else(|| err!(Decode, "blosc block {b}: stream outside the chunk"))?;
-                                crate::zarr::zstd_frame::check_frame(stream, u64::from(s.nbytes)).map_err(|e| e.context(format_args!("blosc block {b}")))?;
-                            }
-                            out.push(Op::Decode(GpuDecodeOp { codec: c, src_offset: at + u64::from(s.offset), src_len: u64::from(s.cbytes), dst_offset: s_at, dst_len: u64::from(s.nbytes) }));
-                            s_at += u64::from(s.nbytes);
-                        }
-                        let bsize = s_at - block_at;
-                        let kind = match l.shuffle {
-                            Shuffle::Byte if l.typesize > 1 => 1,
-                            Shuffle::Bit if bsize >= u64::from(l.typesize) => 2,
-                            _ => 0,
-                        };
-                        if kind != 0 {
-                            out.push(Op::Unshuffle(GpuUnshuffleOp { offset: block_at, len: bsize, typesize: l.typesize, kind }));
-                        }
+                    if kind != 0 {
+                        out.push(Op::Unshuffle(GpuUnshuffleOp { offset: block_at, len: bsize, typesize: frame.typesize, kind }));
                     }
                 }
             }

@@ -39,6 +39,8 @@ struct SampleSpec {
     aabb: Vec<(i64, i64)>,
     /// Set when the sample was invalid at push: its batch fails with this error.
     error: Option<Error>,
+    /// Its prefetch ticket (valid samples).
+    ticket: Option<u64>,
 }
 
 struct BatchJob {
@@ -177,18 +179,31 @@ impl Pipeline {
     /// what one batch needs; OutOfMemory when threads cannot start.
     pub fn new(cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        // Cache capacities are checked per batch (what a batch needs depends on the arrays'
-        // geometry): one that cannot hold a single batch fails it with BudgetExceeded
-        // naming the knob.
+        // What a batch needs of each cache depends on the arrays' geometry: the prefetcher
+        // checks the capacities when it first sees an array (prefetch's module doc).
         let pool = WorkerPool::new(cfg.n_io_threads as usize)?;
         let gpu_mode = cfg.device.starts_with("cuda") && cfg.decode != "cpu";
+        let prefetch = Prefetcher::new(
+            prefetch::Options {
+                samples_per_batch: cfg.samples_per_batch,
+                sample_shape: cfg.sample_shape.clone(),
+                n_array_meta: cfg.n_array_meta_cache as usize,
+                n_shard_index: cfg.n_shard_index_cache as usize,
+                n_chunk_layout: cfg.n_chunk_layout_cache as usize,
+                // Metadata loads take at most half the pool, so the chunk reads of the
+                // batches in flight are never starved by the lookahead.
+                max_inflight: (cfg.n_io_threads as usize).div_ceil(2),
+                layouts: gpu_mode,
+            },
+            pool.spawner(),
+        );
         let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
             decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
             buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
-            prefetch: Prefetcher::new(cfg.n_array_meta_cache as usize, cfg.n_shard_index_cache as usize),
+            prefetch,
             stats: Stats::default(),
             window: Mutex::new(Window::default()),
             changed: Condvar::new(),
@@ -236,7 +251,9 @@ impl Pipeline {
         if w.unpopped >= u64::from(cfg.lookahead_samples) {
             return Ok(false);
         }
-        w.forming.push(SampleSpec { uri: uri.to_string(), aabb: starts.iter().copied().zip(stops.iter().copied()).collect(), error });
+        let aabb: Vec<(i64, i64)> = starts.iter().copied().zip(stops.iter().copied()).collect();
+        let ticket = error.is_none().then(|| self.shared.prefetch.submit(uri, &aabb));
+        w.forming.push(SampleSpec { uri: uri.to_string(), aabb, error, ticket });
         w.unpopped += 1;
         self.shared.stats.sample_pushed();
         if w.forming.len() == cfg.samples_per_batch as usize {
@@ -315,6 +332,7 @@ impl Pipeline {
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.changed.notify_all();
         self.shared.buffers.close();
+        self.shared.prefetch.close();
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(t) = self.scheduler.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = t.join();
@@ -420,13 +438,14 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
 
 fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> Result<()> {
     let cfg = &shared.cfg;
-    if let Some(e) = batch.samples.iter().find_map(|s| s.error.clone()) {
-        return Err(e);
-    }
-    let specs: Vec<(String, Vec<(i64, i64)>)> = batch.samples.iter().map(|s| (s.uri.clone(), s.aabb.clone())).collect();
     let t0 = Instant::now();
     let others = || shared.running.load(Ordering::Acquire) > 1;
-    let resolved = shared.prefetch.resolve(&specs, pool, &others)?;
+    let tickets: Vec<u64> = batch.samples.iter().filter_map(|s| s.ticket).collect();
+    let mut resolved = shared.prefetch.resolve_batch(&tickets, &others)?;
+    if let Some(e) = batch.samples.iter().find_map(|s| s.error.clone()) {
+        shared.prefetch.release(&mut resolved);
+        return Err(e);
+    }
     let plan = {
         let samples: Vec<ResolvedSample<'_>> = resolved
             .arrays
@@ -436,12 +455,20 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
             .collect();
         plan::plan_batch(&samples, &resolved, cfg.out_of_bounds_fill)
     };
-    *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
-    let plan = plan?;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(e) => {
+            *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
+            return Err(e);
+        }
+    };
     shared.stats.planned(t0.elapsed(), &plan);
     if shared.gpu_mode {
-        return device::dispatch(shared, pool, batch, plan);
+        let r = device::dispatch(shared, pool, batch, plan, &resolved.layouts);
+        *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
+        return r;
     }
+    *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
     if plan.read_bytes > cfg.staging_bytes {
         return Err(err!(BudgetExceeded, "batch {} reads {} bytes, over staging_bytes = {}; raise `staging_bytes` or use smaller samples", batch.seq, plan.read_bytes, cfg.staging_bytes));
     }

@@ -31,6 +31,8 @@ pub(super) struct Stats {
     staged_bytes: AtomicU64,
     chunks_cached: AtomicU64,
     device_read_ops: AtomicU64,
+    blocks_decoded: AtomicU64,
+    blocks_skipped: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
 }
 
@@ -72,6 +74,11 @@ impl Stats {
     /// Read ops of a batch after coalescing (both paths).
     pub(super) fn coalesced(&self, layout: &crate::plan::device::StagingLayout) {
         self.device_read_ops.fetch_add(layout.reads.len() as u64, Relaxed);
+    }
+    /// Blosc blocks of a device batch: decoded, and skipped because no copy reads them.
+    pub(super) fn blocks(&self, decoded: u64, skipped: u64) {
+        self.blocks_decoded.fetch_add(decoded, Relaxed);
+        self.blocks_skipped.fetch_add(skipped, Relaxed);
     }
     pub(super) fn read_op(&self, bytes: u64, io: Duration) {
         self.bytes_read.fetch_add(bytes, Relaxed);
@@ -124,9 +131,17 @@ impl Stats {
             "bytes_read": self.bytes_read.load(Relaxed),
             "coalesced_read_ops": self.device_read_ops.load(Relaxed),
             "staged_bytes": self.staged_bytes.load(Relaxed),
+            "blosc_blocks_decoded": self.blocks_decoded.load(Relaxed),
+            "blosc_blocks_skipped": self.blocks_skipped.load(Relaxed),
             "array_meta": cache(caches.array_meta),
             "shard_index": cache(caches.shard_index),
-            "chunk_layout": cache(CacheStats::default()),
+            "chunk_layout": cache(caches.chunk_layout),
+            "prefetch": {
+                "samples_ready_ahead": caches.ready_ahead,
+                "samples_resolved_inline": caches.resolved_inline,
+                "deferrals": caches.deferrals,
+                "samples_parked": caches.parked,
+            },
             "decoded_cache": cache(decoded),
             "chunks_from_cache": self.chunks_cached.load(Relaxed),
             "time_plan_s": secs(&self.plan_ns),

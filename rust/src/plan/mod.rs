@@ -273,7 +273,11 @@ pub fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_
     Ok(plan)
 }
 
-fn chunk_source(meta: &ArrayMeta, root: &Path, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
+/// Where the chunk at `coords` is stored, by its shard index when sharded.
+///
+/// # Errors
+/// InvalidArgument when the shard index was not resolved (an internal error).
+pub fn chunk_source(meta: &ArrayMeta, root: &Path, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
     let Some(sharding) = &meta.sharding else {
         return Ok(ChunkSource::File(root.join(meta.key_encoding.key(coords))));
     };

@@ -1,62 +1,214 @@
-//! prefetch: resolves what a batch needs before it can be planned: each sample's array
-//! metadata (`array_meta` cache) and the index of every shard its box touches
-//! (`shard_index` cache; an absent shard file resolves to "absent", which is not an error:
-//! its chunks become fill). Misses are loaded on the worker pool in parallel. Every entry a
-//! batch uses stays pinned (its [`Handle`] held) until the batch completes.
+//! prefetch: resolves every sample before the planner needs it. Each pushed sample gets a
+//! ticket that a per-sample state machine drives through
+//! `meta → shard indexes → chunk layouts → READY` on the worker pool, at most
+//! `max_inflight` samples at a time (bounded metadata concurrency), as far ahead of the
+//! planner as the lookahead window lets samples be pushed. Each stage resolves one cache,
+//! pinning what it finds by [`Handle`]:
+//! - `array_meta`: uri → parsed metadata;
+//! - `shard_index`: shard file → index, or NOTFOUND (`None`) for an absent shard file,
+//!   which is not an error: its chunks become fill downstream;
+//! - `chunk_layout`: stored chunk → blosc framing ([`BloscFrame`]). Resolved only when the
+//!   pipeline decodes on the device and the array's codec is blosc; otherwise a sample has
+//!   "no layout", which is a success.
 //!
-//! Calls: `store` (reads), `zarr` (parsers), `cache`, `io` (pool). Called by `pipeline`.
+//! A load error fails its sample (the error surfaces, typed, at the `pop` of its batch).
+//! Pins are held from the stage that took them until the batch that used them finishes
+//! ([`Prefetcher::release`]): that is the batch gate.
+//!
+//! Room: a background task never waits for cache room; when a cache is full it leaves its
+//! sample DEFERRED, keeping what it pinned, and the sample is resumed when a batch releases
+//! entries, or by the scheduler when its batch is next. The scheduler resolving the next
+//! batch does wait for room: while other batches are in flight it waits for them to finish;
+//! when none is, it un-pins samples of later batches (they start over later); if the batch
+//! alone cannot fit, it fails with BudgetExceeded naming the knob. When an array is first
+//! seen, the capacity one batch may need in the worst case is checked, and a cache below it
+//! fails the sample with InvalidArgument naming the knob and the minimum.
+//!
+//! Calls: `store`/`zarr` (through `load`), `cache`, `io` (spawner), `plan` (geometry).
+//! Called by `pipeline`.
 
-use std::collections::HashMap;
+mod load;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
-use crossbeam::channel::unbounded;
+pub use load::{load_array_meta, load_chunk_frame, load_shard_index};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
 use crate::error::{err, Error, Result};
-use crate::io::WorkerPool;
-use crate::plan::{shards_of, ShardLookup};
-use crate::store::{self, ReadFile};
+use crate::io::Spawner;
+use crate::plan::device::{device_codec, DeviceCodec};
+use crate::plan::{cells, chunk_source, clip, shards_of, ChunkSource, ShardLookup};
+use crate::store;
+use crate::zarr::blosc::BloscFrame;
 use crate::zarr::{ArrayMeta, ShardIndex};
 
-/// Reads and parses `zarr.json` of the array at `uri`.
-///
-/// # Errors
-/// NotFound when there is no `zarr.json`; InvalidArgument/DtypeMismatch from parsing;
-/// every message names the uri.
-pub fn load_array_meta(uri: &str) -> Result<ArrayMeta> {
-    let root = store::array_root(uri)?;
-    let path = root.join("zarr.json");
-    let bytes = store::read_file(&path)?.ok_or_else(|| err!(NotFound, "array not found: {uri} (no zarr.json at {})", path.display()))?;
-    ArrayMeta::parse(&bytes).map_err(|e| e.context(uri))
+/// A shard file: array folder and shard grid coordinates.
+pub type ShardKey = (PathBuf, Vec<u64>);
+/// A stored chunk: file and byte offset.
+pub type ChunkKey = crate::cache::decoded::ChunkKey;
+
+/// Where a sample's ticket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for a task.
+    Queued,
+    /// A task (or the scheduler) is resolving it.
+    Running,
+    /// Stopped for cache room; resumed later.
+    Deferred,
+    /// Every handle resolved.
+    Ready,
+    /// A load failed; the error waits for the batch.
+    Failed,
 }
 
-/// Reads the index of the shard file at `path`; `Ok(None)` when the file is absent.
-///
-/// # Errors
-/// Storage for a short, corrupt or truncated shard (the message names the file).
-pub fn load_shard_index(path: &Path, meta: &ArrayMeta) -> Result<Option<ShardIndex>> {
-    let Some(sharding) = &meta.sharding else { return Ok(None) };
-    let Some(file) = ReadFile::open(path)? else { return Ok(None) };
-    let n: usize = sharding.chunks_per_shard(&meta.grid_shape).iter().product::<u64>() as usize;
-    let len = ShardIndex::encoded_len(n, sharding.index_crc32c) as u64;
-    if file.len() < len {
-        return Err(err!(Storage, "{}: shard file of {} bytes is shorter than its {len}-byte index (truncated shard)", path.display(), file.len()));
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Meta,
+    Shards(usize),
+    Layouts(usize),
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CacheKind {
+    ArrayMeta,
+    ShardIndex,
+    ChunkLayout,
+}
+
+struct Ticket {
+    uri: String,
+    aabb: Vec<(i64, i64)>,
+    phase: Phase,
+    stage: Stage,
+    meta: Option<(Arc<ArrayMeta>, PathBuf)>,
+    shards: HashMap<Vec<u64>, Arc<Option<ShardIndex>>>,
+    layouts: Vec<(ChunkKey, Arc<BloscFrame>)>,
+    handles: Vec<(CacheKind, Handle)>,
+    error: Option<Error>,
+}
+
+/// The sample's shard indexes, as the planner looks them up.
+struct TicketShards<'a>(&'a HashMap<Vec<u64>, Arc<Option<ShardIndex>>>);
+
+impl ShardLookup for TicketShards<'_> {
+    fn shard(&self, _root: &Path, coords: &[u64]) -> Option<Option<&ShardIndex>> {
+        self.0.get(coords).map(|s| s.as_ref().as_ref())
     }
-    let at = if sharding.index_at_start { 0 } else { file.len() - len };
-    let bytes = file.read_at(at, len as usize)?;
-    ShardIndex::parse(&bytes, n, sharding.index_crc32c, file.len())
-        .map(Some)
-        .map_err(|e| e.context(path.display()))
+}
+
+/// Sizes and switches of a prefetcher.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Samples per batch (for the capacity check).
+    pub samples_per_batch: u32,
+    /// Extent of every sample (for the capacity check).
+    pub sample_shape: Vec<u64>,
+    /// `array_meta` capacity.
+    pub n_array_meta: usize,
+    /// `shard_index` capacity.
+    pub n_shard_index: usize,
+    /// `chunk_layout` capacity.
+    pub n_chunk_layout: usize,
+    /// Samples resolved concurrently by background tasks.
+    pub max_inflight: usize,
+    /// Resolve blosc chunk layouts (the device path uses them).
+    pub layouts: bool,
+}
+
+impl Options {
+    /// Defaults for tests: one sample per batch, generous caches.
+    pub fn new(sample_shape: &[u64]) -> Self {
+        Self { samples_per_batch: 1, sample_shape: sample_shape.to_vec(), n_array_meta: 16, n_shard_index: 1024, n_chunk_layout: 4096, max_inflight: 4, layouts: false }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    ready_ahead: u64,
+    resolved_inline: u64,
+    deferrals: u64,
+    parked: u64,
+}
+
+struct State {
+    array_meta: Cache<String, ArrayMeta>,
+    shard_index: Cache<ShardKey, Option<ShardIndex>>,
+    chunk_layout: Cache<ChunkKey, BloscFrame>,
+    tickets: HashMap<u64, Ticket>,
+    queue: VecDeque<u64>,
+    /// Background tasks running.
+    running: usize,
+    /// Schedulers waiting for cache room: no task starts and nothing is resumed meanwhile.
+    hold: usize,
+    closed: bool,
+    next_id: u64,
+    counters: Counters,
+}
+
+impl State {
+    fn release_handles(&mut self, handles: &mut Vec<(CacheKind, Handle)>) {
+        for (kind, h) in handles.drain(..) {
+            match kind {
+                CacheKind::ArrayMeta => self.array_meta.release(h),
+                CacheKind::ShardIndex => self.shard_index.release(h),
+                CacheKind::ChunkLayout => self.chunk_layout.release(h),
+            }
+        }
+    }
+
+    fn fail(&mut self, id: u64, e: Error) {
+        if let Some(mut t) = self.tickets.remove(&id) {
+            self.release_handles(&mut t.handles);
+            t.phase = Phase::Failed;
+            t.stage = Stage::Done;
+            t.error = Some(e);
+            self.tickets.insert(id, t);
+        }
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changed: Condvar,
+    opts: Options,
+    spawner: Spawner,
+}
+
+/// Owns the three caches and the tickets of the samples in the lookahead window.
+pub struct Prefetcher(Arc<Inner>);
+
+/// Cache statistics and lookahead counters of a prefetcher.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrefetchStats {
+    /// `array_meta` cache.
+    pub array_meta: CacheStats,
+    /// `shard_index` cache.
+    pub shard_index: CacheStats,
+    /// `chunk_layout` cache.
+    pub chunk_layout: CacheStats,
+    /// Samples already READY (or failed) when the scheduler reached their batch.
+    pub ready_ahead: u64,
+    /// Samples the scheduler had to resolve itself.
+    pub resolved_inline: u64,
+    /// Times a background task stopped for cache room.
+    pub deferrals: u64,
+    /// Samples un-pinned to make room for an earlier batch.
+    pub parked: u64,
 }
 
 /// The pinned, resolved inputs of one batch.
 pub struct Resolved {
     /// Per sample: its array's metadata and folder.
     pub arrays: Vec<(Arc<ArrayMeta>, PathBuf)>,
-    /// Per touched shard (folder, shard coords): its index, `None` when absent.
-    pub shards: HashMap<(PathBuf, Vec<u64>), Arc<Option<ShardIndex>>>,
+    /// Per touched shard: its index, `None` when the shard file is absent (NOTFOUND).
+    pub shards: HashMap<ShardKey, Arc<Option<ShardIndex>>>,
+    /// Per blosc chunk of the batch (device path): its framing.
+    pub layouts: HashMap<ChunkKey, Arc<BloscFrame>>,
     handles: Vec<(CacheKind, Handle)>,
 }
 
@@ -66,188 +218,544 @@ impl ShardLookup for Resolved {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum CacheKind {
-    ArrayMeta,
-    ShardIndex,
+/// How the scheduler waits for room while resolving the next batch inline.
+struct Blocking<'a> {
+    batch: &'a HashSet<u64>,
+    others_in_flight: &'a dyn Fn() -> bool,
 }
 
-struct Caches {
-    array_meta: Cache<String, ArrayMeta>,
-    shard_index: Cache<(PathBuf, Vec<u64>), Option<ShardIndex>>,
-}
-
-/// Owns the metadata caches; resolves batches.
-pub struct Prefetcher {
-    caches: Mutex<Caches>,
-    released: Condvar,
-}
-
-/// Cache statistics of a prefetcher.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PrefetchStats {
-    /// `array_meta` cache.
-    pub array_meta: CacheStats,
-    /// `shard_index` cache.
-    pub shard_index: CacheStats,
+/// Most grid cells of `cell` shape that a box of `sample` extent can touch in an array of
+/// `shape`.
+fn worst_cells(shape: &[u64], cell: &[u64], sample: &[u64]) -> u64 {
+    shape.iter().zip(cell).zip(sample).map(|((&n, &c), &s)| if s == 0 { 0 } else { n.div_ceil(c).min((s - 1).div_ceil(c) + 1) }).product()
 }
 
 impl Prefetcher {
-    /// Caches of the given capacities.
-    pub fn new(n_array_meta: usize, n_shard_index: usize) -> Self {
-        Self {
-            caches: Mutex::new(Caches { array_meta: Cache::new(n_array_meta), shard_index: Cache::new(n_shard_index) }),
-            released: Condvar::new(),
-        }
+    /// A prefetcher whose tasks run on `spawner`'s pool.
+    pub fn new(opts: Options, spawner: Spawner) -> Self {
+        let state = State {
+            array_meta: Cache::new(opts.n_array_meta),
+            shard_index: Cache::new(opts.n_shard_index),
+            chunk_layout: Cache::new(opts.n_chunk_layout),
+            tickets: HashMap::new(),
+            queue: VecDeque::new(),
+            running: 0,
+            hold: 0,
+            closed: false,
+            next_id: 0,
+            counters: Counters::default(),
+        };
+        Self(Arc::new(Inner { state: Mutex::new(state), changed: Condvar::new(), opts, spawner }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Caches> {
-        self.caches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Starts resolving one sample; returns its ticket id.
+    pub fn submit(&self, uri: &str, aabb: &[(i64, i64)]) -> u64 {
+        let mut st = self.0.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.tickets.insert(
+            id,
+            Ticket {
+                uri: uri.to_string(),
+                aabb: aabb.to_vec(),
+                phase: Phase::Queued,
+                stage: Stage::Meta,
+                meta: None,
+                shards: HashMap::new(),
+                layouts: Vec::new(),
+                handles: Vec::new(),
+                error: None,
+            },
+        );
+        st.queue.push_back(id);
+        pump(&self.0, &mut st);
+        id
     }
 
-    /// Cache statistics.
-    pub fn stats(&self) -> PrefetchStats {
-        let c = self.lock();
-        PrefetchStats { array_meta: c.array_meta.stats(), shard_index: c.shard_index.stats() }
+    /// The phase of ticket `id` (`None`: unknown or already taken by its batch).
+    pub fn phase(&self, id: u64) -> Option<Phase> {
+        self.0.lock().tickets.get(&id).map(|t| t.phase)
     }
 
-    /// Unpins a batch's entries.
-    pub fn release(&self, resolved: &mut Resolved) {
-        let mut c = self.lock();
-        for (kind, h) in resolved.handles.drain(..) {
-            match kind {
-                CacheKind::ArrayMeta => c.array_meta.release(h),
-                CacheKind::ShardIndex => c.shard_index.release(h),
-            }
-        }
-        drop(c);
-        self.released.notify_all();
-    }
-
-    /// Acquires `key` in the cache chosen by `pick`, waiting for other batches to release
-    /// entries while the cache is full. `others_in_flight` says whether waiting can help.
-    fn acquire<K: Clone + Eq + std::hash::Hash, V>(
-        &self,
-        pick: impl Fn(&mut Caches) -> &mut Cache<K, V>,
-        key: &K,
-        knob: &str,
-        others_in_flight: &dyn Fn() -> bool,
-    ) -> Result<Acquired<V>> {
-        let mut c = self.lock();
+    /// Waits until no ticket is queued or being resolved (or `timeout` passes); `true` when
+    /// drained.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.0.lock();
         loop {
-            match pick(&mut c).acquire(key) {
-                Acquired::Full => {
-                    if !others_in_flight() {
-                        let cap = pick(&mut c).capacity();
-                        return Err(err!(BudgetExceeded, "one batch needs more than {knob}={cap} cache entries; raise `{knob}`"));
-                    }
-                    c = self.released.wait_timeout(c, Duration::from_millis(50)).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-                }
-                other => return Ok(other),
+            let busy = st.running > 0 || st.tickets.values().any(|t| matches!(t.phase, Phase::Queued | Phase::Running));
+            if !busy {
+                return true;
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self.0.changed.wait_timeout(st, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
-    /// Resolves the metadata and shard indexes of `samples` (uri, aabb), loading misses on
-    /// `pool`. On error, everything acquired so far is released.
+    /// Cache statistics and lookahead counters.
+    pub fn stats(&self) -> PrefetchStats {
+        let st = self.0.lock();
+        PrefetchStats {
+            array_meta: st.array_meta.stats(),
+            shard_index: st.shard_index.stats(),
+            chunk_layout: st.chunk_layout.stats(),
+            ready_ahead: st.counters.ready_ahead,
+            resolved_inline: st.counters.resolved_inline,
+            deferrals: st.counters.deferrals,
+            parked: st.counters.parked,
+        }
+    }
+
+    /// Pinned entries per cache (array_meta, shard_index, chunk_layout).
+    pub fn pinned(&self) -> (usize, usize, usize) {
+        let st = self.0.lock();
+        (st.array_meta.pinned(), st.shard_index.pinned(), st.chunk_layout.pinned())
+    }
+
+    /// Waits until every ticket in `ids` is READY or failed, resolving on this thread the
+    /// ones no task is working on (waiting for cache room as the module doc says), then
+    /// takes them out of the window. The handles move into the [`Resolved`], pinned until
+    /// [`Self::release`].
     ///
     /// # Errors
-    /// The first sample's load error (NotFound, InvalidArgument, DtypeMismatch, Storage),
-    /// or BudgetExceeded when a cache cannot hold one batch.
-    pub fn resolve(&self, samples: &[(String, Vec<(i64, i64)>)], pool: &WorkerPool, others_in_flight: &dyn Fn() -> bool) -> Result<Resolved> {
-        let mut r = Resolved { arrays: Vec::with_capacity(samples.len()), shards: HashMap::new(), handles: Vec::new() };
-        match self.resolve_into(&mut r, samples, pool, others_in_flight) {
-            Ok(()) => Ok(r),
-            Err(e) => {
-                self.release(&mut r);
-                Err(e)
+    /// The first failed sample's error (its batch fails; every handle of the batch is
+    /// released); Shutdown after `close`.
+    pub fn resolve_batch(&self, ids: &[u64], others_in_flight: &dyn Fn() -> bool) -> Result<Resolved> {
+        let batch: HashSet<u64> = ids.iter().copied().collect();
+        let block = Blocking { batch: &batch, others_in_flight };
+        for &id in ids {
+            let mut first_look = true;
+            loop {
+                let mut st = self.0.lock();
+                if st.closed {
+                    return Err(err!(Shutdown, "pipeline closed"));
+                }
+                let Some(t) = st.tickets.get_mut(&id) else {
+                    return Err(err!(InvalidArgument, "internal: sample ticket {id} is unknown"));
+                };
+                match t.phase {
+                    Phase::Ready | Phase::Failed => {
+                        if first_look {
+                            st.counters.ready_ahead += 1;
+                        }
+                        break;
+                    }
+                    Phase::Running => {
+                        first_look = false;
+                        drop(self.0.changed.wait_timeout(st, Duration::from_millis(50)).unwrap_or_else(PoisonError::into_inner));
+                    }
+                    Phase::Queued | Phase::Deferred => {
+                        t.phase = Phase::Running;
+                        st.counters.resolved_inline += 1;
+                        drop(st);
+                        advance(&self.0, id, Some(&block));
+                        first_look = false;
+                    }
+                }
             }
         }
-    }
-
-    fn resolve_into(&self, r: &mut Resolved, samples: &[(String, Vec<(i64, i64)>)], pool: &WorkerPool, others_in_flight: &dyn Fn() -> bool) -> Result<()> {
-        // Array metadata: few distinct arrays per batch, loaded inline.
-        let mut metas: HashMap<&str, Arc<ArrayMeta>> = HashMap::new();
-        for (uri, _) in samples {
-            if let Some(m) = metas.get(uri.as_str()) {
-                r.arrays.push((Arc::clone(m), store::array_root(uri)?));
+        let mut st = self.0.lock();
+        let mut r = Resolved { arrays: Vec::with_capacity(ids.len()), shards: HashMap::new(), layouts: HashMap::new(), handles: Vec::new() };
+        let mut first_err = None;
+        for &id in ids {
+            let Some(mut t) = st.tickets.remove(&id) else { continue };
+            r.handles.append(&mut t.handles);
+            if let Some(e) = t.error.take() {
+                first_err.get_or_insert(e);
                 continue;
             }
-            let meta = match self.acquire(|c| &mut c.array_meta, uri, "n_array_meta_cache", others_in_flight)? {
-                Acquired::Hit(h, m) => {
-                    r.handles.push((CacheKind::ArrayMeta, h));
-                    m
-                }
-                Acquired::Miss(h) => {
-                    r.handles.push((CacheKind::ArrayMeta, h));
-                    let m = Arc::new(load_array_meta(uri)?);
-                    self.lock().array_meta.fill(h, Arc::clone(&m));
-                    m
-                }
-                Acquired::Full => unreachable!("acquire waits or fails when full"),
-            };
-            metas.insert(uri, Arc::clone(&meta));
-            r.arrays.push((meta, store::array_root(uri)?));
-        }
-        // Shard indexes: every shard touched by any sample, misses loaded in parallel.
-        let mut misses = Vec::new();
-        for ((meta, root), (uri, aabb)) in r.arrays.iter().zip(samples) {
-            if aabb.len() != meta.rank() {
-                continue; // the planner reports the rank mismatch
+            let Some((meta, root)) = t.meta else { continue };
+            for (coords, idx) in t.shards {
+                r.shards.insert((root.clone(), coords), idx);
             }
-            for coords in shards_of(meta, aabb) {
-                let key = (root.clone(), coords);
-                if r.shards.contains_key(&key) {
+            r.layouts.extend(t.layouts);
+            r.arrays.push((meta, root));
+        }
+        if let Some(e) = first_err {
+            st.release_handles(&mut r.handles);
+            resume_deferred(&self.0, &mut st);
+            drop(st);
+            self.0.changed.notify_all();
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    /// Unpins a batch's entries (its batch finished) and resumes deferred samples.
+    pub fn release(&self, resolved: &mut Resolved) {
+        let mut st = self.0.lock();
+        st.release_handles(&mut resolved.handles);
+        resume_deferred(&self.0, &mut st);
+        drop(st);
+        self.0.changed.notify_all();
+    }
+
+    /// Drops every ticket and stops starting tasks; waiters return Shutdown.
+    pub fn close(&self) {
+        let mut st = self.0.lock();
+        st.closed = true;
+        st.queue.clear();
+        let ids: Vec<u64> = st.tickets.keys().copied().collect();
+        for id in ids {
+            if let Some(mut t) = st.tickets.remove(&id) {
+                st.release_handles(&mut t.handles);
+            }
+        }
+        drop(st);
+        self.0.changed.notify_all();
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Starts background tasks for queued tickets while fewer than `max_inflight` run.
+fn pump(inner: &Arc<Inner>, st: &mut State) {
+    while st.running < inner.opts.max_inflight.max(1) && st.hold == 0 && !st.closed {
+        let Some(id) = st.queue.pop_front() else { return };
+        let Some(t) = st.tickets.get_mut(&id) else { continue };
+        if t.phase != Phase::Queued {
+            continue; // claimed by the scheduler meanwhile
+        }
+        t.phase = Phase::Running;
+        st.running += 1;
+        let task_inner = Arc::clone(inner);
+        let spawned = inner.spawner.spawn(move || {
+            advance(&task_inner, id, None);
+            let mut st = task_inner.lock();
+            st.running -= 1;
+            pump(&task_inner, &mut st);
+            drop(st);
+            task_inner.changed.notify_all();
+        });
+        if !spawned {
+            st.running -= 1;
+            if let Some(t) = st.tickets.get_mut(&id) {
+                t.phase = Phase::Queued; // the scheduler resolves it inline
+            }
+            return;
+        }
+    }
+}
+
+/// Re-queues deferred samples (in push order) unless a scheduler is waiting for room.
+fn resume_deferred(inner: &Arc<Inner>, st: &mut State) {
+    if st.hold > 0 || st.closed {
+        return;
+    }
+    let mut ids: Vec<u64> = st.tickets.iter().filter(|(_, t)| t.phase == Phase::Deferred).map(|(&id, _)| id).collect();
+    ids.sort_unstable();
+    for id in ids {
+        if let Some(t) = st.tickets.get_mut(&id) {
+            t.phase = Phase::Queued;
+            st.queue.push_back(id);
+        }
+    }
+    pump(inner, st);
+}
+
+/// Un-pins samples outside `batch` that no one is resolving; they start over later.
+fn park_others(st: &mut State, batch: &HashSet<u64>) -> usize {
+    let ids: Vec<u64> = st
+        .tickets
+        .iter()
+        .filter(|(id, t)| !batch.contains(id) && matches!(t.phase, Phase::Ready | Phase::Deferred) && !t.handles.is_empty())
+        .map(|(&id, _)| id)
+        .collect();
+    for &id in &ids {
+        let Some(mut t) = st.tickets.remove(&id) else { continue };
+        st.release_handles(&mut t.handles);
+        t.phase = Phase::Deferred;
+        t.stage = Stage::Meta;
+        t.meta = None;
+        t.shards.clear();
+        t.layouts.clear();
+        st.tickets.insert(id, t);
+        st.counters.parked += 1;
+    }
+    ids.len()
+}
+
+/// The capacity one batch of samples of this array may need, checked once per array.
+fn check_capacity(opts: &Options, meta: &ArrayMeta, uri: &str) -> Result<()> {
+    if meta.rank() != opts.sample_shape.len() {
+        return Ok(()); // the planner reports the rank mismatch
+    }
+    let spb = u64::from(opts.samples_per_batch);
+    let mut needs = Vec::new();
+    if meta.sharding.is_some() {
+        needs.push(("n_shard_index_cache", opts.n_shard_index, "shards", spb * worst_cells(&meta.shape, &meta.grid_shape, &opts.sample_shape)));
+    }
+    if opts.layouts && device_codec(meta).0 == DeviceCodec::Blosc {
+        needs.push(("n_chunk_layout_cache", opts.n_chunk_layout, "chunks", spb * worst_cells(&meta.shape, meta.chunk_shape(), &opts.sample_shape)));
+    }
+    for (knob, cap, what, need) in needs {
+        if (cap as u64) < need {
+            return Err(err!(
+                InvalidArgument,
+                "{uri}: `{knob}` = {cap} cannot hold one batch: {spb} samples of {:?} touch up to {need} {what}; raise `{knob}` to at least {need}",
+                opts.sample_shape
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What one step of a ticket's state machine needs to load, found under the lock.
+enum Load {
+    Meta(Handle),
+    Shard(Handle, Vec<u64>),
+    Layout(Handle, ChunkKey),
+}
+
+/// The outcome of acquiring one key.
+enum Got<V> {
+    Have(Arc<V>),
+    Load(Handle),
+    Full(&'static str),
+}
+
+fn acquire<K: Clone + Eq + std::hash::Hash, V>(cache: &mut Cache<K, V>, key: &K, kind: CacheKind, handles: &mut Vec<(CacheKind, Handle)>, knob: &'static str) -> Got<V> {
+    match cache.acquire(key) {
+        Acquired::Hit(h, v) => {
+            handles.push((kind, h));
+            Got::Have(v)
+        }
+        Acquired::Miss(h) => {
+            handles.push((kind, h));
+            Got::Load(h)
+        }
+        Acquired::Full => Got::Full(knob),
+    }
+}
+
+/// The chunk keys (with stored length) whose layouts a sample needs.
+fn layout_keys(opts: &Options, t: &Ticket) -> Vec<(ChunkKey, u64, bool)> {
+    let Some((meta, root)) = &t.meta else { return Vec::new() };
+    let (codec, crc) = device_codec(meta);
+    if !opts.layouts || codec != DeviceCodec::Blosc || t.aabb.len() != meta.rank() {
+        return Vec::new();
+    }
+    let Some(inside) = clip(&t.aabb, &meta.shape) else { return Vec::new() };
+    let lookup = TicketShards(&t.shards);
+    cells(&inside, meta.chunk_shape())
+        .into_iter()
+        .filter_map(|coords| match chunk_source(meta, root, &coords, &lookup) {
+            Ok(ChunkSource::Range { path, offset, nbytes }) => Some((((*path).clone(), offset), nbytes, crc)),
+            Ok(ChunkSource::File(path)) => std::fs::metadata(&path).ok().map(|m| ((path, 0), m.len(), crc)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Drives ticket `id` as far as it goes: to READY, FAILED, or (background tasks only)
+/// DEFERRED when a cache is full. `blocking` is the scheduler resolving its next batch.
+fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
+    let opts = &inner.opts;
+    let mut holding = false;
+    let mut st = inner.lock();
+    loop {
+        if st.closed {
+            break;
+        }
+        let State { array_meta, shard_index, chunk_layout, tickets, .. } = &mut *st;
+        let Some(t) = tickets.get_mut(&id) else { break };
+        if t.phase == Phase::Failed {
+            break;
+        }
+        // One step: find what to load next, or finish.
+        let got: Got<()> = match t.stage {
+            Stage::Meta => match acquire(array_meta, &t.uri, CacheKind::ArrayMeta, &mut t.handles, "n_array_meta_cache") {
+                Got::Have(m) => match store::array_root(&t.uri).and_then(|root| check_capacity(opts, &m, &t.uri).map(|()| root)) {
+                    Ok(root) => {
+                        t.meta = Some((m, root));
+                        t.stage = Stage::Shards(0);
+                        continue;
+                    }
+                    Err(e) => {
+                        st.fail(id, e);
+                        break;
+                    }
+                },
+                Got::Load(h) => {
+                    let uri = t.uri.clone();
+                    drop(st);
+                    let loaded = load_array_meta(&uri).map(Box::new);
+                    st = inner.lock();
+                    finish_load(&mut st, opts, id, Load::Meta(h), loaded.map(Loaded::Meta));
                     continue;
                 }
-                match self.acquire(|c| &mut c.shard_index, &key, "n_shard_index_cache", others_in_flight)? {
-                    Acquired::Hit(h, idx) => {
-                        r.handles.push((CacheKind::ShardIndex, h));
-                        r.shards.insert(key, idx);
+                Got::Full(k) => Got::Full(k),
+            },
+            Stage::Shards(i) => {
+                let (meta, root) = t.meta.clone().expect("meta resolved before shards");
+                let keys = if t.aabb.len() == meta.rank() { shards_of(&meta, &t.aabb) } else { Vec::new() };
+                let Some(coords) = keys.get(i) else {
+                    t.stage = Stage::Layouts(0);
+                    continue;
+                };
+                if t.shards.contains_key(coords) {
+                    t.stage = Stage::Shards(i + 1);
+                    continue;
+                }
+                let key = (root.clone(), coords.clone());
+                match acquire(shard_index, &key, CacheKind::ShardIndex, &mut t.handles, "n_shard_index_cache") {
+                    Got::Have(idx) => {
+                        t.shards.insert(coords.clone(), idx);
+                        t.stage = Stage::Shards(i + 1);
+                        continue;
                     }
-                    Acquired::Miss(h) => {
-                        r.handles.push((CacheKind::ShardIndex, h));
-                        r.shards.insert(key.clone(), Arc::new(None));
-                        misses.push((key, h, Arc::clone(meta), uri.clone()));
+                    Got::Load(h) => {
+                        let path = root.join(meta.key_encoding.key(coords));
+                        let uri = t.uri.clone();
+                        drop(st);
+                        let loaded = load_shard_index(&path, &meta).map_err(|e| e.context(&uri));
+                        st = inner.lock();
+                        finish_load(&mut st, opts, id, Load::Shard(h, coords.clone()), loaded.map(Loaded::Shard));
+                        continue;
                     }
-                    Acquired::Full => unreachable!("acquire waits or fails when full"),
+                    Got::Full(k) => Got::Full(k),
                 }
             }
-        }
-        if misses.is_empty() {
-            return Ok(());
-        }
-        let (tx, rx) = unbounded::<(usize, Result<Option<ShardIndex>>)>();
-        for (i, (key, _, meta, _)) in misses.iter().enumerate() {
-            let tx = tx.clone();
-            let path = key.0.join(meta.key_encoding.key(&key.1));
-            let meta = Arc::clone(meta);
-            pool.spawn(move || {
-                let _ = tx.send((i, load_shard_index(&path, &meta)));
-            });
-        }
-        drop(tx);
-        let mut first_err: Option<Error> = None;
-        let mut got = 0;
-        for (i, res) in rx.iter() {
-            got += 1;
-            let (key, h, _, uri) = &misses[i];
-            match res {
-                Ok(idx) => {
-                    let idx = Arc::new(idx);
-                    self.lock().shard_index.fill(*h, Arc::clone(&idx));
-                    r.shards.insert(key.clone(), idx);
-                }
-                Err(e) => {
-                    if first_err.is_none() {
-                        first_err = Some(e.context(uri));
+            Stage::Layouts(i) => {
+                let keys = layout_keys(opts, t);
+                let Some((key, nbytes, crc)) = keys.get(i).cloned() else {
+                    t.stage = Stage::Done;
+                    t.phase = Phase::Ready;
+                    break;
+                };
+                match acquire(chunk_layout, &key, CacheKind::ChunkLayout, &mut t.handles, "n_chunk_layout_cache") {
+                    Got::Have(frame) => {
+                        t.layouts.push((key, frame));
+                        t.stage = Stage::Layouts(i + 1);
+                        continue;
                     }
+                    Got::Load(h) => {
+                        let uri = t.uri.clone();
+                        drop(st);
+                        let loaded = load_chunk_frame(&key.0, key.1, nbytes, crc).map_err(|e| e.context(&uri));
+                        st = inner.lock();
+                        finish_load(&mut st, opts, id, Load::Layout(h, key), loaded.map(Loaded::Layout));
+                        continue;
+                    }
+                    Got::Full(k) => Got::Full(k),
                 }
             }
+            Stage::Done => {
+                t.phase = Phase::Ready;
+                break;
+            }
+        };
+        let Got::Full(knob) = got else { continue };
+        // A cache is full.
+        let Some(block) = blocking else {
+            if let Some(t) = st.tickets.get_mut(&id) {
+                t.phase = Phase::Deferred;
+            }
+            st.counters.deferrals += 1;
+            break;
+        };
+        if !holding {
+            holding = true;
+            st.hold += 1;
         }
-        if got < misses.len() && first_err.is_none() {
-            first_err = Some(err!(Shutdown, "pipeline closed while loading shard indexes"));
+        if (block.others_in_flight)() || st.running > 0 {
+            st = inner.changed.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(PoisonError::into_inner).0;
+            continue;
         }
-        first_err.map_or(Ok(()), Err)
+        if park_others(&mut st, block.batch) > 0 {
+            continue;
+        }
+        let cap = match knob {
+            "n_array_meta_cache" => st.array_meta.capacity(),
+            "n_shard_index_cache" => st.shard_index.capacity(),
+            _ => st.chunk_layout.capacity(),
+        };
+        st.fail(id, err!(BudgetExceeded, "one batch needs more than {knob} = {cap} cache entries; raise `{knob}`"));
+        break;
+    }
+    if holding {
+        st.hold -= 1;
+    }
+    if st.closed {
+        if let Some(mut t) = st.tickets.remove(&id) {
+            st.release_handles(&mut t.handles);
+        }
+    }
+    drop(st);
+    inner.changed.notify_all();
+}
+
+enum Loaded {
+    Meta(Box<ArrayMeta>),
+    Shard(Option<ShardIndex>),
+    Layout(BloscFrame),
+}
+
+/// Stores a finished load in its cache entry and its ticket, or fails the ticket. A ticket
+/// that vanished meanwhile (pipeline closed) leaves the entry unfilled and released.
+fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Result<Loaded>) {
+    if !st.tickets.contains_key(&id) {
+        match what {
+            Load::Meta(h) => st.array_meta.release(h),
+            Load::Shard(h, ..) => st.shard_index.release(h),
+            Load::Layout(h, ..) => st.chunk_layout.release(h),
+        }
+        return;
+    }
+    let loaded = match loaded {
+        Ok(v) => v,
+        Err(e) => {
+            st.fail(id, e);
+            return;
+        }
+    };
+    let State { array_meta, shard_index, chunk_layout, tickets, .. } = st;
+    let t = tickets.get_mut(&id).expect("checked above");
+    match (what, loaded) {
+        (Load::Meta(h), Loaded::Meta(m)) => {
+            let m = Arc::new(*m);
+            array_meta.fill(h, Arc::clone(&m));
+            match store::array_root(&t.uri).and_then(|root| check_capacity(opts, &m, &t.uri).map(|()| root)) {
+                Ok(root) => {
+                    t.meta = Some((m, root));
+                    t.stage = Stage::Shards(0);
+                }
+                Err(e) => st.fail(id, e),
+            }
+        }
+        (Load::Shard(h, coords), Loaded::Shard(idx)) => {
+            let idx = Arc::new(idx);
+            shard_index.fill(h, Arc::clone(&idx));
+            t.shards.insert(coords, idx);
+        }
+        (Load::Layout(h, key), Loaded::Layout(frame)) => {
+            let frame = Arc::new(frame);
+            chunk_layout.fill(h, Arc::clone(&frame));
+            t.layouts.push((key, frame));
+            if let Stage::Layouts(i) = t.stage {
+                t.stage = Stage::Layouts(i + 1);
+            }
+        }
+        _ => unreachable!("load kinds match"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_case_cells_per_dimension() {
+        // A 10-long box over cells of 8 touches at most 3 cells; never more than exist.
+        assert_eq!(worst_cells(&[100], &[8], &[10]), 3);
+        assert_eq!(worst_cells(&[16], &[8], &[10]), 2);
+        assert_eq!(worst_cells(&[100, 100], &[8, 50], &[8, 1]), 2);
     }
 }

@@ -71,27 +71,75 @@ fn le_u32(b: &[u8], at: usize) -> Result<u32> {
         .ok_or_else(|| err!(Decode, "blosc header: chunk truncated at byte {at} ({} bytes)", b.len()))
 }
 
-impl BloscLayout {
-    /// Parses a blosc1 chunk's framing.
+/// The head of a blosc1 chunk: its 16-byte header and block table, without the blocks.
+/// This is what the `chunk_layout` cache holds: enough to tell which compressed bytes hold
+/// which decoded block, so a crop can read and decompress only the blocks it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BloscFrame {
+    /// Element size the shuffle used.
+    pub typesize: u32,
+    /// Decoded chunk size.
+    pub nbytes: u32,
+    /// Decoded block size (the last block may be shorter).
+    pub blocksize: u32,
+    /// Compressed chunk size (the whole frame).
+    pub cbytes: u32,
+    /// Shuffle as flagged.
+    pub shuffle: Shuffle,
+    /// Compressor.
+    pub codec: BloscCodec,
+    /// `true`: the whole chunk is stored raw after the header.
+    pub memcpyed: bool,
+    /// The header's "do not split" flag.
+    pub dont_split: bool,
+    /// Per block: compressed byte range `[start, end)` in the chunk (empty when `memcpyed`).
+    pub blocks: Vec<(u32, u32)>,
+}
+
+/// Bytes from a chunk's start that always cover the header and a block table of up to
+/// 1,020 blocks; longer tables need [`BloscFrame::head_len`] bytes.
+pub const HEAD_PROBE: usize = 4096;
+
+impl BloscFrame {
+    /// Bytes at the chunk's start holding the header and block table, given at least the
+    /// 16-byte header.
+    ///
+    /// # Errors
+    /// Decode for a header shorter than 16 bytes or with a zero block size.
+    pub fn head_len(head: &[u8]) -> Result<usize> {
+        if head.len() < 16 {
+            return Err(err!(Decode, "blosc header: chunk of {} bytes is shorter than the 16-byte header", head.len()));
+        }
+        if head[2] & 0x02 != 0 {
+            return Ok(16);
+        }
+        let (nbytes, blocksize) = (le_u32(head, 4)?, le_u32(head, 8)?);
+        if nbytes > 0 && blocksize == 0 {
+            return Err(err!(Decode, "blosc header: blocksize 0 for {nbytes} bytes"));
+        }
+        let nblocks = if blocksize == 0 { 0 } else { nbytes.div_ceil(blocksize) };
+        Ok(16 + 4 * nblocks as usize)
+    }
+
+    /// Parses the header and block table from `head` (the chunk's first bytes, at least
+    /// [`Self::head_len`] of them) of a chunk of `chunk_len` bytes.
     ///
     /// # Errors
     /// Decode when the header or the block table is malformed or points outside the chunk.
-    pub fn parse(chunk: &[u8]) -> Result<Self> {
-        if chunk.len() < 16 {
-            return Err(err!(Decode, "blosc header: chunk of {} bytes is shorter than the 16-byte header", chunk.len()));
-        }
-        let (version, flags, typesize) = (chunk[0], chunk[2], u32::from(chunk[3]));
+    pub fn parse(head: &[u8], chunk_len: u64) -> Result<Self> {
+        let need = Self::head_len(head)?;
+        let (version, flags, typesize) = (head[0], head[2], u32::from(head[3]));
         if version == 0 || version > 4 {
             return Err(err!(Decode, "blosc header: unsupported format version {version}"));
         }
-        let nbytes = le_u32(chunk, 4)?;
-        let blocksize = le_u32(chunk, 8)?;
-        let cbytes = le_u32(chunk, 12)?;
-        if cbytes as usize != chunk.len() {
-            return Err(err!(Decode, "blosc header: header says {cbytes} compressed bytes, chunk has {}", chunk.len()));
+        let nbytes = le_u32(head, 4)?;
+        let blocksize = le_u32(head, 8)?;
+        let cbytes = le_u32(head, 12)?;
+        if u64::from(cbytes) != chunk_len {
+            return Err(err!(Decode, "blosc header: header says {cbytes} compressed bytes, chunk has {chunk_len}"));
         }
-        if typesize == 0 || (nbytes > 0 && blocksize == 0) {
-            return Err(err!(Decode, "blosc header: typesize {typesize}, blocksize {blocksize}"));
+        if typesize == 0 {
+            return Err(err!(Decode, "blosc header: typesize 0"));
         }
         let memcpyed = flags & 0x02 != 0;
         let shuffle = match (flags & 0x01 != 0, flags & 0x04 != 0) {
@@ -107,36 +155,86 @@ impl BloscLayout {
             4 => BloscCodec::Zstd,
             other => return Err(err!(Decode, "blosc header: unknown compressor code {other}")),
         };
-        let mut layout = Self { typesize, nbytes, blocksize, shuffle, codec, memcpyed, blocks: Vec::new() };
+        let mut frame = Self { typesize, nbytes, blocksize, cbytes, shuffle, codec, memcpyed, dont_split: flags & 0x10 != 0, blocks: Vec::new() };
         if memcpyed {
-            if chunk.len() != 16 + nbytes as usize {
-                return Err(err!(Decode, "blosc header: raw chunk of {nbytes} bytes has {} payload bytes", chunk.len() - 16));
+            if u64::from(cbytes) != 16 + u64::from(nbytes) {
+                return Err(err!(Decode, "blosc header: raw chunk of {nbytes} bytes has {} payload bytes", i64::from(cbytes) - 16));
             }
-            return Ok(layout);
+            return Ok(frame);
         }
-        let nblocks = nbytes.div_ceil(blocksize);
+        if head.len() < need || (need as u64) > chunk_len {
+            return Err(err!(Decode, "blosc header: block table of {need} bytes runs past the {}-byte chunk", head.len().min(chunk_len as usize)));
+        }
+        let starts: Vec<u32> = (16..need).step_by(4).map(|at| le_u32(head, at)).collect::<Result<_>>()?;
+        // Blocks compressed by several threads may be stored out of order: each ends where
+        // the next stored block begins (the last at cbytes).
+        let mut sorted = starts.clone();
+        sorted.sort_unstable();
+        for (b, &start) in starts.iter().enumerate() {
+            let end = sorted.get(sorted.partition_point(|&s| s <= start)).copied().unwrap_or(cbytes);
+            if (start as usize) < need || end > cbytes {
+                return Err(err!(Decode, "blosc block {b}: bytes {start}..{end} outside the {cbytes}-byte chunk after its {need}-byte head"));
+            }
+            frame.blocks.push((start, end));
+        }
+        Ok(frame)
+    }
+
+    /// Decoded size of block `b`.
+    pub fn block_nbytes(&self, b: usize) -> u32 {
+        let start = b as u32 * self.blocksize;
+        self.blocksize.min(self.nbytes - start)
+    }
+
+    /// The streams of block `b`, given its compressed bytes; stream offsets are relative to
+    /// the block's start.
+    ///
+    /// # Errors
+    /// Decode when a stream runs past the block.
+    pub fn streams(&self, b: usize, block: &[u8]) -> Result<Vec<Stream>> {
         // As c-blosc's `blosc_d`: a block is split into `typesize` streams unless the
-        // header says not to (flag 0x10), the typesize exceeds 16, the streams would be
-        // shorter than 128 bytes, or it is the short last block ("leftover").
-        let dont_split = flags & 0x10 != 0;
-        let leftover = nbytes % blocksize != 0;
-        for b in 0..nblocks {
-            let start = le_u32(chunk, 16 + 4 * b as usize)? as usize;
-            let is_leftover = leftover && b + 1 == nblocks;
-            let bsize = if is_leftover { nbytes - b * blocksize } else { blocksize };
-            let split = !dont_split && typesize <= 16 && bsize / typesize >= 128 && !is_leftover;
-            let nstreams = if split { typesize } else { 1 };
-            let snbytes = bsize / nstreams;
-            let mut at = start;
-            let mut streams = Vec::with_capacity(nstreams as usize);
-            for _ in 0..nstreams {
-                let cb = le_u32(chunk, at)?;
-                let payload = at + 4;
-                if payload + cb as usize > chunk.len() {
-                    return Err(err!(Decode, "blosc block {b}: stream of {cb} bytes at {payload} runs past the {}-byte chunk", chunk.len()));
-                }
-                streams.push(Stream { offset: payload as u32, cbytes: cb, nbytes: snbytes });
-                at = payload + cb as usize;
+        // header says not to, the typesize exceeds 16, the streams would be shorter than
+        // 128 bytes, or it is the short last block ("leftover").
+        let bsize = self.block_nbytes(b);
+        let leftover = bsize < self.blocksize;
+        let split = !self.dont_split && self.typesize <= 16 && bsize / self.typesize >= 128 && !leftover;
+        let nstreams = if split { self.typesize } else { 1 };
+        let snbytes = bsize / nstreams;
+        let mut at = 0usize;
+        let mut streams = Vec::with_capacity(nstreams as usize);
+        for _ in 0..nstreams {
+            let cb = le_u32(block, at)?;
+            let payload = at + 4;
+            if payload + cb as usize > block.len() {
+                return Err(err!(Decode, "blosc block {b}: stream of {cb} bytes at {payload} runs past the {}-byte block", block.len()));
+            }
+            streams.push(Stream { offset: payload as u32, cbytes: cb, nbytes: snbytes });
+            at = payload + cb as usize;
+        }
+        Ok(streams)
+    }
+}
+
+impl BloscLayout {
+    /// Parses a blosc1 chunk's framing.
+    ///
+    /// # Errors
+    /// Decode when the header or the block table is malformed or points outside the chunk.
+    pub fn parse(chunk: &[u8]) -> Result<Self> {
+        let frame = BloscFrame::parse(chunk, chunk.len() as u64)?;
+        let mut layout = Self {
+            typesize: frame.typesize,
+            nbytes: frame.nbytes,
+            blocksize: frame.blocksize,
+            shuffle: frame.shuffle,
+            codec: frame.codec,
+            memcpyed: frame.memcpyed,
+            blocks: Vec::with_capacity(frame.blocks.len()),
+        };
+        for (b, &(start, end)) in frame.blocks.iter().enumerate() {
+            let mut streams = frame.streams(b, &chunk[start as usize..end as usize])?;
+            for s in &mut streams {
+                s.offset += start;
             }
             layout.blocks.push(streams);
         }

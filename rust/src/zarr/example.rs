@@ -40,7 +40,8 @@ const MAX_UNIT_BYTES: u64 = 1 << 30;
 /// already there) holding a synthetic microscopy stack of `shape`, deterministic in `seed`.
 ///
 /// `codec` is `"zstd"` (level 3) or `"blosc-zstd"` (blosc, cname zstd, clevel 3, byte shuffle,
-/// typesize 2). With an empty `shard_shape` the array is unsharded with chunks of
+/// typesize 2, blosc's automatic block size); `"blosc-zstd:N"` forces blocks of N bytes
+/// (several blocks per chunk, which crops can decode in part). With an empty `shard_shape` the array is unsharded with chunks of
 /// `chunk_shape`; otherwise it is stored in shards of `shard_shape` (a multiple of
 /// `chunk_shape` along every axis) through `sharding_indexed` with inner chunks of
 /// `chunk_shape` and the index at the end (`bytes` little endian + `crc32c`). Shards are
@@ -168,16 +169,22 @@ fn array_metadata(
     codec: &str,
     seed: u64,
 ) -> Result<Value> {
+    let blosc_zstd = |blocksize: u64| {
+        json!({"name": "blosc", "configuration":
+            {"cname": "zstd", "clevel": 3, "shuffle": "shuffle", "typesize": 2, "blocksize": blocksize}})
+    };
     let compressor = match codec {
         "zstd" => json!({"name": "zstd", "configuration": {"level": 3, "checksum": false}}),
-        "blosc-zstd" => json!({"name": "blosc", "configuration":
-            {"cname": "zstd", "clevel": 3, "shuffle": "shuffle", "typesize": 2, "blocksize": 0}}),
-        _ => {
-            return Err(err!(
-                InvalidArgument,
-                "unknown example codec `{codec}` (use `zstd` or `blosc-zstd`)"
-            ))
-        }
+        "blosc-zstd" => blosc_zstd(0),
+        _ => match codec.strip_prefix("blosc-zstd:").and_then(|b| b.parse::<u64>().ok()) {
+            Some(b) if b >= 128 && b % 2 == 0 => blosc_zstd(b),
+            _ => {
+                return Err(err!(
+                    InvalidArgument,
+                    "unknown example codec `{codec}` (use `zstd`, `blosc-zstd` or `blosc-zstd:BLOCKSIZE` with an even BLOCKSIZE ≥ 128)"
+                ))
+            }
+        },
     };
     let bytes = json!({"name": "bytes", "configuration": {"endian": "little"}});
     let (grid_shape, codecs) = if shard_shape.is_empty() {

@@ -1,0 +1,107 @@
+//! The prefetcher's state machine: samples resolve in the background ahead of their batch,
+//! a batch that needs room un-pins later samples (they start over), a cache below one
+//! batch's worst case is refused with the knob and the minimum, and layouts are resolved
+//! for blosc arrays on the device path only.
+//! Geometry: shape=[64,32,32] uint16, inner=[8,8,8], shard=[16,16,16]: 4×2×2 shards.
+
+use std::time::Duration;
+
+use damacy::io::WorkerPool;
+use damacy::prefetch::{Options, Phase, Prefetcher};
+use damacy::Status;
+
+fn volume(tag: &str, codec: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("damacy-prefetch-{tag}-{}", std::process::id()));
+    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[64, 32, 32], &[8, 8, 8], &[16, 16, 16], codec, 3).unwrap();
+    dir.to_str().unwrap().to_string()
+}
+
+/// A box of one z-slab of shards: 4 shards.
+fn slab(z: i64) -> Vec<(i64, i64)> {
+    vec![(16 * z, 16 * z + 16), (0, 32), (0, 32)]
+}
+
+#[test]
+fn a_batch_short_of_room_parks_later_samples() {
+    let uri = volume("park", "zstd");
+    let pool = WorkerPool::new(2).unwrap();
+    // One sample of [16, 32, 32] touches up to 2×2×2 = 8 shards: 8 entries is the minimum.
+    let opts = Options { n_shard_index: 8, ..Options::new(&[16, 32, 32]) };
+    let p = Prefetcher::new(opts, pool.spawner());
+    // Two later samples resolve first and pin all 8 entries.
+    let later = [p.submit(&uri, &slab(1)), p.submit(&uri, &slab(2))];
+    assert!(p.drain(Duration::from_secs(10)));
+    assert!(later.iter().all(|&id| p.phase(id) == Some(Phase::Ready)));
+    assert_eq!(p.pinned().1, 8);
+    // The next batch needs 4 other entries and no batch is in flight: it un-pins the
+    // later samples instead of waiting forever.
+    let head = p.submit(&uri, &slab(0));
+    let mut r = p.resolve_batch(&[head], &|| false).expect("the head batch gets room");
+    assert_eq!(r.shards.len(), 4);
+    assert!(p.stats().parked >= 1, "{:?}", p.stats());
+    p.release(&mut r);
+    // The parked samples start over and resolve.
+    for id in later {
+        let mut r = p.resolve_batch(&[id], &|| false).expect("parked samples resolve later");
+        assert_eq!(r.shards.len(), 4);
+        p.release(&mut r);
+    }
+    assert_eq!(p.pinned(), (0, 0, 0));
+    std::fs::remove_dir_all(&uri).unwrap();
+}
+
+#[test]
+fn a_cache_below_one_batch_is_refused_with_the_minimum() {
+    let uri = volume("small", "zstd");
+    let pool = WorkerPool::new(2).unwrap();
+    let opts = Options { samples_per_batch: 4, n_shard_index: 31, ..Options::new(&[16, 32, 32]) };
+    let p = Prefetcher::new(opts, pool.spawner());
+    let id = p.submit(&uri, &slab(0));
+    let e = p.resolve_batch(&[id], &|| false).err().expect("31 < 4 samples × 8 shards");
+    assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+    assert!(e.message().contains("`n_shard_index_cache` to at least 32"), "{e}");
+    assert_eq!(p.pinned(), (0, 0, 0), "a failed sample holds nothing");
+    std::fs::remove_dir_all(&uri).unwrap();
+}
+
+#[test]
+fn layouts_resolve_for_blosc_on_the_device_path_only() {
+    for (codec, layouts, expect) in [("blosc-zstd", true, true), ("blosc-zstd", false, false), ("zstd", true, false)] {
+        let uri = volume(&format!("layout-{codec}-{layouts}"), codec);
+        let pool = WorkerPool::new(2).unwrap();
+        let opts = Options { layouts, ..Options::new(&[16, 32, 32]) };
+        let p = Prefetcher::new(opts, pool.spawner());
+        let id = p.submit(&uri, &[(4, 20), (0, 32), (0, 32)]);
+        let mut r = p.resolve_batch(&[id], &|| false).unwrap();
+        let chunks = 3 * 4 * 4;
+        if expect {
+            assert_eq!(r.layouts.len(), chunks, "{codec}: one layout per stored chunk");
+            assert!(r.layouts.values().all(|f| f.nbytes == 8 * 8 * 8 * 2 && !f.blocks.is_empty() || f.memcpyed));
+            assert_eq!(p.stats().chunk_layout.misses, chunks as u64);
+        } else {
+            assert!(r.layouts.is_empty(), "{codec} layouts={layouts}: no layout is a success");
+            assert_eq!(p.stats().chunk_layout.misses, 0);
+        }
+        p.release(&mut r);
+        // A second sample over the same chunks hits.
+        let id = p.submit(&uri, &[(4, 20), (0, 32), (0, 32)]);
+        let mut r = p.resolve_batch(&[id], &|| false).unwrap();
+        if expect {
+            assert_eq!(p.stats().chunk_layout.hits, chunks as u64);
+        }
+        p.release(&mut r);
+        std::fs::remove_dir_all(&uri).unwrap();
+    }
+}
+
+#[test]
+fn load_errors_fail_the_sample_typed() {
+    let pool = WorkerPool::new(2).unwrap();
+    let p = Prefetcher::new(Options::new(&[16, 32, 32]), pool.spawner());
+    let id = p.submit("/nonexistent/damacy/array.zarr", &slab(0));
+    assert!(p.drain(Duration::from_secs(10)));
+    assert_eq!(p.phase(id), Some(Phase::Failed));
+    let e = p.resolve_batch(&[id], &|| false).err().unwrap();
+    assert_eq!(e.status(), Status::NotFound, "{e}");
+    assert_eq!(p.pinned(), (0, 0, 0));
+}
