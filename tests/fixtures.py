@@ -178,8 +178,8 @@ def _idx(*ranges: tuple[int, int]) -> Aabb:
     return tuple(ranges)
 
 
-def _blosc(cname: str, shuffle: str, clevel: int = 5) -> BloscCodec:
-    return BloscCodec(cname=cname, shuffle=shuffle, clevel=clevel)
+def _blosc(cname: str, shuffle: str, clevel: int = 5, blocksize: int = 0) -> BloscCodec:
+    return BloscCodec(cname=cname, shuffle=shuffle, clevel=clevel, blocksize=blocksize)
 
 
 # The fixture matrix. Blosc: every cname and every shuffle at least once
@@ -344,6 +344,28 @@ _FIXTURES = [
         holes=(_idx((0, 2), (4, 8), (0, 4), (7, 14)),),
         delete_files=((1, 0, 1, 0),),
         seed=16,
+    ),
+    # Several blosc blocks per chunk (forced block sizes), so the GPU path decodes only the
+    # blocks a crop needs: 3,072-byte chunks in blocks of 640 (4 split blocks of 2 lz4
+    # streams + a 512-byte leftover) and 5,280-byte chunks in blocks of 1,024 (zstd,
+    # bitshuffle, 5 blocks + a 160-byte leftover).
+    # shape=[40,48,36], inner=[8,16,12], shard=[16,32,36]: 45 chunks in 6 shards
+    Fixture(
+        "u16_sharded_blosc_lz4_blocks",
+        "shape=[40,48,36], inner=[8,16,12], shard=[16,32,36]: 45 chunks in 6 shards",
+        "uint16", (40, 48, 36), (8, 16, 12), (16, 32, 36),
+        (BytesCodec(), _blosc("lz4", "shuffle", blocksize=640)), 9,
+        holes=(_idx((8, 16), (16, 32), (12, 24)),),
+        seed=17,
+    ),
+    # shape=[30,40,33], inner=[6,20,11], shard=[12,40,33]: 30 chunks in 3 shards
+    Fixture(
+        "f32_sharded_blosc_zstd_bitshuffle_blocks",
+        "shape=[30,40,33], inner=[6,20,11], shard=[12,40,33]: 30 chunks in 3 shards",
+        "float32", (30, 40, 33), (6, 20, 11), (12, 40, 33),
+        (BytesCodec(), _blosc("zstd", "bitshuffle", blocksize=1024)), -2.5,
+        delete_files=((2, 0, 0),),
+        seed=18,
     ),
 ]
 

@@ -119,7 +119,7 @@ def assert_batches_same(got: list[torch.Tensor], want: list[torch.Tensor], label
 def test_gpu_decode_equals_cpu_path(name, dtype, fixture_arrays):
     fx = F.FIXTURES[name]
     uri = F.uri_of(fixture_arrays[name])
-    staged = 0
+    staged = skipped = 0
     for plan in gpu_plans(fx):
         label = f"{name} {dtype} extent {plan.box_shape} {plan.out_of_bounds}"
         want, _ = read_plan(uri, plan, dtype, "cpu")
@@ -127,8 +127,11 @@ def test_gpu_decode_equals_cpu_path(name, dtype, fixture_arrays):
         assert_batches_same(got, want, label)
         assert stats.batches_failed == 0, label
         staged += stats.staged_bytes
+        skipped += stats.blosc_blocks_skipped
     # The GPU path ran (it stages bytes for the device; the CPU path stages none).
     assert staged > 0, f"{name}: decode=\"gpu\" staged no bytes"
+    # Multi-block blosc chunks: small crops decode only some blocks (from chunk_layout).
+    assert (skipped > 0) == name.endswith("_blocks"), f"{name}: {skipped} blosc blocks skipped"
 
 
 def test_batches_mixing_arrays_and_codecs_on_the_gpu(fixture_arrays):
