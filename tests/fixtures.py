@@ -345,25 +345,25 @@ _FIXTURES = [
         delete_files=((1, 0, 1, 0),),
         seed=16,
     ),
-    # Several blosc blocks per chunk (forced block sizes), so the GPU path decodes only the
-    # blocks a crop needs: 3,072-byte chunks in blocks of 640 (4 split blocks of 2 lz4
-    # streams + a 512-byte leftover) and 5,280-byte chunks in blocks of 1,024 (zstd,
-    # bitshuffle, 5 blocks + a 160-byte leftover).
-    # shape=[40,48,36], inner=[8,16,12], shard=[16,32,36]: 45 chunks in 6 shards
+    # Several blosc blocks per chunk, so the GPU path decodes only the blocks a crop needs.
+    # lz4 (a splitting codec): c-blosc raises a forced block size to 64 KiB, so 122,880-byte
+    # chunks hold one block of 2 lz4 streams and a 57,344-byte leftover block. zstd with
+    # bitshuffle: 2,640-byte chunks in 5 blocks of 512 and an 80-byte leftover.
+    # shape=[40,128,120], inner=[16,64,60], shard=[32,128,120]: 12 chunks in 2 shards
     Fixture(
         "u16_sharded_blosc_lz4_blocks",
-        "shape=[40,48,36], inner=[8,16,12], shard=[16,32,36]: 45 chunks in 6 shards",
-        "uint16", (40, 48, 36), (8, 16, 12), (16, 32, 36),
+        "shape=[40,128,120], inner=[16,64,60], shard=[32,128,120]: 12 chunks in 2 shards",
+        "uint16", (40, 128, 120), (16, 64, 60), (32, 128, 120),
         (BytesCodec(), _blosc("lz4", "shuffle", blocksize=640)), 9,
-        holes=(_idx((8, 16), (16, 32), (12, 24)),),
+        holes=(_idx((16, 32), (64, 128), (60, 120)),),
         seed=17,
     ),
     # shape=[30,40,33], inner=[6,20,11], shard=[12,40,33]: 30 chunks in 3 shards
     Fixture(
-        "f32_sharded_blosc_zstd_bitshuffle_blocks",
+        "i16_sharded_blosc_zstd_bitshuffle_blocks",
         "shape=[30,40,33], inner=[6,20,11], shard=[12,40,33]: 30 chunks in 3 shards",
-        "float32", (30, 40, 33), (6, 20, 11), (12, 40, 33),
-        (BytesCodec(), _blosc("zstd", "bitshuffle", blocksize=1024)), -2.5,
+        "int16", (30, 40, 33), (6, 20, 11), (12, 40, 33),
+        (BytesCodec(), _blosc("zstd", "bitshuffle", blocksize=512)), -25,
         delete_files=((2, 0, 0),),
         seed=18,
     ),

@@ -382,7 +382,7 @@ def test_resume_with_per_worker_states_like_stateful_dataloader(pairs, cut):
 
 def test_spawn_workers_pickle_dataset_config_and_errors(pairs, tmp_path):
     entries, arrays = pairs
-    ds = _dataset(entries, dtype={"image": "f32", "label": "i32"}, config=_cfg(n_shard_index_cache=7, lookahead_samples=9))
+    ds = _dataset(entries, dtype={"image": "f32", "label": "i32"}, config=_cfg(n_shard_index_cache=17, lookahead_samples=9))
     again = pickle.loads(pickle.dumps(ds))
     assert again._configs == ds._configs and [again.sample_at(i) for i in range(30)] == [ds.sample_at(i) for i in range(30)]
     for err in (damacy.NotFound("x"), damacy.DamacyError("Unknown", "y"), damacy.InvalidArgument("z")):

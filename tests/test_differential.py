@@ -9,7 +9,6 @@ missing chunk/shard. Equality is exact on bit patterns, except that any NaN equa
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest
@@ -100,47 +99,43 @@ def test_missing_chunks_and_shards_read_as_fill_with_neighbours_intact(name, fix
             check_plan(fixture_arrays[name], o, plan, dtype, f"{name} {dtype} around {region}")
 
 
-def shards_per_batch(fx, plan) -> int:
-    """The most distinct shard files one batch of `plan` touches (1 when unsharded): the
-    least `n_shard_index_cache` that can hold a batch, since a batch pins its entries."""
+def shard_cache_minimum(fx, plan) -> int:
+    """The least `n_shard_index_cache` the pipeline accepts for `plan`'s arrays: the most
+    distinct shard files any batch could touch (a batch pins its entries): per box, at most
+    ceil((s - 1) / shard) + 1 shards per axis, times the batch size, and never more than the
+    array has."""
     if fx.shard is None:
         return 1
-    most = 1
-    for i in range(0, len(plan.boxes), plan.batch):
-        keys = set()
-        for box in plan.boxes[i:i + plan.batch]:
-            ranges = [range(max(a, 0) // s, (min(b, n) - 1) // s + 1)
-                      for (a, b), s, n in zip(box, fx.shard, fx.shape)]
-            keys.update(itertools.product(*ranges))
-        most = max(most, len(keys))
-    return most
+    per_box = 1
+    grid = 1
+    for s, c, n in zip(plan.box_shape, fx.shard, fx.shape):
+        per_box *= min(-(-n // c), -(-(s - 1) // c) + 1)
+        grid *= -(-n // c)
+    return min(plan.batch * per_box, grid)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_tight_budgets_and_caches_give_the_same_values(name, fixture_arrays, oracles):
-    """The smallest caches one batch fits in (one array entry; exactly the shards a batch
-    touches), no read coalescing, a window of one batch, two output buffers (the fewest a
-    batches() loop can run on: the caller holds one while the next is made) and one I/O
-    thread: slower paths, same voxels. One entry fewer fails the batch with BudgetExceeded
-    naming the knob."""
+    """The smallest caches any batch fits in (one array entry; the shard-index minimum),
+    no read coalescing, a window of one batch, two output buffers (the fewest a batches()
+    loop can run on: the caller holds one while the next is made) and one I/O thread: slower
+    paths, same voxels. One shard entry fewer fails the first batch with InvalidArgument
+    naming the knob and the minimum."""
     fx = F.FIXTURES[name]
     plan = F.plan_boxes(fx, seed=3)[2]  # spans several chunks and shards
     plan = F.BoxPlan(plan.box_shape, plan.boxes[:16], plan.batch)
-    need = shards_per_batch(fx, plan)
+    need = shard_cache_minimum(fx, plan)
     check_plan(
         fixture_arrays[name], oracles(name), plan, "f32", f"{name} tight",
         n_io_threads=1, n_array_meta_cache=1, n_shard_index_cache=need, n_chunk_layout_cache=1,
         n_batch_buffers=2, lookahead_samples=plan.batch, max_read_op_bytes=1,
     )
-    if need > 1:
+    if fx.shard is not None:
         cfg = make_config(plan, "f32", n_shard_index_cache=need - 1, n_io_threads=1,
                           lookahead_samples=plan.batch)
         with damacy.Pipeline(cfg) as pipe:
-            worst = max(range(0, len(plan.boxes), plan.batch), key=lambda i: shards_per_batch(
-                fx, F.BoxPlan(plan.box_shape, plan.boxes[i:i + plan.batch], plan.batch)))
-            pipe.push(damacy.Sample(F.uri_of(fixture_arrays[name]), b)
-                      for b in plan.boxes[worst:worst + plan.batch])
-            with pytest.raises(damacy.BudgetExceeded, match="n_shard_index_cache"):
+            pipe.push(damacy.Sample(F.uri_of(fixture_arrays[name]), b) for b in plan.boxes[:plan.batch])
+            with pytest.raises(damacy.InvalidArgument, match=f"n_shard_index_cache` to at least {need}"):
                 pipe.pop()
 
 

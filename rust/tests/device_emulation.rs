@@ -63,9 +63,9 @@ fn emulate(b: &mut damacy::pipeline::Batch, spb: usize, sample: &[u64]) -> Vec<f
     out
 }
 
-fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize) -> (Vec<Vec<f32>>, serde_json::Value) {
+fn run(uri: &str, device: &str, boxes: &[[i64; 3]], sample: &[u64], spb: usize, layouts: u32) -> (Vec<Vec<f32>>, serde_json::Value) {
     let cfg = Config::from_json(&format!(
-        r#"{{"samples_per_batch": {spb}, "sample_shape": {sample:?}, "n_io_threads": 2, "out_of_bounds": "fill", "device": "{device}", "decode": "auto", "lookahead_samples": {}}}"#,
+        r#"{{"samples_per_batch": {spb}, "sample_shape": {sample:?}, "n_io_threads": 2, "out_of_bounds": "fill", "device": "{device}", "decode": "auto", "lookahead_samples": {}, "n_chunk_layout_cache": {layouts}}}"#,
         spb * 2
     ))
     .unwrap();
@@ -98,8 +98,8 @@ fn device_plan_equals_cpu_path() {
         let path = base.join(codec);
         damacy::zarr::example::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
         let uri = path.to_str().unwrap();
-        let (cpu, _) = run(uri, "cpu", &boxes, &sample, 4);
-        let (gpu, stats) = run(uri, "cuda:0", &boxes, &sample, 4);
+        let (cpu, _) = run(uri, "cpu", &boxes, &sample, 4, 4096);
+        let (gpu, stats) = run(uri, "cuda:0", &boxes, &sample, 4, 4096);
         let (layout, skipped) = (&stats["chunk_layout"], stats["blosc_blocks_skipped"].as_u64().unwrap());
         if codec.starts_with("blosc") {
             assert!(layout["misses"].as_u64().unwrap() > 0 && layout["hits"].as_u64().unwrap() > 0, "{codec}: layouts come from the chunk_layout cache: {layout}");
@@ -107,9 +107,13 @@ fn device_plan_equals_cpu_path() {
             assert_eq!(layout["misses"], 0, "{codec}: no blosc framing, no layouts");
         }
         assert_eq!(skipped > 0, codec == "blosc-zstd:1024", "{codec}: blocks skipped {skipped}");
-        for (b, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        // n_chunk_layout_cache = 0: no layouts, blosc chunks staged and decoded whole.
+        let (whole, off) = run(uri, "cuda:0", &boxes, &sample, 4, 0);
+        assert_eq!((off["chunk_layout"]["misses"].as_u64(), off["blosc_blocks_skipped"].as_u64()), (Some(0), Some(0)), "{codec}");
+        for (b, ((c, g), w)) in cpu.iter().zip(&gpu).zip(&whole).enumerate() {
             let bad = c.iter().zip(g).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
             assert_eq!(bad, 0, "{codec}: batch {b}: {bad} voxels differ");
+            assert!(c.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits()), "{codec}: batch {b} differs without layouts");
         }
     }
     std::fs::remove_dir_all(&base).unwrap();

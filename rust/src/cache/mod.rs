@@ -58,7 +58,7 @@ pub enum Acquired<V> {
 /// A fixed-capacity, generation-checked, pin-aware LRU cache.
 pub struct Cache<K, V> {
     slots: Vec<Slot<K, V>>,
-    index: HashMap<K, u32>,
+    index: HashMap<K, u32, ahash::RandomState>,
     /// Unpinned slots holding a value, by last use: the eviction order (O(log n)).
     lru: BTreeMap<u64, u32>,
     /// Slots holding no key.
@@ -74,7 +74,7 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
             .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0 })
             .collect();
         let n = capacity.max(1) as u32;
-        Self { slots, index: HashMap::new(), lru: BTreeMap::new(), free: (0..n).rev().collect(), clock: 0, stats: CacheStats::default() }
+        Self { slots, index: HashMap::default(), lru: BTreeMap::new(), free: (0..n).rev().collect(), clock: 0, stats: CacheStats::default() }
     }
 
     /// Capacity in entries.

@@ -67,7 +67,8 @@ pub struct Config {
     pub n_array_meta_cache: u32,
     /// Capacity of the shard index cache (entries).
     pub n_shard_index_cache: u32,
-    /// Capacity of the blosc chunk layout cache (entries).
+    /// Capacity of the blosc chunk layout cache (entries; GPU path). 0 turns layouts off:
+    /// blosc chunks are then staged and decoded whole.
     pub n_chunk_layout_cache: u32,
     /// Output buffers (batches in flight plus batches held by the caller).
     pub n_batch_buffers: u32,
@@ -99,8 +100,8 @@ impl Default for Config {
             lookahead_samples: 64,
             n_io_threads: threads.clamp(2, 32) as u32,
             n_array_meta_cache: 64,
-            n_shard_index_cache: 1024,
-            n_chunk_layout_cache: 4096,
+            n_shard_index_cache: 4096,
+            n_chunk_layout_cache: 16384,
             n_batch_buffers: 4,
             staging_bytes: 512 << 20,
             decoded_bytes: 4 << 30,
@@ -207,7 +208,7 @@ impl Config {
                 "n_io_threads" => c.n_io_threads = small_uint(v, key, 1)?,
                 "n_array_meta_cache" => c.n_array_meta_cache = small_uint(v, key, 1)?,
                 "n_shard_index_cache" => c.n_shard_index_cache = small_uint(v, key, 1)?,
-                "n_chunk_layout_cache" => c.n_chunk_layout_cache = small_uint(v, key, 1)?,
+                "n_chunk_layout_cache" => c.n_chunk_layout_cache = small_uint(v, key, 0)?,
                 "n_batch_buffers" => c.n_batch_buffers = small_uint(v, key, 1)?,
                 "staging_bytes" => c.staging_bytes = uint(v, key, 1)?,
                 "decoded_bytes" => c.decoded_bytes = uint(v, key, 1)?,

@@ -4,7 +4,6 @@
 //! blosc block, and one assemble launch of copy/fill ops. Chunks whose codec the GPU cannot
 //! decode are decoded here and staged raw.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -15,7 +14,7 @@ use crate::io::WorkerPool;
 use crate::plan::device::{device_codec, layout, DeviceCodec, StagingLayout};
 use crate::plan::{BatchPlan, ChunkSource};
 use crate::store;
-use crate::prefetch::ChunkKey;
+use crate::prefetch::LayoutMap;
 use crate::zarr::blosc::{BloscCodec, BloscFrame, Shuffle};
 use crate::zarr::{ArrayMeta, SourceDtype};
 
@@ -114,7 +113,7 @@ fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>>
 }
 
 /// Plans the device work of a batch and queues its staging jobs.
-pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan, layouts: &HashMap<ChunkKey, Arc<BloscFrame>>) -> Result<()> {
+pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan, layouts: &LayoutMap<'_>) -> Result<()> {
     let cfg = &shared.cfg;
     // Whole-file chunks (unsharded arrays): stat them now so they stage like ranges.
     for op in &mut plan.chunk_ops {
@@ -133,7 +132,7 @@ pub(super) fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFl
     for op in &mut plan.chunk_ops {
         let (codec, crc) = codecs[op.array as usize];
         let frame = match &op.source {
-            ChunkSource::Range { path, offset, .. } if codec == DeviceCodec::Blosc => layouts.get(&((**path).clone(), *offset)),
+            ChunkSource::Range { path, offset, .. } if codec == DeviceCodec::Blosc => layouts.get(&(path.as_path(), *offset)).copied(),
             _ => None,
         };
         let Some(frame) = frame else {

@@ -193,7 +193,7 @@ impl Pipeline {
                 // Metadata loads take at most half the pool, so the chunk reads of the
                 // batches in flight are never starved by the lookahead.
                 max_inflight: (cfg.n_io_threads as usize).div_ceil(2),
-                layouts: gpu_mode,
+                layouts: gpu_mode && cfg.n_chunk_layout_cache > 0,
             },
             pool.spawner(),
         );
@@ -464,7 +464,7 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     };
     shared.stats.planned(t0.elapsed(), &plan);
     if shared.gpu_mode {
-        let r = device::dispatch(shared, pool, batch, plan, &resolved.layouts);
+        let r = device::dispatch(shared, pool, batch, plan, &resolved.layouts());
         *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
         return r;
     }
