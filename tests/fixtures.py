@@ -346,16 +346,16 @@ _FIXTURES = [
         seed=16,
     ),
     # Several blosc blocks per chunk, so the GPU path decodes only the blocks a crop needs.
-    # lz4 (a splitting codec): c-blosc raises a forced block size to 64 KiB, so 122,880-byte
-    # chunks hold one block of 2 lz4 streams and a 57,344-byte leftover block. zstd with
+    # lz4 (a splitting codec): c-blosc raises a forced block size to 64 KiB, so 73,728-byte
+    # chunks hold one block of 2 lz4 streams and an 8,192-byte leftover block. zstd with
     # bitshuffle: 2,640-byte chunks in 5 blocks of 512 and an 80-byte leftover.
-    # shape=[40,128,120], inner=[16,64,60], shard=[32,128,120]: 12 chunks in 2 shards
+    # shape=[20,60,60], inner=[16,48,48], shard=[16,96,48]: 8 chunks in 4 shards
     Fixture(
         "u16_sharded_blosc_lz4_blocks",
-        "shape=[40,128,120], inner=[16,64,60], shard=[32,128,120]: 12 chunks in 2 shards",
-        "uint16", (40, 128, 120), (16, 64, 60), (32, 128, 120),
+        "shape=[20,60,60], inner=[16,48,48], shard=[16,96,48]: 8 chunks in 4 shards",
+        "uint16", (20, 60, 60), (16, 48, 48), (16, 96, 48),
         (BytesCodec(), _blosc("lz4", "shuffle", blocksize=640)), 9,
-        holes=(_idx((16, 32), (64, 128), (60, 120)),),
+        holes=(_idx((16, 20), (0, 48), (48, 60)),),
         seed=17,
     ),
     # shape=[30,40,33], inner=[6,20,11], shard=[12,40,33]: 30 chunks in 3 shards
