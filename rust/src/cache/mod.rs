@@ -5,8 +5,8 @@
 //! A slot is reused only after its generation is bumped, so a stale handle never resolves
 //! to another key's value. Entries are pinned while a batch that needs them is in flight
 //! (the batch gate) and evicted least-recently-used once unpinned. Capacity is fixed at
-//! construction; a batch that needs more pinned entries than the capacity fails with
-//! BudgetExceeded naming the knob.
+//! construction; `acquire` answers `Full` when every slot is pinned, and the prefetcher
+//! decides what that means (defer, wait, or fail naming the knob).
 //!
 //! Owns its slots; calls nothing. Not synchronised: the pipeline keeps each cache behind a
 //! mutex.

@@ -1,5 +1,6 @@
-//! pipeline: the public object. `push` adds samples to the lookahead window and forms
-//! batches in push order; a scheduler thread resolves each batch (prefetch), plans it and
+//! pipeline: the public object. `push` adds samples to the lookahead window (each gets a
+//! prefetch ticket resolved in the background) and forms batches in push order; a scheduler
+//! thread takes each batch's resolved samples from the prefetcher, plans the batch and
 //! hands its chunk ops to the worker pool, which reads, decodes and assembles straight into
 //! the batch's output buffer; `pop` returns batches in push order.
 //!
@@ -175,8 +176,9 @@ impl Pipeline {
     /// Validates `cfg`, fixes every resource and starts the threads.
     ///
     /// # Errors
-    /// InvalidArgument (naming the knob) for an invalid config or cache capacities below
-    /// what one batch needs; OutOfMemory when threads cannot start.
+    /// InvalidArgument (naming the knob) for an invalid config; OutOfMemory when threads
+    /// cannot start. (Cache capacities are checked against an array's geometry when the
+    /// prefetcher first sees it: prefetch's module doc.)
     pub fn new(cfg: Config) -> Result<Self> {
         cfg.validate()?;
         // What a batch needs of each cache depends on the arrays' geometry: the prefetcher
