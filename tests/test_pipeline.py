@@ -241,3 +241,26 @@ def test_stats_counters_change(good):
         after = _numbers(pipe.stats())
     grown = [k for k in after if after[k] > before.get(k, 0.0)]
     assert grown, f"no counter grew after 3 batches: {before} -> {after}"
+
+
+def test_stats_is_a_typed_object_with_the_documented_fields(good):
+    """docs/tuning.md's fields, with attribute access; the prefetcher resolved every sample
+    (ahead of its batch or inline) and the caches were used."""
+    uri, _ = good
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes(4 * B, seed=11))
+        for _ in range(4):
+            pipe.pop()
+        st = pipe.stats()
+    assert isinstance(st, damacy.Stats)
+    for cache in ("array_meta", "shard_index", "chunk_layout"):
+        assert set(st[cache].as_dict()) == {"hits", "misses", "evictions"}, cache
+    assert st.array_meta.misses >= 1 and st.array_meta.hits + st.array_meta.misses >= 4 * B
+    assert st.chunk_layout.misses == 0, "no layouts on the CPU path"
+    pf = st.prefetch
+    assert pf.samples_ready_ahead + pf.samples_resolved_inline <= 4 * B
+    for field in ("read_ops", "coalesced_read_ops", "bytes_read", "chunk_reuse", "chunks_decoded",
+                  "chunks_filled", "time_io_s", "time_decode_s", "time_assemble_s",
+                  "batch_latency_p50_ms", "batch_latency_p99_ms", "blosc_blocks_skipped"):
+        assert field in st, field
+    assert st.batches == 4 and st.batch_latency_p99_ms >= st.batch_latency_p50_ms > 0
