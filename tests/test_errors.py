@@ -313,3 +313,20 @@ def test_all_buffers_held_is_pool_starved_until_one_is_released(error_arrays, go
         F.assert_same(pipe.pop(), good[1].read_batch(boxes[2 * B:]), "after release")
     finally:
         close_promptly(pipe)
+
+
+def test_arrays_named_in_the_config_are_checked_when_the_pipeline_is_made(good):
+    """Config(arrays=[...]): metadata loaded and cache sizes checked at construction (a
+    batch of 4 boxes of 4³ may touch all 12 shards of the good array)."""
+    uri, oracle = good
+    assert make_config(arrays=[uri]).arrays == (uri,)
+    with pytest.raises(damacy.InvalidArgument, match="n_shard_index_cache` to at least 12"):
+        damacy.Pipeline(make_config(arrays=[uri], n_shard_index_cache=11))
+    with pytest.raises(damacy.NotFound):
+        damacy.Pipeline(make_config(arrays=[uri, uri + "-missing"]))
+    with pytest.raises(damacy.RankMismatch):
+        damacy.Pipeline(make_config(arrays=[uri], sample_shape=[4, 4]))
+    boxes = good_boxes(B, seed=1)
+    with damacy.Pipeline(make_config(arrays=[uri], n_shard_index_cache=12)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes)
+        F.assert_same(pipe.pop(), oracle.read_batch(boxes), "arrays=[...], the minimum shard cache")

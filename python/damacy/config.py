@@ -39,7 +39,10 @@ class Config:
     ``n_io_threads``, ``n_array_meta_cache``, ``n_shard_index_cache``,
     ``n_chunk_layout_cache``, ``n_batch_buffers``, ``staging_bytes``, ``decoded_bytes``,
     ``max_read_op_bytes``, ``decoded_cache_bytes`` (decoded chunks kept across batches on
-    the CPU path; 0 = off), ``pop_timeout_s``, ``out_of_bounds`` ("error" | "fill").
+    the CPU path; 0 = off), ``pop_timeout_s``, ``out_of_bounds`` ("error" | "fill"),
+    ``arrays`` (optional list of the array uris the pipeline will read: their metadata is
+    loaded and the cache sizes are checked against their geometry when the Pipeline is
+    made, see docs/tuning.md).
 
     Validated once, by the native library: an unknown field or a bad value raises
     `damacy.InvalidArgument` naming the field. Immutable (use `replace`), hashable, picklable.

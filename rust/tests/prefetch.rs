@@ -120,3 +120,28 @@ fn load_errors_fail_the_sample_typed() {
     assert_eq!(e.status(), Status::NotFound, "{e}");
     assert_eq!(p.pinned(), (0, 0, 0));
 }
+
+#[test]
+fn arrays_named_in_the_config_are_checked_when_the_pipeline_is_made() {
+    use damacy::pipeline::{Config, Pipeline};
+    let uri = volume("construct", "zstd");
+    let cfg = |extra: &str| Config::from_json(&format!(r#"{{"samples_per_batch": 4, "sample_shape": [16, 32, 32], "arrays": ["{uri}"]{extra}}}"#)).unwrap();
+    // 4 samples × up to 8 shards, capped by the array's 16.
+    let e = Pipeline::new(cfg(r#", "n_shard_index_cache": 15"#)).err().expect("too small a shard cache fails at construction");
+    assert_eq!(e.status(), Status::InvalidArgument, "{e}");
+    assert!(e.message().contains("`n_shard_index_cache` to at least 16"), "{e}");
+    let p = Pipeline::new(cfg(r#", "n_shard_index_cache": 16"#)).expect("the minimum is enough");
+    assert!(p.push(&uri, &[0, 0, 0], &[16, 32, 32]).unwrap());
+    let stats: serde_json::Value = serde_json::from_str(&p.stats_json()).unwrap();
+    assert_eq!(stats["array_meta"]["misses"], 1, "loaded at construction");
+    drop(p);
+    let missing = format!(r#"{{"samples_per_batch": 1, "sample_shape": [16, 32, 32], "arrays": ["{uri}", "{uri}-missing"]}}"#);
+    assert_eq!(Pipeline::new(Config::from_json(&missing).unwrap()).err().unwrap().status(), Status::NotFound);
+    let rank = format!(r#"{{"samples_per_batch": 1, "sample_shape": [16, 32], "arrays": ["{uri}"]}}"#);
+    assert_eq!(Pipeline::new(Config::from_json(&rank).unwrap()).err().unwrap().status(), Status::RankMismatch);
+    let metas = format!(r#"{{"samples_per_batch": 2, "sample_shape": [16, 32, 32], "n_array_meta_cache": 1, "arrays": ["{uri}", "/elsewhere.zarr"]}}"#);
+    let e = Pipeline::new(Config::from_json(&metas).unwrap()).err().unwrap();
+    assert!(e.message().contains("`n_array_meta_cache` to at least 2"), "{e}");
+    assert!(Config::from_json(r#"{"arrays": [""]}"#).is_err() && Config::from_json(r#"{"arrays": "a"}"#).is_err());
+    std::fs::remove_dir_all(&uri).unwrap();
+}

@@ -32,6 +32,7 @@ mod bridge {
         decoded_cache_bytes: u64,
         pop_timeout_s: f64,
         out_of_bounds: String,
+        arrays: Vec<String>,
     }
 
     /// GPU path: decompress `src_len` staged bytes at `src_offset` into `dst_len` bytes at

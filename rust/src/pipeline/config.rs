@@ -86,6 +86,11 @@ pub struct Config {
     /// `true`: a box reaching outside the array is padded with the fill value; `false`
     /// ("error"): it fails with InvalidArgument naming the array's shape.
     pub out_of_bounds_fill: bool,
+    /// Arrays the pipeline will read (optional). Their metadata is loaded when the pipeline
+    /// is made, and the cache capacities are checked against their geometry then
+    /// (InvalidArgument naming the knob and the minimum; NotFound for a missing array)
+    /// instead of at the first batch that reads each array.
+    pub arrays: Vec<String>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             decoded_cache_bytes: 0,
             pop_timeout_s: 60.0,
             out_of_bounds_fill: false,
+            arrays: Vec::new(),
         }
     }
 }
@@ -131,6 +137,7 @@ const FIELDS: &[&str] = &[
     "decoded_cache_bytes",
     "pop_timeout_s",
     "out_of_bounds",
+    "arrays",
 ];
 
 fn uint(v: &Value, field: &str, min: u64) -> Result<u64> {
@@ -221,6 +228,14 @@ impl Config {
                     c.pop_timeout_s = t;
                 }
                 "out_of_bounds" => c.out_of_bounds_fill = string(v, key, &["error", "fill"])? == "fill",
+                "arrays" => {
+                    let items = v.as_array().ok_or_else(|| err!(InvalidArgument, "config field `arrays`: expected a list of array uris, found {v}"))?;
+                    c.arrays = items
+                        .iter()
+                        .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| err!(InvalidArgument, "config field `arrays`: expected a list of non-empty strings, found {v}"))?;
+                }
                 other => {
                     return Err(err!(InvalidArgument, "unknown config field `{other}`; known fields: {}", FIELDS.join(", ")));
                 }
@@ -306,6 +321,7 @@ impl From<Config> for PipelineConfig {
             decoded_cache_bytes: c.decoded_cache_bytes,
             pop_timeout_s: c.pop_timeout_s,
             out_of_bounds: if c.out_of_bounds_fill { "fill".into() } else { "error".into() },
+            arrays: c.arrays,
         }
     }
 }
@@ -338,6 +354,7 @@ fn fields(p: &PipelineConfig) -> Map<String, Value> {
         "decoded_cache_bytes": p.decoded_cache_bytes,
         "pop_timeout_s": p.pop_timeout_s,
         "out_of_bounds": p.out_of_bounds,
+        "arrays": p.arrays,
     });
     match json {
         Value::Object(map) => map,

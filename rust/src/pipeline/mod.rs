@@ -199,6 +199,7 @@ impl Pipeline {
             },
             pool.spawner(),
         );
+        prefetch.check_arrays(&cfg.arrays)?;
         let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
         let shared = Arc::new(Shared {
             gpu_mode,

@@ -300,6 +300,48 @@ impl Prefetcher {
         id
     }
 
+    /// Loads the metadata of `uris` (warming the `array_meta` cache) and checks every cache
+    /// capacity against their geometry, so a pipeline told its arrays fails when it is made,
+    /// not at the first batch of each array.
+    ///
+    /// # Errors
+    /// InvalidArgument naming the knob and the minimum; RankMismatch when an array's rank
+    /// differs from the samples'; NotFound and the other metadata errors of
+    /// [`load_array_meta`].
+    pub fn check_arrays(&self, uris: &[String]) -> Result<()> {
+        let opts = &self.0.opts;
+        let mut distinct: Vec<&str> = uris.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let need = distinct.len().min(opts.samples_per_batch as usize);
+        if opts.n_array_meta < need {
+            return Err(err!(
+                InvalidArgument,
+                "`n_array_meta_cache` = {} cannot hold one batch: {} samples may come from {need} of the {} listed arrays; raise `n_array_meta_cache` to at least {need}",
+                opts.n_array_meta,
+                opts.samples_per_batch,
+                distinct.len()
+            ));
+        }
+        for uri in distinct {
+            let meta = Arc::new(load_array_meta(uri)?);
+            if meta.rank() != opts.sample_shape.len() {
+                return Err(err!(RankMismatch, "{uri}: the array has rank {} (shape {:?}) but sample_shape {:?} has rank {}", meta.rank(), meta.shape, opts.sample_shape, opts.sample_shape.len()));
+            }
+            check_capacity(opts, &meta, uri)?;
+            let mut st = self.0.lock();
+            match st.array_meta.acquire(&uri.to_string()) {
+                Acquired::Miss(h) => {
+                    st.array_meta.fill(h, meta);
+                    st.array_meta.release(h);
+                }
+                Acquired::Hit(h, _) => st.array_meta.release(h),
+                Acquired::Full => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The phase of ticket `id` (`None`: unknown or already taken by its batch).
     pub fn phase(&self, id: u64) -> Option<Phase> {
         self.0.lock().tickets.get(&id).map(|t| t.phase)
