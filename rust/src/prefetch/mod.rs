@@ -421,7 +421,7 @@ impl Prefetcher {
                         t.phase = Phase::Running;
                         st.counters.resolved_inline += 1;
                         drop(st);
-                        advance(&self.0, id, Some(&block));
+                        advance_guarded(&self.0, id, Some(&block));
                         first_look = false;
                     }
                 }
@@ -504,7 +504,7 @@ fn pump(inner: &Arc<Inner>, st: &mut State) {
         let spawned = inner.spawner.spawn(move || {
             let mut id = id;
             loop {
-                advance(&task_inner, id, None);
+                advance_guarded(&task_inner, id, None);
                 let mut st = task_inner.lock();
                 match next_queued(&mut st) {
                     Some(next) => {
@@ -675,6 +675,21 @@ fn layout_keys(opts: &Options, meta: &ArrayMeta, root: &Path, aabb: &[(i64, i64)
             _ => None,
         })
         .collect()
+}
+
+/// [`advance`], turning a panic (a bug) into a failed sample instead of a ticket left
+/// RUNNING, which would stall its batch until the pop timeout.
+fn advance_guarded(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
+    let run = std::panic::AssertUnwindSafe(|| advance(inner, id, blocking));
+    if std::panic::catch_unwind(run).is_err() {
+        let mut st = inner.lock();
+        if blocking.is_some() {
+            st.hold = st.hold.saturating_sub(1); // a panic inside a wait for room
+        }
+        st.fail(id, err!(InvalidArgument, "internal: resolving this sample panicked (a bug; please report it)"));
+        drop(st);
+        inner.changed.notify_all();
+    }
 }
 
 /// Drives ticket `id` as far as it goes: to READY, FAILED, or (background tasks only)
