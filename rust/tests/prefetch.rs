@@ -145,3 +145,67 @@ fn arrays_named_in_the_config_are_checked_when_the_pipeline_is_made() {
     assert!(Config::from_json(r#"{"arrays": [""]}"#).is_err() && Config::from_json(r#"{"arrays": "a"}"#).is_err());
     std::fs::remove_dir_all(&uri).unwrap();
 }
+
+// Regressions found in review: a resumed sample still holding pins must be parkable; a
+// sample submitted while the scheduler waits for room must start afterwards; a sample whose
+// task waits in the pool's queue must not hold up the scheduler.
+
+#[test]
+fn a_resumed_sample_holding_pins_is_parked_for_the_next_batch() {
+    let (a1, a2) = (volume("resumed-a", "zstd"), volume("resumed-b", "zstd"));
+    let pool = WorkerPool::new(1).unwrap();
+    let opts = Options { n_shard_index: 8, n_array_meta: 1, max_inflight: 1, ..Options::new(&[16, 32, 32]) };
+    let p = Prefetcher::new(opts, pool.spawner());
+    let e = p.submit(&a1, &slab(0));
+    let mut r_e = p.resolve_batch(&[e], &|| false).unwrap();
+    let _k = p.submit(&a2, &slab(0)); // the one meta entry is pinned: deferred, no pins
+    assert!(p.drain(Duration::from_secs(5)));
+    let h = p.submit(&a1, &[(24, 40), (0, 32), (0, 32)]); // pins z1 (4 shards), defers for z2
+    assert!(p.drain(Duration::from_secs(5)));
+    assert_eq!(p.phase(h), Some(Phase::Deferred));
+    pool.spawn(|| std::thread::sleep(Duration::from_millis(300))); // keep the pool busy
+    p.release(&mut r_e); // resumes h (queued, still pinned) and k
+    let b = p.submit(&a1, &[(40, 56), (0, 32), (0, 32)]); // needs z2 and z3: 8 shards
+    let mut r = p.resolve_batch(&[b], &|| false).expect("room by parking the resumed sample");
+    p.release(&mut r);
+    std::fs::remove_dir_all(&a1).unwrap();
+    std::fs::remove_dir_all(&a2).unwrap();
+}
+
+#[test]
+fn samples_submitted_during_a_wait_for_room_start_afterwards() {
+    let uri = volume("hold", "zstd");
+    let pool = WorkerPool::new(2).unwrap();
+    let p = std::sync::Arc::new(Prefetcher::new(Options { n_shard_index: 8, ..Options::new(&[16, 32, 32]) }, pool.spawner()));
+    let a = p.submit(&uri, &[(8, 24), (0, 32), (0, 32)]);
+    assert!(p.drain(Duration::from_secs(5)));
+    assert_eq!(p.phase(a), Some(Phase::Ready));
+    let b = p.submit(&uri, &slab(3));
+    let (p2, u2) = (std::sync::Arc::clone(&p), uri.clone());
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        p2.submit(&u2, &slab(2))
+    });
+    let t0 = std::time::Instant::now();
+    // "Another batch is in flight" for 300 ms: the scheduler waits, then parks `a`.
+    let mut r = p.resolve_batch(&[b], &|| t0.elapsed() < Duration::from_millis(300)).unwrap();
+    let c = later.join().unwrap();
+    assert!(p.drain(Duration::from_secs(5)), "c is {:?}", p.phase(c));
+    p.release(&mut r);
+    std::fs::remove_dir_all(&uri).unwrap();
+}
+
+#[test]
+fn the_scheduler_resolves_a_sample_whose_task_has_not_started() {
+    let uri = volume("busy", "zstd");
+    let pool = WorkerPool::new(1).unwrap();
+    let p = Prefetcher::new(Options::new(&[16, 32, 32]), pool.spawner());
+    pool.spawn(|| std::thread::sleep(Duration::from_millis(1500))); // the only thread is busy
+    let x = p.submit(&uri, &slab(0));
+    let t0 = std::time::Instant::now();
+    let mut r = p.resolve_batch(&[x], &|| false).unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(1000), "waited {:?} behind the pool", t0.elapsed());
+    assert_eq!(p.stats().resolved_inline, 1);
+    p.release(&mut r);
+    std::fs::remove_dir_all(&uri).unwrap();
+}

@@ -113,6 +113,9 @@ impl Shared {
     }
 
     fn finish(&self, batch: &InFlight) {
+        // Not in flight any more before its pins go back, so a scheduler woken by the
+        // release sees the room and does not wait for this batch.
+        self.running.fetch_sub(1, Ordering::AcqRel);
         if let Some(mut r) = batch.resolved.lock().unwrap_or_else(PoisonError::into_inner).take() {
             self.prefetch.release(&mut r);
         }
@@ -130,7 +133,6 @@ impl Shared {
             (None, None) => Err(err!(Shutdown, "batch {} has no output buffer", batch.seq)),
         };
         self.stats.batch_done(batch.formed_at.elapsed(), result.is_ok());
-        self.running.fetch_sub(1, Ordering::AcqRel);
         let mut w = self.window();
         w.in_flight -= 1;
         w.done.insert(batch.seq, result);

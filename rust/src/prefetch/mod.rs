@@ -31,7 +31,7 @@ mod load;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 pub use load::{load_array_meta, load_chunk_frame, load_shard_index};
@@ -151,8 +151,10 @@ struct State {
     chunk_layout: Cache<ChunkKey, BloscFrame>,
     tickets: HashMap<u64, Ticket>,
     queue: VecDeque<u64>,
-    /// Background tasks running.
+    /// Background tasks spawned and not finished.
     running: usize,
+    /// Of those, tasks still waiting in the pool's queue.
+    starting: usize,
     /// Schedulers waiting for cache room: no task starts and nothing is resumed meanwhile.
     hold: usize,
     closed: bool,
@@ -220,6 +222,24 @@ pub struct Resolved {
     /// Per sample with layouts (device path, blosc): its chunks and their framing.
     layout_lists: Vec<LayoutList>,
     handles: Vec<(CacheKind, Handle)>,
+    /// Where the handles go back when the batch is dropped without [`Prefetcher::release`]
+    /// (an error or a panic between resolving and finishing).
+    owner: Weak<Inner>,
+}
+
+impl Drop for Resolved {
+    fn drop(&mut self) {
+        if self.handles.is_empty() {
+            return;
+        }
+        if let Some(inner) = self.owner.upgrade() {
+            let mut st = inner.lock();
+            st.release_handles(&mut self.handles);
+            resume_deferred(&inner, &mut st);
+            drop(st);
+            inner.changed.notify_all();
+        }
+    }
 }
 
 /// Blosc framing by stored chunk (file, offset), borrowed from a [`Resolved`].
@@ -253,7 +273,7 @@ struct Blocking<'a> {
 /// Most grid cells of `cell` shape that a box of `sample` extent can touch in an array of
 /// `shape`.
 fn worst_cells(shape: &[u64], cell: &[u64], sample: &[u64]) -> u64 {
-    shape.iter().zip(cell).zip(sample).map(|((&n, &c), &s)| if s == 0 { 0 } else { n.div_ceil(c).min((s - 1).div_ceil(c) + 1) }).product()
+    shape.iter().zip(cell).zip(sample).map(|((&n, &c), &s)| if s == 0 { 0 } else { n.div_ceil(c).min((s - 1).div_ceil(c) + 1) }).fold(1, u64::saturating_mul)
 }
 
 impl Prefetcher {
@@ -266,6 +286,7 @@ impl Prefetcher {
             tickets: HashMap::new(),
             queue: VecDeque::new(),
             running: 0,
+            starting: 0,
             hold: 0,
             closed: false,
             next_id: 0,
@@ -404,6 +425,7 @@ impl Prefetcher {
                     return Err(err!(Shutdown, "pipeline closed"));
                 }
                 let Some(t) = st.tickets.get_mut(&id) else {
+                    discard(&self.0, &mut st, ids);
                     return Err(err!(InvalidArgument, "internal: sample ticket {id} is unknown"));
                 };
                 match t.phase {
@@ -428,7 +450,10 @@ impl Prefetcher {
             }
         }
         let mut st = self.0.lock();
-        let mut r = Resolved { arrays: Vec::with_capacity(ids.len()), shards: HashMap::new(), layout_lists: Vec::new(), handles: Vec::new() };
+        if st.closed {
+            return Err(err!(Shutdown, "pipeline closed"));
+        }
+        let mut r = Resolved { arrays: Vec::with_capacity(ids.len()), shards: HashMap::new(), layout_lists: Vec::new(), handles: Vec::new(), owner: Arc::downgrade(&self.0) };
         let mut first_err = None;
         for &id in ids {
             let Some(mut t) = st.tickets.remove(&id) else { continue };
@@ -487,46 +512,39 @@ impl Inner {
     }
 }
 
-/// Starts background tasks for queued tickets while fewer than `max_inflight` run.
+/// Starts background tasks while queued samples outnumber the tasks about to start and
+/// fewer than `max_inflight` tasks exist. A task claims queued samples one after another
+/// (QUEUED → RUNNING when it actually starts on one, so the scheduler can still take a
+/// sample itself while the task waits in the pool's queue) until none is left: going back
+/// to the end of the pool's queue per sample would put every sample behind the chunk jobs
+/// of the batches in flight.
 fn pump(inner: &Arc<Inner>, st: &mut State) {
-    while st.running < inner.opts.max_inflight.max(1) && st.hold == 0 && !st.closed {
-        let Some(id) = st.queue.pop_front() else { return };
-        let Some(t) = st.tickets.get_mut(&id) else { continue };
-        if t.phase != Phase::Queued {
-            continue; // claimed by the scheduler meanwhile
-        }
-        t.phase = Phase::Running;
+    while st.running < inner.opts.max_inflight.max(1) && st.starting < st.queue.len() && st.hold == 0 && !st.closed {
         st.running += 1;
+        st.starting += 1;
         let task_inner = Arc::clone(inner);
-        // A task keeps taking queued samples until the queue is empty: going back to the
-        // end of the pool's queue for each sample would put every sample behind the chunk
-        // jobs of the batches in flight.
         let spawned = inner.spawner.spawn(move || {
-            let mut id = id;
+            let inner = task_inner;
+            let mut st = inner.lock();
+            st.starting -= 1;
             loop {
-                advance_guarded(&task_inner, id, None);
-                let mut st = task_inner.lock();
-                match next_queued(&mut st) {
-                    Some(next) => {
-                        id = next;
-                        drop(st);
-                        task_inner.changed.notify_all();
-                    }
-                    None => {
-                        st.running -= 1;
-                        pump(&task_inner, &mut st);
-                        drop(st);
-                        task_inner.changed.notify_all();
-                        return;
-                    }
-                }
+                let Some(id) = next_queued(&mut st) else {
+                    st.running -= 1;
+                    pump(&inner, &mut st);
+                    drop(st);
+                    inner.changed.notify_all();
+                    return;
+                };
+                drop(st);
+                advance_guarded(&inner, id, None);
+                inner.changed.notify_all();
+                st = inner.lock();
             }
         });
         if !spawned {
+            // The pool is gone (closing): the scheduler resolves what is left inline.
             st.running -= 1;
-            if let Some(t) = st.tickets.get_mut(&id) {
-                t.phase = Phase::Queued; // the scheduler resolves it inline
-            }
+            st.starting -= 1;
             return;
         }
     }
@@ -547,6 +565,16 @@ fn next_queued(st: &mut State) -> Option<u64> {
     None
 }
 
+/// Removes the tickets `ids` and releases their pins (their batch failed).
+fn discard(inner: &Arc<Inner>, st: &mut State, ids: &[u64]) {
+    for id in ids {
+        if let Some(mut t) = st.tickets.remove(id) {
+            st.release_handles(&mut t.handles);
+        }
+    }
+    resume_deferred(inner, st);
+}
+
 /// Re-queues deferred samples (in push order) unless a scheduler is waiting for room.
 fn resume_deferred(inner: &Arc<Inner>, st: &mut State) {
     if st.hold > 0 || st.closed {
@@ -563,18 +591,22 @@ fn resume_deferred(inner: &Arc<Inner>, st: &mut State) {
     pump(inner, st);
 }
 
-/// Un-pins samples outside `batch` that no one is resolving; they start over later.
+/// Un-pins samples outside `batch` that no one is resolving (READY, DEFERRED, or QUEUED
+/// with pins from before a deferral); they start over later.
 fn park_others(st: &mut State, batch: &HashSet<u64>) -> usize {
     let ids: Vec<u64> = st
         .tickets
         .iter()
-        .filter(|(id, t)| !batch.contains(id) && matches!(t.phase, Phase::Ready | Phase::Deferred) && !t.handles.is_empty())
+        .filter(|(id, t)| !batch.contains(id) && matches!(t.phase, Phase::Ready | Phase::Deferred | Phase::Queued) && !t.handles.is_empty())
         .map(|(&id, _)| id)
         .collect();
     for &id in &ids {
         let Some(mut t) = st.tickets.remove(&id) else { continue };
         st.release_handles(&mut t.handles);
-        t.phase = Phase::Deferred;
+        // A queued sample stays queued (it is in the queue); the others wait to be resumed.
+        if t.phase != Phase::Queued {
+            t.phase = Phase::Deferred;
+        }
         t.stage = Stage::Meta;
         t.meta = None;
         t.shards.clear();
@@ -611,7 +643,7 @@ fn check_capacity(opts: &Options, meta: &ArrayMeta, uri: &str) -> Result<()> {
     let spb = u64::from(opts.samples_per_batch);
     let mut needs = Vec::new();
     // Per sample the worst case; per batch at most every cell of the array.
-    let batch_need = |cell: &[u64]| (spb * worst_cells(&meta.shape, cell, &opts.sample_shape)).min(meta.shape.iter().zip(cell).map(|(n, c)| n.div_ceil(*c)).product());
+    let batch_need = |cell: &[u64]| spb.saturating_mul(worst_cells(&meta.shape, cell, &opts.sample_shape)).min(meta.shape.iter().zip(cell).map(|(n, c)| n.div_ceil(*c)).fold(1, u64::saturating_mul));
     if meta.sharding.is_some() {
         needs.push(("n_shard_index_cache", opts.n_shard_index, "shards", batch_need(&meta.grid_shape)));
     }
@@ -820,7 +852,10 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
             holding = true;
             st.hold += 1;
         }
-        if (block.others_in_flight)() || st.running > 0 {
+        // Others can still free room: batches in flight, or samples being resolved (they
+        // finish or defer, and a deferred sample can be parked).
+        let resolving = st.tickets.iter().any(|(tid, t)| t.phase == Phase::Running && !block.batch.contains(tid));
+        if (block.others_in_flight)() || resolving {
             st = inner.changed.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(PoisonError::into_inner).0;
             continue;
         }
@@ -837,6 +872,8 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
     }
     if holding {
         st.hold -= 1;
+        // Whatever was queued, submitted or parked during the wait starts now.
+        resume_deferred(inner, &mut st);
     }
     if st.closed {
         if let Some(mut t) = st.tickets.remove(&id) {
@@ -857,11 +894,8 @@ enum Loaded {
 /// that vanished meanwhile (pipeline closed) leaves the entry unfilled and released.
 fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Result<Loaded>) {
     if !st.tickets.contains_key(&id) {
-        match what {
-            Load::Meta(h) => st.array_meta.release(h),
-            Load::Shard(h, ..) => st.shard_index.release(h),
-            Load::Layout(h) => st.chunk_layout.release(h),
-        }
+        // Only `close` removes a ticket being resolved, and it released the ticket's
+        // handles, this load's included.
         return;
     }
     let loaded = match loaded {
