@@ -113,12 +113,12 @@ impl Shared {
     }
 
     fn finish(&self, batch: &InFlight) {
-        // Not in flight any more before its pins go back, so a scheduler woken by the
-        // release sees the room and does not wait for this batch.
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        // Pins go back before the batch stops counting as in flight: a scheduler that saw
+        // no batch in flight and no room would otherwise fail a batch that fits.
         if let Some(mut r) = batch.resolved.lock().unwrap_or_else(PoisonError::into_inner).take() {
             self.prefetch.release(&mut r);
         }
+        self.running.fetch_sub(1, Ordering::AcqRel);
         let error = batch.error.lock().unwrap_or_else(PoisonError::into_inner).take();
         let lease = batch.lease.lock().unwrap_or_else(PoisonError::into_inner).take();
         let result = match (error, lease) {
