@@ -12,7 +12,7 @@ use crate::error::{err, Result};
 use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 use crate::io::WorkerPool;
 use crate::plan::device::{device_codec, layout, DeviceCodec, StagingLayout};
-use crate::plan::{BatchPlan, ChunkSource};
+use crate::plan::{ravel, BatchPlan, ChunkSource};
 use crate::store;
 use crate::prefetch::LayoutMap;
 use crate::zarr::blosc::{BloscCodec, BloscFrame, Shuffle};
@@ -241,11 +241,11 @@ impl Blocks {
         let mut needed = vec![false; n];
         let shape = meta.chunk_shape();
         let item = meta.dtype.size() as u64;
-        let ravel = |c: &mut dyn Iterator<Item = u64>| c.zip(shape).fold(0u64, |acc, (x, s)| acc * s + x);
         let bs = u64::from(frame.blocksize.max(1));
         for c in &op.copies {
-            let first = ravel(&mut c.chunk_start.iter().copied()) * item;
-            let last = ravel(&mut c.chunk_start.iter().zip(&c.extent).map(|(s, e)| s + e - 1)) * item + item - 1;
+            let end: Vec<u64> = c.chunk_start.iter().zip(&c.extent).map(|(s, e)| s + e - 1).collect();
+            let first = ravel(&c.chunk_start, shape) as u64 * item;
+            let last = ravel(&end, shape) as u64 * item + item - 1;
             let hi = ((last / bs) as usize).min(n.saturating_sub(1));
             for flag in needed.iter_mut().take(hi + 1).skip((first / bs) as usize) {
                 *flag = true;

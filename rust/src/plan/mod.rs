@@ -218,7 +218,8 @@ pub fn shards_of(meta: &ArrayMeta, aabb: &[(i64, i64)]) -> Vec<Vec<u64>> {
     }
 }
 
-fn ravel(coords: &[u64], shape: &[u64]) -> usize {
+/// The C-order index of `coords` in a grid of `shape`.
+pub(crate) fn ravel(coords: &[u64], shape: &[u64]) -> usize {
     coords.iter().zip(shape).fold(0u64, |acc, (c, n)| acc * n + c) as usize
 }
 

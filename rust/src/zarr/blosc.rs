@@ -36,32 +36,12 @@ pub enum Shuffle {
 /// One compressed stream inside a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stream {
-    /// Offset of the stream's payload (after its size prefix) in the chunk.
+    /// Offset of the stream's payload (after its size prefix) from the start of its block.
     pub offset: u32,
     /// Payload length.
     pub cbytes: u32,
     /// Decoded length.
     pub nbytes: u32,
-}
-
-/// The parsed framing of one blosc1 chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BloscLayout {
-    /// Element size the shuffle used.
-    pub typesize: u32,
-    /// Decoded chunk size.
-    pub nbytes: u32,
-    /// Decoded block size (the last block may be shorter).
-    pub blocksize: u32,
-    /// Shuffle as flagged (c-blosc skips byte shuffle for typesize 1 and bit shuffle for
-    /// blocks shorter than typesize).
-    pub shuffle: Shuffle,
-    /// Compressor.
-    pub codec: BloscCodec,
-    /// `true`: the whole chunk is stored raw after the header.
-    pub memcpyed: bool,
-    /// Streams of each block, in block order (empty when `memcpyed`).
-    pub blocks: Vec<Vec<Stream>>,
 }
 
 fn le_u32(b: &[u8], at: usize) -> Result<u32> {
@@ -215,49 +195,23 @@ impl BloscFrame {
     }
 }
 
-impl BloscLayout {
-    /// Parses a blosc1 chunk's framing.
-    ///
-    /// # Errors
-    /// Decode when the header or the block table is malformed or points outside the chunk.
-    pub fn parse(chunk: &[u8]) -> Result<Self> {
-        let frame = BloscFrame::parse(chunk, chunk.len() as u64)?;
-        let mut layout = Self {
-            typesize: frame.typesize,
-            nbytes: frame.nbytes,
-            blocksize: frame.blocksize,
-            shuffle: frame.shuffle,
-            codec: frame.codec,
-            memcpyed: frame.memcpyed,
-            blocks: Vec::with_capacity(frame.blocks.len()),
-        };
-        for (b, &(start, end)) in frame.blocks.iter().enumerate() {
-            let mut streams = frame.streams(b, &chunk[start as usize..end as usize])?;
-            for s in &mut streams {
-                s.offset += start;
-            }
-            layout.blocks.push(streams);
-        }
-        Ok(layout)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn rejects_short_and_inconsistent_headers() {
-        assert!(BloscLayout::parse(&[2, 1, 0, 2]).is_err());
+        let parse = |h: &[u8]| BloscFrame::parse(h, h.len() as u64);
+        assert!(parse(&[2, 1, 0, 2]).is_err());
         let mut h = vec![2u8, 1, 0x02, 2];
         h.extend(8u32.to_le_bytes());
         h.extend(8u32.to_le_bytes());
         h.extend(24u32.to_le_bytes());
         h.extend([0u8; 8]);
-        let l = BloscLayout::parse(&h).unwrap();
+        let l = parse(&h).unwrap();
         assert!(l.memcpyed);
         assert_eq!(l.nbytes, 8);
         h.truncate(20);
-        assert!(BloscLayout::parse(&h).is_err());
+        assert!(parse(&h).is_err());
     }
 }
