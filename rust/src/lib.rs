@@ -2,8 +2,9 @@
 //! decoded for PyTorch.
 //!
 //! Stages, in data-flow order (each folder opens with its contract):
-//! `zarr` (parsers) → `store` (files) → `cache` → `prefetch` → `plan` → `io` → `decode` →
-//! `assemble` → `pipeline` (the public object) → `ffi` (the cxx bridge).
+//! `zarr` (parsers) → `store` (where bytes live) → `cache` → `prefetch` → `plan` → `io` →
+//! `decode` → `assemble` → `pipeline` (the public object) → `ffi` (the cxx bridge).
+//! `example` writes synthetic volumes for the demo, tests and benchmarks.
 
 pub mod error;
 pub mod zarr;
@@ -16,5 +17,7 @@ pub mod decode;
 pub mod assemble;
 pub mod pipeline;
 pub mod ffi;
+#[cfg(feature = "example")]
+pub mod example;
 
 pub use error::{Error, Result, Status};

@@ -96,7 +96,7 @@ fn device_plan_equals_cpu_path() {
     // blosc-zstd:1024: four blocks of two z-planes per 8×16×16 chunk, so crops skip blocks.
     for codec in ["zstd", "blosc-zstd", "blosc-zstd:1024"] {
         let path = base.join(codec);
-        damacy::zarr::example::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
+        damacy::example::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
         let uri = path.to_str().unwrap();
         let (cpu, _) = run(uri, "cpu", &boxes, &sample, 4, 4096);
         let (gpu, stats) = run(uri, "cuda:0", &boxes, &sample, 4, 4096);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 fn volume(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("damacy-missing-{tag}-{}", std::process::id()));
-    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[32, 32, 32], &[8, 8, 8], &[16, 16, 16], "zstd", 5).unwrap();
+    damacy::example::write_example_volume(dir.to_str().unwrap(), &[32, 32, 32], &[8, 8, 8], &[16, 16, 16], "zstd", 5).unwrap();
     dir
 }
 
@@ -38,8 +38,8 @@ fn test_missing_shard_reaches_ready() {
     let mut resolved = prefetch.resolve_batch(&[id], &|| false).expect("ready");
     assert_eq!(prefetch.stats().ready_ahead, 1, "resolved by the background task, ahead of the batch");
     assert_eq!(resolved.shards.len(), 8, "the box touches every shard");
-    assert!(matches!(resolved.shard(&dir, &[1, 0, 1]), Some(None)), "the unlinked shard queries as NOTFOUND");
-    assert!(matches!(resolved.shard(&dir, &[0, 0, 0]), Some(Some(_))), "its neighbours are present");
+    assert!(matches!(resolved.shard(&resolved.arrays[0], &[1, 0, 1]), Some(None)), "the unlinked shard queries as NOTFOUND");
+    assert!(matches!(resolved.shard(&resolved.arrays[0], &[0, 0, 0]), Some(Some(_))), "its neighbours are present");
     assert_eq!(prefetch.pinned(), (1, 8, 0), "the batch gate pins the meta and every shard entry");
     prefetch.release(&mut resolved);
     assert_eq!(prefetch.pinned(), (0, 0, 0), "released with the batch");

@@ -12,7 +12,7 @@ use damacy::Status;
 
 fn volume(tag: &str, codec: &str) -> String {
     let dir = std::env::temp_dir().join(format!("damacy-prefetch-{tag}-{}", std::process::id()));
-    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[64, 32, 32], &[8, 8, 8], &[16, 16, 16], codec, 3).unwrap();
+    damacy::example::write_example_volume(dir.to_str().unwrap(), &[64, 32, 32], &[8, 8, 8], &[16, 16, 16], codec, 3).unwrap();
     dir.to_str().unwrap().to_string()
 }
 

@@ -38,7 +38,7 @@ fn reference(uri: &str, b: &[i64; 3]) -> Vec<u32> {
 #[test]
 fn concurrent_push_and_pop_with_small_caches() {
     let dir = std::env::temp_dir().join(format!("damacy-stress-{}", std::process::id()));
-    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 11).unwrap();
+    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 11).unwrap();
     let uri: Arc<str> = dir.to_str().unwrap().into();
     let all = boxes(96, 5);
     let refs: Vec<Vec<u32>> = all.iter().map(|b| reference(&uri, b)).collect();
@@ -154,7 +154,7 @@ fn concurrent_push_and_pop_with_small_caches() {
 #[test]
 fn holding_every_batch_starves_the_pool_with_a_typed_error() {
     let dir = std::env::temp_dir().join(format!("damacy-starve-{}", std::process::id()));
-    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 1).unwrap();
+    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 1).unwrap();
     let uri = dir.to_str().unwrap();
     let cfg = Config::from_json(r#"{"samples_per_batch": 1, "sample_shape": [5, 9, 7], "n_batch_buffers": 2, "lookahead_samples": 4}"#).unwrap();
     let p = Pipeline::new(cfg).unwrap();
@@ -174,7 +174,7 @@ fn holding_every_batch_starves_the_pool_with_a_typed_error() {
 #[test]
 fn decoded_cache_gives_the_same_values_and_hits_on_revisits() {
     let dir = std::env::temp_dir().join(format!("damacy-decoded-cache-{}", std::process::id()));
-    damacy::zarr::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 2).unwrap();
+    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 2).unwrap();
     let uri = dir.to_str().unwrap();
     let all = boxes(48, 9);
     let read_all = |cache: u64| -> (Vec<Vec<u32>>, serde_json::Value) {

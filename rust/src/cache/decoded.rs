@@ -1,17 +1,28 @@
 //! The decoded-chunk cache of the CPU path: decoded chunks kept across batches, bounded by
 //! bytes (`decoded_cache_bytes`, 0 = off), least recently used evicted first. Keyed by where
-//! the chunk's bytes are stored (file and offset): arrays are assumed not to change while a
-//! pipeline reads them. Values are shared (`Arc`), so a batch that got a hit keeps its data
-//! even if the entry is evicted meanwhile.
+//! the chunk's bytes are stored and which generation of that object they came from, so a
+//! rewritten shard or chunk never hits an entry of its old bytes. Values are shared (`Arc`),
+//! so a batch that got a hit keeps its data even if the entry is evicted meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::CacheStats;
+use crate::store::Generation;
 
-/// Where a chunk's encoded bytes are: file and byte offset.
-pub type ChunkKey = (PathBuf, u64);
+/// Where a chunk's encoded bytes are: the store (its uri), the object key, the byte offset
+/// in it, and the object's generation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    /// The store's uri.
+    pub store: Arc<str>,
+    /// Object key.
+    pub key: Arc<str>,
+    /// Byte offset of the chunk in the object.
+    pub offset: u64,
+    /// The object's generation.
+    pub generation: Generation,
+}
 
 /// A byte-bounded LRU map from chunk to decoded bytes. Not synchronised.
 #[derive(Default)]
@@ -95,7 +106,7 @@ mod tests {
     #[test]
     fn bounded_by_bytes_lru() {
         let mut c = DecodedCache::new(10);
-        let k = |i: u64| (PathBuf::from("/f"), i);
+        let k = |i: u64| ChunkKey { store: "/s".into(), key: "f".into(), offset: i, generation: Generation::new("g") };
         c.insert(k(0), Arc::new(vec![0; 4]));
         c.insert(k(1), Arc::new(vec![1; 4]));
         assert!(c.get(&k(0)).is_some(), "touch 0: 1 is now the oldest");

@@ -30,6 +30,8 @@ struct Slot<K, V> {
     generation: u32,
     pins: u32,
     last_used: u64,
+    /// Invalidated while pinned: no longer in the index; freed at its last release.
+    orphan: bool,
 }
 
 /// Hit and miss counts of one cache.
@@ -71,7 +73,7 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
     /// A cache of `capacity` entries (at least 1).
     pub fn new(capacity: usize) -> Self {
         let slots = (0..capacity.max(1))
-            .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0 })
+            .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0, orphan: false })
             .collect();
         let n = capacity.max(1) as u32;
         Self { slots, index: HashMap::default(), lru: BTreeMap::new(), free: (0..n).rev().collect(), clock: 0, stats: CacheStats::default() }
@@ -128,6 +130,7 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
         slot.key = Some(key.clone());
         slot.value = None;
         slot.pins = 1;
+        slot.orphan = false;
         slot.last_used = self.clock;
         self.index.insert(key.clone(), victim as u32);
         self.stats.misses += 1;
@@ -164,7 +167,13 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
         if slot.pins > 0 {
             return;
         }
-        if slot.value.is_none() {
+        if slot.orphan {
+            slot.orphan = false;
+            slot.key = None;
+            slot.value = None;
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(h.slot);
+        } else if slot.value.is_none() {
             if let Some(k) = slot.key.take() {
                 self.index.remove(&k);
             }
@@ -172,6 +181,24 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
             self.free.push(h.slot);
         } else {
             self.lru.insert(slot.last_used, h.slot);
+        }
+    }
+
+    /// Forgets `key`: later lookups miss (and load it again). Holders of pins keep the old
+    /// value until they release it; its slot is then freed.
+    pub fn invalidate(&mut self, key: &K) {
+        let Some(i) = self.index.remove(key) else { return };
+        let slot = &mut self.slots[i as usize];
+        if slot.pins == 0 {
+            if slot.value.is_some() {
+                self.lru.remove(&slot.last_used);
+            }
+            slot.key = None;
+            slot.value = None;
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free.push(i);
+        } else {
+            slot.orphan = true;
         }
     }
 
@@ -211,6 +238,24 @@ mod tests {
         let Acquired::Miss(h) = c.acquire(&7) else { panic!() };
         c.release(h);
         assert!(matches!(c.acquire(&7), Acquired::Miss(_)));
+    }
+
+    #[test]
+    fn invalidated_entries_reload_and_pinned_holders_keep_theirs() {
+        let mut c: Cache<u32, u32> = Cache::new(2);
+        let Acquired::Miss(h) = c.acquire(&1) else { panic!() };
+        c.fill(h, Arc::new(10));
+        c.invalidate(&1);
+        assert_eq!(c.get(h).map(|v| **v), Some(10), "the pin holder still sees its value");
+        let Acquired::Miss(h2) = c.acquire(&1) else { panic!("an invalidated key misses") };
+        c.fill(h2, Arc::new(11));
+        c.release(h);
+        assert!(c.get(h).is_none(), "freed at its last release");
+        assert_eq!(c.pinned(), 1);
+        c.release(h2);
+        c.invalidate(&1);
+        assert!(matches!(c.acquire(&1), Acquired::Miss(_)));
+        assert!(matches!(c.acquire(&2), Acquired::Miss(_)), "both slots usable again");
     }
 
     proptest! {

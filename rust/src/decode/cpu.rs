@@ -1,192 +1,190 @@
-//! CPU decoding of one inner chunk through zarrs' codec chain.
+//! CPU decoding of one inner chunk, bounded by the size the metadata fixes.
 //!
-//! A [`ChunkCodec`] is built once per array from the array's `data_type`, `fill_value` and the
-//! `codecs` of its inner chunk, validated then, and shared by every worker (it is `Send + Sync`
-//! and decoding takes `&self`). Decoding writes the chunk's elements, native endian and C
-//! order, into a caller-owned buffer of exactly [`ChunkCodec::decoded_len`] bytes.
+//! A [`ChunkCodec`] is built once per array from its typed codec chain and shared by every
+//! worker (`Send + Sync`, decoding takes `&self`). Decoding writes the chunk's elements,
+//! native endian and C order, into a caller-owned buffer of exactly
+//! [`ChunkCodec::decoded_len`] bytes.
 //!
-//! Supported: data types `bool`, `int8`..`int64`, `uint8`..`uint64`, `float16`, `bfloat16`,
-//! `float32`, `float64`; codecs `transpose`, `bytes`, `zstd`, `blosc`, `gzip`, `crc32c` (and any
-//! codec marked `"must_understand": false`, which zarrs skips).
+//! Bounded by construction: the bytes→bytes codecs (`zstd`, `gzip`, `blosc`, `crc32c`) are
+//! decoded here with the libraries zarrs links (libzstd, flate2, c-blosc), each into a
+//! buffer whose size is known from the metadata (exactly the decoded chunk, or the chunk
+//! plus its trailing checksums) or, between two compressors, capped by
+//! [`max_encoded_len`]. A stream that claims or produces more or fewer bytes fails the chunk
+//! with Decode, before anything larger is allocated. zarrs' own bytes→bytes decoders
+//! allocate what a stream declares (zstd: the frame's content size; gzip: read to end), so a
+//! 32 KiB zstd chunk can ask for 1 GiB (dev/decisions.md). The array→bytes part (`bytes`
+//! endianness, `transpose`) runs through zarrs' codec chain on the exact-size buffer, unless
+//! it is the identity (native endian, no transpose), in which case the last decoder writes
+//! straight into the output.
 
 use std::borrow::Cow;
+use std::io::Read;
 use std::num::NonZeroU64;
 
-use serde_json::Value;
-use zarrs::array::codec::CodecChain;
+use zarrs::array::codec::CodecChain as ZarrsChain;
 use zarrs::array::data_type;
-use zarrs::array::{ArrayToBytesCodecTraits, CodecOptions, DataType, FillValue, FillValueMetadata};
+use zarrs::array::{ArrayToBytesCodecTraits, CodecOptions, DataType, FillValue};
 use zarrs::metadata::v3::MetadataV3;
 
 use crate::error::{err, Result};
+use crate::zarr::blosc::BloscFrame;
+use crate::zarr::{ArrayMeta, CodecSpec, Endian};
 
-/// Codec names accepted in an inner chunk's `codecs`. Anything else (nested `sharding_indexed`,
-/// `vlen-*`, `zfp`, ...) is rejected when the array is opened, not when a chunk is read.
-const SUPPORTED_CODECS: [&str; 6] = ["transpose", "bytes", "zstd", "blosc", "gzip", "crc32c"];
+/// Largest stored size of a chunk that decodes to `decoded` bytes: what any chain of
+/// compressors can expand incompressible data to, with room to spare. A shard index entry or
+/// chunk file larger than this is malformed (and never read).
+pub fn max_encoded_len(decoded: u64) -> u64 {
+    decoded.saturating_add(decoded / 2).saturating_add(64 << 10)
+}
 
-/// Decodes the stored bytes of one inner chunk of one array; built once per array.
+/// One bytes→bytes decode step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Zstd,
+    Gzip,
+    Blosc,
+    Crc32c,
+}
+
+/// The array→bytes part when it is not the identity: zarrs' chain over the exact buffer.
 #[derive(Debug, Clone)]
-pub struct ChunkCodec {
-    chain: CodecChain,
+struct ArrayPart {
+    chain: ZarrsChain,
     shape: Vec<NonZeroU64>,
     data_type: DataType,
     fill_value: FillValue,
     options: CodecOptions,
-    is_bool: bool,
-    /// The codec names, in metadata order, for error messages (`"bytes, zstd"`).
-    codec_names: String,
-    elem_size: usize,
-    decoded_len: usize,
-    /// A direct route for the most common chains, bypassing zarrs' intermediate buffers.
-    fast: FastPath,
 }
 
-/// Chains decoded without zarrs: straight into the caller's buffer, with one reused zstd
-/// context per thread (zarrs allocates a fresh context and output per chunk, then we copy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FastPath {
-    /// No fast path: zarrs' codec chain.
-    None,
-    /// `bytes` in native order, then `zstd`, optionally then `crc32c`.
-    Zstd { crc32c: bool },
+/// Decodes the stored bytes of one inner chunk of one array; built once per array.
+#[derive(Debug, Clone)]
+pub struct ChunkCodec {
+    /// bytes→bytes steps in decode order (the reverse of the metadata's).
+    steps: Vec<Step>,
+    /// Per step: the exact size of its output when the metadata fixes it.
+    exact: Vec<Option<usize>>,
+    /// `None`: the array→bytes part is the identity.
+    array: Option<ArrayPart>,
+    is_bool: bool,
+    /// Codec names for messages (`"bytes, zstd"`).
+    names: String,
+    decoded_len: usize,
 }
 
 thread_local! {
     static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
-fn fast_path(metadatas: &[MetadataV3], elem_size: usize) -> FastPath {
-    let native_bytes = |m: &MetadataV3| {
-        m.name() == "bytes"
-            && (elem_size == 1
-                || m.configuration().and_then(|c| c.get("endian")).and_then(Value::as_str)
-                    == Some(if cfg!(target_endian = "little") { "little" } else { "big" }))
-    };
-    match metadatas {
-        [b, z] if native_bytes(b) && z.name() == "zstd" => FastPath::Zstd { crc32c: false },
-        [b, z, c] if native_bytes(b) && z.name() == "zstd" && c.name() == "crc32c" => {
-            FastPath::Zstd { crc32c: true }
-        }
-        _ => FastPath::None,
+/// The zarrs data type of a Zarr v3 data type name damacy reads.
+fn zarrs_data_type(name: &str) -> Result<DataType> {
+    Ok(match name {
+        "bool" => data_type::bool(),
+        "int8" => data_type::int8(),
+        "uint8" => data_type::uint8(),
+        "int16" => data_type::int16(),
+        "uint16" => data_type::uint16(),
+        "float16" => data_type::float16(),
+        "bfloat16" => data_type::bfloat16(),
+        "int32" => data_type::int32(),
+        "uint32" => data_type::uint32(),
+        "float32" => data_type::float32(),
+        "int64" => data_type::int64(),
+        "uint64" => data_type::uint64(),
+        "float64" => data_type::float64(),
+        _ => return Err(err!(DtypeMismatch, "unsupported data type `{name}`")),
+    })
+}
+
+/// The data without its trailing crc32c, which must match.
+///
+/// # Errors
+/// Decode when the data is shorter than the checksum or the checksum does not match.
+pub fn strip_crc32c(data: &[u8]) -> Result<&[u8]> {
+    let split = data.len().checked_sub(4).ok_or_else(|| err!(Decode, "crc32c: chunk of {} bytes has no checksum", data.len()))?;
+    let (body, sum) = data.split_at(split);
+    let stored = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
+    let computed = crc32c::crc32c(body);
+    if stored != computed {
+        return Err(err!(Decode, "crc32c checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"));
     }
+    Ok(body)
 }
 
 impl ChunkCodec {
-    /// A codec for chunks of `chunk_shape` elements of `data_type` (a Zarr v3 name), with
-    /// `fill_value` as written in `zarr.json` and `codecs` the JSON array of the inner chunk's
-    /// codec metadata (the array's `codecs` if unsharded, else `configuration.codecs` of its
-    /// `sharding_indexed` codec).
+    /// The decoder of `meta`'s inner chunks.
     ///
     /// # Errors
-    /// - [`Status::DtypeMismatch`](crate::Status::DtypeMismatch): `data_type` is not one of the
-    ///   supported types.
-    /// - [`Status::InvalidArgument`](crate::Status::InvalidArgument): the fill value does not
-    ///   fit the data type, a codec is unsupported (the message names it) or misconfigured,
-    ///   `bytes` lacks `endian` for a multi-byte type, or `chunk_shape` is empty, has a zero or
-    ///   overflows `usize` bytes.
-    pub fn new(
-        data_type: &str,
-        fill_value: &Value,
-        codecs: &Value,
-        chunk_shape: &[u64],
-    ) -> Result<Self> {
-        let (dtype, elem_size) = data_type_from_name(data_type)?;
-
-        let fill_metadata: FillValueMetadata =
-            serde_json::from_value(fill_value.clone()).map_err(|e| {
-                err!(InvalidArgument, "fill value {fill_value} is not valid JSON metadata: {e}")
-            })?;
-        let fill = dtype.fill_value_v3(&fill_metadata).map_err(|_| {
-            err!(InvalidArgument, "fill value {fill_value} is invalid for data type `{data_type}`")
-        })?;
-
-        if chunk_shape.is_empty() {
-            return Err(err!(InvalidArgument, "chunk shape is empty"));
+    /// InvalidArgument when zarrs rejects the array→bytes part for this chunk shape and data
+    /// type; DtypeMismatch for a data type zarrs does not know.
+    pub fn new(meta: &ArrayMeta) -> Result<Self> {
+        let decoded_len = meta.decoded_len();
+        let native = if cfg!(target_endian = "little") { Endian::Little } else { Endian::Big };
+        let mut steps = Vec::new();
+        let mut identity = true;
+        let mut array_metadata: Vec<MetadataV3> = Vec::new();
+        for (spec, m) in meta.codecs.specs.iter().zip(&meta.codecs.metadata) {
+            match spec {
+                CodecSpec::Transpose { .. } => {
+                    identity = false;
+                    array_metadata.push(m.clone());
+                }
+                CodecSpec::Bytes { endian } => {
+                    if meta.dtype.size() > 1 && endian.is_some_and(|e| e != native) {
+                        identity = false;
+                    }
+                    array_metadata.push(m.clone());
+                }
+                CodecSpec::Zstd => steps.push(Step::Zstd),
+                CodecSpec::Gzip => steps.push(Step::Gzip),
+                CodecSpec::Blosc { .. } => steps.push(Step::Blosc),
+                CodecSpec::Crc32c => steps.push(Step::Crc32c),
+                CodecSpec::Skipped { .. } => {}
+            }
         }
-        let shape = chunk_shape
-            .iter()
-            .map(|&n| NonZeroU64::new(n))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                err!(InvalidArgument, "chunk shape {chunk_shape:?} has a zero extent")
-            })?;
-        let decoded_len = chunk_shape
-            .iter()
-            .try_fold(elem_size, |acc, &n| usize::try_from(n).ok().and_then(|n| acc.checked_mul(n)))
-            .ok_or_else(|| {
-                err!(InvalidArgument, "chunk shape {chunk_shape:?} overflows the address space")
-            })?;
-
-        let metadatas = codec_metadatas(codecs, data_type, elem_size)?;
-        let chain = CodecChain::from_metadata(&metadatas)
-            .map_err(|e| err!(InvalidArgument, "invalid codec configuration: {e}"))?;
-        // Checks what zarrs can check without data: transpose order vs rank, dtype support.
-        chain.encoded_representation(&shape, &dtype, &fill).map_err(|e| {
-            err!(
-                InvalidArgument,
-                "codecs do not fit a {data_type} chunk of shape {chunk_shape:?}: {e}"
-            )
-        })?;
-
-        // Chunk-level parallelism belongs to the pipeline; a codec never spawns work of its own.
-        let options = CodecOptions::default().with_concurrent_target(1);
-
-        let fast = fast_path(&metadatas, elem_size);
-        Ok(Self {
-            fast,
-            chain,
-            shape,
-            data_type: dtype,
-            fill_value: fill,
-            options,
-            is_bool: data_type == "bool",
-            codec_names: metadatas.iter().map(MetadataV3::name).collect::<Vec<_>>().join(", "),
-            elem_size,
-            decoded_len,
-        })
+        steps.reverse();
+        // A step's output size is fixed when only checksums follow it (in decode order).
+        let mut exact = vec![None; steps.len()];
+        let mut size = Some(decoded_len);
+        for i in (0..steps.len()).rev() {
+            exact[i] = size;
+            size = match steps[i] {
+                Step::Crc32c => size.map(|s| s + 4),
+                _ => None,
+            };
+        }
+        let array = if identity {
+            None
+        } else {
+            let data_type = zarrs_data_type(&meta.data_type)?;
+            let fill_value = FillValue::new(meta.fill.clone());
+            let shape: Vec<NonZeroU64> = meta.chunk_shape().iter().filter_map(|&n| NonZeroU64::new(n)).collect();
+            let chain = ZarrsChain::from_metadata(&array_metadata).map_err(|e| err!(InvalidArgument, "invalid codec configuration: {e}"))?;
+            chain
+                .encoded_representation(&shape, &data_type, &fill_value)
+                .map_err(|e| err!(InvalidArgument, "codecs do not fit a {} chunk of shape {:?}: {e}", meta.data_type, meta.chunk_shape()))?;
+            Some(ArrayPart { chain, shape, data_type, fill_value, options: CodecOptions::default().with_concurrent_target(1) })
+        };
+        Ok(Self { steps, exact, array, is_bool: meta.dtype == crate::zarr::SourceDtype::Bool, names: meta.codecs.names(), decoded_len })
     }
 
     /// Decodes `encoded` (the stored bytes of one chunk) into `out`, which must be exactly
     /// [`decoded_len`](Self::decoded_len) bytes; on success `out` holds the chunk's elements,
-    /// native endian, C order (`bool` as one byte, 0 or 1).
+    /// native endian, C order (`bool` as one byte, 0 or 1). Allocates at most
+    /// [`max_encoded_len`] of the chunk per intermediate step (none for the common chains).
     ///
     /// # Errors
-    /// - [`Status::Decode`](crate::Status::Decode): a codec failed (corrupt or truncated data,
-    ///   checksum mismatch, wrong decoded size); the message is the codec's. The caller adds
-    ///   the uri and chunk.
-    /// - [`Status::InvalidArgument`](crate::Status::InvalidArgument): `out` has the wrong length.
+    /// - Decode: a codec failed (corrupt or truncated data, checksum mismatch), or a stream
+    ///   claims or produces a size other than the metadata's; the caller adds uri and chunk.
+    /// - InvalidArgument: `out` has the wrong length.
     pub fn decode_into(&self, encoded: &[u8], out: &mut [u8]) -> Result<()> {
         if out.len() != self.decoded_len {
-            return Err(err!(
-                InvalidArgument,
-                "output buffer has {} bytes, a decoded chunk has {}",
-                out.len(),
-                self.decoded_len
-            ));
+            return Err(err!(InvalidArgument, "output buffer has {} bytes, a decoded chunk has {}", out.len(), self.decoded_len));
         }
-        if let FastPath::Zstd { crc32c } = self.fast {
-            return self.decode_zstd(encoded, out, crc32c);
+        let cap = max_encoded_len(self.decoded_len as u64);
+        if encoded.len() as u64 > cap {
+            return Err(err!(Decode, "stored chunk of {} bytes exceeds the {cap} bytes any encoding of a {}-byte chunk takes (codecs: {})", encoded.len(), self.decoded_len, self.names));
         }
-        let decoded = self
-            .chain
-            .decode(
-                Cow::Borrowed(encoded),
-                &self.shape,
-                &self.data_type,
-                &self.fill_value,
-                &self.options,
-            )
-            .map_err(|e| err!(Decode, "{e} (codecs: {})", self.codec_names))?;
-        let bytes = decoded.into_fixed().map_err(|e| err!(Decode, "{e}"))?;
-        if bytes.len() != out.len() {
-            return Err(err!(
-                Decode,
-                "chunk decoded to {} bytes, expected {}",
-                bytes.len(),
-                out.len()
-            ));
-        }
-        out.copy_from_slice(&bytes);
+        self.decode_steps(encoded, out).map_err(|e| crate::error::Error::new(e.status(), format!("{} (codecs: {})", e.message(), self.names)))?;
         if self.is_bool {
             // The bytes codec passes bool bytes through unchecked; torch needs exactly 0 or 1.
             for b in out.iter_mut() {
@@ -196,96 +194,126 @@ impl ChunkCodec {
         Ok(())
     }
 
-    fn decode_zstd(&self, encoded: &[u8], out: &mut [u8], crc32c: bool) -> Result<()> {
-        let body = if crc32c {
-            let (body, sum) = encoded
-                .split_at_checked(encoded.len().wrapping_sub(4))
-                .filter(|_| encoded.len() >= 4)
-                .ok_or_else(|| err!(Decode, "crc32c: chunk of {} bytes has no checksum", encoded.len()))?;
-            let stored = u32::from_le_bytes(sum.try_into().map_err(|_| err!(Decode, "crc32c"))?);
-            let computed = crc32c::crc32c(body);
-            if stored != computed {
-                return Err(err!(Decode, "crc32c checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (codecs: {})", self.codec_names));
+    fn decode_steps(&self, encoded: &[u8], out: &mut [u8]) -> Result<()> {
+        let mut cur: Cow<'_, [u8]> = Cow::Borrowed(encoded);
+        let mut in_out = false; // the data is already in `out`
+        let cap = max_encoded_len(self.decoded_len as u64) as usize;
+        for (i, &step) in self.steps.iter().enumerate() {
+            if step == Step::Crc32c {
+                let n = strip_crc32c(&cur)?.len();
+                match &mut cur {
+                    Cow::Borrowed(b) => *b = &b[..n],
+                    Cow::Owned(v) => v.truncate(n),
+                }
+                continue;
             }
-            body
-        } else {
-            encoded
-        };
-        let n = ZSTD.with_borrow_mut(|slot| {
-            let dctx = match slot {
-                Some(d) => d,
-                None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| err!(OutOfMemory, "zstd context: {e}"))?),
-            };
-            dctx.decompress_to_buffer(body, out).map_err(|e| err!(Decode, "{e} (codecs: {})", self.codec_names))
-        })?;
-        if n != out.len() {
-            return Err(err!(Decode, "chunk decoded to {n} bytes, expected {} (codecs: {})", out.len(), self.codec_names));
+            let exact = self.exact[i];
+            // The last step of an identity chain writes straight into the output.
+            if exact == Some(self.decoded_len) && self.array.is_none() && i + 1 == self.steps.len() {
+                let n = decompress(step, &cur, out)?;
+                if n != out.len() {
+                    return Err(err!(Decode, "chunk decoded to {n} bytes, expected {}", out.len()));
+                }
+                in_out = true;
+                continue;
+            }
+            let size = exact.unwrap_or(cap);
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(size).map_err(|_| err!(OutOfMemory, "cannot allocate {size} bytes to decode a chunk"))?;
+            buf.resize(size, 0);
+            let n = decompress(step, &cur, &mut buf)?;
+            if exact.is_some_and(|e| e != n) {
+                return Err(err!(Decode, "codec step decoded to {n} bytes, expected {size}"));
+            }
+            buf.truncate(n);
+            cur = Cow::Owned(buf);
+        }
+        if in_out {
+            return Ok(());
+        }
+        if cur.len() != self.decoded_len {
+            return Err(err!(Decode, "chunk holds {} bytes, expected {}", cur.len(), self.decoded_len));
+        }
+        match &self.array {
+            None => out.copy_from_slice(&cur),
+            Some(a) => {
+                let decoded = a.chain.decode(Cow::Borrowed(&cur[..]), &a.shape, &a.data_type, &a.fill_value, &a.options).map_err(|e| err!(Decode, "{e}"))?;
+                let bytes = decoded.into_fixed().map_err(|e| err!(Decode, "{e}"))?;
+                if bytes.len() != out.len() {
+                    return Err(err!(Decode, "chunk decoded to {} bytes, expected {}", bytes.len(), out.len()));
+                }
+                out.copy_from_slice(&bytes);
+            }
         }
         Ok(())
     }
 
-    /// The size of one decoded chunk in bytes: elements × [`elem_size`](Self::elem_size).
+    /// The size of one decoded chunk in bytes.
     pub fn decoded_len(&self) -> usize {
         self.decoded_len
     }
+}
 
-    /// The size of one element in bytes.
-    pub fn elem_size(&self) -> usize {
-        self.elem_size
-    }
-
-    /// The fill value as one element, native endian (for chunks that are not stored).
-    pub fn fill_value_bytes(&self) -> &[u8] {
-        self.fill_value.as_ne_bytes()
+/// Decompresses `src` into `dst`, never writing past it; returns the bytes produced. A
+/// stream that would produce more than `dst` holds fails.
+fn decompress(step: Step, src: &[u8], dst: &mut [u8]) -> Result<usize> {
+    match step {
+        Step::Zstd => ZSTD.with_borrow_mut(|slot| {
+            let dctx = match slot {
+                Some(d) => d,
+                None => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| err!(OutOfMemory, "zstd context: {e}"))?),
+            };
+            dctx.decompress_to_buffer(src, dst).map_err(|e| err!(Decode, "zstd: {e} (at most {} bytes expected)", dst.len()))
+        }),
+        Step::Gzip => {
+            let mut d = flate2::read::GzDecoder::new(src);
+            let mut n = 0;
+            while n < dst.len() {
+                match d.read(&mut dst[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) => return Err(err!(Decode, "gzip: {e}")),
+                }
+            }
+            let mut extra = [0u8; 1];
+            match d.read(&mut extra) {
+                Ok(0) => Ok(n),
+                Ok(_) => Err(err!(Decode, "gzip: stream decodes to more than the {} bytes expected", dst.len())),
+                Err(e) => Err(err!(Decode, "gzip: {e}")),
+            }
+        }
+        Step::Blosc => blosc_decompress(src, dst),
+        Step::Crc32c => Err(err!(Decode, "internal: crc32c is not a decompression")),
     }
 }
 
-/// The zarrs data type and element size for a Zarr v3 data type name.
-fn data_type_from_name(name: &str) -> Result<(DataType, usize)> {
-    Ok(match name {
-        "bool" => (data_type::bool(), 1),
-        "int8" => (data_type::int8(), 1),
-        "uint8" => (data_type::uint8(), 1),
-        "int16" => (data_type::int16(), 2),
-        "uint16" => (data_type::uint16(), 2),
-        "float16" => (data_type::float16(), 2),
-        "bfloat16" => (data_type::bfloat16(), 2),
-        "int32" => (data_type::int32(), 4),
-        "uint32" => (data_type::uint32(), 4),
-        "float32" => (data_type::float32(), 4),
-        "int64" => (data_type::int64(), 8),
-        "uint64" => (data_type::uint64(), 8),
-        "float64" => (data_type::float64(), 8),
-        _ => return Err(err!(DtypeMismatch, "unsupported data type `{name}`")),
-    })
-}
-
-/// Parses and screens the codec list: each codec is supported (or may be skipped), and `bytes`
-/// names its endianness where the element has more than one byte (zarrs would only notice on
-/// the first decode).
-fn codec_metadatas(codecs: &Value, data_type: &str, elem_size: usize) -> Result<Vec<MetadataV3>> {
-    let metadatas: Vec<MetadataV3> = serde_json::from_value(codecs.clone()).map_err(|e| {
-        err!(InvalidArgument, "codecs {codecs} are not a list of codec metadata: {e}")
-    })?;
-    for metadata in &metadatas {
-        let name = metadata.name();
-        if !SUPPORTED_CODECS.contains(&name) {
-            if metadata.must_understand() {
-                return Err(err!(InvalidArgument, "unsupported codec `{name}`"));
-            }
-            continue;
-        }
-        if name == "bytes" && elem_size > 1 {
-            let endian = metadata.configuration().and_then(|c| c.get("endian"));
-            if endian.is_none() {
-                return Err(err!(
-                    InvalidArgument,
-                    "codec `bytes` needs `endian` for data type `{data_type}`"
-                ));
-            }
-        }
+/// c-blosc 1 decompression of one chunk, after checking its framing (header, block table,
+/// every stream's size prefix) with the same parser the GPU path uses.
+fn blosc_decompress(src: &[u8], dst: &mut [u8]) -> Result<usize> {
+    let frame = BloscFrame::parse(src, src.len() as u64)?;
+    let nbytes = frame.nbytes as usize;
+    if nbytes > dst.len() {
+        return Err(err!(Decode, "blosc header: {nbytes} decoded bytes, more than the {} expected", dst.len()));
     }
-    Ok(metadatas)
+    for (b, &(start, end)) in frame.blocks.iter().enumerate() {
+        frame.streams(b, &src[start as usize..end as usize])?;
+    }
+    if nbytes == 0 {
+        return Ok(0);
+    }
+    let mut declared = 0usize;
+    // SAFETY: `src` is a valid slice of `src.len()` bytes; `declared` is a valid out-pointer.
+    let valid = unsafe { blosc_src::blosc_cbuffer_validate(src.as_ptr().cast(), src.len(), &raw mut declared) };
+    if valid != 0 || declared != nbytes {
+        return Err(err!(Decode, "blosc: the chunk's framing is inconsistent (c-blosc rejects it)"));
+    }
+    // SAFETY: `dst` has room for `nbytes` bytes (checked above), `src` holds a chunk whose
+    // header says `cbytes == src.len()` (checked by the parser and by c-blosc's validation).
+    let n = unsafe { blosc_src::blosc_decompress_ctx(src.as_ptr().cast(), dst.as_mut_ptr().cast(), nbytes, 1) };
+    if n < 0 || n as usize != nbytes {
+        return Err(err!(Decode, "blosc: decompression failed (code {n})"));
+    }
+    Ok(nbytes)
 }
 
 #[cfg(test)]
@@ -295,6 +323,24 @@ mod tests {
 
     use super::*;
     use crate::Status;
+    use serde_json::Value;
+    use zarrs::array::codec::CodecChain;
+
+    /// (zarrs data type, element size) for a Zarr v3 name.
+    fn data_type_from_name(name: &str) -> Result<(DataType, usize)> {
+        let dt = zarrs_data_type(name)?;
+        let size = crate::zarr::SourceDtype::from_name(name).map_or(0, crate::zarr::SourceDtype::size);
+        Ok((dt, size))
+    }
+
+    /// The chunk codec of an unsharded array of one chunk of `shape` (built like the
+    /// pipeline builds it: zarr.json → ArrayMeta → ChunkCodec).
+    fn codec_for(dtype: &str, fill: &Value, codecs: &Value, shape: &[u64]) -> Result<ChunkCodec> {
+        let json = json!({"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shape}},
+            "chunk_key_encoding": {"name": "default"}, "fill_value": fill, "codecs": codecs});
+        ChunkCodec::new(&ArrayMeta::parse(json.to_string().as_bytes())?)
+    }
 
     /// Deterministic bytes (xorshift64*).
     fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -352,7 +398,7 @@ mod tests {
         let fill = if dtype == "bool" { json!(false) } else { json!(0) };
         let decoded = random_chunk(dtype, shape, seed);
         let encoded = zarrs_encode(dtype, &fill, codecs, shape, &decoded);
-        let codec = ChunkCodec::new(dtype, &fill, codecs, shape).unwrap();
+        let codec = codec_for(dtype, &fill, codecs, shape).unwrap();
         assert_eq!(codec.decoded_len(), decoded.len());
         let mut out = vec![0xAAu8; codec.decoded_len()];
         codec.decode_into(&encoded, &mut out).unwrap();
@@ -463,7 +509,7 @@ mod tests {
         // Encoded by hand, independent of zarrs: 6 uint16 values stored big endian.
         let values: [u16; 6] = [0, 1, 258, 0x1234, 0xfffe, 40000];
         let encoded: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-        let codec = ChunkCodec::new("uint16", &json!(0), &json!([bytes("big")]), &[2, 3]).unwrap();
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("big")]), &[2, 3]).unwrap();
         let mut out = vec![0u8; codec.decoded_len()];
         codec.decode_into(&encoded, &mut out).unwrap();
         let got: Vec<u16> = out.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect();
@@ -476,7 +522,7 @@ mod tests {
         let logical: [u8; 6] = [1, 2, 3, 4, 5, 6]; // [[1,2,3],[4,5,6]]
         let stored: [u8; 6] = [1, 4, 2, 5, 3, 6]; // [[1,4],[2,5],[3,6]]
         let codec =
-            ChunkCodec::new("uint8", &json!(0), &json!([transpose(&[1, 0]), "bytes"]), &[2, 3])
+            codec_for("uint8", &json!(0), &json!([transpose(&[1, 0]), "bytes"]), &[2, 3])
                 .unwrap();
         let mut out = [0u8; 6];
         codec.decode_into(&stored, &mut out).unwrap();
@@ -485,7 +531,7 @@ mod tests {
 
     #[test]
     fn bool_bytes_are_normalised_to_zero_or_one() {
-        let codec = ChunkCodec::new("bool", &json!(false), &json!(["bytes"]), &[4]).unwrap();
+        let codec = codec_for("bool", &json!(false), &json!(["bytes"]), &[4]).unwrap();
         let mut out = [9u8; 4];
         codec.decode_into(&[0, 1, 2, 255], &mut out).unwrap();
         assert_eq!(out, [0, 1, 1, 1]);
@@ -502,7 +548,7 @@ mod tests {
             json!([bytes("little"), gzip()]),
         ] {
             let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
-            let codec = ChunkCodec::new("uint16", &json!(0), &codecs, &shape).unwrap();
+            let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
             let mut out = vec![0u8; codec.decoded_len()];
             // Truncated.
             let e = codec.decode_into(&encoded[..encoded.len() / 2], &mut out).unwrap_err();
@@ -520,7 +566,7 @@ mod tests {
     #[test]
     fn wrong_size_uncompressed_chunk_is_a_decode_error() {
         let codec =
-            ChunkCodec::new("uint16", &json!(0), &json!([bytes("little")]), &[4, 4]).unwrap();
+            codec_for("uint16", &json!(0), &json!([bytes("little")]), &[4, 4]).unwrap();
         let mut out = vec![0u8; codec.decoded_len()];
         let e = codec.decode_into(&[0u8; 31], &mut out).unwrap_err();
         assert_eq!(e.status(), Status::Decode, "{e}");
@@ -533,7 +579,7 @@ mod tests {
         let decoded = random_chunk("float32", &shape, 51);
         let mut encoded = zarrs_encode("float32", &json!(0), &codecs, &shape, &decoded);
         encoded[5] ^= 0x10;
-        let codec = ChunkCodec::new("float32", &json!(0), &codecs, &shape).unwrap();
+        let codec = codec_for("float32", &json!(0), &codecs, &shape).unwrap();
         let mut out = vec![0u8; codec.decoded_len()];
         let e = codec.decode_into(&encoded, &mut out).unwrap_err();
         assert_eq!(e.status(), Status::Decode);
@@ -542,7 +588,7 @@ mod tests {
 
     #[test]
     fn wrong_output_length_is_invalid_argument() {
-        let codec = ChunkCodec::new("uint16", &json!(0), &json!([bytes("little")]), &[4]).unwrap();
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("little")]), &[4]).unwrap();
         let mut out = [0u8; 7];
         let e = codec.decode_into(&[0u8; 8], &mut out).unwrap_err();
         assert_eq!(e.status(), Status::InvalidArgument);
@@ -551,8 +597,9 @@ mod tests {
     #[test]
     fn fill_values_parse_like_zarr_json() {
         let fill = |dtype: &str, v: Value| {
-            ChunkCodec::new(dtype, &v, &json!([bytes("little")]), &[1])
-                .map(|c| c.fill_value_bytes().to_vec())
+            let json = json!({"zarr_format": 3, "node_type": "array", "shape": [1], "data_type": dtype,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}}, "fill_value": v, "codecs": [bytes("little")]});
+            ArrayMeta::parse(json.to_string().as_bytes()).map(|m| m.fill)
         };
         assert_eq!(fill("uint16", json!(7)).unwrap(), 7u16.to_ne_bytes());
         assert_eq!(fill("int64", json!(-3)).unwrap(), (-3i64).to_ne_bytes());
@@ -584,7 +631,7 @@ mod tests {
     #[test]
     fn unsupported_data_type_is_dtype_mismatch() {
         for name in ["complex64", "string", "int4", "float8_e4m3", "r16"] {
-            let e = ChunkCodec::new(name, &json!(0), &json!(["bytes"]), &[4]).unwrap_err();
+            let e = codec_for(name, &json!(0), &json!(["bytes"]), &[4]).unwrap_err();
             assert_eq!(e.status(), Status::DtypeMismatch);
             assert!(e.message().contains(&format!("`{name}`")), "{e}");
         }
@@ -594,20 +641,17 @@ mod tests {
     fn unsupported_codec_is_invalid_argument_naming_it() {
         for codecs in [
             json!([bytes("little"), {"name": "foo"}]),
-            json!([{"name": "sharding_indexed", "configuration": {}}]),
             json!([{"name": "vlen-utf8"}]),
         ] {
-            let e = ChunkCodec::new("uint16", &json!(0), &codecs, &[4]).unwrap_err();
+            let e = codec_for("uint16", &json!(0), &codecs, &[4]).unwrap_err();
             assert_eq!(e.status(), Status::InvalidArgument);
             assert!(e.message().starts_with("unsupported codec `"), "{e}");
         }
-        let e =
-            ChunkCodec::new("uint16", &json!(0), &json!([bytes("little"), {"name": "foo"}]), &[4])
-                .unwrap_err();
+        let e = codec_for("uint16", &json!(0), &json!([bytes("little"), {"name": "foo"}]), &[4]).unwrap_err();
         assert_eq!(e.message(), "unsupported codec `foo`");
         // A codec that need not be understood is skipped, as zarrs does.
         let codecs = json!([bytes("little"), {"name": "foo", "must_understand": false}]);
-        assert!(ChunkCodec::new("uint16", &json!(0), &codecs, &[4]).is_ok());
+        assert!(codec_for("uint16", &json!(0), &codecs, &[4]).is_ok());
     }
 
     #[test]
@@ -624,7 +668,7 @@ mod tests {
             ("uint16", json!([bytes("little")]), vec![u64::MAX, 4]),
         ];
         for (dtype, codecs, shape) in cases {
-            let e = ChunkCodec::new(dtype, &json!(0), &codecs, &shape).unwrap_err();
+            let e = codec_for(dtype, &json!(0), &codecs, &shape).unwrap_err();
             assert_eq!(e.status(), Status::InvalidArgument, "{codecs} {shape:?}: {e}");
         }
     }
@@ -633,7 +677,7 @@ mod tests {
     fn one_codec_decodes_from_many_threads() {
         let shape = [8, 8, 8];
         let codecs = json!([bytes("little"), blosc("lz4", "shuffle", 4)]);
-        let codec = ChunkCodec::new("float32", &json!(0), &codecs, &shape).unwrap();
+        let codec = codec_for("float32", &json!(0), &codecs, &shape).unwrap();
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let codec = &codec;
@@ -647,5 +691,92 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// A zstd frame of one raw block of `content` zero bytes whose header declares
+    /// `declared` bytes of content (RFC 8878 §3.1.1, written by hand).
+    fn zstd_lying(content: usize, declared: u64) -> Vec<u8> {
+        let mut f = 0xFD2F_B528u32.to_le_bytes().to_vec();
+        f.push(0xE0); // 8-byte content size, single segment, no checksum, no dictionary
+        f.extend(declared.to_le_bytes());
+        let header = 1u32 | ((content as u32) << 3); // last block, raw
+        f.extend(&header.to_le_bytes()[..3]);
+        f.extend(vec![0u8; content]);
+        f
+    }
+
+    #[test]
+    fn bombs_and_lies_fail_the_chunk_without_allocating_what_they_claim() {
+        let shape = [16, 16];
+        let len = 16 * 16 * 2;
+        // zstd frames declaring 2^63 and 1 TiB, through the identity chain and through the
+        // big-endian one (zarrs' decoder allocated the declared size there).
+        for codecs in [json!([bytes("little"), zstd()]), json!([bytes("big"), zstd()]), json!([bytes("big"), zstd(), crc32c()])] {
+            let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+            for declared in [1u64 << 63, 1 << 40] {
+                let mut enc = zstd_lying(len, declared);
+                if codecs.as_array().unwrap().len() == 3 {
+                    let c = crc32c::crc32c(&enc);
+                    enc.extend(c.to_le_bytes());
+                }
+                let mut out = vec![0u8; len];
+                let e = codec.decode_into(&enc, &mut out).unwrap_err();
+                assert_eq!(e.status(), Status::Decode, "{codecs} {declared}: {e}");
+            }
+        }
+        // An RLE bomb: 32 KiB of zstd for 1 GiB of zeros, into a 512-byte chunk.
+        let bomb = {
+            let mut e = zstd::stream::Encoder::new(Vec::new(), 19).unwrap();
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..1024 {
+                std::io::Write::write_all(&mut e, &zeros).unwrap();
+            }
+            e.finish().unwrap()
+        };
+        assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("big"), zstd()]), &shape).unwrap();
+        let mut out = vec![0u8; len];
+        assert_eq!(codec.decode_into(&bomb, &mut out).unwrap_err().status(), Status::Decode);
+        // A gzip bomb: 32 KiB of gzip for 32 MiB of zeros (under the stored-size cap, so the
+        // streaming bound is what stops it).
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..32 {
+                std::io::Write::write_all(&mut e, &zeros).unwrap();
+            }
+            e.finish().unwrap()
+        };
+        assert!((gz.len() as u64) < max_encoded_len(len as u64), "{}", gz.len());
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("little"), gzip()]), &shape).unwrap();
+        let e = codec.decode_into(&gz, &mut out).unwrap_err();
+        assert_eq!(e.status(), Status::Decode);
+        assert!(e.message().contains("more than"), "{e}");
+        // Two compressors: the intermediate step is capped, not sized by the stream.
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("little"), zstd(), gzip()]), &shape).unwrap();
+        assert_eq!(codec.decode_into(&gz, &mut out).unwrap_err().status(), Status::Decode);
+        // A stored chunk larger than any encoding of it.
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("little")]), &shape).unwrap();
+        let huge = vec![0u8; max_encoded_len(len as u64) as usize + 1];
+        assert!(codec.decode_into(&huge, &mut out).unwrap_err().message().contains("exceeds"));
+    }
+
+    #[test]
+    fn blosc_headers_that_lie_about_sizes_are_decode_errors() {
+        let shape = [8, 16, 16];
+        let decoded = random_chunk("uint16", &shape, 70);
+        let codecs = json!([bytes("little"), blosc("lz4", "shuffle", 2)]);
+        let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+        let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+        let mut out = vec![0u8; codec.decoded_len()];
+        codec.decode_into(&encoded, &mut out).unwrap();
+        assert!(out == decoded);
+        // nbytes claims 1 GiB; then claims one byte fewer than the chunk.
+        for nbytes in [1u32 << 30, decoded.len() as u32 - 1] {
+            let mut bad = encoded.clone();
+            bad[4..8].copy_from_slice(&nbytes.to_le_bytes());
+            let e = codec.decode_into(&bad, &mut out).unwrap_err();
+            assert_eq!(e.status(), Status::Decode, "{nbytes}: {e}");
+        }
     }
 }

@@ -1,5 +1,36 @@
-//! Decode: turns the stored bytes of one inner chunk into its elements (native endian, C
-//! order). CPU codecs through zarrs' codec chain (blosc via c-blosc, zstd, gzip, crc32c,
-//! bytes, transpose). Owns no I/O; called by the pipeline's workers.
+//! decode: turns stored chunk bytes into decoded chunk bytes, or into the work the device
+//! does to decode them. Owns, per array, an [`ArrayDecoder`]: the CPU chunk codec (`cpu`)
+//! and the device route (`device`: which chains nvCOMP decodes, and the host-side
+//! preparation of staged bytes: checksums, zstd frame checks, blosc stream splits, GPU op
+//! records). No I/O: callers hand it bytes.
+//!
+//! Calls: `zarr` (typed codec chains, framing parsers). Called by `prefetch` (builds the
+//! decoder when an array is opened) and `pipeline` (runs it in worker jobs).
 
 pub mod cpu;
+pub mod device;
+
+pub use cpu::{max_encoded_len, strip_crc32c, ChunkCodec};
+pub use device::{DeviceCodec, DeviceRoute};
+
+use crate::error::Result;
+use crate::zarr::ArrayMeta;
+
+/// How one array's chunks decode, on either path.
+#[derive(Debug)]
+pub struct ArrayDecoder {
+    /// CPU decoder (also the GPU path's fallback for chains the device cannot decode).
+    pub cpu: ChunkCodec,
+    /// The device route of the chain.
+    pub route: DeviceRoute,
+}
+
+impl ArrayDecoder {
+    /// The decoders of `meta`'s chunks.
+    ///
+    /// # Errors
+    /// InvalidArgument / DtypeMismatch from building the CPU codec.
+    pub fn new(meta: &ArrayMeta) -> Result<Self> {
+        Ok(Self { cpu: ChunkCodec::new(meta)?, route: DeviceRoute::of(meta) })
+    }
+}

@@ -172,7 +172,13 @@ fn write_example_volume(
     codec: &str,
     seed: u64,
 ) -> Result<()> {
-    guard(|| crate::zarr::example::write_example_volume(path, shape, chunk_shape, shard_shape, codec, seed))
+    #[cfg(feature = "example")]
+    return guard(|| crate::example::write_example_volume(path, shape, chunk_shape, shard_shape, codec, seed));
+    #[cfg(not(feature = "example"))]
+    {
+        let _ = (path, shape, chunk_shape, shard_shape, codec, seed);
+        Err(crate::error::Error::new(crate::error::Status::InvalidArgument, "this build has no example-volume writer (cargo feature `example`)"))
+    }
 }
 
 /// Runs `f`, turning a panic into an error so that no panic unwinds into C++ (a panic is a

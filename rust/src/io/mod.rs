@@ -1,86 +1,58 @@
-//! io: the worker pool. A fixed number of threads (`n_io_threads`) take jobs from one
-//! crossbeam channel: metadata and shard-index loads for the prefetcher, and chunk jobs
-//! (positioned read, decode, assemble) for the batches in flight. Threads are started at
-//! construction and joined by `shutdown`; nothing is spawned afterwards.
+//! io: runs the plan's read ops through the arrays' stores, and owns the worker pool the
+//! chunk jobs and the prefetcher's loads run on. The only caller of [`Store`] for chunk
+//! bytes: a read op fills its staging range, or reports that its object changed since the
+//! shard index it was planned from was read (the caller invalidates that index), or fails
+//! with Storage naming the object and the range.
+//!
+//! Calls: `store`, `plan` (read op records). Called by `pipeline`.
 
-use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
+mod pool;
 
-use crossbeam::channel::{unbounded, Sender};
+pub use pool::{Spawner, WorkerPool};
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+use crate::error::{err, Result};
+use crate::plan::staging::ReadOp;
+use crate::store::{Generation, ObjectInfo, RangeRead, ReadOutcome, Store};
 
-/// A fixed-size pool of worker threads.
-pub struct WorkerPool {
-    tx: Option<Arc<Sender<Job>>>,
-    threads: Vec<JoinHandle<()>>,
+/// What a read op found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The staging range holds the bytes.
+    Done,
+    /// The object is another generation than the one planned with: nothing usable was read.
+    Changed {
+        /// The generation found.
+        found: Generation,
+    },
 }
 
-impl WorkerPool {
-    /// Starts `n` threads named `damacy-io-<i>`.
-    ///
-    /// # Errors
-    /// OutOfMemory when a thread cannot be spawned.
-    pub fn new(n: usize) -> crate::Result<Self> {
-        let (tx, rx) = unbounded::<Job>();
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n.max(1) {
-            let rx = rx.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("damacy-io-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        // A job never unwinds past here: a panic is a bug, but it must not
-                        // take the worker (and every later batch) down with it.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
-                })
-                .map_err(|e| crate::error::err!(OutOfMemory, "cannot start I/O thread {i}: {e}"))?;
-            threads.push(t);
-        }
-        Ok(Self { tx: Some(Arc::new(tx)), threads })
-    }
-
-    /// Queues a job; dropped silently after shutdown.
-    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Box::new(job));
-        }
-    }
-
-    /// A handle that queues jobs from elsewhere (the prefetcher's own tasks) without
-    /// keeping the pool alive: after shutdown its jobs are dropped.
-    pub fn spawner(&self) -> Spawner {
-        Spawner(self.tx.as_ref().map_or_else(Weak::new, Arc::downgrade))
-    }
-
-    /// Number of threads.
-    pub fn threads(&self) -> usize {
-        self.threads.len()
-    }
-
-    /// Stops accepting jobs, lets queued jobs run, joins the threads. Idempotent.
-    pub fn shutdown(&mut self) {
-        self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+/// Reads `op` from `store` into `buf` (its staging range, `op.len` bytes).
+///
+/// # Errors
+/// Storage when the object vanished, is short, or the read fails (naming object and range).
+pub fn read_op(store: &dyn Store, op: &ReadOp, buf: &mut [u8]) -> Result<Read> {
+    let mut ranges = [RangeRead { offset: op.offset, buf }];
+    match store.read_ranges(&op.key, op.generation.as_ref(), &mut ranges)? {
+        ReadOutcome::Done(_) => Ok(Read::Done),
+        ReadOutcome::Changed(info) => Ok(Read::Changed { found: info.generation }),
+        ReadOutcome::Missing => Err(err!(Storage, "{}: vanished since its index was read", store.describe(&op.key))),
     }
 }
 
-/// Queues jobs on a [`WorkerPool`] while it runs.
-#[derive(Clone)]
-pub struct Spawner(Weak<Sender<Job>>);
-
-impl Spawner {
-    /// Queues a job; `false` (job dropped) after the pool shut down.
-    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> bool {
-        self.0.upgrade().is_some_and(|tx| tx.send(Box::new(job)).is_ok())
-    }
+/// Reads the whole object `key` (an unsharded chunk), at most `max_len` bytes; `None` when
+/// it does not exist (the chunk is fill).
+///
+/// # Errors
+/// Storage when it is larger than `max_len` (a corrupt chunk) or the read fails.
+pub fn read_whole(store: &dyn Store, key: &str, max_len: u64) -> Result<Option<(Vec<u8>, ObjectInfo)>> {
+    store.get(key, max_len)
 }
 
-impl Drop for WorkerPool {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
+/// The message of a read that found its shard rewritten.
+pub fn changed_message(store: &dyn Store, key: &str, expected: Option<&Generation>, found: &Generation) -> String {
+    format!(
+        "{}: the shard changed while the pipeline was reading it (generation {found}, its index was read at {}); its index is read again for later batches",
+        store.describe(key),
+        expected.map_or_else(|| "?".to_string(), ToString::to_string)
+    )
 }

@@ -1,20 +1,47 @@
-//! The output buffer pool: at most `n_batch_buffers` buffers of one batch each, allocated
-//! on first use and recycled when the batch (its tensor) is dropped. A buffer outliving its
-//! pipeline is freed normally.
+//! The output buffer pool: at most `n_batch_buffers` buffers of one batch each, the first
+//! allocated when the pool is made (so a batch too large for this machine fails at
+//! construction with OutOfMemory, not with an abort later), the others on first use, all
+//! recycled when the batch (its tensor) is dropped. A buffer outliving its pipeline is
+//! freed normally.
 
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-/// 16-byte aligned bytes (so every output dtype, and vector loads, are aligned).
+use crate::error::{err, Result};
+
+/// Alignment of every buffer: enough for every output dtype, vector loads and cache lines.
+const ALIGN: usize = 64;
+
+/// Zeroed, 64-byte aligned bytes; allocation failure is an error, not an abort.
 struct Aligned {
-    words: Vec<u128>,
+    ptr: NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: `Aligned` owns its allocation exclusively; moving it between threads moves that
+// ownership.
+unsafe impl Send for Aligned {}
+
 impl Aligned {
-    fn new(len: usize) -> Self {
-        Self { words: vec![0u128; len.div_ceil(16)], len }
+    fn new(len: u64) -> Result<Self> {
+        let size = usize::try_from(len).ok().filter(|&n| n <= isize::MAX as usize - ALIGN).ok_or_else(|| err!(OutOfMemory, "a buffer of {len} bytes cannot be allocated"))?;
+        let layout = Layout::from_size_align(size.max(1), ALIGN).map_err(|_| err!(OutOfMemory, "a buffer of {len} bytes cannot be allocated"))?;
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            err!(OutOfMemory, "cannot allocate a {len}-byte batch buffer; lower `samples_per_batch`/`sample_shape` (CPU path) or `staging_bytes` (device path), or `n_batch_buffers`")
+        })?;
+        Ok(Self { ptr, len: size })
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout (which succeeded then).
+        unsafe { dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.len.max(1), ALIGN)) };
     }
 }
 
@@ -28,38 +55,49 @@ pub(super) struct BufferPool {
     free: Mutex<Free>,
     available: Condvar,
     capacity: usize,
-    bytes: usize,
+    bytes: u64,
     held_by_caller: AtomicUsize,
     closed: AtomicBool,
 }
 
 impl BufferPool {
-    pub(super) fn new(capacity: usize, bytes: usize) -> Self {
-        Self {
-            free: Mutex::new(Free { buffers: Vec::new(), allocated: 0 }),
+    /// A pool of `capacity` buffers of `bytes` each; allocates the first one now.
+    ///
+    /// # Errors
+    /// OutOfMemory when the first buffer cannot be allocated.
+    pub(super) fn new(capacity: usize, bytes: u64) -> Result<Self> {
+        let first = Aligned::new(bytes)?;
+        Ok(Self {
+            free: Mutex::new(Free { buffers: vec![first], allocated: 1 }),
             available: Condvar::new(),
             capacity,
             bytes,
             held_by_caller: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-        }
+        })
     }
 
     /// A buffer, waiting for one to be released; `None` once `shutdown` is set or the pool
     /// is closed.
-    pub(super) fn acquire(self: &Arc<Self>, shutdown: &AtomicBool) -> Option<Lease> {
+    ///
+    /// # Errors
+    /// OutOfMemory when a new buffer cannot be allocated.
+    pub(super) fn acquire(self: &Arc<Self>, shutdown: &AtomicBool) -> Result<Option<Lease>> {
         let mut f = self.free.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if shutdown.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire) {
-                return None;
+                return Ok(None);
             }
             if let Some(buf) = f.buffers.pop() {
-                return Some(Lease { buf: Some(buf), pool: Arc::clone(self), popped: AtomicBool::new(false) });
+                return Ok(Some(Lease { buf: Some(buf), pool: Arc::clone(self), popped: AtomicBool::new(false) }));
             }
             if f.allocated < self.capacity {
                 f.allocated += 1;
                 drop(f);
-                return Some(Lease { buf: Some(Aligned::new(self.bytes)), pool: Arc::clone(self), popped: AtomicBool::new(false) });
+                let buf = Aligned::new(self.bytes).inspect_err(|_| {
+                    self.free.lock().unwrap_or_else(PoisonError::into_inner).allocated -= 1;
+                })?;
+                return Ok(Some(Lease { buf: Some(buf), pool: Arc::clone(self), popped: AtomicBool::new(false) }));
             }
             f = self.available.wait_timeout(f, Duration::from_millis(100)).unwrap_or_else(PoisonError::into_inner).0;
         }
@@ -109,19 +147,16 @@ pub(super) struct Lease {
 
 impl Lease {
     pub(super) fn ptr(&self) -> *mut u8 {
-        self.buf.as_ref().map_or(std::ptr::null_mut(), |b| b.words.as_ptr().cast_mut().cast())
+        self.buf.as_ref().map_or(std::ptr::null_mut(), |b| b.ptr.as_ptr())
     }
     pub(super) fn len(&self) -> usize {
         self.buf.as_ref().map_or(0, |b| b.len)
     }
     pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
         match &mut self.buf {
-            Some(b) => {
-                let len = b.len;
-                // SAFETY: `words` holds at least `len` initialised bytes (u128 zeros); u8
-                // has no alignment or validity requirements.
-                unsafe { std::slice::from_raw_parts_mut(b.words.as_mut_ptr().cast::<u8>(), len) }
-            }
+            // SAFETY: `ptr` holds `len` initialised (zeroed, then written) bytes owned by this
+            // lease; `&mut self` makes the view exclusive.
+            Some(b) => unsafe { std::slice::from_raw_parts_mut(b.ptr.as_ptr(), b.len) },
             None => &mut [],
         }
     }

@@ -46,6 +46,9 @@ impl OutDtype {
     }
 }
 
+/// Largest byte size of any one buffer a config may ask for (128 TiB).
+pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 47;
+
 /// Validated configuration. Field docs are the user-facing docs of `damacy.Config`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -269,7 +272,7 @@ impl Config {
         }
         // The GPU path (device "cuda*" with decode other than "cpu", as Pipeline::new decides)
         // assembles f32/bf16 only; integer outputs take the CPU path and one copy.
-        if !self.dtype.is_float() && self.device.starts_with("cuda") && self.decode != "cpu" {
+        if !self.dtype.is_float() && self.device_decode() {
             return Err(err!(
                 InvalidArgument,
                 "config field `dtype`: {:?} is not supported by the GPU path (device {:?}, decode {:?}); set decode=\"cpu\" (CPU decode, then one copy to the device) or use \"f32\"/\"bf16\"",
@@ -278,19 +281,55 @@ impl Config {
                 self.decode
             ));
         }
-        let voxels = self.sample_shape.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
-        if voxels.and_then(|v| v.checked_mul(u64::from(self.samples_per_batch))).is_none() {
-            return Err(err!(InvalidArgument, "config field `sample_shape`: {:?} is too large", self.sample_shape));
+        if self.sample_shape.len() > crate::zarr::MAX_RANK {
+            return Err(err!(InvalidArgument, "config field `sample_shape`: rank {} exceeds {}", self.sample_shape.len(), crate::zarr::MAX_RANK));
+        }
+        if let Some(x) = self.sample_shape.iter().find(|&&x| x > crate::zarr::MAX_EXTENT) {
+            return Err(err!(InvalidArgument, "config field `sample_shape`: extent {x} exceeds 2^63 - 1"));
+        }
+        self.batch_bytes()?;
+        for (knob, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes), ("decoded_cache_bytes", self.decoded_cache_bytes)] {
+            if v > MAX_BUFFER_BYTES {
+                return Err(err!(InvalidArgument, "config field `{knob}`: {v} exceeds {MAX_BUFFER_BYTES} (2^47) bytes"));
+            }
+        }
+        if self.arrays.iter().any(String::is_empty) {
+            return Err(err!(InvalidArgument, "config field `arrays`: expected a list of non-empty strings"));
         }
         Ok(())
     }
 
-    /// Bytes of one output batch.
-    pub fn batch_bytes(&self) -> usize {
-        self.sample_voxels() * self.samples_per_batch as usize * self.dtype.size()
+    /// `true` when batches decode on the device: a CUDA device and `decode` other than
+    /// "cpu". The one place this is decided.
+    pub fn device_decode(&self) -> bool {
+        self.device.starts_with("cuda") && self.decode != "cpu"
     }
 
-    /// Voxels of one sample.
+    /// Bytes of one output batch, checked: `samples_per_batch × voxels × dtype size` must fit
+    /// in 2^47 bytes (no machine holds more; a larger request is a mistake, not an
+    /// allocation to attempt).
+    ///
+    /// # Errors
+    /// InvalidArgument naming `sample_shape` and `samples_per_batch`.
+    pub fn batch_bytes(&self) -> Result<u64> {
+        self.sample_shape
+            .iter()
+            .try_fold(1u64, |a, &b| a.checked_mul(b))
+            .and_then(|v| v.checked_mul(u64::from(self.samples_per_batch)))
+            .and_then(|v| v.checked_mul(self.dtype.size() as u64))
+            .filter(|&b| b <= MAX_BUFFER_BYTES)
+            .ok_or_else(|| {
+                err!(
+                    InvalidArgument,
+                    "config fields `sample_shape` {:?} × `samples_per_batch` {} of {}: one batch would exceed {MAX_BUFFER_BYTES} (2^47) bytes",
+                    self.sample_shape,
+                    self.samples_per_batch,
+                    self.dtype.name()
+                )
+            })
+    }
+
+    /// Voxels of one sample (fits: checked by `validate`).
     pub fn sample_voxels(&self) -> usize {
         self.sample_shape.iter().product::<u64>() as usize
     }
@@ -396,7 +435,7 @@ mod tests {
         for (name, want, size) in [("u8", OutDtype::U8, 1), ("int32", OutDtype::I32, 4), ("i64", OutDtype::I64, 8)] {
             let c = Config::from_json(&format!(r#"{{"dtype": "{name}", "sample_shape": [2, 3], "samples_per_batch": 2}}"#)).unwrap();
             assert_eq!(c.dtype, want);
-            assert_eq!(c.batch_bytes(), 12 * size);
+            assert_eq!(c.batch_bytes().unwrap(), 12 * size as u64);
             assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
             assert!(!c.dtype.is_float());
         }

@@ -1,17 +1,24 @@
 //! pipeline: the public object. `push` adds samples to the lookahead window (each gets a
 //! prefetch ticket resolved in the background) and forms batches in push order; a scheduler
-//! thread takes each batch's resolved samples from the prefetcher, plans the batch and
-//! hands its chunk ops to the worker pool, which reads, decodes and assembles straight into
-//! the batch's output buffer; `pop` returns batches in push order.
+//! thread takes each batch's resolved samples from the prefetcher, plans the batch and runs
+//! it on the worker pool (`run`: io → decode → assemble per job); `pop` returns batches in
+//! push order.
 //!
 //! Owns: the config, the prefetcher (caches), the worker pool, the output buffer pool and
 //! the stats. Resources are fixed at construction: `n_io_threads` threads, at most
-//! `n_batch_buffers` output buffers, cache capacities. A failed batch is returned as its
-//! error by the `pop` that reaches it; the pipeline then continues with the next batch.
+//! `n_batch_buffers` output buffers (the first allocated at construction, so a batch that
+//! cannot be allocated fails `Pipeline::new` with OutOfMemory), cache capacities. A failed
+//! batch is returned as its error by the `pop` that reaches it; the pipeline then continues
+//! with the next batch. `close` returns within [`CLOSE_TIMEOUT`] also when reads are stuck
+//! in the kernel: threads still busy then are detached and end when their read returns.
+//!
+//! Calls: `prefetch`, `plan`, `io`, `decode`, `assemble`, `cache` (decoded chunks), `store`
+//! (array info). Called by `ffi`.
 
+mod batch;
 mod buffers;
 mod config;
-mod device;
+mod run;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -22,56 +29,24 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
+pub use batch::Batch;
 pub use config::{Config, OutDtype};
 
-use crate::assemble::{self, OutBuffer};
-use crate::error::{err, Error, Result};
+use crate::error::{err, Result};
 use crate::io::WorkerPool;
-use crate::plan::{self, ChunkOp, ChunkSource, ResolvedSample};
-use crate::prefetch::{self, Prefetcher, Resolved};
-use crate::store;
-use buffers::{BufferPool, Lease};
+use crate::plan::{self, ResolvedSample};
+use crate::prefetch::{self, Prefetcher};
+use batch::{InFlight, JobGuard, SampleSpec};
+use buffers::BufferPool;
 use stats::Stats;
 
-/// One sample: the array's uri and its box.
-#[derive(Debug, Clone)]
-struct SampleSpec {
-    uri: String,
-    aabb: Vec<(i64, i64)>,
-    /// Set when the sample was invalid at push: its batch fails with this error.
-    error: Option<Error>,
-    /// Its prefetch ticket (valid samples).
-    ticket: Option<u64>,
-}
+/// How long `close` waits for the scheduler and the workers before detaching them.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct BatchJob {
     seq: u64,
     samples: Vec<SampleSpec>,
     formed_at: Instant,
-}
-
-/// The in-flight state of one batch, shared by its chunk jobs.
-struct InFlight {
-    seq: u64,
-    samples: Vec<SampleSpec>,
-    formed_at: Instant,
-    remaining: AtomicUsize,
-    error: Mutex<Option<Error>>,
-    lease: Mutex<Option<Lease>>,
-    resolved: Mutex<Option<Resolved>>,
-    device: device::DeviceSlot,
-}
-
-impl InFlight {
-    fn fail(&self, e: Error) {
-        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-    }
-    fn failed(&self) -> bool {
-        self.error.lock().unwrap_or_else(PoisonError::into_inner).is_some()
-    }
 }
 
 #[derive(Default)]
@@ -128,7 +103,7 @@ impl Shared {
                 shape: std::iter::once(i64::from(self.cfg.samples_per_batch)).chain(self.cfg.sample_shape.iter().map(|&s| s as i64)).collect(),
                 dtype: self.cfg.dtype,
                 samples: batch.samples.clone(),
-                device: device::take(batch),
+                device: batch.device.lock().unwrap_or_else(PoisonError::into_inner).take(),
             }),
             (None, None) => Err(err!(Shutdown, "batch {} has no output buffer", batch.seq)),
         };
@@ -141,37 +116,13 @@ impl Shared {
     }
 }
 
-/// Decrements a batch's outstanding-job count when dropped (also on unwind), finishing the
-/// batch when it reaches zero.
-struct JobGuard {
-    shared: Arc<Shared>,
-    batch: Arc<InFlight>,
-}
-
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        if self.batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.finish(&self.batch);
-        }
-    }
-}
-
 /// A running pipeline. `push`, `pop`, `stats_json` and `close` may be called from any
 /// thread.
 pub struct Pipeline {
     shared: Arc<Shared>,
     jobs: Mutex<Option<Sender<BatchJob>>>,
-    scheduler: Mutex<Option<JoinHandle<()>>>,
+    scheduler: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
     pool: Arc<Mutex<Option<WorkerPool>>>,
-}
-
-/// One finished batch: owns its output buffer (returned to the pipeline's pool on drop).
-pub struct Batch {
-    lease: Lease,
-    shape: Vec<i64>,
-    dtype: OutDtype,
-    samples: Vec<SampleSpec>,
-    device: Option<device::DeviceWork>,
 }
 
 impl Pipeline {
@@ -179,14 +130,14 @@ impl Pipeline {
     ///
     /// # Errors
     /// InvalidArgument (naming the knob) for an invalid config; OutOfMemory when threads
-    /// cannot start. (Cache capacities are checked against an array's geometry when the
-    /// prefetcher first sees it: prefetch's module doc.)
+    /// cannot start or one batch's buffer cannot be allocated. (Cache capacities are checked
+    /// against an array's geometry when the prefetcher first sees it: prefetch's module doc.)
     pub fn new(cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        // What a batch needs of each cache depends on the arrays' geometry: the prefetcher
-        // checks the capacities when it first sees an array (prefetch's module doc).
+        let gpu_mode = cfg.device_decode();
+        let slab_bytes = if gpu_mode { cfg.staging_bytes } else { cfg.batch_bytes()? };
+        let buffers = Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)?);
         let pool = WorkerPool::new(cfg.n_io_threads as usize)?;
-        let gpu_mode = cfg.device.starts_with("cuda") && cfg.decode != "cpu";
         let prefetch = Prefetcher::new(
             prefetch::Options {
                 samples_per_batch: cfg.samples_per_batch,
@@ -202,12 +153,11 @@ impl Pipeline {
             pool.spawner(),
         );
         prefetch.check_arrays(&cfg.arrays)?;
-        let slab_bytes = if gpu_mode { cfg.staging_bytes as usize } else { cfg.batch_bytes() };
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
             decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
-            buffers: Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)),
+            buffers,
             prefetch,
             stats: Stats::default(),
             window: Mutex::new(Window::default()),
@@ -220,10 +170,16 @@ impl Pipeline {
         let scheduler = {
             let shared = Arc::clone(&shared);
             let pool = Arc::clone(&pool);
-            std::thread::Builder::new()
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&done);
+            let t = std::thread::Builder::new()
                 .name("damacy-scheduler".into())
-                .spawn(move || schedule(&shared, &pool, &rx))
-                .map_err(|e| err!(OutOfMemory, "cannot start the scheduler thread: {e}"))?
+                .spawn(move || {
+                    schedule(&shared, &pool, &rx);
+                    flag.store(true, Ordering::Release);
+                })
+                .map_err(|e| err!(OutOfMemory, "cannot start the scheduler thread: {e}"))?;
+            (t, done)
         };
         Ok(Self { shared, jobs: Mutex::new(Some(tx)), scheduler: Mutex::new(Some(scheduler)), pool })
     }
@@ -239,11 +195,12 @@ impl Pipeline {
         let cfg = &self.shared.cfg;
         // An invalid box does not fail `push`: like every other problem with a sample, it
         // fails the sample's batch, so batch boundaries stay where the caller expects them.
-        let extent: Vec<i64> = starts.iter().zip(stops).map(|(a, b)| b - a).collect();
+        let extent: Option<Vec<i64>> = starts.iter().zip(stops).map(|(a, b)| b.checked_sub(*a)).collect();
         let error = if starts.len() != stops.len() {
             Some(err!(InvalidArgument, "{uri}: box has {} starts and {} stops", starts.len(), stops.len()))
-        } else if extent.len() != cfg.sample_shape.len() || extent.iter().zip(&cfg.sample_shape).any(|(&e, &s)| e != s as i64) {
-            Some(err!(InvalidArgument, "{uri}: box extent {extent:?} differs from sample_shape {:?}", cfg.sample_shape))
+        } else if extent.as_ref().is_none_or(|ext| ext.len() != cfg.sample_shape.len() || ext.iter().zip(&cfg.sample_shape).any(|(&e, &s)| u64::try_from(e) != Ok(s))) {
+            let aabb: Vec<(i64, i64)> = starts.iter().copied().zip(stops.iter().copied()).collect();
+            Some(err!(InvalidArgument, "{uri}: box {aabb:?} has an extent other than sample_shape {:?}", cfg.sample_shape))
         } else if uri.is_empty() {
             Some(err!(InvalidArgument, "empty uri"))
         } else {
@@ -331,19 +288,26 @@ impl Pipeline {
         self.shared.stats.to_json(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
     }
 
-    /// Stops the threads; always returns, also with work in flight. Idempotent. Batches
+    /// Stops the threads; returns within about [`CLOSE_TIMEOUT`], also with work in flight
+    /// or reads stuck in the kernel (those threads are detached). Idempotent. Batches
     /// already popped stay valid.
     pub fn close(&self) {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
         self.shared.shutdown.store(true, Ordering::Release);
         self.shared.changed.notify_all();
         self.shared.buffers.close();
         self.shared.prefetch.close();
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(t) = self.scheduler.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            let _ = t.join();
+        if let Some((t, done)) = self.scheduler.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            while !done.load(Ordering::Acquire) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if done.load(Ordering::Acquire) {
+                let _ = t.join();
+            } // else: detached, stuck in a read; it exits when the read returns.
         }
         if let Some(mut pool) = self.pool.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            pool.shutdown();
+            pool.shutdown(deadline.saturating_duration_since(Instant::now()));
         }
         let mut w = self.shared.window();
         w.done.clear();
@@ -356,73 +320,10 @@ impl Drop for Pipeline {
     }
 }
 
-impl std::fmt::Debug for Batch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batch").field("shape", &self.shape).field("dtype", &self.dtype).finish_non_exhaustive()
-    }
-}
-
-impl Batch {
-    /// The output bytes.
-    pub fn bytes(&mut self) -> &mut [u8] {
-        self.lease.bytes_mut()
-    }
-    /// `[samples_per_batch, *sample_shape]`.
-    pub fn shape(&self) -> Vec<i64> {
-        self.shape.clone()
-    }
-    /// "f32" or "bf16".
-    pub fn dtype(&self) -> String {
-        self.dtype.name().into()
-    }
-    /// `true` when the batch carries device work instead of output bytes.
-    pub fn is_gpu(&self) -> bool {
-        self.device.is_some()
-    }
-    /// Staged compressed bytes (device path; the whole slab, ops index into it).
-    pub fn staging(&mut self) -> &mut [u8] {
-        if self.device.is_some() { self.lease.bytes_mut() } else { &mut [] }
-    }
-    /// Decoded arena size (device path).
-    pub fn decoded_bytes(&self) -> u64 {
-        self.device.as_ref().map_or(0, |d| d.decoded_bytes)
-    }
-    /// Decode ops (device path).
-    pub fn decode_ops(&self) -> &[crate::ffi::GpuDecodeOp] {
-        self.device.as_ref().map_or(&[], |d| &d.decode_ops)
-    }
-    /// Unshuffle ops (device path).
-    pub fn unshuffle_ops(&self) -> &[crate::ffi::GpuUnshuffleOp] {
-        self.device.as_ref().map_or(&[], |d| &d.unshuffle_ops)
-    }
-    /// The uri and chunk of decode op `i` (device path).
-    pub fn decode_op_context(&self, i: u32) -> String {
-        self.device.as_ref().map_or_else(String::new, |d| d.context(i as usize))
-    }
-    /// Copy and fill ops (device path).
-    pub fn copy_ops(&self) -> &[crate::ffi::GpuCopyOp] {
-        self.device.as_ref().map_or(&[], |d| &d.copy_ops)
-    }
-    /// The batch's samples as JSON.
-    pub fn samples_json(&self) -> String {
-        let v: Vec<_> = self.samples.iter().map(|s| serde_json::json!({"uri": s.uri, "aabb": s.aabb.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>()})).collect();
-        serde_json::Value::Array(v).to_string()
-    }
-}
-
 /// The scheduler thread: resolves, plans and dispatches batches in push order.
 fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Receiver<BatchJob>) {
     while let Ok(job) = rx.recv() {
-        let batch = Arc::new(InFlight {
-            seq: job.seq,
-            samples: job.samples,
-            formed_at: job.formed_at,
-            remaining: AtomicUsize::new(1),
-            error: Mutex::new(None),
-            lease: Mutex::new(None),
-            resolved: Mutex::new(None),
-            device: Mutex::new(None),
-        });
+        let batch = Arc::new(InFlight::new(job.seq, job.samples, job.formed_at));
         shared.running.fetch_add(1, Ordering::AcqRel);
         // The scheduler holds one count until dispatch is done, so the batch cannot finish
         // early; dropping this guard releases it.
@@ -433,8 +334,12 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
         }
         let pool_guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = pool_guard.as_ref() else { continue };
-        if let Err(e) = dispatch(shared, pool, &batch) {
-            batch.fail(e);
+        // A panic while planning (a bug) fails this batch, never the scheduler.
+        let run = std::panic::AssertUnwindSafe(|| dispatch(shared, pool, &batch));
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => batch.fail(e),
+            Err(p) => batch.fail(err!(InvalidArgument, "internal error planning batch {} (a bug; please report it): {}", batch.seq, batch::panic_text(&*p))),
         }
         drop(pool_guard);
         drop(guard);
@@ -442,7 +347,6 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
 }
 
 fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> Result<()> {
-    let cfg = &shared.cfg;
     let t0 = Instant::now();
     let others = || shared.running.load(Ordering::Acquire) > 1;
     let tickets: Vec<u64> = batch.samples.iter().filter_map(|s| s.ticket).collect();
@@ -452,226 +356,30 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
         return Err(e);
     }
     let plan = {
-        let samples: Vec<ResolvedSample<'_>> = resolved
-            .arrays
-            .iter()
-            .zip(&batch.samples)
-            .map(|((meta, root), s)| ResolvedSample { meta, root, uri: &s.uri, aabb: &s.aabb })
-            .collect();
-        plan::plan_batch(&samples, &resolved, cfg.out_of_bounds_fill)
+        let samples: Vec<ResolvedSample<'_>> = resolved.arrays.iter().zip(&batch.samples).map(|(array, s)| ResolvedSample { array, aabb: &s.aabb }).collect();
+        plan::plan_batch(&samples, &resolved, shared.cfg.out_of_bounds_fill)
     };
     let plan = match plan {
         Ok(plan) => plan,
         Err(e) => {
-            *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
+            batch.set_resolved(resolved);
             return Err(e);
         }
     };
     shared.stats.planned(t0.elapsed(), &plan);
-    if shared.gpu_mode {
-        let r = device::dispatch(shared, pool, batch, plan, &resolved.layouts());
-        *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
-        return r;
-    }
-    *batch.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(resolved);
-    if plan.read_bytes > cfg.staging_bytes {
-        return Err(err!(BudgetExceeded, "batch {} reads {} bytes, over staging_bytes = {}; raise `staging_bytes` or use smaller samples", batch.seq, plan.read_bytes, cfg.staging_bytes));
-    }
-    let lease = shared.buffers.acquire(&shared.shutdown).ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
-    // SAFETY: the lease's buffer lives in `batch.lease` until `finish`, which runs after
-    // every job below dropped its guard; jobs write disjoint voxels (planner invariant).
-    let out = unsafe { OutBuffer::new(lease.ptr(), lease.len(), cfg.dtype, cfg.sample_voxels()) };
-    *batch.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
-
-    // Ranges of shard files are read by coalesced read ops (adjacent chunks of one file in
-    // one pread, up to max_read_op_bytes); each read job then decodes and assembles the
-    // chunks it read. Whole-file and absent chunks get a job each; fills one job.
-    // Chunks found decoded in the cache are not read: their op's source becomes Absent and
-    // `cached` holds the bytes the job assembles from.
-    let mut plan = plan;
-    let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
-    {
-        let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.enabled() {
-            for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
-                if let Some(v) = cache_key(&op.source).and_then(|k| cache.get(&k)) {
-                    cached[i] = Some(v);
-                    op.source = ChunkSource::Absent;
-                }
-            }
-        }
-    }
-    let cached = Arc::new(cached);
-    let staging = crate::plan::device::layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
-    shared.stats.coalesced(&staging);
-    let sample_shape = Arc::new(cfg.sample_shape.clone());
-    let arrays = Arc::new(plan.arrays);
-    if !plan.fill_ops.is_empty() {
-        let (arrays, sample_shape, fills) = (Arc::clone(&arrays), Arc::clone(&sample_shape), plan.fill_ops);
-        spawn_job(shared, pool, batch, move |_, _| {
-            for f in &fills {
-                let meta = &arrays[f.array as usize];
-                // SAFETY: see `out` above.
-                unsafe { assemble::fill_region(&meta.fill, meta.dtype, f.sample, &f.region, &out, &sample_shape) };
-            }
-            Ok(())
-        });
-    }
-    let plan_ops = Arc::new(plan.chunk_ops);
-    for read in staging.reads {
-        let (ops, arrays, sample_shape) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape));
-        spawn_job(shared, pool, batch, move |shared, batch| {
-            let t0 = Instant::now();
-            let file = store::ReadFile::open(&read.path)?.ok_or_else(|| err!(Storage, "{}: shard file vanished", read.path.display()))?;
-            let bytes = file.read_at(read.offset, read.len as usize)?;
-            shared.stats.read_op(read.len, t0.elapsed());
-            for &i in &read.chunks {
-                let op = &ops[i];
-                let ChunkSource::Range { offset, nbytes, .. } = op.source else { continue };
-                let at = (offset - read.offset) as usize;
-                let encoded = &bytes[at..at + nbytes as usize];
-                let meta = &arrays[op.array as usize];
-                let key = cache_key(&op.source);
-                decode_and_assemble(shared, op, meta, Some(encoded), key, &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))?;
-            }
-            Ok(())
-        });
-    }
-    for i in 0..plan_ops.len() {
-        if matches!(plan_ops[i].source, ChunkSource::Range { .. }) {
-            continue;
-        }
-        let (ops, arrays, sample_shape, cached) = (Arc::clone(&plan_ops), Arc::clone(&arrays), Arc::clone(&sample_shape), Arc::clone(&cached));
-        spawn_job(shared, pool, batch, move |shared, batch| {
-            let op = &ops[i];
-            let meta = &arrays[op.array as usize];
-            if let Some(decoded) = &cached[i] {
-                let t = Instant::now();
-                for c in &op.copies {
-                    // SAFETY: exclusive voxels (planner invariant).
-                    unsafe { assemble::copy_region(decoded, meta.dtype, meta.chunk_shape(), c, &out, &sample_shape) };
-                }
-                shared.stats.chunk_cached(t.elapsed());
-                return Ok(());
-            }
-            let t0 = Instant::now();
-            let encoded = match &op.source {
-                ChunkSource::File(path) => store::read_file(path).map_err(|e| chunk_context(e, batch, op))?,
-                _ => None,
-            };
-            shared.stats.read_op(encoded.as_ref().map_or(0, |e| e.len() as u64), t0.elapsed());
-            let key = encoded.as_ref().and_then(|_| cache_key(&op.source));
-            decode_and_assemble(shared, op, meta, encoded.as_deref(), key, &out, &sample_shape).map_err(|e| chunk_context(e, batch, op))
-        });
-    }
-    Ok(())
+    let r = if shared.gpu_mode { run::run_device(shared, pool, batch, plan, &resolved.layouts()) } else { run::run_cpu(shared, pool, batch, plan) };
+    batch.set_resolved(resolved);
+    r
 }
 
-/// Largest gap between two chunk ranges of one file that a read op reads through.
-const MAX_READ_GAP: u64 = 64 << 10;
-
-fn chunk_context(e: Error, batch: &InFlight, op: &ChunkOp) -> Error {
-    let uri = op.copies.first().map_or("?", |c| batch.samples[c.sample as usize].uri.as_str());
-    e.context(format_args!("{uri}: chunk {:?}", op.coords))
-}
-
-/// Queues one job of `batch` on the pool; its error fails the batch. Jobs of a batch that
-/// already failed, or of a closed pipeline, do nothing.
-fn spawn_job(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static) {
-    batch.remaining.fetch_add(1, Ordering::AcqRel);
-    let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
-    pool.spawn(move || {
-        let guard = guard;
-        if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
-            return;
-        }
-        if let Err(e) = f(&guard.shared, &guard.batch) {
-            guard.batch.fail(e);
-        }
-    });
-}
-
-thread_local! {
-    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The decoded-cache key of a chunk stored at `source`.
-fn cache_key(source: &ChunkSource) -> Option<crate::cache::decoded::ChunkKey> {
-    match source {
-        ChunkSource::Range { path, offset, .. } => Some(((**path).clone(), *offset)),
-        ChunkSource::File(path) => Some((path.clone(), 0)),
-        ChunkSource::Absent => None,
-    }
-}
-
-/// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies; with a
-/// `key` and the decoded cache on, keeps the decoded chunk for later batches.
-fn decode_and_assemble(
-    shared: &Shared,
-    op: &ChunkOp,
-    meta: &crate::zarr::ArrayMeta,
-    encoded: Option<&[u8]>,
-    key: Option<crate::cache::decoded::ChunkKey>,
-    out: &OutBuffer,
-    sample_shape: &[u64],
-) -> Result<()> {
-    let t1 = Instant::now();
-    let Some(encoded) = encoded else {
-        for c in &op.copies {
-            // SAFETY: exclusive voxels (planner invariant).
-            unsafe { assemble::fill_copy(&meta.fill, meta.dtype, c, out, sample_shape) };
-        }
-        shared.stats.chunk_filled(t1.elapsed());
-        return Ok(());
-    };
-    let assemble_from = |buf: &[u8]| {
-        let t2 = Instant::now();
-        for c in &op.copies {
-            // SAFETY: exclusive voxels (planner invariant).
-            unsafe { assemble::copy_region(buf, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
-        }
-        shared.stats.chunk_decoded(0, std::time::Duration::ZERO, t2 - t1, t2.elapsed());
-    };
-    let caching = key.is_some() && shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
-    if caching {
-        let mut buf = vec![0u8; meta.codec.decoded_len()];
-        meta.codec.decode_into(encoded, &mut buf)?;
-        assemble_from(&buf);
-        if let Some(key) = key {
-            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf));
-        }
-        return Ok(());
-    }
-    DECODED.with_borrow_mut(|buf| {
-        buf.resize(meta.codec.decoded_len(), 0);
-        meta.codec.decode_into(encoded, buf)?;
-        assemble_from(buf);
-        Ok(())
-    })
-}
-
-/// Array facts as JSON: shape, dtype, chunk and shard shape, codecs, bytes on disk.
+/// Array facts as JSON: shape, dtype, chunk and shard shape, codecs, bytes stored.
 ///
 /// # Errors
-/// NotFound, InvalidArgument, DtypeMismatch from reading the metadata.
+/// NotFound, InvalidArgument, DtypeMismatch, Storage from reading the metadata.
 pub fn array_info_json(uri: &str) -> Result<String> {
-    let meta = prefetch::load_array_meta(uri)?;
-    let root = store::array_root(uri)?;
-    let (mut files, mut bytes) = (0u64, 0u64);
-    let mut stack = vec![root];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => {
-                    files += 1;
-                    bytes += m.len();
-                }
-                Err(_) => {}
-            }
-        }
-    }
+    let array = prefetch::load_array(uri)?;
+    let (files, bytes) = array.store.du()?;
+    let meta = &array.meta;
     let sharding = meta.sharding.as_ref();
     Ok(serde_json::json!({
         "uri": uri,
@@ -680,10 +388,13 @@ pub fn array_info_json(uri: &str) -> Result<String> {
         "chunk_shape": meta.chunk_shape(),
         "shard_shape": sharding.map(|_| meta.grid_shape.clone()),
         "index_location": sharding.map(|s| if s.index_at_start { "start" } else { "end" }),
-        "codecs": meta.chunk_codecs,
+        "codecs": meta.codecs.to_json(),
         "files": files,
         "bytes_on_disk": bytes,
-        "bytes_decoded": meta.shape.iter().product::<u64>() * meta.dtype.size() as u64,
+        "bytes_decoded": meta.decoded_array_bytes(),
     })
     .to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -67,12 +67,12 @@ impl Stats {
         self.assemble_ns.fetch_add(ns(assemble), Relaxed);
     }
     /// A device batch staged: bytes into the staging slab, in these read ops.
-    pub(super) fn staged(&self, layout: &crate::plan::device::StagingLayout) {
+    pub(super) fn staged(&self, layout: &crate::plan::staging::StagingLayout) {
         self.staged_bytes.fetch_add(layout.staging_bytes, Relaxed);
         self.coalesced(layout);
     }
     /// Read ops of a batch after coalescing (both paths).
-    pub(super) fn coalesced(&self, layout: &crate::plan::device::StagingLayout) {
+    pub(super) fn coalesced(&self, layout: &crate::plan::staging::StagingLayout) {
         self.device_read_ops.fetch_add(layout.reads.len() as u64, Relaxed);
     }
     /// Blosc blocks of a device batch: decoded, and skipped because no copy reads them.

@@ -1,234 +1,132 @@
-//! The device (GPU) half of planning: which inner codec chains the GPU can decode, and the
-//! staging layout of a batch: coalesced read ops (file ranges → staging offsets) and a
-//! decoded-arena slot per chunk. Pure functions of the plan; no I/O.
+//! The device half of planning, everything that needs no chunk bytes: the copy and fill ops
+//! of the assemble kernel (shapes padded to rank 4, source dtype codes, fill bits), and
+//! which blosc blocks of a chunk a batch's copies read. Pure functions of the plan.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::Value;
+use super::staging::StagingLayout;
+use super::{ravel, BatchPlan, ChunkOp};
+use crate::error::{err, Result};
+use crate::ffi::GpuCopyOp;
+use crate::zarr::blosc::BloscFrame;
+use crate::zarr::{ArrayMeta, SourceDtype};
 
-use super::{BatchPlan, ChunkSource};
-use crate::zarr::ArrayMeta;
-
-/// How the GPU decodes an array's inner chunks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceCodec {
-    /// Stored raw (little-endian `bytes` only): copied.
-    Raw,
-    /// `bytes` + `zstd`: one nvCOMP zstd stream per chunk.
-    Zstd,
-    /// `bytes` + `blosc` with lz4/lz4hc/zstd streams: blocks decompressed by nvCOMP, then
-    /// unshuffled on the device.
-    Blosc,
-    /// Anything else: decoded on the CPU, staged raw.
-    Cpu,
-}
-
-/// The device codec of `meta`'s inner chain, and whether a trailing crc32c must be checked
-/// and stripped on the host.
-pub fn device_codec(meta: &ArrayMeta) -> (DeviceCodec, bool) {
-    let Some(chain) = meta.chunk_codecs.as_array() else { return (DeviceCodec::Cpu, false) };
-    let name = |c: &Value| c.get("name").and_then(Value::as_str).map(str::to_string);
-    let mut names: Vec<String> = chain.iter().filter_map(name).collect();
-    let crc = names.last().is_some_and(|n| n == "crc32c");
-    if crc {
-        names.pop();
+/// The assemble kernel's code of a source dtype.
+pub fn dtype_code(d: SourceDtype) -> u32 {
+    match d {
+        SourceDtype::Bool => 0,
+        SourceDtype::U8 => 1,
+        SourceDtype::I8 => 2,
+        SourceDtype::U16 => 3,
+        SourceDtype::I16 => 4,
+        SourceDtype::U32 => 5,
+        SourceDtype::I32 => 6,
+        SourceDtype::U64 => 7,
+        SourceDtype::I64 => 8,
+        SourceDtype::F16 => 9,
+        SourceDtype::Bf16 => 10,
+        SourceDtype::F32 => 11,
+        SourceDtype::F64 => 12,
     }
-    let little = chain.first().is_some_and(|b| {
-        let endian = b.get("configuration").and_then(|c| c.get("endian")).and_then(Value::as_str);
-        endian.is_none_or(|e| e == "little" || meta.dtype.size() == 1)
-    });
-    if !little || names.first().map(String::as_str) != Some("bytes") {
-        return (DeviceCodec::Cpu, false);
+}
+
+fn pad4(v: &[u64], pad: u32) -> Result<[u32; 4]> {
+    if v.len() > 4 {
+        return Err(err!(InvalidArgument, "the GPU path supports rank ≤ 4, found rank {} (use device=\"cpu\")", v.len()));
     }
-    let codec = match names.get(1..).unwrap_or_default() {
-        [] => DeviceCodec::Raw,
-        [z] if z == "zstd" => DeviceCodec::Zstd,
-        [b] if b == "blosc" => {
-            let cname = chain[1].get("configuration").and_then(|c| c.get("cname")).and_then(Value::as_str);
-            match cname {
-                Some("lz4" | "lz4hc" | "zstd") => DeviceCodec::Blosc,
-                _ => DeviceCodec::Cpu,
-            }
-        }
-        _ => DeviceCodec::Cpu,
-    };
-    (codec, crc && codec != DeviceCodec::Cpu)
+    let mut out = [pad; 4];
+    for (o, x) in out[4 - v.len()..].iter_mut().zip(v) {
+        *o = u32::try_from(*x).map_err(|_| err!(InvalidArgument, "extent {x} too large for the GPU path (at most 2^32 - 1)"))?;
+    }
+    Ok(out)
 }
 
-/// One positioned read into the staging buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadOp {
-    /// File to read.
-    pub path: Arc<PathBuf>,
-    /// Byte offset in the file.
-    pub offset: u64,
-    /// Bytes to read.
-    pub len: u64,
-    /// Where they land in the staging buffer.
-    pub staging_offset: u64,
-    /// Chunk ops served by this read (indices into the plan's chunk ops).
-    pub chunks: Vec<usize>,
+fn fill_bits(meta: &ArrayMeta) -> u64 {
+    let mut b = [0u8; 8];
+    b[..meta.fill.len()].copy_from_slice(&meta.fill);
+    u64::from_le_bytes(b)
 }
 
-/// Where each chunk's bytes are staged and decoded.
-#[derive(Debug, Clone, Default)]
-pub struct StagingLayout {
-    /// Coalesced reads of shard-file ranges.
-    pub reads: Vec<ReadOp>,
-    /// Per chunk op: `(staging offset, staged length)`; `None` for absent chunks and for
-    /// whole-file chunks (staged by their own job).
-    pub staged: Vec<Option<(u64, u64)>>,
-    /// Per chunk op: offset of its decoded bytes in the decoded arena (`None`: absent).
-    pub decoded: Vec<Option<u64>>,
-    /// Staging bytes used by `reads`.
-    pub staging_bytes: u64,
-    /// Decoded arena bytes.
-    pub decoded_bytes: u64,
-}
-
-const ALIGN: u64 = 256;
-
-/// Lays out a batch: ranges of one file that are adjacent or closer than `max_gap` are
-/// read by one op, up to `max_read_op_bytes` per op (a single larger range is still read
-/// whole). Whole-file chunks and CPU-decoded chunks get a decoded-size staging slot after
-/// the reads (`cpu_slot` tells which chunk ops need one, and how large).
-pub fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
-    let n = plan.chunk_ops.len();
-    let mut out = StagingLayout { staged: vec![None; n], decoded: vec![None; n], ..Default::default() };
+/// The assemble kernel's ops of a batch: one per copy (from the chunk's decoded-arena
+/// slot, or filled when the chunk is absent) and one per fill op.
+///
+/// # Errors
+/// InvalidArgument for a rank above 4 or an extent above 2^32 - 1.
+pub fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>> {
+    let mut ops = Vec::new();
     for (i, op) in plan.chunk_ops.iter().enumerate() {
-        if op.source != ChunkSource::Absent {
-            out.decoded[i] = Some(out.decoded_bytes);
-            out.decoded_bytes += plan.arrays[op.array as usize].codec.decoded_len() as u64;
-            out.decoded_bytes = out.decoded_bytes.next_multiple_of(ALIGN);
+        let meta = &plan.array_of(op).meta;
+        for c in &op.copies {
+            ops.push(GpuCopyOp {
+                chunk_offset: staging.decoded[i].unwrap_or(0),
+                src_dtype: dtype_code(meta.dtype),
+                sample: c.sample,
+                fill: staging.decoded[i].is_none(),
+                fill_bits: fill_bits(meta),
+                chunk_shape: pad4(meta.chunk_shape(), 1)?,
+                chunk_start: pad4(&c.chunk_start, 0)?,
+                sample_start: pad4(&c.sample_start, 0)?,
+                extent: pad4(&c.extent, 1)?,
+            });
         }
     }
-    let mut ranges: Vec<(Arc<PathBuf>, u64, u64, usize)> = plan
-        .chunk_ops
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| cpu_slot(*i).is_none())
-        .filter_map(|(i, op)| match &op.source {
-            ChunkSource::Range { path, offset, nbytes } => Some((Arc::clone(path), *offset, *nbytes, i)),
-            _ => None,
-        })
-        .collect();
-    ranges.sort_by(|a, b| (a.0.as_path(), a.1).cmp(&(b.0.as_path(), b.1)));
-    for (path, offset, len, i) in ranges {
-        let extend = out.reads.last().is_some_and(|r| {
-            r.path == path && offset >= r.offset + r.len && offset - (r.offset + r.len) <= max_gap && offset + len - r.offset <= max_read_op_bytes
+    for f in &plan.fill_ops {
+        let meta = &plan.arrays[f.array as usize].meta;
+        ops.push(GpuCopyOp {
+            chunk_offset: 0,
+            src_dtype: dtype_code(meta.dtype),
+            sample: f.sample,
+            fill: true,
+            fill_bits: fill_bits(meta),
+            chunk_shape: pad4(&f.region.extent, 1)?,
+            chunk_start: [0; 4],
+            sample_start: pad4(&f.region.start, 0)?,
+            extent: pad4(&f.region.extent, 1)?,
         });
-        if extend {
-            let r = out.reads.last_mut().unwrap_or_else(|| unreachable!());
-            let grow = offset + len - (r.offset + r.len);
-            r.len += grow;
-            out.staging_bytes += grow;
-            out.staged[i] = Some((r.staging_offset + (offset - r.offset), len));
-            r.chunks.push(i);
-        } else {
-            let staging_offset = out.staging_bytes.next_multiple_of(16);
-            out.reads.push(ReadOp { path, offset, len, staging_offset, chunks: vec![i] });
-            out.staging_bytes = staging_offset + len;
-            out.staged[i] = Some((staging_offset, len));
-        }
     }
-    for i in 0..n {
-        if let Some(bytes) = cpu_slot(i) {
-            let at = out.staging_bytes.next_multiple_of(ALIGN);
-            out.staged[i] = Some((at, bytes));
-            out.staging_bytes = at + bytes;
-        }
-    }
-    out
+    Ok(ops)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::{ChunkOp, ChunkSource};
-    use proptest::prelude::*;
+/// The blocks of one blosc chunk that a batch decodes, from its cached framing.
+#[derive(Debug)]
+pub struct Blocks {
+    /// The chunk's framing.
+    pub frame: Arc<BloscFrame>,
+    /// Per block: decode it.
+    pub needed: Vec<bool>,
+    /// Blocks decoded.
+    pub decoded: usize,
+    /// Bytes of the chunk that are staged: `[span.0, span.1)` (the whole chunk when a
+    /// checksum must be verified or the chunk is stored raw).
+    pub span: (u32, u32),
+}
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
-        /// Every chunk byte range lies inside exactly one read op (the one that lists it), at
-        /// the staging offset the layout gives it; read ops do not overlap in staging; an op
-        /// exceeds max_read_op_bytes only when it is a single larger range.
-        #[test]
-        fn every_range_inside_exactly_one_read(
-            ranges in proptest::collection::vec((0usize..3, 0u64..4000, 1u64..300), 1..40),
-            max_op in 1u64..2000,
-            gap in 0u64..200,
-        ) {
-            let m = meta();
-            let paths: Vec<Arc<PathBuf>> = (0..3).map(|i| Arc::new(PathBuf::from(format!("/s{i}")))).collect();
-            // Distinct chunks of one file never overlap: lay them out without overlaps.
-            let mut next = [0u64; 3];
-            let chunk_ops: Vec<ChunkOp> = ranges.iter().map(|&(f, skip, len)| {
-                let offset = next[f] + skip % 50;
-                next[f] = offset + len;
-                ChunkOp { array: 0, coords: vec![0], source: ChunkSource::Range { path: Arc::clone(&paths[f]), offset, nbytes: len }, copies: vec![] }
-            }).collect();
-            let plan = BatchPlan { arrays: vec![m], chunk_ops, fill_ops: vec![], read_bytes: 0 };
-            let l = layout(&plan, max_op, gap, &|_| None);
-            let mut spans: Vec<(u64, u64)> = l.reads.iter().map(|r| (r.staging_offset, r.staging_offset + r.len)).collect();
-            spans.sort_unstable();
-            for w in spans.windows(2) {
-                prop_assert!(w[0].1 <= w[1].0, "read ops overlap in staging: {:?}", w);
+impl Blocks {
+    /// The blocks holding the elements `op`'s copies read: per copy, every block between
+    /// its first and last element in C order.
+    pub fn needed(frame: Arc<BloscFrame>, op: &ChunkOp, meta: &ArrayMeta, crc: bool) -> Self {
+        let n = frame.blocks.len();
+        let mut needed = vec![false; n];
+        let shape = meta.chunk_shape();
+        let item = meta.dtype.size() as u64;
+        let bs = u64::from(frame.blocksize.max(1));
+        for c in &op.copies {
+            let end: Vec<u64> = c.chunk_start.iter().zip(&c.extent).map(|(s, e)| s + e - 1).collect();
+            let first = ravel(&c.chunk_start, shape) as u64 * item;
+            let last = ravel(&end, shape) as u64 * item + item - 1;
+            let hi = ((last / bs) as usize).min(n.saturating_sub(1));
+            for flag in needed.iter_mut().take(hi + 1).skip((first / bs) as usize) {
+                *flag = true;
             }
-            for (i, op) in plan.chunk_ops.iter().enumerate() {
-                let ChunkSource::Range { path, offset, nbytes } = &op.source else { unreachable!() };
-                let holders: Vec<&ReadOp> = l.reads.iter().filter(|r| r.path == *path && r.offset <= *offset && offset + nbytes <= r.offset + r.len).collect();
-                prop_assert_eq!(holders.len(), 1, "chunk {} in {} read ops", i, holders.len());
-                let r = holders[0];
-                prop_assert!(r.chunks.contains(&i));
-                prop_assert_eq!(l.staged[i], Some((r.staging_offset + (offset - r.offset), *nbytes)));
-            }
-            for r in &l.reads {
-                prop_assert!(r.len <= max_op || r.chunks.len() == 1, "op of {} bytes over {}", r.len, max_op);
-            }
-            prop_assert!(l.staging_bytes >= l.reads.iter().map(|r| r.len).sum::<u64>());
         }
-    }
-
-    fn meta() -> Arc<ArrayMeta> {
-        let json = r#"{"zarr_format":3,"node_type":"array","shape":[64],"data_type":"uint8",
-          "chunk_grid":{"name":"regular","configuration":{"chunk_shape":[64]}},"fill_value":0,
-          "codecs":[{"name":"sharding_indexed","configuration":{"chunk_shape":[8],
-            "codecs":[{"name":"bytes"},{"name":"zstd","configuration":{"level":1,"checksum":false}},{"name":"crc32c"}],
-            "index_codecs":[{"name":"bytes","configuration":{"endian":"little"}}]}}]}"#;
-        Arc::new(ArrayMeta::parse(json.as_bytes()).unwrap())
-    }
-
-    #[test]
-    fn classifies_and_coalesces() {
-        let m = meta();
-        assert_eq!(device_codec(&m), (DeviceCodec::Zstd, true));
-        let path = Arc::new(PathBuf::from("/s"));
-        let other = Arc::new(PathBuf::from("/t"));
-        let op = |source| ChunkOp { array: 0, coords: vec![0], source, copies: vec![] };
-        let plan = BatchPlan {
-            arrays: vec![m],
-            chunk_ops: vec![
-                op(ChunkSource::Range { path: Arc::clone(&path), offset: 100, nbytes: 10 }),
-                op(ChunkSource::Range { path: Arc::clone(&path), offset: 0, nbytes: 50 }),
-                op(ChunkSource::Range { path: Arc::clone(&path), offset: 50, nbytes: 20 }),
-                op(ChunkSource::Absent),
-                op(ChunkSource::Range { path: other, offset: 0, nbytes: 5 }),
-            ],
-            fill_ops: vec![],
-            read_bytes: 85,
+        let decoded = needed.iter().filter(|&&x| x).count();
+        let whole = (0, frame.cbytes.saturating_add(if crc { 4 } else { 0 }));
+        let span = if crc || frame.memcpyed || decoded == 0 {
+            whole
+        } else {
+            let picked = frame.blocks.iter().zip(&needed).filter(|(_, &x)| x).map(|(&b, _)| b);
+            picked.fold((u32::MAX, 0), |(lo, hi), (s, e)| (lo.min(s), hi.max(e)))
         };
-        let l = layout(&plan, 1 << 20, 0, &|_| None);
-        assert_eq!(l.reads.len(), 3, "0..70 coalesced; 100 is past a gap; /t separate");
-        assert_eq!(l.reads[0].chunks, vec![1, 2]);
-        assert_eq!(l.staged[2], Some((50, 20)));
-        assert_eq!(l.staged[3], None);
-        assert!(l.decoded[3].is_none() && l.decoded[4].is_some());
-        let l = layout(&plan, 1 << 20, 64, &|_| None);
-        assert_eq!(l.reads.len(), 2, "the 30-byte gap is read through");
-        assert_eq!(l.staged[0], Some((100, 10)));
-        let l = layout(&plan, 60, 64, &|_| None);
-        assert_eq!(l.reads.len(), 3, "capped at 60 bytes per op");
-        assert_eq!(l.reads[1].chunks, vec![2, 0]);
+        Self { frame, needed, decoded, span }
     }
 }

@@ -7,16 +7,64 @@
 //!   Absent chunks and absent shard files are chunk ops whose source is `Absent`.
 //!
 //! Invariant (property-tested): every voxel of every sample is written by exactly one copy
-//! or fill. The planner reads resolved values only: no I/O, no cache pins.
+//! or fill. The planner reads resolved values only: no I/O, no cache pins. Sizes are
+//! checked before anything is enumerated or allocated: a sample touching more than
+//! [`MAX_CHUNK_OPS`] chunks fails with BudgetExceeded, a shard index entry larger than any
+//! encoding of its chunk fails with Storage, and the batch's decoded bytes are summed with
+//! checked arithmetic for the pipeline's `decoded_bytes` budget.
+//!
+//! Also here: the staging layout both paths read through (`staging`: coalesced read ops),
+//! and the device op records that need no bytes (`device`).
+//!
+//! Calls: `zarr` (geometry), `store` (keys, generations), `decode` (the per-array decoder it
+//! carries). Called by `prefetch` (geometry) and `pipeline`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod device;
+pub mod staging;
 
+use crate::decode::{max_encoded_len, ArrayDecoder};
 use crate::error::{err, Result};
+use crate::store::{Generation, Store};
 use crate::zarr::{ArrayMeta, ShardIndex};
+
+/// Most chunk ops one batch may plan (a sample of tiny chunks fails with BudgetExceeded
+/// instead of enumerating millions of them).
+pub const MAX_CHUNK_OPS: u64 = 1 << 20;
+
+/// An opened array: where it is, what it is, how its chunks decode. Built once per array by
+/// the prefetcher and shared by every batch reading it.
+#[derive(Debug)]
+pub struct Array {
+    /// The uri as the caller wrote it (for messages).
+    pub uri: String,
+    /// Its identity in caches: the store's uri.
+    pub id: Arc<str>,
+    /// Its store, rooted at the array.
+    pub store: Arc<dyn Store>,
+    /// Its metadata.
+    pub meta: ArrayMeta,
+    /// Its chunk decoders (CPU, and the device route).
+    pub decoder: ArrayDecoder,
+}
+
+impl Array {
+    /// The store key of the chunk or shard at grid coordinates `coords`.
+    pub fn key(&self, coords: &[u64]) -> String {
+        self.meta.key_encoding.key(coords)
+    }
+}
+
+/// A loaded shard index and the generation of the shard file it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// The index.
+    pub index: ShardIndex,
+    /// The shard file's generation when the index was read.
+    pub generation: Generation,
+}
 
 /// A box in some coordinate frame: `start` and `extent` per dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,20 +95,22 @@ pub struct Copy {
     pub extent: Vec<u64>,
 }
 
-/// Where a chunk's encoded bytes are.
+/// Where a chunk's encoded bytes are (keys are relative to the op's array's store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkSource {
-    /// `nbytes` at `offset` of a shard file.
+    /// `nbytes` at `offset` of a shard file of generation `generation`.
     Range {
-        /// Shard file.
-        path: Arc<PathBuf>,
+        /// Shard key.
+        key: Arc<str>,
         /// Byte offset.
         offset: u64,
         /// Length.
         nbytes: u64,
+        /// The shard's generation when its index was read (`None`: unknown).
+        generation: Option<Generation>,
     },
-    /// A whole chunk file; absent file = fill.
-    File(PathBuf),
+    /// A whole chunk object; absent = fill.
+    File(Arc<str>),
     /// Absent (inner chunk missing from its shard, or the shard file is absent): fill.
     Absent,
 }
@@ -91,12 +141,8 @@ pub struct FillOp {
 
 /// The resolved inputs of one sample.
 pub struct ResolvedSample<'a> {
-    /// Array metadata.
-    pub meta: &'a Arc<ArrayMeta>,
-    /// The array's folder.
-    pub root: &'a Path,
-    /// The uri (for messages).
-    pub uri: &'a str,
+    /// The array.
+    pub array: &'a Arc<Array>,
     /// `(start, stop)` per dimension.
     pub aabb: &'a [(i64, i64)],
 }
@@ -104,21 +150,30 @@ pub struct ResolvedSample<'a> {
 /// Looks up a resolved shard index: `Some(None)` when the shard file is absent, `None` when
 /// the prefetcher did not resolve it (a bug).
 pub trait ShardLookup {
-    /// The index of the shard at `shard_coords` of array `root`.
-    fn shard(&self, root: &Path, shard_coords: &[u64]) -> Option<Option<&ShardIndex>>;
+    /// The index of the shard at `shard_coords` of `array`.
+    fn shard(&self, array: &Array, shard_coords: &[u64]) -> Option<Option<&Shard>>;
 }
 
 /// The plan of one batch.
 #[derive(Debug, Default)]
 pub struct BatchPlan {
     /// Distinct arrays of the batch (chunk and fill ops index into this).
-    pub arrays: Vec<Arc<ArrayMeta>>,
+    pub arrays: Vec<Arc<Array>>,
     /// Chunk ops.
     pub chunk_ops: Vec<ChunkOp>,
     /// Fill ops.
     pub fill_ops: Vec<FillOp>,
     /// Encoded bytes the chunk ops read (known ranges only; whole-file chunks count 0).
     pub read_bytes: u64,
+    /// Decoded bytes of the chunks the batch reads (absent chunks count 0).
+    pub decoded_bytes: u64,
+}
+
+impl BatchPlan {
+    /// The array of chunk op `op`.
+    pub fn array_of(&self, op: &ChunkOp) -> &Array {
+        &self.arrays[op.array as usize]
+    }
 }
 
 /// Checks a sample's box against its array: rank, and bounds unless `out_of_bounds_fill`.
@@ -130,6 +185,7 @@ pub fn check_sample(uri: &str, meta: &ArrayMeta, aabb: &[(i64, i64)], out_of_bou
         return Err(err!(RankMismatch, "{uri}: box has rank {} but the array has rank {} (shape {:?})", aabb.len(), meta.rank(), meta.shape));
     }
     if !out_of_bounds_fill {
+        // Shapes are at most 2^63 - 1 (zarr parser), so `n as i64` is exact.
         let outside = aabb.iter().zip(&meta.shape).any(|(&(a, b), &n)| a < 0 || b > n as i64);
         if outside {
             return Err(err!(InvalidArgument, "{uri}: box {aabb:?} reaches outside the array of shape {:?} (set out_of_bounds=\"fill\" to pad)", meta.shape));
@@ -218,9 +274,16 @@ pub fn shards_of(meta: &ArrayMeta, aabb: &[(i64, i64)]) -> Vec<Vec<u64>> {
     }
 }
 
-/// The C-order index of `coords` in a grid of `shape`.
+/// The C-order index of `coords` in a grid of `shape` (callers pass coordinates inside a
+/// grid whose cell count fits: a shard's chunk grid, capped by the zarr parser).
 pub(crate) fn ravel(coords: &[u64], shape: &[u64]) -> usize {
     coords.iter().zip(shape).fold(0u64, |acc, (c, n)| acc * n + c) as usize
+}
+
+/// Cells of `cell` shape overlapped by `bounds`, counted without enumerating them
+/// (saturating).
+pub fn count_cells(bounds: &[(u64, u64)], cell: &[u64]) -> u64 {
+    bounds.iter().zip(cell).map(|(b, c)| (b.1 - 1) / c - b.0 / c + 1).fold(1u64, u64::saturating_mul)
 }
 
 /// Plans one batch.
@@ -230,29 +293,40 @@ pub(crate) fn ravel(coords: &[u64], shape: &[u64]) -> usize {
 /// index was not resolved (an internal error).
 pub fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_of_bounds_fill: bool) -> Result<BatchPlan> {
     let mut plan = BatchPlan::default();
-    let mut array_ids: HashMap<*const ArrayMeta, u32> = HashMap::new();
+    let mut array_ids: HashMap<*const Array, u32> = HashMap::new();
     let mut chunk_ids: HashMap<(u32, Vec<u64>), usize> = HashMap::new();
     for (si, s) in samples.iter().enumerate() {
         let si = si as u32;
-        check_sample(s.uri, s.meta, s.aabb, out_of_bounds_fill)?;
-        let array = *array_ids.entry(Arc::as_ptr(s.meta)).or_insert_with(|| {
-            plan.arrays.push(Arc::clone(s.meta));
+        let meta = &s.array.meta;
+        check_sample(&s.array.uri, meta, s.aabb, out_of_bounds_fill)?;
+        let array = *array_ids.entry(Arc::as_ptr(s.array)).or_insert_with(|| {
+            plan.arrays.push(Arc::clone(s.array));
             (plan.arrays.len() - 1) as u32
         });
-        let meta = s.meta;
         let inside = clip(s.aabb, &meta.shape);
         for region in outside_regions(s.aabb, inside.as_deref()) {
             plan.fill_ops.push(FillOp { array, sample: si, region });
         }
         let Some(inside) = inside else { continue };
         let chunk_shape = meta.chunk_shape();
+        let touched = count_cells(&inside, chunk_shape);
+        if touched.saturating_add(plan.chunk_ops.len() as u64) > MAX_CHUNK_OPS {
+            return Err(err!(
+                BudgetExceeded,
+                "{}: the batch touches more than {MAX_CHUNK_OPS} chunks (this sample alone {touched} chunks of {chunk_shape:?}); use fewer or smaller samples per batch, or an array with larger chunks",
+                s.array.uri
+            ));
+        }
         for coords in cells(&inside, chunk_shape) {
             let op = match chunk_ids.get(&(array, coords.clone())) {
                 Some(&i) => i,
                 None => {
-                    let source = chunk_source(meta, s.root, &coords, shards)?;
+                    let source = chunk_source(s.array, &coords, shards)?;
                     if let ChunkSource::Range { nbytes, .. } = source {
-                        plan.read_bytes += nbytes;
+                        plan.read_bytes = plan.read_bytes.saturating_add(nbytes);
+                    }
+                    if source != ChunkSource::Absent {
+                        plan.decoded_bytes = plan.decoded_bytes.saturating_add(meta.decoded_chunk_bytes);
                     }
                     plan.chunk_ops.push(ChunkOp { array, coords: coords.clone(), source, copies: Vec::new() });
                     chunk_ids.insert((array, coords.clone()), plan.chunk_ops.len() - 1);
@@ -277,21 +351,34 @@ pub fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_
 /// Where the chunk at `coords` is stored, by its shard index when sharded.
 ///
 /// # Errors
-/// InvalidArgument when the shard index was not resolved (an internal error).
-pub fn chunk_source(meta: &ArrayMeta, root: &Path, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
+/// Storage when the shard index gives the chunk more bytes than any encoding of it takes
+/// (naming the shard and the chunk); InvalidArgument when the shard index was not resolved
+/// (an internal error).
+pub fn chunk_source(array: &Array, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
+    let meta = &array.meta;
     let Some(sharding) = &meta.sharding else {
-        return Ok(ChunkSource::File(root.join(meta.key_encoding.key(coords))));
+        return Ok(ChunkSource::File(array.key(coords).into()));
     };
-    let per_shard = sharding.chunks_per_shard(&meta.grid_shape);
-    let shard: Vec<u64> = coords.iter().zip(&per_shard).map(|(c, p)| c / p).collect();
-    let local: Vec<u64> = coords.iter().zip(&per_shard).map(|(c, p)| c % p).collect();
-    let index = shards
-        .shard(root, &shard)
-        .ok_or_else(|| err!(InvalidArgument, "internal: shard {shard:?} of {} was not prefetched", root.display()))?;
-    Ok(match index.and_then(|idx| idx.get(ravel(&local, &per_shard))) {
-        Some(r) => ChunkSource::Range { path: Arc::new(root.join(meta.key_encoding.key(&shard))), offset: r.offset, nbytes: r.nbytes },
-        None => ChunkSource::Absent,
-    })
+    let per_shard = &sharding.chunks_per_shard;
+    let shard: Vec<u64> = coords.iter().zip(per_shard).map(|(c, p)| c / p).collect();
+    let local: Vec<u64> = coords.iter().zip(per_shard).map(|(c, p)| c % p).collect();
+    let resolved = shards
+        .shard(array, &shard)
+        .ok_or_else(|| err!(InvalidArgument, "internal: shard {shard:?} of {} was not prefetched", array.uri))?;
+    let Some(s) = resolved else { return Ok(ChunkSource::Absent) };
+    let Some(r) = s.index.get(ravel(&local, per_shard)) else { return Ok(ChunkSource::Absent) };
+    let key = array.key(&shard);
+    let cap = max_encoded_len(meta.decoded_chunk_bytes);
+    if r.nbytes > cap {
+        return Err(err!(
+            Storage,
+            "{}: shard index gives chunk {coords:?} {} bytes, more than the {cap} bytes any encoding of its {} decoded bytes takes (corrupt shard index)",
+            array.store.describe(&key),
+            r.nbytes,
+            meta.decoded_chunk_bytes
+        ));
+    }
+    Ok(ChunkSource::Range { key: key.into(), offset: r.offset, nbytes: r.nbytes, generation: Some(s.generation.clone()) })
 }
 
 #[cfg(test)]

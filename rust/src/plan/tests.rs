@@ -1,7 +1,15 @@
 use super::*;
 use proptest::prelude::*;
 
+use crate::store::Generation;
 use crate::zarr::ChunkRange;
+
+/// An opened array of `zarr.json` text, in a store that is never read.
+pub(crate) fn array(json: &str) -> Arc<Array> {
+    let meta = ArrayMeta::parse(json.as_bytes()).unwrap();
+    let store = crate::store::open("/nonexistent").unwrap();
+    Arc::new(Array { uri: "u".into(), id: store.uri().into(), decoder: ArrayDecoder::new(&meta).unwrap(), store, meta })
+}
 
 fn meta_json(shape: &[u64], grid: &[u64], inner: Option<&[u64]>) -> String {
     let bytes = r#"[{"name":"bytes","configuration":{"endian":"little"}}]"#;
@@ -17,21 +25,21 @@ fn meta_json(shape: &[u64], grid: &[u64], inner: Option<&[u64]>) -> String {
 }
 
 /// Every shard present; inner chunk `i` of a shard is present unless `i % 3 == 2`.
-struct AllShards(Vec<ShardIndex>);
+struct AllShards(Vec<Shard>);
 impl ShardLookup for AllShards {
-    fn shard(&self, _root: &Path, _coords: &[u64]) -> Option<Option<&ShardIndex>> {
+    fn shard(&self, _array: &Array, _coords: &[u64]) -> Option<Option<&Shard>> {
         Some(self.0.first())
     }
 }
 
-fn index_bytes(n: usize) -> ShardIndex {
+fn index_bytes(n: usize) -> Shard {
     let mut b = Vec::new();
     for i in 0..n {
         let (o, l) = if i % 3 == 2 { (u64::MAX, u64::MAX) } else { (i as u64 * 10, 10) };
         b.extend(o.to_le_bytes());
         b.extend(l.to_le_bytes());
     }
-    ShardIndex::parse(&b, n, false, 1 << 40).unwrap()
+    Shard { index: ShardIndex::parse(&b, n, false, 1 << 40).unwrap(), generation: Generation::new("g") }
 }
 
 fn geometry() -> impl Strategy<Value = (Vec<u64>, Vec<u64>, Option<Vec<u64>>)> {
@@ -62,13 +70,13 @@ proptest! {
         (shape, grid, inner) in geometry(),
         boxes in proptest::collection::vec(proptest::collection::vec((-6i64..24, 1i64..9), 3), 1..5),
     ) {
-        let meta = Arc::new(ArrayMeta::parse(meta_json(&shape, &grid, inner.as_deref()).as_bytes()).unwrap());
+        let arr = array(&meta_json(&shape, &grid, inner.as_deref()));
+        let meta = &arr.meta;
         let rank = shape.len();
         let aabbs: Vec<Vec<(i64, i64)>> = boxes.iter().map(|b| b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()).collect();
-        let per_shard: u64 = meta.sharding.as_ref().map_or(1, |s| s.chunks_per_shard(&meta.grid_shape).iter().product());
+        let per_shard: u64 = meta.sharding.as_ref().map_or(1, |s| s.n_chunks);
         let shards = AllShards(vec![index_bytes(per_shard as usize)]);
-        let root = PathBuf::from("/nonexistent");
-        let samples: Vec<ResolvedSample<'_>> = aabbs.iter().map(|a| ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: a }).collect();
+        let samples: Vec<ResolvedSample<'_>> = aabbs.iter().map(|a| ResolvedSample { array: &arr, aabb: a }).collect();
         let plan = plan_batch(&samples, &shards, true).unwrap();
         let mut seen = std::collections::HashSet::new();
         for op in &plan.chunk_ops {
@@ -101,36 +109,32 @@ proptest! {
 
 #[test]
 fn shared_chunk_is_decoded_once_and_absent_chunks_fill() {
-    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8, 8], &[4, 4], Some(&[2, 2])).as_bytes()).unwrap());
+    let arr = array(&meta_json(&[8, 8], &[4, 4], Some(&[2, 2])));
     let shards = AllShards(vec![index_bytes(4)]);
-    let root = PathBuf::from("/r");
     let a = [(0, 2), (0, 2)];
     let b = [(1, 3), (1, 3)];
-    let samples = [
-        ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a },
-        ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &b },
-    ];
+    let samples = [ResolvedSample { array: &arr, aabb: &a }, ResolvedSample { array: &arr, aabb: &b }];
     let plan = plan_batch(&samples, &shards, false).unwrap();
     assert_eq!(plan.chunk_ops.len(), 4);
     assert_eq!(plan.chunk_ops[0].copies.len(), 2, "chunk (0,0) serves both samples");
     let absent = plan.chunk_ops.iter().filter(|o| o.source == ChunkSource::Absent).count();
     assert_eq!(absent, 1, "inner chunk 2 of each shard is absent");
-    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::Range { offset: 0, nbytes: 10, path } if path.ends_with("c/0/0")));
+    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::Range { offset: 0, nbytes: 10, key, generation: Some(_) } if &**key == "c/0/0"));
+    assert_eq!(plan.decoded_bytes, 3 * 4, "three present chunks of 2x2 uint8");
 }
 
 #[test]
 fn out_of_bounds_is_an_error_unless_filling() {
-    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8, 8], &[4, 4], None).as_bytes()).unwrap());
-    let root = PathBuf::from("/r");
+    let arr = array(&meta_json(&[8, 8], &[4, 4], None));
     let a = [(-1, 3), (0, 4)];
-    let samples = [ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a }];
+    let samples = [ResolvedSample { array: &arr, aabb: &a }];
     let e = plan_batch(&samples, &AllShards(vec![]), false).unwrap_err();
     assert!(e.message().contains("[8, 8]"), "{e}");
     let plan = plan_batch(&samples, &AllShards(vec![]), true).unwrap();
     assert_eq!(plan.fill_ops.len(), 1);
-    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::File(p) if p.ends_with("c/0/0")));
+    assert!(matches!(&plan.chunk_ops[0].source, ChunkSource::File(k) if &**k == "c/0/0"));
     let r = [(0, 4)];
-    let e = plan_batch(&[ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &r }], &AllShards(vec![]), false).unwrap_err();
+    let e = plan_batch(&[ResolvedSample { array: &arr, aabb: &r }], &AllShards(vec![]), false).unwrap_err();
     assert_eq!(e.status(), crate::error::Status::RankMismatch);
 }
 
@@ -138,13 +142,40 @@ fn out_of_bounds_is_an_error_unless_filling() {
 fn an_unresolved_shard_is_an_error_not_a_panic() {
     struct NoShards;
     impl ShardLookup for NoShards {
-        fn shard(&self, _: &Path, _: &[u64]) -> Option<Option<&ShardIndex>> {
+        fn shard(&self, _: &Array, _: &[u64]) -> Option<Option<&Shard>> {
             None
         }
     }
-    let meta = Arc::new(ArrayMeta::parse(meta_json(&[8], &[4], Some(&[2])).as_bytes()).unwrap());
-    let root = PathBuf::from("/r");
+    let arr = array(&meta_json(&[8], &[4], Some(&[2])));
     let a = [(0, 2)];
-    assert!(plan_batch(&[ResolvedSample { meta: &meta, root: &root, uri: "u", aabb: &a }], &NoShards, false).is_err());
+    assert!(plan_batch(&[ResolvedSample { array: &arr, aabb: &a }], &NoShards, false).is_err());
     let _ = ChunkRange { offset: 0, nbytes: 0 };
+}
+
+#[test]
+fn hostile_sizes_fail_the_plan_typed() {
+    // A shard index entry claiming far more bytes than any encoding of a 2x2 uint8 chunk.
+    let arr = array(&meta_json(&[8, 8], &[4, 4], Some(&[2, 2])));
+    let mut b = Vec::new();
+    for i in 0..4u64 {
+        b.extend((i * 10).to_le_bytes());
+        b.extend(if i == 0 { 1u64 << 42 } else { 10 }.to_le_bytes());
+    }
+    let shard = Shard { index: ShardIndex::parse(&b, 4, false, u64::MAX).unwrap(), generation: Generation::new("g") };
+    let a = [(0, 2), (0, 2)];
+    let e = plan_batch(&[ResolvedSample { array: &arr, aabb: &a }], &AllShards(vec![shard]), false).unwrap_err();
+    assert_eq!(e.status(), crate::error::Status::Storage, "{e}");
+    assert!(e.message().contains("c/0/0") && e.message().contains("[0, 0]"), "names the shard and chunk: {e}");
+    // A sample touching more than MAX_CHUNK_OPS chunks of 1 voxel.
+    let arr = array(&meta_json(&[4096, 4096], &[1, 1], None));
+    let a = [(0, 2048), (0, 1024)];
+    let e = plan_batch(&[ResolvedSample { array: &arr, aabb: &a }], &AllShards(vec![]), false).unwrap_err();
+    assert_eq!(e.status(), crate::error::Status::BudgetExceeded, "{e}");
+    // Boxes near 2^63 over an array of extent 2^63 - 1 are in bounds and plan without overflow.
+    let big = i64::MAX as u64;
+    let arr = array(&meta_json(&[big], &[1 << 20], None));
+    let a = [(i64::MAX - 8, i64::MAX)];
+    let plan = plan_batch(&[ResolvedSample { array: &arr, aabb: &a }], &AllShards(vec![]), false).unwrap();
+    assert!(plan.fill_ops.is_empty() && plan.chunk_ops.len() == 1);
+    assert_eq!(plan.chunk_ops[0].copies[0].extent, [8]);
 }

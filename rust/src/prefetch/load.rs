@@ -1,59 +1,83 @@
-//! The loads behind the prefetcher's cache misses: array metadata, shard indexes and blosc
-//! chunk heads. Each reads the least it can (one `zarr.json`, one index, the first bytes of
-//! a chunk) and parses with the pure parsers of `zarr`.
+//! The loads behind the prefetcher's cache misses: an array (its `zarr.json`, parsed, with
+//! its decoders), shard indexes and blosc chunk heads. Each reads the least it can (one
+//! bounded `zarr.json`, one index, the first bytes of a chunk) through the array's store and
+//! parses with the pure parsers of `zarr`.
 
-use std::path::Path;
+use std::sync::Arc;
 
+use crate::decode::ArrayDecoder;
 use crate::error::{err, Result};
-use crate::store::{self, ReadFile};
+use crate::plan::{Array, Shard};
+use crate::store::{self, Generation, RangeRead, ReadOutcome, MAX_METADATA_BYTES};
 use crate::zarr::blosc::{BloscFrame, HEAD_PROBE};
 use crate::zarr::{ArrayMeta, ShardIndex};
 
-/// Reads and parses `zarr.json` of the array at `uri`.
+/// Opens the array at `uri`: reads and parses its `zarr.json` (at most
+/// [`MAX_METADATA_BYTES`]) and builds its decoders.
 ///
 /// # Errors
-/// NotFound when there is no `zarr.json`; InvalidArgument/DtypeMismatch from parsing;
-/// every message names the uri.
-pub fn load_array_meta(uri: &str) -> Result<ArrayMeta> {
-    let root = store::array_root(uri)?;
-    let path = root.join("zarr.json");
-    let bytes = store::read_file(&path)?.ok_or_else(|| err!(NotFound, "array not found: {uri} (no zarr.json at {})", path.display()))?;
-    ArrayMeta::parse(&bytes).map_err(|e| e.context(uri))
+/// InvalidArgument for a bad uri or metadata; NotFound when there is no `zarr.json`;
+/// Storage when it cannot be read (or is a FIFO, a device, too large); DtypeMismatch; every
+/// message names the uri.
+pub fn load_array(uri: &str) -> Result<Array> {
+    let store = store::open(uri)?;
+    let (bytes, _) = store
+        .get("zarr.json", MAX_METADATA_BYTES)
+        .map_err(|e| e.context(uri))?
+        .ok_or_else(|| err!(NotFound, "array not found: {uri} (no zarr.json at {})", store.describe("zarr.json")))?;
+    let meta = ArrayMeta::parse(&bytes).map_err(|e| e.context(uri))?;
+    let decoder = ArrayDecoder::new(&meta).map_err(|e| e.context(uri))?;
+    let id: Arc<str> = store.uri().into();
+    Ok(Array { uri: uri.to_string(), id, store, meta, decoder })
 }
 
-/// Reads the index of the shard file at `path`; `Ok(None)` when the file is absent.
+/// Reads the index of the shard at `coords`; `Ok(None)` when the shard file is absent.
 ///
 /// # Errors
-/// Storage for a short, corrupt or truncated shard (the message names the file).
-pub fn load_shard_index(path: &Path, meta: &ArrayMeta) -> Result<Option<ShardIndex>> {
-    let Some(sharding) = &meta.sharding else { return Ok(None) };
-    let Some(file) = ReadFile::open(path)? else { return Ok(None) };
-    let n: usize = sharding.chunks_per_shard(&meta.grid_shape).iter().product::<u64>() as usize;
-    let len = ShardIndex::encoded_len(n, sharding.index_crc32c) as u64;
-    if file.len() < len {
-        return Err(err!(Storage, "{}: shard file of {} bytes is shorter than its {len}-byte index (truncated shard)", path.display(), file.len()));
+/// Storage for a short, corrupt, truncated or changing shard (the message names it).
+pub fn load_shard(array: &Array, coords: &[u64]) -> Result<Option<Shard>> {
+    let Some(sharding) = &array.meta.sharding else { return Ok(None) };
+    let key = array.key(coords);
+    let name = || array.store.describe(&key);
+    let Some(info) = array.store.head(&key)? else { return Ok(None) };
+    let len = sharding.index_len();
+    if info.size < len {
+        return Err(err!(Storage, "{}: shard file of {} bytes is shorter than its {len}-byte index (truncated shard)", name(), info.size));
     }
-    let at = if sharding.index_at_start { 0 } else { file.len() - len };
-    let bytes = file.read_at(at, len as usize)?;
-    ShardIndex::parse(&bytes, n, sharding.index_crc32c, file.len())
-        .map(Some)
-        .map_err(|e| e.context(path.display()))
+    let at = if sharding.index_at_start { 0 } else { info.size - len };
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(len as usize).map_err(|_| err!(OutOfMemory, "{}: cannot allocate its {len}-byte index", name()))?;
+    bytes.resize(len as usize, 0);
+    match array.store.read_ranges(&key, Some(&info.generation), &mut [RangeRead { offset: at, buf: &mut bytes }])? {
+        ReadOutcome::Done(_) => {}
+        ReadOutcome::Changed(_) => return Err(err!(Storage, "{}: changed while its index was being read", name())),
+        ReadOutcome::Missing => return Err(err!(Storage, "{}: vanished while its index was being read", name())),
+    }
+    let index = ShardIndex::parse(&bytes, sharding.n_chunks as usize, sharding.index_crc32c, info.size).map_err(|e| e.context(name()))?;
+    Ok(Some(Shard { index, generation: info.generation }))
 }
 
 /// Reads the header and block table of the blosc chunk stored at `offset..offset+nbytes` of
-/// `path` (`crc`: a 4-byte crc32c trails the chunk).
+/// object `key` (`crc`: a 4-byte crc32c trails the chunk), which must still be `generation`.
 ///
 /// # Errors
-/// Storage when the file is gone or short; Decode for a malformed header (messages name the
-/// file and offset).
-pub fn load_chunk_frame(path: &Path, offset: u64, nbytes: u64, crc: bool) -> Result<BloscFrame> {
-    let ctx = || format!("{} at byte {offset}", path.display());
-    let file = ReadFile::open(path)?.ok_or_else(|| err!(Storage, "{}: file vanished", ctx()))?;
+/// Storage when the object is gone, short or changed; Decode for a malformed header
+/// (messages name the object and offset).
+pub fn load_chunk_frame(array: &Array, key: &str, offset: u64, nbytes: u64, crc: bool, generation: &Generation) -> Result<BloscFrame> {
+    let ctx = || format!("{} at byte {offset}", array.store.describe(key));
     let len = nbytes.checked_sub(if crc { 4 } else { 0 }).ok_or_else(|| err!(Decode, "{}: chunk of {nbytes} bytes has no room for its checksum", ctx()))?;
-    let mut head = file.read_at(offset, HEAD_PROBE.min(len as usize))?;
+    let read = |n: usize| -> Result<Vec<u8>> {
+        let mut head = vec![0u8; n];
+        match array.store.read_ranges(key, Some(generation), &mut [RangeRead { offset, buf: &mut head }])? {
+            ReadOutcome::Done(_) => Ok(head),
+            ReadOutcome::Changed(_) => Err(err!(Storage, "{}: the shard changed since its index was read", ctx())),
+            ReadOutcome::Missing => Err(err!(Storage, "{}: vanished", ctx())),
+        }
+    };
+    let mut head = read(HEAD_PROBE.min(len as usize))?;
     let need = BloscFrame::head_len(&head).map_err(|e| e.context(ctx()))?;
     if need > head.len() && (need as u64) <= len {
-        head = file.read_at(offset, need)?;
+        head = read(need)?;
     }
     BloscFrame::parse(&head, len).map_err(|e| e.context(ctx()))
 }

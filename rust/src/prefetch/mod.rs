@@ -24,30 +24,32 @@
 //! seen, the capacity one batch may need in the worst case is checked, and a cache below it
 //! fails the sample with InvalidArgument naming the knob and the minimum.
 //!
-//! Calls: `store`/`zarr` (through `load`), `cache`, `io` (spawner), `plan` (geometry).
-//! Called by `pipeline`.
+//! Staleness: a shard index carries the generation of the shard file it was read from;
+//! reads of that shard check it, and a batch that finds the shard rewritten fails with
+//! Storage and calls [`Prefetcher::invalidate_shard`], so later batches read the new index.
+//! Array metadata is read once per pipeline (a changed `zarr.json` is not noticed).
+//!
+//! Calls: `store`/`zarr`/`decode` (through `load`), `cache`, `io` (spawner), `plan`
+//! (geometry, the opened-array record). Called by `pipeline`.
 
 mod load;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-pub use load::{load_array_meta, load_chunk_frame, load_shard_index};
+pub use load::{load_array, load_chunk_frame, load_shard};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
+use crate::decode::DeviceCodec;
 use crate::error::{err, Error, Result};
 use crate::io::Spawner;
-use crate::plan::device::{device_codec, DeviceCodec};
-use crate::plan::{cells, chunk_source, clip, shards_of, ChunkSource, ShardLookup};
-use crate::store;
+use crate::plan::{cells, chunk_source, clip, shards_of, Array, ChunkSource, Shard, ShardLookup};
 use crate::zarr::blosc::BloscFrame;
-use crate::zarr::{ArrayMeta, ShardIndex};
 
-/// A shard file: array folder and shard grid coordinates.
-pub type ShardKey = (PathBuf, Vec<u64>);
-/// A stored chunk: file and byte offset.
+/// A shard file: its array's store (uri) and its key.
+pub type ShardKey = (Arc<str>, String);
+/// A stored chunk: object, offset, generation.
 pub type ChunkKey = crate::cache::decoded::ChunkKey;
 
 /// Where a sample's ticket stands.
@@ -85,8 +87,8 @@ struct Ticket {
     aabb: Vec<(i64, i64)>,
     phase: Phase,
     stage: Stage,
-    meta: Option<(Arc<ArrayMeta>, PathBuf)>,
-    shards: HashMap<Vec<u64>, Arc<Option<ShardIndex>>>,
+    meta: Option<Arc<Array>>,
+    shards: HashMap<Vec<u64>, Arc<Option<Shard>>>,
     /// Framing of `layout_keys[i]`, in order.
     layouts: Vec<Arc<BloscFrame>>,
     handles: Vec<(CacheKind, Handle)>,
@@ -103,10 +105,10 @@ type LayoutKey = (ChunkKey, u64, bool);
 type LayoutList = (Arc<Vec<LayoutKey>>, Vec<Arc<BloscFrame>>);
 
 /// The sample's shard indexes, as the planner looks them up.
-struct TicketShards<'a>(&'a HashMap<Vec<u64>, Arc<Option<ShardIndex>>>);
+struct TicketShards<'a>(&'a HashMap<Vec<u64>, Arc<Option<Shard>>>);
 
 impl ShardLookup for TicketShards<'_> {
-    fn shard(&self, _root: &Path, coords: &[u64]) -> Option<Option<&ShardIndex>> {
+    fn shard(&self, _array: &Array, coords: &[u64]) -> Option<Option<&Shard>> {
         self.0.get(coords).map(|s| s.as_ref().as_ref())
     }
 }
@@ -146,8 +148,8 @@ struct Counters {
 }
 
 struct State {
-    array_meta: Cache<String, ArrayMeta>,
-    shard_index: Cache<ShardKey, Option<ShardIndex>>,
+    array_meta: Cache<String, Array>,
+    shard_index: Cache<ShardKey, Option<Shard>>,
     chunk_layout: Cache<ChunkKey, BloscFrame>,
     tickets: HashMap<u64, Ticket>,
     queue: VecDeque<u64>,
@@ -213,12 +215,16 @@ pub struct PrefetchStats {
     pub parked: u64,
 }
 
+/// A shard of a batch: its array's identity and its grid coordinates.
+pub type BatchShardKey = (Arc<str>, Vec<u64>);
+
 /// The pinned, resolved inputs of one batch.
 pub struct Resolved {
-    /// Per sample: its array's metadata and folder.
-    pub arrays: Vec<(Arc<ArrayMeta>, PathBuf)>,
-    /// Per touched shard: its index, `None` when the shard file is absent (NOTFOUND).
-    pub shards: HashMap<ShardKey, Arc<Option<ShardIndex>>>,
+    /// Per sample: its array.
+    pub arrays: Vec<Arc<Array>>,
+    /// Per touched shard (array identity, shard coordinates): its index, `None` when the
+    /// shard file is absent (NOTFOUND).
+    pub shards: HashMap<BatchShardKey, Arc<Option<Shard>>>,
     /// Per sample with layouts (device path, blosc): its chunks and their framing.
     layout_lists: Vec<LayoutList>,
     handles: Vec<(CacheKind, Handle)>,
@@ -242,16 +248,16 @@ impl Drop for Resolved {
     }
 }
 
-/// Blosc framing by stored chunk (file, offset), borrowed from a [`Resolved`].
-pub type LayoutMap<'a> = HashMap<(&'a Path, u64), &'a Arc<BloscFrame>, ahash::RandomState>;
+/// Blosc framing by stored chunk, borrowed from a [`Resolved`].
+pub type LayoutMap<'a> = HashMap<&'a ChunkKey, &'a Arc<BloscFrame>, ahash::RandomState>;
 
 impl Resolved {
     /// The framing of every blosc chunk of the batch (device path; empty otherwise).
     pub fn layouts(&self) -> LayoutMap<'_> {
         let mut map = LayoutMap::default();
         for (keys, frames) in &self.layout_lists {
-            for (((path, offset), _, _), frame) in keys.iter().zip(frames) {
-                map.insert((path.as_path(), *offset), frame);
+            for ((key, _, _), frame) in keys.iter().zip(frames) {
+                map.insert(key, frame);
             }
         }
         map
@@ -259,8 +265,8 @@ impl Resolved {
 }
 
 impl ShardLookup for Resolved {
-    fn shard(&self, root: &Path, coords: &[u64]) -> Option<Option<&ShardIndex>> {
-        self.shards.get(&(root.to_path_buf(), coords.to_vec())).map(|s| s.as_ref().as_ref())
+    fn shard(&self, array: &Array, coords: &[u64]) -> Option<Option<&Shard>> {
+        self.shards.get(&(Arc::clone(&array.id), coords.to_vec())).map(|s| s.as_ref().as_ref())
     }
 }
 
@@ -345,15 +351,16 @@ impl Prefetcher {
             ));
         }
         for uri in distinct {
-            let meta = Arc::new(load_array_meta(uri)?);
+            let array = Arc::new(load_array(uri)?);
+            let meta = &array.meta;
             if meta.rank() != opts.sample_shape.len() {
                 return Err(err!(RankMismatch, "{uri}: the array has rank {} (shape {:?}) but sample_shape {:?} has rank {}", meta.rank(), meta.shape, opts.sample_shape, opts.sample_shape.len()));
             }
-            check_capacity(opts, &meta, uri)?;
+            check_capacity(opts, &array, uri)?;
             let mut st = self.0.lock();
             match st.array_meta.acquire(&uri.to_string()) {
                 Acquired::Miss(h) => {
-                    st.array_meta.fill(h, meta);
+                    st.array_meta.fill(h, array);
                     st.array_meta.release(h);
                 }
                 Acquired::Hit(h, _) => st.array_meta.release(h),
@@ -462,14 +469,14 @@ impl Prefetcher {
                 first_err.get_or_insert(e);
                 continue;
             }
-            let Some((meta, root)) = t.meta else { continue };
+            let Some(array) = t.meta else { continue };
             for (coords, idx) in t.shards {
-                r.shards.insert((root.clone(), coords), idx);
+                r.shards.insert((Arc::clone(&array.id), coords), idx);
             }
             if let Some(keys) = t.layout_keys.filter(|_| !t.layouts.is_empty()) {
                 r.layout_lists.push((keys, t.layouts));
             }
-            r.arrays.push((meta, root));
+            r.arrays.push(array);
         }
         if let Some(e) = first_err {
             st.release_handles(&mut r.handles);
@@ -488,6 +495,12 @@ impl Prefetcher {
         resume_deferred(&self.0, &mut st);
         drop(st);
         self.0.changed.notify_all();
+    }
+
+    /// Forgets the cached index of shard `key` of the array `id` (its file changed): later
+    /// samples read it again. Batches holding the old index keep it until they finish.
+    pub fn invalidate_shard(&self, id: &Arc<str>, key: &str) {
+        self.0.lock().shard_index.invalidate(&(Arc::clone(id), key.to_string()));
     }
 
     /// Drops every ticket and stops starting tasks; waiters return Shutdown.
@@ -625,8 +638,9 @@ fn park_others(st: &mut State, batch: &HashSet<u64>) -> usize {
 /// blocks; below 30% the lookups cost more than the skipped blocks save (measured on H100:
 /// 128-deep crops of 32-deep chunks, skip ≈ 20%: 5–11% slower with layouts; 32-deep crops of
 /// 64-deep chunks, skip ≈ 60%: 1.4–1.6× faster; dev/perf.md).
-fn layouts_pay(opts: &Options, meta: &ArrayMeta) -> bool {
-    if !opts.layouts || device_codec(meta).0 != DeviceCodec::Blosc {
+fn layouts_pay(opts: &Options, array: &Array) -> bool {
+    let meta = &array.meta;
+    if !opts.layouts || array.decoder.route.codec != DeviceCodec::Blosc {
         return false;
     }
     match (meta.chunk_shape().first(), opts.sample_shape.first()) {
@@ -636,7 +650,8 @@ fn layouts_pay(opts: &Options, meta: &ArrayMeta) -> bool {
 }
 
 /// The capacity one batch of samples of this array may need, checked once per array.
-fn check_capacity(opts: &Options, meta: &ArrayMeta, uri: &str) -> Result<()> {
+fn check_capacity(opts: &Options, array: &Array, uri: &str) -> Result<()> {
+    let meta = &array.meta;
     if meta.rank() != opts.sample_shape.len() {
         return Ok(()); // the planner reports the rank mismatch
     }
@@ -647,7 +662,7 @@ fn check_capacity(opts: &Options, meta: &ArrayMeta, uri: &str) -> Result<()> {
     if meta.sharding.is_some() {
         needs.push(("n_shard_index_cache", opts.n_shard_index, "shards", batch_need(&meta.grid_shape)));
     }
-    if layouts_pay(opts, meta) {
+    if layouts_pay(opts, array) {
         needs.push(("n_chunk_layout_cache", opts.n_chunk_layout, "chunks", batch_need(meta.chunk_shape())));
     }
     for (knob, cap, what, need) in needs {
@@ -690,20 +705,22 @@ fn acquire<K: Clone + Eq + std::hash::Hash, V>(cache: &mut Cache<K, V>, key: &K,
     }
 }
 
-/// The chunk keys (with stored length) whose layouts a sample needs. Stats whole-file
+/// The chunk keys (with stored length) whose layouts a sample needs. Heads whole-file
 /// chunks: called without the lock.
-fn layout_keys(opts: &Options, meta: &ArrayMeta, root: &Path, aabb: &[(i64, i64)], shards: &HashMap<Vec<u64>, Arc<Option<ShardIndex>>>) -> Vec<LayoutKey> {
-    let crc = device_codec(meta).1;
-    if !layouts_pay(opts, meta) || aabb.len() != meta.rank() {
+fn layout_keys(opts: &Options, array: &Array, aabb: &[(i64, i64)], shards: &HashMap<Vec<u64>, Arc<Option<Shard>>>) -> Vec<LayoutKey> {
+    let meta = &array.meta;
+    let crc = array.decoder.route.crc;
+    if !layouts_pay(opts, array) || aabb.len() != meta.rank() {
         return Vec::new();
     }
     let Some(inside) = clip(aabb, &meta.shape) else { return Vec::new() };
     let lookup = TicketShards(shards);
+    let key = |key: Arc<str>, offset, generation| ChunkKey { store: Arc::clone(&array.id), key, offset, generation };
     cells(&inside, meta.chunk_shape())
         .into_iter()
-        .filter_map(|coords| match chunk_source(meta, root, &coords, &lookup) {
-            Ok(ChunkSource::Range { path, offset, nbytes }) => Some((((*path).clone(), offset), nbytes, crc)),
-            Ok(ChunkSource::File(path)) => std::fs::metadata(&path).ok().map(|m| ((path, 0), m.len(), crc)),
+        .filter_map(|coords| match chunk_source(array, &coords, &lookup) {
+            Ok(ChunkSource::Range { key: k, offset, nbytes, generation: Some(g) }) => Some((key(k, offset, g), nbytes, crc)),
+            Ok(ChunkSource::File(k)) => array.store.head(&k).ok().flatten().map(|info| (key(k, 0, info.generation), info.size, crc)),
             _ => None,
         })
         .collect()
@@ -742,9 +759,9 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
         // One step: find what to load next, or finish.
         let got: Got<()> = match t.stage {
             Stage::Meta => match acquire(array_meta, &t.uri, CacheKind::ArrayMeta, &mut t.handles, "n_array_meta_cache") {
-                Got::Have(m) => match store::array_root(&t.uri).and_then(|root| check_capacity(opts, &m, &t.uri).map(|()| root)) {
-                    Ok(root) => {
-                        t.meta = Some((m, root));
+                Got::Have(m) => match check_capacity(opts, &m, &t.uri) {
+                    Ok(()) => {
+                        t.meta = Some(m);
                         t.stage = Stage::Shards(0);
                         continue;
                     }
@@ -756,7 +773,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                 Got::Load(h) => {
                     let uri = t.uri.clone();
                     drop(st);
-                    let loaded = load_array_meta(&uri).map(Box::new);
+                    let loaded = load_array(&uri).map(Box::new);
                     st = inner.lock();
                     finish_load(&mut st, opts, id, Load::Meta(h), loaded.map(Loaded::Meta));
                     continue;
@@ -764,11 +781,14 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                 Got::Full(k) => Got::Full(k),
             },
             Stage::Shards(i) => {
-                let (meta, root) = t.meta.clone().expect("meta resolved before shards");
+                let Some(array) = t.meta.clone() else {
+                    st.fail(id, err!(InvalidArgument, "internal: shards resolved before the array"));
+                    break;
+                };
                 let keys = match &t.shard_keys {
                     Some(k) => Arc::clone(k),
                     None => {
-                        let k = Arc::new(if t.aabb.len() == meta.rank() { shards_of(&meta, &t.aabb) } else { Vec::new() });
+                        let k = Arc::new(if t.aabb.len() == array.meta.rank() { shards_of(&array.meta, &t.aabb) } else { Vec::new() });
                         t.shard_keys = Some(Arc::clone(&k));
                         k
                     }
@@ -781,7 +801,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                     t.stage = Stage::Shards(i + 1);
                     continue;
                 }
-                let key = (root.clone(), coords.clone());
+                let key = (Arc::clone(&array.id), array.key(coords));
                 match acquire(shard_index, &key, CacheKind::ShardIndex, &mut t.handles, "n_shard_index_cache") {
                     Got::Have(idx) => {
                         t.shards.insert(coords.clone(), idx);
@@ -789,23 +809,26 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                         continue;
                     }
                     Got::Load(h) => {
-                        let path = root.join(meta.key_encoding.key(coords));
                         let uri = t.uri.clone();
+                        let coords = coords.clone();
                         drop(st);
-                        let loaded = load_shard_index(&path, &meta).map_err(|e| e.context(&uri));
+                        let loaded = load_shard(&array, &coords).map_err(|e| e.context(&uri));
                         st = inner.lock();
-                        finish_load(&mut st, opts, id, Load::Shard(h, coords.clone()), loaded.map(Loaded::Shard));
+                        finish_load(&mut st, opts, id, Load::Shard(h, coords), loaded.map(Loaded::Shard));
                         continue;
                     }
                     Got::Full(k) => Got::Full(k),
                 }
             }
             Stage::Layouts(i) => {
+                let Some(array) = t.meta.clone() else {
+                    st.fail(id, err!(InvalidArgument, "internal: layouts resolved before the array"));
+                    break;
+                };
                 let Some(keys) = t.layout_keys.clone() else {
-                    let (meta, root) = t.meta.clone().expect("meta resolved before layouts");
                     let (aabb, shards) = (t.aabb.clone(), t.shards.clone());
                     drop(st);
-                    let keys = Arc::new(layout_keys(opts, &meta, &root, &aabb, &shards));
+                    let keys = Arc::new(layout_keys(opts, &array, &aabb, &shards));
                     st = inner.lock();
                     if let Some(t) = st.tickets.get_mut(&id) {
                         t.layout_keys.get_or_insert(keys);
@@ -826,7 +849,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                     Got::Load(h) => {
                         let uri = t.uri.clone();
                         drop(st);
-                        let loaded = load_chunk_frame(&key.0, key.1, *nbytes, *crc).map_err(|e| e.context(&uri));
+                        let loaded = load_chunk_frame(&array, &key.key, key.offset, *nbytes, *crc, &key.generation).map_err(|e| e.context(&uri));
                         st = inner.lock();
                         finish_load(&mut st, opts, id, Load::Layout(h), loaded.map(Loaded::Layout));
                         continue;
@@ -885,8 +908,8 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
 }
 
 enum Loaded {
-    Meta(Box<ArrayMeta>),
-    Shard(Option<ShardIndex>),
+    Meta(Box<Array>),
+    Shard(Option<Shard>),
     Layout(BloscFrame),
 }
 
@@ -906,14 +929,14 @@ fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Resu
         }
     };
     let State { array_meta, shard_index, chunk_layout, tickets, .. } = st;
-    let t = tickets.get_mut(&id).expect("checked above");
+    let Some(t) = tickets.get_mut(&id) else { return };
     match (what, loaded) {
         (Load::Meta(h), Loaded::Meta(m)) => {
-            let m = Arc::new(*m);
+            let m: Arc<Array> = Arc::new(*m);
             array_meta.fill(h, Arc::clone(&m));
-            match store::array_root(&t.uri).and_then(|root| check_capacity(opts, &m, &t.uri).map(|()| root)) {
-                Ok(root) => {
-                    t.meta = Some((m, root));
+            match check_capacity(opts, &m, &t.uri) {
+                Ok(()) => {
+                    t.meta = Some(m);
                     t.stage = Stage::Shards(0);
                 }
                 Err(e) => st.fail(id, e),
@@ -932,7 +955,7 @@ fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Resu
                 t.stage = Stage::Layouts(i + 1);
             }
         }
-        _ => unreachable!("load kinds match"),
+        _ => st.fail(id, err!(InvalidArgument, "internal: a load finished as another kind")),
     }
 }
 

@@ -1,122 +1,210 @@
-//! store: where array bytes live. Local filesystem only: a uri is a plain path or a
-//! `file://` URL naming the array's folder (the one holding `zarr.json`). Reads are
-//! positioned (`pread`), so many threads share one file without seeking.
+//! store: where array bytes live, behind one trait. [`open`] is the only place a uri is
+//! parsed: it yields the [`Store`] rooted at the array (the folder or prefix holding its
+//! `zarr.json`). Below this stage data is named by keys relative to that root
+//! (`"zarr.json"`, `"c/0/1/2"`), never by paths.
 //!
-//! Owns no state. Called by `prefetch` (metadata, shard indexes) and `io` (chunk bytes).
+//! A store answers three questions: how large is an object and which generation is it
+//! ([`Store::head`]), give me a whole small object, bounded ([`Store::get`]), and read these
+//! ranges of one object, provided it is still the generation I planned with
+//! ([`Store::read_ranges`]). The generation (a local file's inode, size, mtime and ctime; an
+//! object's ETag) is what caches use to notice a changed object: data read under one
+//! generation is never mixed with another's.
+//!
+//! Backends: `fs` (local files, positioned reads). Owns no state beyond each backend's
+//! root. Called by `prefetch` (metadata, shard indexes, blosc heads), `io` (chunk bytes)
+//! and `pipeline` (array info).
 
-use std::fs::File;
-use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+mod fs;
+
+use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{err, Result};
 
-/// The folder of the array that `uri` names.
+/// Largest `zarr.json` read (a larger one is an error, not an endless read).
+pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+
+/// The version of a stored object; equal generations mean equal bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Generation(Arc<str>);
+
+impl Generation {
+    /// A generation from its backend-specific text.
+    pub fn new(text: impl Into<Arc<str>>) -> Self {
+        Self(text.into())
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Size and generation of one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Bytes.
+    pub size: u64,
+    /// Version.
+    pub generation: Generation,
+}
+
+/// One range of an object to read into `buf` (its length is the range's length).
+#[derive(Debug)]
+pub struct RangeRead<'a> {
+    /// Byte offset in the object.
+    pub offset: u64,
+    /// Destination; filled completely or the read fails.
+    pub buf: &'a mut [u8],
+}
+
+/// The outcome of [`Store::read_ranges`] other than an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Every range was read, from this object.
+    Done(ObjectInfo),
+    /// The object is not the expected generation any more; nothing useful was read.
+    Changed(ObjectInfo),
+    /// The object does not exist (any more).
+    Missing,
+}
+
+/// A place holding one array's objects. Keys are relative to the array's root.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The root's uri (for messages, and as the array's identity in caches).
+    fn uri(&self) -> &str;
+
+    /// Size and generation of `key`; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// Storage naming the object (e.g. it is a directory or a device, or the read failed).
+    fn head(&self, key: &str) -> Result<Option<ObjectInfo>>;
+
+    /// The whole object `key`, at most `max_len` bytes; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// Storage naming the object when it is larger than `max_len`, not a regular object, or
+    /// the read fails.
+    fn get(&self, key: &str, max_len: u64) -> Result<Option<(Vec<u8>, ObjectInfo)>>;
+
+    /// Fills every range of `key`, provided the object is still generation `expect` (any
+    /// generation when `None`).
+    ///
+    /// # Errors
+    /// Storage naming the object and the range for a short object or a failed read.
+    fn read_ranges(&self, key: &str, expect: Option<&Generation>, ranges: &mut [RangeRead<'_>]) -> Result<ReadOutcome>;
+
+    /// Objects and bytes stored under the root (for `info`; may be slow).
+    ///
+    /// # Errors
+    /// Storage when listing fails.
+    fn du(&self) -> Result<(u64, u64)>;
+
+    /// `uri/key`, for messages.
+    fn describe(&self, key: &str) -> String {
+        format!("{}/{key}", self.uri().trim_end_matches('/'))
+    }
+}
+
+/// The store rooted at the array `uri` names: a local path (absolute or relative to the
+/// current directory) or a `file:` URL (RFC 8089: `file:///abs/path`, `file://localhost/abs`,
+/// percent-encoded bytes decoded).
 ///
 /// # Errors
-/// InvalidArgument for an empty uri or a scheme other than `file://`.
-pub fn array_root(uri: &str) -> Result<PathBuf> {
-    let path = if let Some(rest) = uri.strip_prefix("file://") {
-        rest
-    } else if uri.contains("://") {
-        return Err(err!(InvalidArgument, "{uri}: unsupported uri scheme (only local paths and file:// are supported)"));
-    } else {
-        uri
-    };
-    if path.is_empty() {
+/// InvalidArgument for an empty uri, a NUL byte, a `file:` URL naming another host, or a
+/// scheme damacy cannot read (the message lists those it can).
+pub fn open(uri: &str) -> Result<Arc<dyn Store>> {
+    if uri.is_empty() {
         return Err(err!(InvalidArgument, "empty uri"));
     }
-    Ok(PathBuf::from(path))
-}
-
-/// Reads a whole file; `Ok(None)` when it does not exist.
-///
-/// # Errors
-/// Storage for any other I/O failure.
-pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err!(Storage, "{}: read failed: {e}", path.display())),
+    if let Some(at) = uri.find('\0') {
+        return Err(err!(InvalidArgument, "uri {:?} contains a NUL byte at position {at}", uri));
+    }
+    match scheme(uri) {
+        None => Ok(Arc::new(fs::FsStore::new(fs::local_path(uri)?))),
+        Some("file") => Ok(Arc::new(fs::FsStore::new(fs::file_url_path(uri)?))),
+        #[cfg(test)]
+        Some(mode) if mode.starts_with("fault-") => Ok(Arc::new(fault::FaultStore::new(mode, uri)?)),
+        Some(other) => Err(err!(InvalidArgument, "{uri}: unsupported uri scheme `{other}` (supported: local paths and file:// URLs)")),
     }
 }
 
-/// An open file for positioned reads.
-#[derive(Debug)]
-pub struct ReadFile {
-    file: File,
-    len: u64,
-    path: PathBuf,
+/// The scheme of `uri` when it has one (`scheme:` with at least two letters, so a path is
+/// never mistaken for one), lower-cased.
+fn scheme(uri: &str) -> Option<&str> {
+    let (head, _) = uri.split_once(':')?;
+    let ok = head.len() >= 2 && head.starts_with(|c: char| c.is_ascii_alphabetic()) && head.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    ok.then_some(head)
 }
 
-impl ReadFile {
-    /// Opens `path`; `Ok(None)` when it does not exist.
-    ///
-    /// # Errors
-    /// Storage for any other I/O failure.
-    pub fn open(path: &Path) -> Result<Option<Self>> {
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err!(Storage, "{}: open failed: {e}", path.display())),
-        };
-        let len = file.metadata().map_err(|e| err!(Storage, "{}: stat failed: {e}", path.display()))?.len();
-        Ok(Some(Self { file, len, path: path.to_path_buf() }))
+/// A test-only store over local files that misbehaves on chunk reads (whole-object gets of
+/// anything but `zarr.json`): `fault-panic://PATH` panics, `fault-error://PATH` fails with
+/// Storage, `fault-stall://PATH` blocks for a minute (a hung network mount).
+#[cfg(test)]
+pub(crate) mod fault {
+    use super::{fs, Generation, ObjectInfo, RangeRead, ReadOutcome, Store};
+    use crate::error::{err, Result};
+
+    #[derive(Debug)]
+    pub(crate) struct FaultStore {
+        inner: fs::FsStore,
+        mode: String,
     }
 
-    /// File length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
+    impl FaultStore {
+        pub(crate) fn new(mode: &str, uri: &str) -> Result<Self> {
+            let path = uri.split_once("://").map_or("", |(_, p)| p);
+            Ok(Self { inner: fs::FsStore::new(fs::local_path(path)?), mode: mode.to_string() })
+        }
     }
 
-    /// `true` for an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Fills `buf` from `offset`.
-    ///
-    /// # Errors
-    /// Storage when the file is shorter than `offset + buf.len()` or the read fails.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
-            err!(Storage, "{}: read of {} bytes at offset {offset} failed ({} bytes in file): {e}", self.path.display(), buf.len(), self.len)
-        })
-    }
-
-    /// Reads `len` bytes at `offset` into a new buffer.
-    ///
-    /// # Errors
-    /// As [`ReadFile::read_exact_at`].
-    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.read_exact_at(&mut buf, offset)?;
-        Ok(buf)
+    impl Store for FaultStore {
+        fn uri(&self) -> &str {
+            self.inner.uri()
+        }
+        fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+            self.inner.head(key)
+        }
+        fn get(&self, key: &str, max_len: u64) -> Result<Option<(Vec<u8>, ObjectInfo)>> {
+            if key != "zarr.json" {
+                match self.mode.as_str() {
+                    "fault-panic" => panic!("injected panic reading {key}"),
+                    "fault-error" => return Err(err!(Storage, "injected error reading {key}")),
+                    "fault-stall" => std::thread::sleep(std::time::Duration::from_mins(1)),
+                    _ => {}
+                }
+            }
+            self.inner.get(key, max_len)
+        }
+        fn read_ranges(&self, key: &str, expect: Option<&Generation>, ranges: &mut [RangeRead<'_>]) -> Result<ReadOutcome> {
+            self.inner.read_ranges(key, expect, ranges)
+        }
+        fn du(&self) -> Result<(u64, u64)> {
+            self.inner.du()
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Status;
 
     #[test]
-    fn uris() {
-        assert_eq!(array_root("file:///a/b").unwrap(), PathBuf::from("/a/b"));
-        assert_eq!(array_root("/a/b").unwrap(), PathBuf::from("/a/b"));
-        assert!(array_root("s3://x").is_err());
-        assert!(array_root("").is_err());
-    }
-
-    #[test]
-    fn missing_files_are_none_and_short_reads_fail() {
-        let dir = std::env::temp_dir().join(format!("damacy-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(read_file(&dir.join("absent")).unwrap().is_none());
-        assert!(ReadFile::open(&dir.join("absent")).unwrap().is_none());
-        std::fs::write(dir.join("f"), b"hello").unwrap();
-        let f = ReadFile::open(&dir.join("f")).unwrap().unwrap();
-        assert_eq!(f.read_at(1, 3).unwrap(), b"ell");
-        assert!(f.read_at(3, 3).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn uris_parse_in_one_place() {
+        assert_eq!(open("file:///a/b").unwrap().uri(), "/a/b");
+        assert_eq!(open("file://localhost/a/b").unwrap().uri(), "/a/b");
+        assert_eq!(open("file:///a%20b/c").unwrap().uri(), "/a b/c");
+        assert_eq!(open("/a/b").unwrap().uri(), "/a/b");
+        assert_eq!(open("/a%20b").unwrap().uri(), "/a%20b", "plain paths are not percent-decoded");
+        let rel = open("rel/arr").unwrap();
+        assert!(rel.uri().starts_with('/') && rel.uri().ends_with("/rel/arr"), "{}", rel.uri());
+        for bad in ["", "s3://bucket/x", "file://otherhost/x", "a\0b", "http://h/x"] {
+            let e = open(bad).unwrap_err();
+            assert_eq!(e.status(), Status::InvalidArgument, "{bad:?}: {e}");
+        }
+        assert!(open("file://otherhost/x").unwrap_err().message().contains("otherhost"));
+        assert!(open("a\0b").unwrap_err().message().contains("NUL"));
     }
 }

@@ -1,9 +1,22 @@
-//! `zarr.json` (Zarr v3 array metadata) → [`ArrayMeta`].
+//! `zarr.json` (Zarr v3 array metadata) → [`ArrayMeta`], through zarrs' metadata types
+//! (`ArrayMetadataV3`): serde reads the document, this module checks what damacy needs and
+//! computes the geometry with checked arithmetic against the caps below, so no size derived
+//! from a hostile file can overflow or allocate unboundedly later.
 
 use serde_json::Value;
+use zarrs::metadata::v3::{ArrayMetadataV3, MetadataV3};
 
-use crate::decode::cpu::ChunkCodec;
+use super::codecs::CodecChain;
 use crate::error::{err, Result};
+
+/// Most dimensions an array may have.
+pub const MAX_RANK: usize = 32;
+/// Most inner chunks one shard may hold (its index is 16 bytes per chunk: 256 MiB).
+pub const MAX_CHUNKS_PER_SHARD: u64 = 1 << 24;
+/// Largest decoded chunk (the memory budgets apply too; this bounds what any budget sees).
+pub const MAX_DECODED_CHUNK_BYTES: u64 = 1 << 34;
+/// Largest extent of an array dimension: boxes are signed 64-bit.
+pub const MAX_EXTENT: u64 = i64::MAX as u64;
 
 /// Element type of the stored array, as far as damacy can cast it to the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +85,13 @@ impl SourceDtype {
     }
 
     /// The fill value as one native-endian element.
-    fn fill_bytes(self, v: &Value) -> Option<Vec<u8>> {
+    pub(crate) fn fill_bytes(self, v: &Value) -> Option<Vec<u8>> {
         if let Some(s) = v.as_str() {
             if let Some(hex) = s.strip_prefix("0x") {
+                // The byte representation: exactly two hex digits per byte of the type.
+                if hex.len() != 2 * self.size() {
+                    return None;
+                }
                 let bits = u64::from_str_radix(hex, 16).ok()?;
                 return Some(bits.to_ne_bytes()[..self.size()].to_vec()).filter(|_| cfg!(target_endian = "little"));
             }
@@ -154,6 +171,10 @@ impl KeyEncoding {
 pub struct Sharding {
     /// Inner chunk shape.
     pub inner_shape: Vec<u64>,
+    /// Inner chunks per shard along each dimension.
+    pub chunks_per_shard: Vec<u64>,
+    /// Inner chunks per shard (at most [`MAX_CHUNKS_PER_SHARD`]).
+    pub n_chunks: u64,
     /// `true`: the index sits at the start of the shard file.
     pub index_at_start: bool,
     /// `true`: the index is followed by a crc32c checksum (index codecs `bytes, crc32c`).
@@ -161,15 +182,17 @@ pub struct Sharding {
 }
 
 impl Sharding {
-    /// Inner chunks per shard along each dimension.
-    pub fn chunks_per_shard(&self, shard_shape: &[u64]) -> Vec<u64> {
-        shard_shape.iter().zip(&self.inner_shape).map(|(s, i)| s / i).collect()
+    /// Bytes the index occupies in a shard.
+    pub fn index_len(&self) -> u64 {
+        self.n_chunks * 16 + if self.index_crc32c { 4 } else { 0 }
     }
 }
 
-/// Parsed array metadata: everything the planner needs about one array.
+/// Parsed array metadata: everything the planner and the decoders need about one array.
+/// Pure data, checked: every product below fits its type and its cap.
+#[derive(Debug, Clone)]
 pub struct ArrayMeta {
-    /// Array shape.
+    /// Array shape (each extent at most [`MAX_EXTENT`]).
     pub shape: Vec<u64>,
     /// Zarr v3 `data_type` name.
     pub data_type: String,
@@ -183,39 +206,30 @@ pub struct ArrayMeta {
     pub key_encoding: KeyEncoding,
     /// `Some` when the array is sharded.
     pub sharding: Option<Sharding>,
-    /// The codecs of one (inner) chunk, as JSON (for `info`).
-    pub chunk_codecs: Value,
-    /// Decoder of one (inner) chunk.
-    pub codec: ChunkCodec,
+    /// The codecs of one (inner) chunk.
+    pub codecs: CodecChain,
+    /// Bytes of one decoded (inner) chunk (at most [`MAX_DECODED_CHUNK_BYTES`]).
+    pub decoded_chunk_bytes: u64,
+    /// `dimension_names`, when given.
+    pub dimension_names: Option<Vec<Option<String>>>,
 }
 
-impl std::fmt::Debug for ArrayMeta {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArrayMeta")
-            .field("shape", &self.shape)
-            .field("data_type", &self.data_type)
-            .field("grid_shape", &self.grid_shape)
-            .field("sharding", &self.sharding)
-            .finish_non_exhaustive()
+fn positive(v: &[u64], what: &str, rank: usize) -> Result<Vec<u64>> {
+    if v.len() != rank || v.contains(&0) {
+        return Err(err!(InvalidArgument, "malformed zarr.json: `{what}` must hold {rank} positive integers, found {v:?}"));
     }
-}
-
-fn u64_list(v: &Value, what: &str) -> Result<Vec<u64>> {
-    v.as_array()
-        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
-        .ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `{what}` must be a list of non-negative integers, found {v}"))
-}
-
-fn positive_list(v: &Value, what: &str, rank: usize) -> Result<Vec<u64>> {
-    let l = u64_list(v, what)?;
-    if l.len() != rank || l.contains(&0) {
-        return Err(err!(InvalidArgument, "malformed zarr.json: `{what}` must hold {rank} positive integers, found {v}"));
+    if let Some(x) = v.iter().find(|&&x| x > MAX_EXTENT) {
+        return Err(err!(InvalidArgument, "malformed zarr.json: `{what}` extent {x} exceeds 2^63 - 1"));
     }
-    Ok(l)
+    Ok(v.to_vec())
 }
 
-fn codec_name(c: &Value) -> Option<&str> {
-    c.as_str().or_else(|| c.get("name").and_then(Value::as_str))
+fn u64_list(m: &MetadataV3, key: &str) -> Option<Vec<u64>> {
+    m.configuration()?.get(key)?.as_array()?.iter().map(Value::as_u64).collect()
+}
+
+fn checked_product(v: &[u64]) -> Option<u64> {
+    v.iter().try_fold(1u64, |a, &b| a.checked_mul(b))
 }
 
 impl ArrayMeta {
@@ -232,82 +246,74 @@ impl ArrayMeta {
         if v.get("node_type").and_then(Value::as_str) != Some("array") {
             return Err(err!(InvalidArgument, "zarr.json describes a {}, not an array", v.get("node_type").unwrap_or(&Value::Null)));
         }
-        let shape = u64_list(v.get("shape").unwrap_or(&Value::Null), "shape")?;
-        let rank = shape.len();
-        let data_type = v
-            .get("data_type")
-            .and_then(|d| d.as_str().or_else(|| d.get("name").and_then(Value::as_str)))
-            .ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `data_type` missing or not a name"))?
-            .to_string();
+        let mut v = v;
+        if let Some(obj) = v.as_object_mut() {
+            // Required by the spec, but older writers omit it: the spec's default then.
+            obj.entry("chunk_key_encoding").or_insert_with(|| serde_json::json!({"name": "default", "configuration": {"separator": "/"}}));
+        }
+        let meta: ArrayMetadataV3 = serde_json::from_value(v).map_err(|e| err!(InvalidArgument, "malformed zarr.json: {e}"))?;
+        Self::from_v3(&meta)
+    }
+
+    /// Checks zarrs' typed Zarr v3 metadata and derives the geometry.
+    ///
+    /// # Errors
+    /// As [`Self::parse`].
+    pub fn from_v3(meta: &ArrayMetadataV3) -> Result<Self> {
+        let rank = meta.shape.len();
+        if rank == 0 || rank > MAX_RANK {
+            return Err(err!(InvalidArgument, "unsupported array rank {rank} (supported: 1 to {MAX_RANK})"));
+        }
+        let shape = meta.shape.clone();
+        if let Some(x) = shape.iter().find(|&&x| x > MAX_EXTENT) {
+            return Err(err!(InvalidArgument, "malformed zarr.json: shape extent {x} exceeds 2^63 - 1"));
+        }
+        if meta.storage_transformers.iter().any(MetadataV3::must_understand) {
+            return Err(err!(InvalidArgument, "unsupported storage transformers {:?}", meta.storage_transformers.iter().map(MetadataV3::name).collect::<Vec<_>>()));
+        }
+        let data_type = meta.data_type.name().to_string();
         let dtype = SourceDtype::from_name(&data_type).ok_or_else(|| {
-            err!(DtypeMismatch, "data type `{data_type}` cannot be cast to f32/bf16 (supported: bool, (u)int8..64, float16, bfloat16, float32, float64)")
+            err!(DtypeMismatch, "data type `{data_type}` cannot be cast to the outputs (supported: bool, (u)int8..64, float16, bfloat16, float32, float64)")
         })?;
-        let fill_json = v.get("fill_value").cloned().unwrap_or(Value::Null);
+        let fill_json = serde_json::to_value(&meta.fill_value).unwrap_or(Value::Null);
         let fill = dtype
             .fill_bytes(&fill_json)
             .ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: fill_value {fill_json} is not a valid {data_type}"))?;
 
-        let grid = v.get("chunk_grid").ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `chunk_grid` missing"))?;
-        if codec_name(grid) != Some("regular") {
-            return Err(err!(InvalidArgument, "unsupported chunk grid {}: only `regular` is supported", grid.get("name").unwrap_or(&Value::Null)));
+        let grid = &meta.chunk_grid;
+        if grid.name() != "regular" {
+            return Err(err!(InvalidArgument, "unsupported chunk grid `{}`: only `regular` is supported", grid.name()));
         }
-        let grid_shape = positive_list(&grid["configuration"]["chunk_shape"], "chunk_grid.configuration.chunk_shape", rank)?;
+        let grid_shape = u64_list(grid, "chunk_shape").ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `chunk_grid.configuration.chunk_shape` must be a list of non-negative integers"))?;
+        let grid_shape = positive(&grid_shape, "chunk_grid.configuration.chunk_shape", rank)?;
+        let key_encoding = parse_key_encoding(&meta.chunk_key_encoding)?;
 
-        let key_encoding = Self::parse_key_encoding(v.get("chunk_key_encoding"))?;
-
-        let codecs = v.get("codecs").and_then(Value::as_array).ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `codecs` must be a list"))?;
-        let sharding_pos = codecs.iter().position(|c| codec_name(c) == Some("sharding_indexed"));
-        let (sharding, chunk_codecs, chunk_shape) = match sharding_pos {
-            None => (None, Value::Array(codecs.clone()), grid_shape.clone()),
-            Some(pos) => {
-                if codecs.len() != 1 {
-                    let names: Vec<_> = codecs.iter().filter_map(codec_name).collect();
-                    return Err(err!(InvalidArgument, "unsupported codec chain {names:?}: `sharding_indexed` must be the only array codec (pos {pos})"));
-                }
-                let cfg = &codecs[pos]["configuration"];
-                let inner_shape = positive_list(&cfg["chunk_shape"], "sharding_indexed.chunk_shape", rank)?;
-                if grid_shape.iter().zip(&inner_shape).any(|(s, i)| s % i != 0) {
-                    return Err(err!(InvalidArgument, "malformed zarr.json: shard shape {grid_shape:?} is not a multiple of the inner chunk shape {inner_shape:?}"));
-                }
-                let index_at_start = match cfg.get("index_location").and_then(Value::as_str).unwrap_or("end") {
-                    "start" => true,
-                    "end" => false,
-                    other => return Err(err!(InvalidArgument, "malformed zarr.json: index_location {other:?}")),
-                };
-                let index_codecs: Vec<&str> = cfg["index_codecs"].as_array().map(|a| a.iter().filter_map(codec_name).collect()).unwrap_or_default();
-                let index_crc32c = match index_codecs.as_slice() {
-                    ["bytes"] => false,
-                    ["bytes", "crc32c"] => true,
-                    other => return Err(err!(InvalidArgument, "unsupported shard index codecs {other:?} (supported: [bytes], [bytes, crc32c])")),
-                };
-                if let Some(e) = cfg["index_codecs"][0].get("configuration").and_then(|c| c.get("endian")).and_then(Value::as_str) {
-                    if e != "little" {
-                        return Err(err!(InvalidArgument, "unsupported shard index endianness {e:?}"));
-                    }
-                }
-                let inner_codecs = cfg.get("codecs").cloned().unwrap_or(Value::Null);
-                (Some(Sharding { inner_shape: inner_shape.clone(), index_at_start, index_crc32c }), inner_codecs, inner_shape)
+        let (sharding, inner) = match meta.codecs.iter().position(|c| c.name() == "sharding_indexed") {
+            None => (None, meta.codecs.clone()),
+            Some(_) if meta.codecs.len() != 1 => {
+                let names: Vec<_> = meta.codecs.iter().map(MetadataV3::name).collect();
+                return Err(err!(InvalidArgument, "unsupported codec chain {names:?}: `sharding_indexed` must be the only array codec"));
             }
+            Some(pos) => parse_sharding(&meta.codecs[pos], &grid_shape, rank)?,
         };
-        let codec = ChunkCodec::new(&data_type, &fill_json, &chunk_codecs, &chunk_shape)?;
-        Ok(Self { shape, data_type, dtype, fill, grid_shape, key_encoding, sharding, chunk_codecs, codec })
-    }
-
-    fn parse_key_encoding(v: Option<&Value>) -> Result<KeyEncoding> {
-        let Some(v) = v else { return Ok(KeyEncoding::Default { separator: '/' }) };
-        let sep = |default: char| -> Result<char> {
-            match v.get("configuration").and_then(|c| c.get("separator")).and_then(Value::as_str) {
-                None => Ok(default),
-                Some("/") => Ok('/'),
-                Some(".") => Ok('.'),
-                Some(s) => Err(err!(InvalidArgument, "malformed zarr.json: chunk key separator {s:?}")),
-            }
-        };
-        match codec_name(v) {
-            Some("default") => Ok(KeyEncoding::Default { separator: sep('/')? }),
-            Some("v2") => Ok(KeyEncoding::V2 { separator: sep('.')? }),
-            other => Err(err!(InvalidArgument, "unsupported chunk_key_encoding {other:?}")),
-        }
+        let chunk_shape = sharding.as_ref().map_or(&grid_shape, |s| &s.inner_shape);
+        let decoded_chunk_bytes = checked_product(chunk_shape)
+            .and_then(|n| n.checked_mul(dtype.size() as u64))
+            .filter(|&b| b <= MAX_DECODED_CHUNK_BYTES)
+            .ok_or_else(|| err!(InvalidArgument, "chunk shape {chunk_shape:?} of {data_type} exceeds the {MAX_DECODED_CHUNK_BYTES}-byte chunk cap"))?;
+        let codecs = CodecChain::parse(&inner, &data_type, dtype.size(), rank)?;
+        Ok(Self {
+            shape,
+            data_type,
+            dtype,
+            fill,
+            grid_shape,
+            key_encoding,
+            sharding,
+            codecs,
+            decoded_chunk_bytes,
+            dimension_names: meta.dimension_names.clone(),
+        })
     }
 
     /// Rank.
@@ -319,6 +325,79 @@ impl ArrayMeta {
     pub fn chunk_shape(&self) -> &[u64] {
         self.sharding.as_ref().map_or(&self.grid_shape, |s| &s.inner_shape)
     }
+
+    /// Bytes of one decoded chunk, as a `usize` (it fits: capped at parse).
+    pub fn decoded_len(&self) -> usize {
+        self.decoded_chunk_bytes as usize
+    }
+
+    /// Chunk grid cells along each dimension.
+    pub fn grid_cells(&self) -> Vec<u64> {
+        self.shape.iter().zip(&self.grid_shape).map(|(n, c)| n.div_ceil(*c)).collect()
+    }
+
+    /// Decoded bytes of the whole array (saturating).
+    pub fn decoded_array_bytes(&self) -> u64 {
+        self.shape.iter().fold(self.dtype.size() as u64, |a, &b| a.saturating_mul(b))
+    }
+}
+
+fn parse_key_encoding(m: &MetadataV3) -> Result<KeyEncoding> {
+    let sep = |default: char| -> Result<char> {
+        match m.configuration().and_then(|c| c.get("separator")) {
+            None => Ok(default),
+            Some(Value::String(s)) if s == "/" => Ok('/'),
+            Some(Value::String(s)) if s == "." => Ok('.'),
+            Some(s) => Err(err!(InvalidArgument, "malformed zarr.json: chunk key separator {s}")),
+        }
+    };
+    match m.name() {
+        "default" => Ok(KeyEncoding::Default { separator: sep('/')? }),
+        "v2" => Ok(KeyEncoding::V2 { separator: sep('.')? }),
+        other => Err(err!(InvalidArgument, "unsupported chunk_key_encoding `{other}`")),
+    }
+}
+
+fn parse_sharding(codec: &MetadataV3, grid_shape: &[u64], rank: usize) -> Result<(Option<Sharding>, Vec<MetadataV3>)> {
+    let cfg = codec.configuration().ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed` has no configuration"))?;
+    let inner_shape = u64_list(codec, "chunk_shape").ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed.chunk_shape` must be a list of non-negative integers"))?;
+    let inner_shape = positive(&inner_shape, "sharding_indexed.chunk_shape", rank)?;
+    if grid_shape.iter().zip(&inner_shape).any(|(s, i)| s % i != 0) {
+        return Err(err!(InvalidArgument, "malformed zarr.json: shard shape {grid_shape:?} is not a multiple of the inner chunk shape {inner_shape:?}"));
+    }
+    let chunks_per_shard: Vec<u64> = grid_shape.iter().zip(&inner_shape).map(|(s, i)| s / i).collect();
+    let n_chunks = checked_product(&chunks_per_shard)
+        .filter(|&n| n <= MAX_CHUNKS_PER_SHARD)
+        .ok_or_else(|| err!(InvalidArgument, "shard of {chunks_per_shard:?} inner chunks exceeds the {MAX_CHUNKS_PER_SHARD}-chunk cap"))?;
+    let index_at_start = match cfg.get("index_location").map_or(Some("end"), Value::as_str) {
+        Some("start") => true,
+        Some("end") => false,
+        _ => return Err(err!(InvalidArgument, "malformed zarr.json: index_location {} (expected \"start\" or \"end\")", cfg.get("index_location").unwrap_or(&Value::Null))),
+    };
+    let index_codecs: Vec<MetadataV3> = cfg
+        .get("index_codecs")
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| err!(InvalidArgument, "malformed zarr.json: `index_codecs`: {e}"))?
+        .unwrap_or_default();
+    let names: Vec<&str> = index_codecs.iter().map(MetadataV3::name).collect();
+    let index_crc32c = match names.as_slice() {
+        ["bytes"] => false,
+        ["bytes", "crc32c"] => true,
+        other => return Err(err!(InvalidArgument, "unsupported shard index codecs {other:?} (supported: [bytes], [bytes, crc32c])")),
+    };
+    if let Some(e) = index_codecs[0].configuration().and_then(|c| c.get("endian")).and_then(Value::as_str) {
+        if e != "little" {
+            return Err(err!(InvalidArgument, "unsupported shard index endianness {e:?}"));
+        }
+    }
+    let inner: Vec<MetadataV3> = cfg
+        .get("codecs")
+        .map(|v| serde_json::from_value(v.clone()))
+        .transpose()
+        .map_err(|e| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed.codecs`: {e}"))?
+        .ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed` has no `codecs`"))?;
+    Ok((Some(Sharding { inner_shape, chunks_per_shard, n_chunks, index_at_start, index_crc32c }), inner))
 }
 
 #[cfg(test)]
@@ -344,7 +423,8 @@ mod tests {
         assert_eq!(m.fill, 7u16.to_ne_bytes());
         let s = m.sharding.as_ref().unwrap();
         assert!(s.index_crc32c && !s.index_at_start);
-        assert_eq!(s.chunks_per_shard(&m.grid_shape), [2, 2]);
+        assert_eq!((s.chunks_per_shard.as_slice(), s.n_chunks, s.index_len()), (&[2, 2][..], 4, 68));
+        assert_eq!(m.decoded_chunk_bytes, 32);
     }
 
     #[test]
@@ -378,5 +458,29 @@ mod tests {
         assert_eq!(e.status(), Status::InvalidArgument);
         let e = ArrayMeta::parse(SHARDED.replace("[4,4]", "[3,4]").as_bytes()).unwrap_err();
         assert!(e.message().contains("multiple"), "{e}");
+    }
+
+    #[test]
+    fn hostile_geometry_is_refused_before_anything_is_sized() {
+        for (from, to, what) in [
+            ("[10,20]", "[9223372036854775808,20]", "2^63"),
+            ("\"chunk_shape\":[8,8]", "\"chunk_shape\":[9223372036854775807,8]", "multiple"),
+            ("\"chunk_shape\":[8,8]", "\"chunk_shape\":[8388608,8388608]", "cap"),
+            ("\"chunk_shape\":[4,4]", "\"chunk_shape\":[4294967296,4294967296]", "multiple"),
+            ("[10,20]", "[]", "rank 0"),
+            ("\"chunk_key_encoding\":{\"name\":\"default\"", "\"chunk_key_encoding\":{\"name\":\"weird\"", "`weird`"),
+        ] {
+            let json = SHARDED.replacen(from, to, 1);
+            assert_ne!(json, SHARDED, "{from}");
+            let e = ArrayMeta::parse(json.as_bytes()).unwrap_err();
+            assert_eq!(e.status(), Status::InvalidArgument, "{to}: {e}");
+            assert!(e.message().contains(what), "{to}: {e}");
+            assert!(!e.message().contains("Some("), "{e}");
+        }
+        // 2^12 x 2^12 inner chunks per shard: over the 2^24 cap? exactly at it is allowed.
+        let ok = SHARDED.replace("\"chunk_shape\":[8,8]", "\"chunk_shape\":[16384,16384]").replace("[10,20]", "[16384,16384]");
+        assert!(ArrayMeta::parse(ok.as_bytes()).is_ok());
+        let over = SHARDED.replace("\"chunk_shape\":[8,8]", "\"chunk_shape\":[16384,16388]").replace("[10,20]", "[16384,16388]");
+        assert!(ArrayMeta::parse(over.as_bytes()).unwrap_err().message().contains("cap"));
     }
 }

@@ -1,14 +1,16 @@
-//! zarr: parsers for Zarr v3 metadata (`zarr.json`), shard indexes and blosc headers, and
-//! the chunk geometry they imply. Bytes in, values out: no I/O, no CUDA, so every parser can
-//! be fuzzed. Also the example-volume writer used by the demo and benchmarks.
+//! zarr: parsers for Zarr v3 metadata (`zarr.json`, through zarrs' metadata types), its
+//! codec chain, shard indexes, blosc framing and zstd frame structure, and the chunk
+//! geometry they imply. Bytes in, values out: no I/O, no CUDA, no decoding, so every parser
+//! can be fuzzed (`rust/fuzz`).
 //!
-//! Calls: `decode::cpu` (to build an array's chunk codec) only.
+//! Calls nothing of damacy's but `error`.
 
 pub mod blosc;
-pub mod example;
+mod codecs;
 mod meta;
 mod shard_index;
 pub mod zstd_frame;
 
-pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype};
+pub use codecs::{BloscCname, CodecChain, CodecSpec, Endian};
+pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
 pub use shard_index::{ChunkRange, ShardIndex};

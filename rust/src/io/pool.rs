@@ -1,0 +1,147 @@
+//! The worker pool. A fixed number of threads (`n_io_threads`) take jobs from one crossbeam
+//! channel: metadata and shard-index loads for the prefetcher, and the chunk jobs (read,
+//! decode, assemble) of the batches in flight. Threads are started at construction;
+//! nothing is spawned afterwards. `shutdown` waits a bounded time: a thread stuck in the
+//! kernel (a hung network mount) is detached and exits when its read returns; everything it
+//! touches is reference-counted, so nothing it uses is freed under it.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{unbounded, Sender};
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed-size pool of worker threads.
+pub struct WorkerPool {
+    tx: Option<Arc<Sender<Job>>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Threads still running (each decrements it as it exits).
+    alive: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// Counts a worker out when its thread ends, however it ends.
+struct Alive(Arc<(Mutex<usize>, Condvar)>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        let (n, cv) = &*self.0;
+        *n.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        cv.notify_all();
+    }
+}
+
+impl WorkerPool {
+    /// Starts `n` threads named `damacy-io-<i>`.
+    ///
+    /// # Errors
+    /// OutOfMemory when a thread cannot be spawned.
+    pub fn new(n: usize) -> crate::Result<Self> {
+        let (tx, rx) = unbounded::<Job>();
+        let mut threads = Vec::with_capacity(n);
+        let alive = Arc::new((Mutex::new(0usize), Condvar::new()));
+        for i in 0..n.max(1) {
+            let rx = rx.clone();
+            *alive.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            let counted = Alive(Arc::clone(&alive));
+            let t = std::thread::Builder::new()
+                .name(format!("damacy-io-{i}"))
+                .spawn(move || {
+                    let _counted = counted;
+                    while let Ok(job) = rx.recv() {
+                        // A job never unwinds past here: a panic is a bug, but it must not
+                        // take the worker (and every later batch) down with it.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| crate::error::err!(OutOfMemory, "cannot start I/O thread {i}: {e}"))?;
+            threads.push(t);
+        }
+        Ok(Self { tx: Some(Arc::new(tx)), threads, alive })
+    }
+
+    /// Queues a job; dropped silently after shutdown.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Box::new(job));
+        }
+    }
+
+    /// A handle that queues jobs from elsewhere (the prefetcher's own tasks) without
+    /// keeping the pool alive: after shutdown its jobs are dropped.
+    pub fn spawner(&self) -> Spawner {
+        Spawner(self.tx.as_ref().map_or_else(Weak::new, Arc::downgrade))
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Stops accepting jobs and waits at most `timeout` for the threads to finish the jobs
+    /// queued (callers make those jobs return early); threads still busy then are detached.
+    /// Returns how many were detached. Idempotent.
+    pub fn shutdown(&mut self, timeout: Duration) -> usize {
+        if self.tx.is_none() && self.threads.is_empty() {
+            return 0;
+        }
+        self.tx = None;
+        let deadline = Instant::now() + timeout;
+        let (n, cv) = &*self.alive;
+        let mut left = n.lock().unwrap_or_else(PoisonError::into_inner);
+        while *left > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            left = cv.wait_timeout(left, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        let stuck = *left;
+        drop(left);
+        for t in self.threads.drain(..) {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+            // else: detached; it ends when its job returns.
+        }
+        stuck
+    }
+}
+
+/// Queues jobs on a [`WorkerPool`] while it runs.
+#[derive(Clone)]
+pub struct Spawner(Weak<Sender<Job>>);
+
+impl Spawner {
+    /// Queues a job; `false` (job dropped) after the pool shut down.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        self.0.upgrade().is_some_and(|tx| tx.send(Box::new(job)).is_ok())
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.shutdown(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_is_bounded_when_a_job_is_stuck() {
+        let mut pool = WorkerPool::new(2).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        pool.spawn(move || {
+            let _ = rx.recv(); // stuck until the test lets it go
+        });
+        pool.spawn(|| {});
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        assert_eq!(pool.shutdown(Duration::from_millis(200)), 1, "the stuck thread is detached");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        drop(tx); // it finishes later, on its own
+    }
+}

@@ -1,0 +1,238 @@
+//! One batch in flight and one finished: the state its jobs share ([`InFlight`]), the
+//! guard that finishes it when its last job ends ([`JobGuard`]), how a job is queued
+//! ([`spawn_job`]: an error *or a panic* fails the batch, typed and naming the job), and
+//! the finished [`Batch`] handed to `pop`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use super::buffers::Lease;
+use super::{OutDtype, Shared};
+use crate::decode::device::DeviceOp;
+use crate::error::{err, Error, Result};
+use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+use crate::io::WorkerPool;
+use crate::prefetch::Resolved;
+
+/// One sample: the array's uri and its box.
+#[derive(Debug, Clone)]
+pub(super) struct SampleSpec {
+    pub(super) uri: String,
+    pub(super) aabb: Vec<(i64, i64)>,
+    /// Set when the sample was invalid at push: its batch fails with this error.
+    pub(super) error: Option<Error>,
+    /// Its prefetch ticket (valid samples).
+    pub(super) ticket: Option<u64>,
+}
+
+/// Device work of one batch, filled in by its jobs.
+#[derive(Debug, Default)]
+pub(super) struct DeviceWork {
+    /// Decoded arena bytes.
+    pub(super) decoded_bytes: u64,
+    /// Decompression ops.
+    pub(super) decode_ops: Vec<GpuDecodeOp>,
+    /// Unshuffle ops.
+    pub(super) unshuffle_ops: Vec<GpuUnshuffleOp>,
+    /// Copy and fill ops.
+    pub(super) copy_ops: Vec<GpuCopyOp>,
+    /// Per decode op: the chunk op it belongs to (index into `chunk_names`).
+    pub(super) decode_chunk: Vec<u32>,
+    /// Per chunk op: "uri: chunk [coords]".
+    pub(super) chunk_names: Vec<String>,
+}
+
+impl DeviceWork {
+    /// "uri: chunk [..]" of decode op `i`.
+    pub(super) fn context(&self, i: usize) -> String {
+        self.decode_chunk.get(i).and_then(|&c| self.chunk_names.get(c as usize)).cloned().unwrap_or_else(|| format!("decode op {i}"))
+    }
+
+    /// Appends one chunk's device ops.
+    pub(super) fn push(&mut self, chunk: usize, ops: Vec<DeviceOp>) {
+        for op in ops {
+            match op {
+                DeviceOp::Decode(o) => {
+                    self.decode_ops.push(o);
+                    self.decode_chunk.push(chunk as u32);
+                }
+                DeviceOp::Unshuffle(o) => self.unshuffle_ops.push(o),
+            }
+        }
+    }
+}
+
+/// The in-flight state of one batch, shared by its jobs.
+pub(super) struct InFlight {
+    pub(super) seq: u64,
+    pub(super) samples: Vec<SampleSpec>,
+    pub(super) formed_at: Instant,
+    pub(super) remaining: AtomicUsize,
+    pub(super) error: Mutex<Option<Error>>,
+    pub(super) lease: Mutex<Option<Lease>>,
+    pub(super) resolved: Mutex<Option<Resolved>>,
+    pub(super) device: Mutex<Option<DeviceWork>>,
+}
+
+impl InFlight {
+    pub(super) fn new(seq: u64, samples: Vec<SampleSpec>, formed_at: Instant) -> Self {
+        Self {
+            seq,
+            samples,
+            formed_at,
+            remaining: AtomicUsize::new(1),
+            error: Mutex::new(None),
+            lease: Mutex::new(None),
+            resolved: Mutex::new(None),
+            device: Mutex::new(None),
+        }
+    }
+
+    /// Records the batch's first error.
+    pub(super) fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    pub(super) fn failed(&self) -> bool {
+        self.error.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+    }
+
+    /// The uri of sample `i` (for messages).
+    pub(super) fn uri(&self, sample: u32) -> &str {
+        self.samples.get(sample as usize).map_or("?", |s| s.uri.as_str())
+    }
+
+    pub(super) fn set_resolved(&self, r: Resolved) {
+        *self.resolved.lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+    }
+
+    pub(super) fn set_lease(&self, l: Lease) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(l);
+    }
+
+    pub(super) fn with_device(&self, f: impl FnOnce(&mut DeviceWork)) {
+        if let Some(d) = self.device.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            f(d);
+        }
+    }
+}
+
+/// Decrements a batch's outstanding-job count when dropped (also on unwind), finishing the
+/// batch when it reaches zero.
+pub(super) struct JobGuard {
+    pub(super) shared: Arc<Shared>,
+    pub(super) batch: Arc<InFlight>,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if self.batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.finish(&self.batch);
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(super) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Queues one job of `batch` on the pool. Its error fails the batch; so does a panic, as
+/// an error naming `what` the job was doing (never a success with part of the output
+/// unwritten). Jobs of a batch that already failed, or of a closed pipeline, do nothing.
+pub(super) fn spawn_job(
+    shared: &Arc<Shared>,
+    pool: &WorkerPool,
+    batch: &Arc<InFlight>,
+    what: impl FnOnce(&InFlight) -> String + Send + 'static,
+    f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static,
+) {
+    batch.remaining.fetch_add(1, Ordering::AcqRel);
+    let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
+    pool.spawn(move || {
+        let guard = guard;
+        if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {
+            return;
+        }
+        let run = std::panic::AssertUnwindSafe(|| f(&guard.shared, &guard.batch));
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => guard.batch.fail(e),
+            Err(payload) => {
+                let e = err!(Decode, "{}: panicked (a bug; please report it): {}", what(&guard.batch), panic_text(&*payload));
+                guard.batch.fail(e);
+            }
+        }
+    });
+}
+
+/// One finished batch: owns its output buffer (returned to the pipeline's pool on drop).
+pub struct Batch {
+    pub(super) lease: Lease,
+    pub(super) shape: Vec<i64>,
+    pub(super) dtype: OutDtype,
+    pub(super) samples: Vec<SampleSpec>,
+    pub(super) device: Option<DeviceWork>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("shape", &self.shape).field("dtype", &self.dtype).finish_non_exhaustive()
+    }
+}
+
+impl Batch {
+    /// The output bytes.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        self.lease.bytes_mut()
+    }
+    /// `[samples_per_batch, *sample_shape]`.
+    pub fn shape(&self) -> Vec<i64> {
+        self.shape.clone()
+    }
+    /// The output dtype's config name ("f32", "bf16", "u8", "i32" or "i64").
+    pub fn dtype(&self) -> String {
+        self.dtype.name().into()
+    }
+    /// `true` when the batch carries device work instead of output bytes.
+    pub fn is_gpu(&self) -> bool {
+        self.device.is_some()
+    }
+    /// Staged compressed bytes (device path; the whole slab, ops index into it).
+    pub fn staging(&mut self) -> &mut [u8] {
+        if self.device.is_some() { self.lease.bytes_mut() } else { &mut [] }
+    }
+    /// Decoded arena size (device path).
+    pub fn decoded_bytes(&self) -> u64 {
+        self.device.as_ref().map_or(0, |d| d.decoded_bytes)
+    }
+    /// Decode ops (device path).
+    pub fn decode_ops(&self) -> &[GpuDecodeOp] {
+        self.device.as_ref().map_or(&[], |d| &d.decode_ops)
+    }
+    /// Unshuffle ops (device path).
+    pub fn unshuffle_ops(&self) -> &[GpuUnshuffleOp] {
+        self.device.as_ref().map_or(&[], |d| &d.unshuffle_ops)
+    }
+    /// The uri and chunk of decode op `i` (device path).
+    pub fn decode_op_context(&self, i: u32) -> String {
+        self.device.as_ref().map_or_else(String::new, |d| d.context(i as usize))
+    }
+    /// Copy and fill ops (device path).
+    pub fn copy_ops(&self) -> &[GpuCopyOp] {
+        self.device.as_ref().map_or(&[], |d| &d.copy_ops)
+    }
+    /// The batch's samples as JSON.
+    pub fn samples_json(&self) -> String {
+        let v: Vec<_> = self.samples.iter().map(|s| serde_json::json!({"uri": s.uri, "aabb": s.aabb.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>()})).collect();
+        serde_json::Value::Array(v).to_string()
+    }
+}

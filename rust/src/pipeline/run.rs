@@ -1,0 +1,374 @@
+//! Runs one planned batch on the worker pool, each job calling the stages in order:
+//! `io` reads a coalesced range (or a whole chunk object), `decode` decodes it (CPU) or
+//! checks it and emits device ops (GPU), `assemble` writes the copies. The budgets are
+//! checked here, once per batch, before any buffer is taken: `staging_bytes` for the bytes
+//! read, `decoded_bytes` for the chunks decoded, on both paths.
+//!
+//! A read that finds its shard rewritten since the index was read fails the batch with
+//! Storage and invalidates that index (later batches read the new one).
+
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::batch::{spawn_job, DeviceWork, InFlight};
+use super::Shared;
+use crate::assemble::{self, OutBuffer};
+use crate::cache::decoded::ChunkKey;
+use crate::decode::device::{self as dev, BlockChoice, DeviceCodec};
+use crate::decode::max_encoded_len;
+use crate::error::{err, Error, Result};
+use crate::io::{self, Read, WorkerPool};
+use crate::plan::device::{copy_ops, Blocks};
+use crate::plan::staging::{layout, ReadOp, StagingLayout};
+use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
+use crate::prefetch::LayoutMap;
+
+/// Largest gap between two chunk ranges of one object that a read op reads through.
+const MAX_READ_GAP: u64 = 64 << 10;
+
+/// "uri: chunk [coords]" of a chunk op.
+fn chunk_name(batch: &InFlight, op: &ChunkOp) -> String {
+    let uri = op.copies.first().map_or("?", |c| batch.uri(c.sample));
+    format!("{uri}: chunk {:?}", op.coords)
+}
+
+fn chunk_context(e: Error, batch: &InFlight, op: &ChunkOp) -> Error {
+    e.context(chunk_name(batch, op))
+}
+
+/// The decoded-cache key of a chunk stored in a range.
+fn range_key(array: &Array, source: &ChunkSource) -> Option<ChunkKey> {
+    match source {
+        ChunkSource::Range { key, offset, generation: Some(g), .. } => Some(ChunkKey { store: Arc::clone(&array.id), key: Arc::clone(key), offset: *offset, generation: g.clone() }),
+        _ => None,
+    }
+}
+
+/// Reads `read` into `buf`; a changed shard invalidates its index and fails the read.
+fn read_into(shared: &Shared, array: &Array, read: &ReadOp, buf: &mut [u8]) -> Result<()> {
+    match io::read_op(&*array.store, read, buf)? {
+        Read::Done => Ok(()),
+        Read::Changed { found } => {
+            shared.prefetch.invalidate_shard(&array.id, &read.key);
+            Err(err!(Storage, "{}", io::changed_message(&*array.store, &read.key, read.generation.as_ref(), &found)))
+        }
+    }
+}
+
+/// Checks a batch's budgets.
+fn check_budgets(shared: &Shared, batch: &InFlight, staged: u64, decoded: u64) -> Result<()> {
+    let cfg = &shared.cfg;
+    if staged > cfg.staging_bytes {
+        return Err(err!(BudgetExceeded, "batch {} reads {staged} bytes, over staging_bytes = {}; raise `staging_bytes` or use fewer/smaller samples per batch", batch.seq, cfg.staging_bytes));
+    }
+    if decoded > cfg.decoded_bytes {
+        return Err(err!(BudgetExceeded, "batch {} decodes {decoded} bytes, over decoded_bytes = {}; raise `decoded_bytes` or use fewer/smaller samples per batch", batch.seq, cfg.decoded_bytes));
+    }
+    Ok(())
+}
+
+/// The CPU path: decode and assemble straight into the batch's output buffer.
+pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
+    let cfg = &shared.cfg;
+    check_budgets(shared, batch, plan.read_bytes, plan.decoded_bytes)?;
+    let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
+    // SAFETY: the lease's buffer lives in `batch.lease` until `finish`, which runs after
+    // every job below dropped its guard; jobs write disjoint voxels (planner invariant).
+    let out = unsafe { OutBuffer::new(lease.ptr(), lease.len(), cfg.dtype, cfg.sample_voxels()) };
+    batch.set_lease(lease);
+
+    // Chunks found decoded in the cache are not read: their op's source becomes Absent and
+    // `cached` holds the bytes the job assembles from.
+    let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
+    {
+        let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.enabled() {
+            for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
+                let array = &plan.arrays[op.array as usize];
+                if let Some(v) = range_key(array, &op.source).and_then(|k| cache.get(&k)) {
+                    cached[i] = Some(v);
+                    op.source = ChunkSource::Absent;
+                }
+            }
+        }
+    }
+    let staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
+    shared.stats.coalesced(&staging);
+    let plan = Arc::new(plan);
+    if !plan.fill_ops.is_empty() {
+        let plan = Arc::clone(&plan);
+        spawn_job(shared, pool, batch, |_| "filling out-of-bounds regions".into(), move |shared, _| {
+            for f in &plan.fill_ops {
+                let meta = &plan.arrays[f.array as usize].meta;
+                // SAFETY: see `out` above.
+                unsafe { assemble::fill_region(&meta.fill, meta.dtype, f.sample, &f.region, &out, &shared.cfg.sample_shape) };
+            }
+            Ok(())
+        });
+    }
+    // Coalesced ranges: one read, then each chunk it holds is decoded and assembled.
+    for read in staging.reads {
+        let plan = Arc::clone(&plan);
+        let first = read.chunks.first().copied().unwrap_or(0);
+        let what_plan = Arc::clone(&plan);
+        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
+            let array = &plan.arrays[read.array as usize];
+            let t0 = Instant::now();
+            let mut bytes = Vec::new();
+            bytes.try_reserve_exact(read.len as usize).map_err(|_| err!(OutOfMemory, "cannot allocate {} bytes for a read", read.len))?;
+            bytes.resize(read.len as usize, 0);
+            read_into(shared, array, &read, &mut bytes).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
+            shared.stats.read_op(read.len, t0.elapsed());
+            for &i in &read.chunks {
+                let op = &plan.chunk_ops[i];
+                let ChunkSource::Range { offset, nbytes, .. } = op.source else { continue };
+                let at = (offset - read.offset) as usize;
+                let encoded = &bytes[at..at + nbytes as usize];
+                decode_and_assemble(shared, op, array, Some(encoded), range_key(array, &op.source), &out).map_err(|e| chunk_context(e, batch, op))?;
+            }
+            Ok(())
+        });
+    }
+    // Whole-object chunks, absent chunks, and chunks from the decoded cache: a job each.
+    let cached = Arc::new(cached);
+    for i in 0..plan.chunk_ops.len() {
+        if matches!(plan.chunk_ops[i].source, ChunkSource::Range { .. }) {
+            continue;
+        }
+        let (plan, cached) = (Arc::clone(&plan), Arc::clone(&cached));
+        let what_plan = Arc::clone(&plan);
+        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[i]), move |shared, batch| {
+            let op = &plan.chunk_ops[i];
+            let array = plan.array_of(op);
+            let meta = &array.meta;
+            if let Some(decoded) = &cached[i] {
+                let t = Instant::now();
+                for c in &op.copies {
+                    // SAFETY: exclusive voxels (planner invariant).
+                    unsafe { assemble::copy_region(decoded, meta.dtype, meta.chunk_shape(), c, &out, &shared.cfg.sample_shape) };
+                }
+                shared.stats.chunk_cached(t.elapsed());
+                return Ok(());
+            }
+            let ChunkSource::File(key) = &op.source else {
+                return decode_and_assemble(shared, op, array, None, None, &out);
+            };
+            let t0 = Instant::now();
+            let found = io::read_whole(&*array.store, key, max_encoded_len(meta.decoded_chunk_bytes)).map_err(|e| chunk_context(e, batch, op))?;
+            shared.stats.read_op(found.as_ref().map_or(0, |(b, _)| b.len() as u64), t0.elapsed());
+            let cache_key = found.as_ref().map(|(_, info)| ChunkKey { store: Arc::clone(&array.id), key: Arc::clone(key), offset: 0, generation: info.generation.clone() });
+            decode_and_assemble(shared, op, array, found.as_ref().map(|(b, _)| b.as_slice()), cache_key, &out).map_err(|e| chunk_context(e, batch, op))
+        });
+    }
+    Ok(())
+}
+
+thread_local! {
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies; with a
+/// `key` and the decoded cache on, keeps the decoded chunk for later batches.
+fn decode_and_assemble(shared: &Shared, op: &ChunkOp, array: &Array, encoded: Option<&[u8]>, key: Option<ChunkKey>, out: &OutBuffer) -> Result<()> {
+    let meta = &array.meta;
+    let sample_shape = &shared.cfg.sample_shape;
+    let t1 = Instant::now();
+    let Some(encoded) = encoded else {
+        for c in &op.copies {
+            // SAFETY: exclusive voxels (planner invariant).
+            unsafe { assemble::fill_copy(&meta.fill, meta.dtype, c, out, sample_shape) };
+        }
+        shared.stats.chunk_filled(t1.elapsed());
+        return Ok(());
+    };
+    let assemble_from = |buf: &[u8]| {
+        let t2 = Instant::now();
+        for c in &op.copies {
+            // SAFETY: exclusive voxels (planner invariant).
+            unsafe { assemble::copy_region(buf, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
+        }
+        shared.stats.chunk_decoded(0, Duration::ZERO, t2 - t1, t2.elapsed());
+    };
+    let codec = &array.decoder.cpu;
+    let caching = key.is_some() && shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    if caching {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(codec.decoded_len()).map_err(|_| err!(OutOfMemory, "cannot allocate {} bytes to decode a chunk", codec.decoded_len()))?;
+        buf.resize(codec.decoded_len(), 0);
+        codec.decode_into(encoded, &mut buf)?;
+        assemble_from(&buf);
+        if let Some(key) = key {
+            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf));
+        }
+        return Ok(());
+    }
+    DECODED.with_borrow_mut(|buf| {
+        if buf.len() < codec.decoded_len() {
+            buf.try_reserve_exact(codec.decoded_len() - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {} bytes to decode a chunk", codec.decoded_len()))?;
+        }
+        buf.resize(codec.decoded_len(), 0);
+        codec.decode_into(encoded, buf)?;
+        assemble_from(buf);
+        Ok(())
+    })
+}
+
+/// The staging slab of a batch, written by its jobs at disjoint ranges.
+#[derive(Clone, Copy)]
+struct SlabPtr(*mut u8, usize);
+// SAFETY: the slab is owned by the batch's lease until the batch finishes, after every job;
+// jobs write disjoint ranges (the layout assigns each read and slot its own range).
+unsafe impl Send for SlabPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SlabPtr {}
+
+impl SlabPtr {
+    /// # Safety
+    /// No other job may access `at..at+len` concurrently.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, at: u64, len: u64) -> Result<&mut [u8]> {
+        at.checked_add(len).filter(|&e| e <= self.1 as u64).ok_or_else(|| err!(BudgetExceeded, "staging range {at}..+{len} exceeds the {}-byte slab", self.1))?;
+        // SAFETY: in bounds (checked); exclusive per the contract.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.0.add(at as usize), len as usize) })
+    }
+}
+
+/// The device path: stage compressed bytes in the slab and emit the ops the extension runs.
+pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan, layouts: &LayoutMap<'_>) -> Result<()> {
+    let cfg = &shared.cfg;
+    // Whole-object chunks (unsharded arrays): stat them now so they stage like ranges.
+    for i in 0..plan.chunk_ops.len() {
+        let ChunkSource::File(key) = &plan.chunk_ops[i].source else { continue };
+        let array = &plan.arrays[plan.chunk_ops[i].array as usize];
+        let source = match array.store.head(key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[i]))? {
+            Some(info) if info.size > max_encoded_len(array.meta.decoded_chunk_bytes) => {
+                return Err(chunk_context(err!(Storage, "{}: {} bytes, more than any encoding of the chunk takes", array.store.describe(key), info.size), batch, &plan.chunk_ops[i]));
+            }
+            Some(info) => ChunkSource::Range { key: Arc::clone(key), offset: 0, nbytes: info.size, generation: Some(info.generation) },
+            None => ChunkSource::Absent,
+        };
+        if source == ChunkSource::Absent {
+            plan.decoded_bytes = plan.decoded_bytes.saturating_sub(array.meta.decoded_chunk_bytes);
+        }
+        plan.chunk_ops[i].source = source;
+    }
+    // Blosc chunks with a layout from the chunk_layout cache: read and decode only the
+    // blocks their copies touch.
+    let mut frames: Vec<Option<Blocks>> = Vec::with_capacity(plan.chunk_ops.len());
+    for op in &mut plan.chunk_ops {
+        let array = &plan.arrays[op.array as usize];
+        let route = array.decoder.route;
+        let frame = match range_key(array, &op.source) {
+            Some(k) if route.codec == DeviceCodec::Blosc => layouts.get(&k).copied(),
+            _ => None,
+        };
+        let Some(frame) = frame else {
+            frames.push(None);
+            continue;
+        };
+        let blocks = Blocks::needed(Arc::clone(frame), op, &array.meta, route.crc);
+        shared.stats.blocks(blocks.decoded as u64, (frame.blocks.len() - blocks.decoded) as u64);
+        if let ChunkSource::Range { offset, nbytes, .. } = &mut op.source {
+            *offset += u64::from(blocks.span.0);
+            *nbytes = u64::from(blocks.span.1 - blocks.span.0);
+        }
+        frames.push(Some(blocks));
+    }
+    let cpu_slot = |i: usize| {
+        let op = &plan.chunk_ops[i];
+        let array = &plan.arrays[op.array as usize];
+        (array.decoder.route.codec == DeviceCodec::Cpu && op.source != ChunkSource::Absent).then_some(array.meta.decoded_chunk_bytes)
+    };
+    let staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &cpu_slot);
+    check_budgets(shared, batch, staging.staging_bytes, staging.decoded_bytes)?;
+    let copies = copy_ops(&plan, &staging)?;
+    let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
+    let slab = SlabPtr(lease.ptr(), lease.len());
+    batch.set_lease(lease);
+    let chunk_names = plan.chunk_ops.iter().map(|op| chunk_name(batch, op)).collect();
+    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) = Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, chunk_names, ..DeviceWork::default() });
+    shared.stats.staged(&staging);
+
+    let cpu_chunks: Vec<usize> = (0..plan.chunk_ops.len()).filter(|&i| cpu_slot(i).is_some()).collect();
+    let job = Arc::new(StageJob { plan, staging, frames, slab });
+    for r in 0..job.staging.reads.len() {
+        let (job, what) = (Arc::clone(&job), Arc::clone(&job));
+        spawn_job(shared, pool, batch, move |b| what.name(b, what.staging.reads[r].chunks.first().copied()), move |shared, batch| job.read(r, shared, batch));
+    }
+    for i in cpu_chunks {
+        let (job, what) = (Arc::clone(&job), Arc::clone(&job));
+        spawn_job(shared, pool, batch, move |b| what.name(b, Some(i)), move |shared, batch| job.cpu_decode(i, shared, batch));
+    }
+    Ok(())
+}
+
+/// What the staging jobs of one device batch share.
+struct StageJob {
+    plan: BatchPlan,
+    staging: StagingLayout,
+    /// Per chunk op: the blosc blocks to decode, when its layout is known.
+    frames: Vec<Option<Blocks>>,
+    slab: SlabPtr,
+}
+
+impl StageJob {
+    fn name(&self, batch: &InFlight, chunk: Option<usize>) -> String {
+        chunk.and_then(|i| self.plan.chunk_ops.get(i)).map_or_else(|| "staging a read".into(), |op| chunk_name(batch, op))
+    }
+
+    /// Reads one coalesced range into the slab, then checks its chunks and emits their ops.
+    fn read(&self, r: usize, shared: &Shared, batch: &InFlight) -> Result<()> {
+        let read = &self.staging.reads[r];
+        let array = &self.plan.arrays[read.array as usize];
+        let t0 = Instant::now();
+        // SAFETY: each read op owns its staging range.
+        let buf = unsafe { self.slab.range(read.staging_offset, read.len)? };
+        read_into(shared, array, read, buf).map_err(|e| e.context(self.name(batch, read.chunks.first().copied())))?;
+        shared.stats.read_op(read.len, t0.elapsed());
+        let mut work = Vec::with_capacity(read.chunks.len());
+        for &i in &read.chunks {
+            let mut ops = Vec::new();
+            self.chunk_ops(i, &mut ops).map_err(|e| e.context(self.name(batch, Some(i))))?;
+            shared.stats.device_chunk();
+            work.push((i, ops));
+        }
+        batch.with_device(|d| {
+            for (i, ops) in work {
+                d.push(i, ops);
+            }
+        });
+        Ok(())
+    }
+
+    /// Decodes a chunk the GPU cannot on this thread and stages it raw.
+    fn cpu_decode(&self, i: usize, shared: &Shared, batch: &InFlight) -> Result<()> {
+        let op = &self.plan.chunk_ops[i];
+        let array = self.plan.array_of(op);
+        let ChunkSource::Range { key, offset, nbytes, generation } = &op.source else { return Ok(()) };
+        let t0 = Instant::now();
+        let mut encoded = vec![0u8; *nbytes as usize];
+        let read = ReadOp { array: op.array, key: Arc::clone(key), generation: generation.clone(), offset: *offset, len: *nbytes, staging_offset: 0, chunks: vec![i] };
+        read_into(shared, array, &read, &mut encoded).map_err(|e| chunk_context(e, batch, op))?;
+        let t1 = Instant::now();
+        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} has no staging slot"))?;
+        // SAFETY: each CPU slot is owned by its chunk.
+        let out = unsafe { self.slab.range(at, len)? };
+        array.decoder.cpu.decode_into(&encoded, out).map_err(|e| chunk_context(e, batch, op))?;
+        shared.stats.read_op(encoded.len() as u64, t1 - t0);
+        shared.stats.chunk_decoded(0, Duration::ZERO, t1.elapsed(), Duration::ZERO);
+        let dst = self.staging.decoded[i].unwrap_or(0);
+        batch.with_device(|d| d.push(i, vec![dev::staged_raw(at, len, dst)]));
+        Ok(())
+    }
+
+    fn chunk_ops(&self, i: usize, out: &mut Vec<dev::DeviceOp>) -> Result<()> {
+        let op = &self.plan.chunk_ops[i];
+        let array = self.plan.array_of(op);
+        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} not staged"))?;
+        let dst = self.staging.decoded[i].unwrap_or(0);
+        // SAFETY: read-only view of this read op's own range, written above by this job.
+        let bytes = unsafe { self.slab.range(at, len)? };
+        let blocks = self.frames[i].as_ref().map(|b| BlockChoice { frame: &b.frame, needed: &b.needed, span_lo: b.span.0 });
+        dev::prepare(array.decoder.route, bytes, at, array.meta.decoded_chunk_bytes, dst, blocks, out)
+    }
+}

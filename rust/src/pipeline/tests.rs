@@ -1,0 +1,94 @@
+//! Fault injection (a store that panics, fails or stalls on chunk reads; a shard rewritten
+//! in place) against the whole pipeline.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{Config, Pipeline};
+use crate::error::Status;
+
+fn volume(name: &str, shard: &[u64], seed: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("damacy-pipe-{name}-{}", std::process::id()));
+    crate::example::write_example_volume(dir.to_str().unwrap(), &[16, 16, 16], &[8, 8, 8], shard, "zstd", seed).unwrap();
+    dir
+}
+
+fn pipeline() -> Pipeline {
+    Pipeline::new(Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }).unwrap()
+}
+
+/// Pushes two copies of the box at `z` of `uri` and pops their batch as f32 values.
+fn batch(p: &Pipeline, uri: &str, z: i64) -> crate::Result<Vec<f32>> {
+    for _ in 0..2 {
+        assert!(p.push(uri, &[z, 4, 4], &[z + 8, 12, 12]).unwrap());
+    }
+    let mut b = p.pop(-1.0)?;
+    Ok(b.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn uri(scheme: &str, dir: &Path) -> String {
+    format!("{scheme}://{}", dir.display())
+}
+
+#[test]
+fn a_panicking_read_fails_its_batch_typed_and_the_next_batch_works() {
+    let dir = volume("panic", &[], 1);
+    let p = pipeline();
+    let e = batch(&p, &uri("fault-panic", &dir), 0).unwrap_err();
+    assert_eq!(e.status(), Status::Decode, "{e}");
+    assert!(e.message().contains("panicked") && e.message().contains("chunk"), "names the chunk: {e}");
+    let e = batch(&p, &uri("fault-error", &dir), 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("injected") && e.message().contains("chunk ["), "{e}");
+    let good = batch(&p, dir.to_str().unwrap(), 0).unwrap();
+    assert!(good.iter().any(|&v| v != 0.0));
+    assert_eq!(good, batch(&p, dir.to_str().unwrap(), 0).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn close_returns_in_bounded_time_while_reads_are_stuck() {
+    let dir = volume("stall", &[], 2);
+    let p = pipeline();
+    for _ in 0..2 {
+        assert!(p.push(&uri("fault-stall", &dir), &[0, 0, 0], &[8, 8, 8]).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    p.close();
+    let took = t0.elapsed();
+    assert!(took < super::CLOSE_TIMEOUT + Duration::from_secs(1), "close took {took:?}");
+    assert_eq!(p.pop(0.0).unwrap_err().status(), Status::Shutdown);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_shard_rewritten_in_place_is_noticed_and_reread() {
+    let a = volume("stale-a", &[16, 16, 16], 3);
+    let b = volume("stale-b", &[16, 16, 16], 4);
+    let p = pipeline();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    // Same inode, new bytes: the cached index of shard c/0/0/0 is stale now.
+    let new = std::fs::read(b.join("c/0/0/0")).unwrap();
+    std::fs::write(a.join("c/0/0/0"), &new).unwrap();
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("changed"), "{e}");
+    let after = batch(&p, ua, 0).unwrap();
+    let reference = batch(&pipeline(), ub, 0).unwrap();
+    assert_ne!(before, reference, "the two volumes differ");
+    assert_eq!(after, reference, "the new index was read");
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
+fn configs_whose_sizes_overflow_are_refused() {
+    for shape in [vec![(1u64 << 62) + 16], vec![1 << 40, 1 << 40], vec![u64::MAX]] {
+        let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds_fill: true, ..Config::default() };
+        let e = Pipeline::new(cfg).err().unwrap();
+        assert_eq!(e.status(), Status::InvalidArgument, "{shape:?}: {e}");
+    }
+}
