@@ -8,23 +8,23 @@
 #     machines without a Rust toolchain (the GPU machine gets them carried over; see
 #     dev/carry-rust.sh). No cargo is looked for then.
 #
-# cxx-build leaves the headers as `<include>/damacy/src/ffi/mod.rs.h` and
+# cxx-build leaves the headers as `<include>/damacy/src/ffi/{records,api}.rs.h` and
 # `<include>/rust/cxx.h`; the bridge glue (.cc) is already compiled into the staticlib by
 # rust/build.rs, so nothing of the bridge is compiled here.
 
 set(DAMACY_RUST_LIB "" CACHE FILEPATH
   "Prebuilt libdamacy.a; skips cargo (needs DAMACY_RUST_INCLUDE)")
 set(DAMACY_RUST_INCLUDE "" CACHE PATH
-  "Folder holding damacy/src/ffi/mod.rs.h and rust/cxx.h for DAMACY_RUST_LIB")
+  "Folder holding damacy/src/ffi/api.rs.h and rust/cxx.h for DAMACY_RUST_LIB")
 
 if(DAMACY_RUST_LIB)
   if(NOT DAMACY_RUST_INCLUDE)
     message(FATAL_ERROR "damacy: DAMACY_RUST_LIB is set, so DAMACY_RUST_INCLUDE must name the "
-      "folder holding damacy/src/ffi/mod.rs.h (cargo's target/cxxbridge, copied with -L)")
+      "folder holding damacy/src/ffi/api.rs.h (cargo's target/cxxbridge, copied with -L)")
   endif()
   get_filename_component(_damacy_rust_lib "${DAMACY_RUST_LIB}" ABSOLUTE)
   get_filename_component(_damacy_rust_inc "${DAMACY_RUST_INCLUDE}" ABSOLUTE)
-  foreach(_f "${_damacy_rust_lib}" "${_damacy_rust_inc}/damacy/src/ffi/mod.rs.h")
+  foreach(_f "${_damacy_rust_lib}" "${_damacy_rust_inc}/damacy/src/ffi/api.rs.h")
     if(NOT EXISTS "${_f}")
       message(FATAL_ERROR "damacy: ${_f} does not exist (DAMACY_RUST_LIB / DAMACY_RUST_INCLUDE)")
     endif()
@@ -53,7 +53,8 @@ else()
             "${DAMACY_CARGO}" build --release -p damacy
     WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}"
     BYPRODUCTS "${_damacy_rust_lib}"
-               "${_damacy_rust_inc}/damacy/src/ffi/mod.rs.h"
+               "${_damacy_rust_inc}/damacy/src/ffi/records.rs.h"
+               "${_damacy_rust_inc}/damacy/src/ffi/api.rs.h"
                "${_damacy_rust_inc}/rust/cxx.h"
     COMMENT "cargo build --release -p damacy"
     USES_TERMINAL VERBATIM)

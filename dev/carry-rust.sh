@@ -10,7 +10,7 @@ out="$root/.carry/rust"
 rm -rf "$out"
 mkdir -p "$out/include/damacy/src/ffi" "$out/include/rust"
 cp "$target/release/libdamacy.a" "$out/"
-cp -L "$target/cxxbridge/damacy/src/ffi/mod.rs.h" "$out/include/damacy/src/ffi/"
+cp -L "$target/cxxbridge/damacy/src/ffi/records.rs.h" "$target/cxxbridge/damacy/src/ffi/api.rs.h" "$out/include/damacy/src/ffi/"
 cp -L "$target/cxxbridge/rust/cxx.h" "$out/include/rust/"
 du -sh "$out" >&2
 echo "$out"

@@ -136,3 +136,29 @@ def test_array_info_missing_array_is_not_found():
 def test_write_example_volume_rejects_negative_extents(tmp_path):
     with pytest.raises(damacy.InvalidArgument, match="shape"):
         _ops.call(torch.ops.damacy.write_example_volume, str(tmp_path / "v.zarr"), [-1, 4], [2, 2], [], "zstd", 0)
+
+
+def test_python_statuses_are_the_native_ones_in_order():
+    # One status set: Rust's (status_tokens, checked against C++ by ctest) reaches Python
+    # through the statuses op; damacy.errors must name the same tokens in the same order.
+    assert tuple(_ops.call(_ops.ops().statuses)) == errors.STATUSES
+    assert errors.from_status("Internal", "x").__class__ is damacy.InternalError
+
+
+@pytest.mark.parametrize(
+    "uri, why",
+    [("a\x00b", "NUL"), (b"\xff.zarr", "UTF-8"), ("caf\udcff.zarr", "UTF-8"), ("", "non-empty"), (3, "non-empty")],
+)
+def test_bad_uris_are_invalid_argument_not_runtime_error(uri, why):
+    with pytest.raises(damacy.InvalidArgument, match=why):
+        damacy.Sample(uri, [(0, 1)])
+    with pytest.raises(damacy.InvalidArgument, match=why):
+        damacy.array_info(uri)
+
+
+@pytest.mark.parametrize("bound", [2**63, 2**64 + 5])
+def test_box_coordinates_beyond_64_bits_are_invalid_argument(bound):
+    with pytest.raises(damacy.InvalidArgument, match="2\\*\\*63"):
+        damacy.Sample("/a.zarr", [(0, bound)])
+    with pytest.raises(damacy.InvalidArgument, match="2\\*\\*63"):
+        damacy.Sample("/a.zarr", [(bound, bound + 1)])

@@ -170,12 +170,14 @@ def test_random_crops_determinism_epochs_and_weights(pairs):
     assert [x for _, m in got[:7] for x in zip(m["array"].tolist(), _boxes(m))] == first[:28]
 
 
-def test_integer_outputs_on_cuda_take_the_cpu_decode_path(pairs):
+def test_integer_outputs_on_cuda_keep_decode_auto_which_rust_routes_to_the_cpu(pairs):
+    # The route is one rule in Rust (Config::decodes_on_device, unit-tested there): the
+    # dataset passes decode="auto" through instead of re-deciding it.
     entries, _ = pairs
     ds = _dataset(entries, dtype={"image": "f32", "label": "i64"}, device="cuda:0")
-    assert [c.decode for c in ds._configs] == ["auto", "cpu"]
+    assert [c.decode for c in ds._configs] == ["auto", "auto"]
     assert all(c.device == "cpu" and c.decode == "cpu" for c in ds._worker_configs(2))
-    with pytest.raises(damacy.InvalidArgument, match="GPU path"):
+    with pytest.raises(damacy.InvalidArgument, match="GPU decode path"):
         damacy.Config(dtype="i64", device="cuda:0", decode="gpu")
 
 

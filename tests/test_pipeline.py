@@ -54,6 +54,20 @@ def test_pop_order_is_push_order(good):
             F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"batch {i}")
 
 
+def test_pop_with_samples_names_each_slot(good):
+    # The samples come from Rust's records of what each slot read (not a copy kept here):
+    # values and boxes must agree slot by slot, in push order.
+    uri, oracle = good
+    bxs = boxes(3 * B, seed=11)
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push([damacy.Sample(uri, b) for b in bxs])
+        for i in range(3):
+            tensor, samples = pipe.pop_with_samples()
+            assert samples == [damacy.Sample(uri, b) for b in bxs[i * B:(i + 1) * B]]
+            F.assert_same(tensor, expect(oracle, bxs, i), f"batch {i}")
+        assert pipe.stats().batches == 3
+
+
 def test_sources_are_consumed_in_push_order(good):
     """A list, a single Sample and a generator pushed one after another: their samples come
     out in that order, also across batch boundaries."""

@@ -18,8 +18,25 @@ std::string gpu_info_json(std::string_view search_path) {
 #endif
 }
 
-std::string array_info_json(std::string_view uri) {
-  return std::string(detail::call([&] { return ffi::array_info_json(detail::str(uri, "uri")); }));
+ArrayInfo array_info(std::string_view uri, bool usage) {
+  const ffi::ArrayInfo a = detail::call([&] { return ffi::array_info(detail::str(uri, "uri"), usage); });
+  ArrayInfo out;
+  out.uri = std::string(a.uri);
+  out.shape.assign(a.shape.begin(), a.shape.end());
+  out.data_type = std::string(a.data_type);
+  out.chunk_shape.assign(a.chunk_shape.begin(), a.chunk_shape.end());
+  out.shard_shape.assign(a.shard_shape.begin(), a.shard_shape.end());
+  out.index_at_start = a.index_at_start;
+  out.codecs_json = std::string(a.codecs_json);
+  for (const auto& n : a.dimension_names) out.dimension_names.emplace_back(n);
+  out.files = a.files;
+  out.bytes_stored = a.bytes_stored;
+  out.bytes_decoded = a.bytes_decoded;
+  return out;
+}
+
+std::string array_info_json(std::string_view uri, bool usage) {
+  return std::string(detail::call([&] { return ffi::array_info_json(detail::str(uri, "uri"), usage); }));
 }
 
 void write_example_volume(std::string_view path, const std::vector<std::uint64_t>& shape,

@@ -1,4 +1,4 @@
-// Private: the cxx bridge (rust/src/ffi/mod.rs) and the one way to call it.
+// Private: the cxx bridge (rust/src/ffi/{records,api}.rs) and the one way to call it.
 //
 // Every bridge call goes through `call`, which turns the `rust::Error` of a failed Rust
 // `Result` (what() = "[Token] message") into the typed damacy::Error, and every string goes
@@ -12,7 +12,10 @@
 
 #include "damacy/errors.h"
 #include "rust/cxx.h"                // rust::Error (the generated header omits it)
-#include "damacy/src/ffi/mod.rs.h"  // both from cargo: $CARGO_TARGET_DIR/cxxbridge
+#include "damacy/src/ffi/records.rs.h"  // shared records and enums (cxx)
+#include "damacy/src/ffi/api.rs.h"      // the handles and functions; both from cargo
+
+#include <memory>
 
 namespace damacy::detail {
 
@@ -28,6 +31,9 @@ decltype(auto) call(F&& f) {
     rethrow(e);
   }
 }
+
+/// A Rust-owned config shared by C++ copies (freed by Rust when the last copy goes).
+std::shared_ptr<const ffi::Config> share(rust::Box<ffi::Config> box);
 
 /// `s` as a rust::Str. @throws InvalidArgument when `s` is not UTF-8 (`what` names it).
 rust::Str str(std::string_view s, std::string_view what);

@@ -17,8 +17,9 @@ std::string_view token(Status status) noexcept {
     case Status::BudgetExceeded: return "BudgetExceeded";
     case Status::Shutdown: return "Shutdown";
     case Status::PoolStarved: return "PoolStarved";
+    case Status::Internal: return "Internal";
   }
-  return "InvalidArgument";
+  return "Internal";
 }
 
 std::optional<Status> status_from_token(std::string_view t) noexcept {
@@ -63,6 +64,7 @@ OutOfMemory::~OutOfMemory() = default;
 BudgetExceeded::~BudgetExceeded() = default;
 ShutdownError::~ShutdownError() = default;
 PoolStarved::~PoolStarved() = default;
+InternalError::~InternalError() = default;
 
 void throw_error(Status status, std::string_view message) {
   switch (status) {
@@ -78,8 +80,9 @@ void throw_error(Status status, std::string_view message) {
     case Status::BudgetExceeded: throw BudgetExceeded(message);
     case Status::Shutdown: throw ShutdownError(message);
     case Status::PoolStarved: throw PoolStarved(message);
+    case Status::Internal: throw InternalError(message);
   }
-  throw InvalidArgument(message);
+  throw InternalError(message);
 }
 
 void throw_error_message(std::string_view what) {
@@ -91,9 +94,9 @@ void throw_error_message(std::string_view what) {
       }
     }
   }
-  std::string message = "internal error (no status token; please report): ";
+  std::string message = "no status token (please report): ";
   message += what;
-  throw InvalidArgument(message);
+  throw InternalError(message);
 }
 
 }  // namespace damacy

@@ -5,10 +5,8 @@
 // context deleter re-boxes and drops it, which hands the buffer back to the pipeline's pool.
 #include "damacy/pipeline.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -30,17 +28,29 @@ void drop_batch(void* batch) noexcept {
   (void)rust::Box<ffi::Batch>::from_raw(static_cast<ffi::Batch*>(batch));
 }
 
-// Config dtype names (rust/src/pipeline/config.rs OutDtype::name) -> torch dtypes.
-at::ScalarType scalar_type(std::string_view dtype) {
-  if (dtype == "f32") return at::kFloat;
-  if (dtype == "bf16") return at::kBFloat16;
-  if (dtype == "u8") return at::kByte;
-  if (dtype == "i32") return at::kInt;
-  if (dtype == "i64") return at::kLong;
-  std::string message = "batch dtype: expected \"f32\", \"bf16\", \"u8\", \"i32\" or \"i64\", found \"";
-  message += dtype;
-  message += '"';
-  throw DtypeMismatch(message);
+// The bridge's output dtype -> the torch dtype.
+at::ScalarType scalar_type(ffi::OutDtype dtype) {
+  switch (dtype) {
+    case ffi::OutDtype::F32: return at::kFloat;
+    case ffi::OutDtype::Bf16: return at::kBFloat16;
+    case ffi::OutDtype::U8: return at::kByte;
+    case ffi::OutDtype::I32: return at::kInt;
+    case ffi::OutDtype::I64: return at::kLong;
+  }
+  throw InternalError("batch has an unknown output dtype code " + std::to_string(static_cast<int>(dtype)));
+}
+
+// The bridge's sample records -> the C++ API's samples.
+std::vector<Sample> to_samples(const rust::Vec<ffi::SampleRecord>& records) {
+  std::vector<Sample> out;
+  out.reserve(records.size());
+  for (const auto& r : records) {
+    Sample s{std::string(r.uri), {}};
+    s.aabb.reserve(r.starts.size());
+    for (size_t d = 0; d < r.starts.size() && d < r.stops.size(); ++d) s.aabb.emplace_back(r.starts[d], r.stops[d]);
+    out.push_back(std::move(s));
+  }
+  return out;
 }
 
 at::Device parse_device(const std::string& device) {
@@ -56,16 +66,15 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
   const rust::Slice<std::uint8_t> bytes = batch->bytes();
   const rust::Vec<std::int64_t> shape_rs = batch->shape();
   const std::vector<std::int64_t> shape(shape_rs.begin(), shape_rs.end());
-  const at::ScalarType dtype = scalar_type(std::string(batch->dtype()));
+  const at::ScalarType dtype = scalar_type(batch->out_dtype());
   const auto options = at::TensorOptions().dtype(dtype);
 
   std::int64_t numel = 1;
   for (std::int64_t d : shape) numel *= d;
   const std::size_t item = c10::elementSize(dtype);
   if (static_cast<std::size_t>(numel) * item != bytes.size()) {
-    throw_error(Status::InvalidArgument,
-                "internal error (please report): batch holds " + std::to_string(bytes.size()) +
-                    " bytes, its shape needs " + std::to_string(numel * item));
+    throw InternalError("batch holds " + std::to_string(bytes.size()) + " bytes, its shape needs " +
+                        std::to_string(numel * item));
   }
 
   at::Tensor cpu;
@@ -91,46 +100,38 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
 
 }  // namespace
 
-namespace {
-// Device batches kept launched (the one returned next included): DAMACY_DEVICE_AHEAD,
-// default 2, 1..8. More overlap costs one batch of device memory each.
-size_t device_ahead() {
-  const char* v = std::getenv("DAMACY_DEVICE_AHEAD");
-  const long n = v ? std::strtol(v, nullptr, 10) : 2;
-  return static_cast<size_t>(std::clamp<long>(n, 1, 8));
-}
-}  // namespace
-
 struct Pipeline::Impl {
   Config config;
   at::Device device;
   rust::Box<ffi::Pipeline> rust;
 #if DAMACY_WITH_CUDA
   std::unique_ptr<detail::DeviceRunner> runner = nullptr;  // device path (decode on the GPU)
-  size_t ahead = device_ahead();
 #endif
 
-  // The next batch as a tensor, with its samples JSON when asked.
-  at::Tensor next(double timeout_s, std::string* samples) {
+  // The next batch as a tensor, with its samples when asked. Rust counts it delivered only
+  // once it is on its way to the caller (a device batch launched ahead is not).
+  at::Tensor next(double timeout_s, std::vector<Sample>* samples) {
 #if DAMACY_WITH_CUDA
     if (runner) return next_device(timeout_s, samples);
 #endif
-    auto batch = detail::call([&] { return rust->pop(timeout_s); });
-    if (samples) *samples = std::string(batch->samples_json());
-    return to_tensor(std::move(batch), device);
+    auto batch = detail::call([&] { return rust->pop_batch(timeout_s); });
+    if (samples) *samples = to_samples(batch->sample_records());
+    at::Tensor t = to_tensor(std::move(batch), device);
+    rust->delivered(1, false);
+    return t;
   }
 
 #if DAMACY_WITH_CUDA
   // Device path: keep one batch launched ahead, so its decode overlaps the caller's work on
   // the batch just returned. Batch errors keep their place in the queue.
-  at::Tensor next_device(double timeout_s, std::string* samples) {
+  at::Tensor next_device(double timeout_s, std::vector<Sample>* samples) {
     if (runner->queued() == 0) {
-      auto batch = detail::call([&] { return rust->pop(timeout_s); });  // TryAgain etc. pass
+      auto batch = detail::call([&] { return rust->pop_batch(timeout_s); });  // TryAgain etc. pass
       runner->enqueue(std::move(batch));
     }
-    while (runner->queued() < ahead) {
+    while (runner->queued() < config.device_ahead()) {
       try {
-        runner->enqueue(detail::call([&] { return rust->pop(0.0); }));
+        runner->enqueue(detail::call([&] { return rust->pop_batch(0.0); }));
       } catch (const TryAgain&) {
         break;  // not staged yet: a later pop waits for it
       } catch (const PoolStarved&) {
@@ -141,9 +142,19 @@ struct Pipeline::Impl {
         runner->enqueue_error(std::current_exception());
       }
     }
-    auto taken = runner->take();
-    if (samples) *samples = std::move(taken.samples);
-    return taken.tensor;
+    const bool from_batch = runner->next_is_batch();
+    detail::DeviceRunner::Taken taken;
+    try {
+      taken = runner->take();
+    } catch (...) {
+      // A batch Rust handed over reaches the caller as this error; a failed pop was
+      // never Rust's to count.
+      if (from_batch) rust->delivered(1, true);
+      throw;
+    }
+    rust->delivered(1, false);
+    if (samples) *samples = to_samples(taken.samples);
+    return std::move(taken.tensor);
   }
 #endif
   void close() {
@@ -156,26 +167,24 @@ struct Pipeline::Impl {
 
 namespace {
 
-// Where chunks of a CUDA pipeline are decoded: "gpu" needs this build's CUDA path and
-// nvCOMP (else InvalidArgument/CudaError with the fix); "auto" falls back to CPU decode with
-// one log line; the config handed to Rust says which.
+// Where chunks of a CUDA pipeline are decoded: Rust's Config::resolved decides, told whether
+// this build can decode on the device ("" = yes, else why not): "gpu" fails with the reason,
+// "auto" falls back to CPU decode with one log line.
 Config resolve_decode(const Config& config, const at::Device& device) {
-  const std::string decode = config.decode();
-  if (!device.is_cuda() || decode == "cpu") return config;
+  if (!device.is_cuda() || !config.decodes_on_device()) return config;
   std::string why;
 #if DAMACY_WITH_CUDA
   why = detail::nvcomp_unavailable_reason();
 #else
   why = "this damacy build has no CUDA support (rebuild with a CUDA compiler, DAMACY_CUDA=ON)";
 #endif
-  if (why.empty()) return config;
-  if (decode == "gpu") throw CudaError("decode=\"gpu\": " + why);
+  Config resolved = config.resolved(why);
   static bool logged = false;
-  if (!logged) {
+  if (!why.empty() && !logged) {
     logged = true;
     std::fprintf(stderr, "damacy: decoding on the CPU (decode=\"auto\"): %s\n", why.c_str());
   }
-  return config.with_decode("cpu");
+  return resolved;
 }
 
 }  // namespace
@@ -186,7 +195,7 @@ Pipeline::Pipeline(const Config& requested) {
   auto rust = detail::call([&] { return ffi::pipeline_new(config.raw()); });
   impl_ = std::make_unique<Impl>(Impl{config, device, std::move(rust)});
 #if DAMACY_WITH_CUDA
-  if (device.is_cuda() && config.decode() != "cpu") impl_->runner = std::make_unique<detail::DeviceRunner>(device);
+  if (device.is_cuda() && config.decodes_on_device()) impl_->runner = std::make_unique<detail::DeviceRunner>(device);
 #endif
 }
 
@@ -226,7 +235,7 @@ bool Pipeline::push(std::string_view uri, const std::vector<std::int64_t>& start
   if (!impl_) moved_from();
   const rust::Str uri_rs = detail::str(uri, "sample uri");
   return detail::call([&] {
-    return impl_->rust->push(uri_rs, rust::Slice<const std::int64_t>(starts.data(), starts.size()),
+    return impl_->rust->push_sample(uri_rs, rust::Slice<const std::int64_t>(starts.data(), starts.size()),
                              rust::Slice<const std::int64_t>(stops.data(), stops.size()));
   });
 }
@@ -236,42 +245,21 @@ at::Tensor Pipeline::pop(double timeout_s) {
   return impl_->next(timeout_s, nullptr);
 }
 
-BatchWithSamples Pipeline::pop_with_samples(double timeout_s) {
+Batch Pipeline::pop_batch(double timeout_s) {
   if (!impl_) moved_from();
-  std::string samples;
-  at::Tensor tensor = impl_->next(timeout_s, &samples);
-  return {std::move(tensor), std::move(samples)};
+  Batch b;
+  b.tensor = impl_->next(timeout_s, &b.samples);
+  return b;
 }
 
 std::uint64_t Pipeline::pending_samples() const {
   if (!impl_) moved_from();
-  std::uint64_t n = impl_->rust->pending_samples();
-#if DAMACY_WITH_CUDA
-  // Batches launched ahead on the device are popped from Rust but not yet returned.
-  if (impl_->runner) n += impl_->runner->queued() * impl_->config.samples_per_batch();
-#endif
-  return n;
+  return impl_->rust->pending_samples();
 }
 
 std::string Pipeline::stats() const {
   if (!impl_) moved_from();
-  std::string json(impl_->rust->stats_json());
-#if DAMACY_WITH_CUDA
-  // "batches" counts batches returned to the caller: those launched ahead on the device
-  // were popped from Rust but not yet returned.
-  if (impl_->runner && impl_->runner->queued()) {
-    const std::string key = "\"batches\":";
-    const size_t at = json.find(key);
-    if (at != std::string::npos) {
-      const size_t from = at + key.size();
-      const size_t to = json.find_first_not_of("0123456789", from);
-      const unsigned long long n = std::stoull(json.substr(from, to - from));
-      const unsigned long long ahead = impl_->runner->queued();
-      json.replace(from, to - from, std::to_string(n >= ahead ? n - ahead : 0));
-    }
-  }
-#endif
-  return json;
+  return std::string(impl_->rust->stats_json());
 }
 
 void Pipeline::close() {

@@ -28,7 +28,7 @@ for f in "$nvcc" "$nvcomp_inc/nvcomp/zstd.h"; do
   [ -e "$f" ] || { echo "build_check: $f missing (requirements-dev.txt: nvidia-cuda-nvcc, nvidia-libnvcomp-cu13)" >&2; exit 1; }
 done
 bridge="${DAMACY_RUST_INCLUDE:-$root/target/cxxbridge}"
-if [ ! -f "$bridge/damacy/src/ffi/mod.rs.h" ]; then
+if [ ! -f "$bridge/damacy/src/ffi/api.rs.h" ]; then
   echo "build_check: generating the cxx bridge header (cargo check -p damacy)" >&2
   cargo check -q -p damacy
 fi

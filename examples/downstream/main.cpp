@@ -51,21 +51,6 @@ std::uint32_t crc32(const unsigned char* p, std::size_t n) {
   return ~c;
 }
 
-// The "shape" of damacy::array_info_json's object (serde_json: "shape":[a,b,c]).
-std::vector<std::int64_t> array_shape(const std::string& info) {
-  std::vector<std::int64_t> shape;
-  const auto key = info.find("\"shape\":");
-  if (key == std::string::npos) return shape;
-  const char* p = info.c_str() + info.find('[', key) + 1;
-  while (*p && *p != ']') {
-    char* end = nullptr;
-    shape.push_back(std::strtoll(p, &end, 10));
-    p = end;
-    while (*p == ',' || *p == ' ') ++p;
-  }
-  return shape;
-}
-
 bool exists(const std::string& path) { return std::ifstream(path).good(); }
 
 }  // namespace
@@ -83,12 +68,12 @@ int main(int argc, char** argv) {
     if (!exists(uri + "/zarr.json")) {
       damacy::write_example_volume(uri, kShape, kChunk, kShard, "zstd", /*seed=*/0);
     }
-    const std::vector<std::int64_t> shape = array_shape(damacy::array_info_json(uri));
+    const std::vector<std::uint64_t> shape = damacy::array_info(uri).shape;
     if (shape.size() != kSampleShape.size()) {
       std::fprintf(stderr, "%s: expected a %zu-d array\n", uri.c_str(), kSampleShape.size());
       return 1;
     }
-    std::printf("array %s shape %" PRId64 " %" PRId64 " %" PRId64 "\n", uri.c_str(), shape[0],
+    std::printf("array %s shape %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", uri.c_str(), shape[0],
                 shape[1], shape[2]);
 
     damacy::Pipeline pipe(damacy::Config::from_json(

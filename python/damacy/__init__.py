@@ -20,6 +20,7 @@ from .errors import (
     DamacyError,
     DecodeError,
     DtypeMismatch,
+    InternalError,
     InvalidArgument,
     NotFound,
     OutOfMemory,
@@ -30,7 +31,7 @@ from .errors import (
     TryAgain,
 )
 from .pipeline import Pipeline, Stats
-from .sample import Sample
+from .sample import Sample, as_uri
 
 _ops.load()
 
@@ -42,11 +43,13 @@ def gpu_info() -> dict:
     return _ops.gpu_info()
 
 
-def array_info(uri: str) -> dict:
-    """Facts about the array at `uri` (shape, dtype, chunk and shard shape, codecs, bytes)."""
+def array_info(uri: str, *, usage: bool = True) -> dict:
+    """Facts about the array at `uri`: shape, data_type, chunk and shard shape, codecs,
+    dimension names, decoded bytes, and with `usage` (the default) its stored files and bytes
+    (which lists the whole array: pass ``usage=False`` when only the metadata is wanted)."""
     import json
 
-    return json.loads(_ops.call(_ops.ops().array_info, uri))
+    return json.loads(_ops.call(_ops.ops().array_info, as_uri(uri), bool(usage)))
 
 
 __all__ = [
@@ -72,4 +75,5 @@ __all__ = [
     "BudgetExceeded",
     "ShutdownError",
     "PoolStarved",
+    "InternalError",
 ]

@@ -36,10 +36,12 @@ class Config:
     ``samples_per_batch``, ``sample_shape``, ``dtype`` ("f32" | "bf16", or for labels
     "u8" | "i32" | "i64": the source value cast like Rust's ``as``, see docs/data.md), ``device``
     ("cpu" | "cuda:N"), ``decode`` ("auto" | "gpu" | "cpu"), ``lookahead_samples``,
-    ``n_io_threads``, ``n_array_meta_cache``, ``n_shard_index_cache``,
+    ``n_io_threads``, ``device_ahead`` (device path: batches kept launched on the GPU ahead of
+    the one returned, 1 to 8), ``n_array_meta_cache``, ``n_shard_index_cache``,
     ``n_chunk_layout_cache``, ``n_batch_buffers``, ``staging_bytes``, ``decoded_bytes``,
     ``max_read_op_bytes``, ``decoded_cache_bytes`` (decoded chunks kept across batches on
-    the CPU path; 0 = off), ``pop_timeout_s``, ``out_of_bounds`` ("error" | "fill"),
+    the CPU path; 0 = off), ``pop_timeout_s``, ``out_of_bounds`` ("error": a box reaching outside the array fails
+    its batch; "fill": the outside reads as the array's fill value),
     ``arrays`` (optional list of the array uris the pipeline will read: their metadata is
     loaded and the cache sizes are checked against their geometry when the Pipeline is
     made, see docs/tuning.md).

@@ -19,7 +19,7 @@ DataLoader interleaves them back in order. So the batches a rank sees, and their
 depend on ``num_workers``; ranks are disjoint and together cover the epoch.
 
 Processes. Nothing native starts before iteration: the constructor reads each array's
-``zarr.json`` (shapes) and validates the configs, no threads. Pipelines are created inside
+metadata (shapes) and validates the configs, no threads. Pipelines are created inside
 ``__iter__``, i.e. inside each DataLoader worker. Workers never touch CUDA: with ``device``
 "cuda" they assemble on the CPU and the main process copies (``DataLoader(pin_memory=True)``
 plus `to_device`). With ``num_workers=0`` the pipeline writes to the device itself.
@@ -40,7 +40,6 @@ import operator
 import os
 import random
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -62,26 +61,13 @@ Box = tuple[tuple[int, int], ...]
 
 
 def array_shape(uri: str | os.PathLike[str]) -> tuple[int, ...]:
-    """The shape of the Zarr v3 array at `uri`, read from its ``zarr.json`` only.
+    """The shape of the Zarr array at `uri`, from its metadata only (the native reader's,
+    so every uri and store the pipeline reads works here too; `damacy.array_info` with
+    ``usage=True`` also lists every stored object: too slow to call per array when a dataset
+    opens thousands of them)."""
+    from . import array_info
 
-    (`damacy.array_info` also walks every file for byte counts: too slow to call per array
-    when a dataset opens thousands of them. Everything else about the array is checked by the
-    pipeline when its first sample is read.)
-    """
-    uri = os.fspath(uri)
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    if "://" in path:
-        raise InvalidArgument(f"{uri}: unsupported uri scheme (only local paths and file:// are supported)")
-    meta_path = Path(path) / "zarr.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"{uri}: no zarr.json (not a Zarr v3 array)") from None
-    except (OSError, ValueError) as e:
-        raise StorageError(f"{meta_path}: cannot read: {e}") from None
-    if not isinstance(meta, dict) or meta.get("node_type") != "array" or not isinstance(meta.get("shape"), list):
-        raise InvalidArgument(f"{uri}: zarr.json does not describe an array (node_type, shape)")
-    return tuple(int(n) for n in meta["shape"])
+    return tuple(array_info(uri, usage=False)["shape"])
 
 
 def _uri(value: Any) -> str:
@@ -383,7 +369,7 @@ class CropDataset(IterableDataset):
         self.samples_per_batch = operator.index(samples_per_batch)
         if self.samples_per_batch < 1:
             raise InvalidArgument(f"CropDataset samples_per_batch: expected at least 1, found {samples_per_batch}")
-        # Shapes: zarr.json only (no native threads before DataLoader forks its workers).
+        # Shapes: array metadata only (no native threads before DataLoader forks its workers).
         self.shapes: list[tuple[int, ...]] = []
         for entry in self._uris:
             shapes = [array_shape(u) for u in entry]
@@ -476,9 +462,7 @@ class CropDataset(IterableDataset):
                 out_of_bounds="fill" if self.sampler.pads else "error",
                 lookahead_samples=max(base.lookahead_samples, B),
             )
-            # Integer outputs take the CPU decode path (the GPU path assembles floats only).
-            if self.device.startswith("cuda") and base.decode == "auto" and dt not in ("f32", "float32", "bf16", "bfloat16"):
-                fields["decode"] = "cpu"
+            # (decode="auto" with an integer dtype decodes on the CPU: Rust's one rule.)
             out.append(base.replace(**fields))
         return out
 

@@ -22,6 +22,7 @@ __all__ = [
     "BudgetExceeded",
     "ShutdownError",
     "PoolStarved",
+    "InternalError",
     "from_status",
 ]
 
@@ -39,6 +40,7 @@ STATUSES = (
     "BudgetExceeded",
     "Shutdown",
     "PoolStarved",
+    "Internal",
 )
 
 
@@ -151,6 +153,12 @@ class PoolStarved(_StatusError):
     STATUS = "PoolStarved"
 
 
+class InternalError(_StatusError):
+    """A bug in damacy (a panic or a broken internal invariant); please report it."""
+
+    STATUS = "Internal"
+
+
 _BY_STATUS: dict[str, type[_StatusError]] = {
     cls.STATUS: cls
     for cls in (
@@ -166,6 +174,7 @@ _BY_STATUS: dict[str, type[_StatusError]] = {
         BudgetExceeded,
         ShutdownError,
         PoolStarved,
+        InternalError,
     )
 }
 assert tuple(_BY_STATUS) == STATUSES

@@ -164,8 +164,14 @@ class Pipeline:
 
     def pop_with_samples(self, timeout_s: float | None = None) -> tuple[torch.Tensor, list[Sample]]:
         """pop() plus the samples of the batch, in batch order."""
-        tensor, samples_json = self._pop(timeout_s, with_samples=True)
-        samples = [Sample(s["uri"], [tuple(r) for r in s["aabb"]]) for s in json.loads(samples_json)]
+        tensor, uris, boxes = self._pop(timeout_s, with_samples=True)
+        samples = []
+        at = 0
+        for uri in uris:  # boxes: [rank, starts.., stops..] per sample
+            rank = boxes[at]
+            starts, stops = boxes[at + 1 : at + 1 + rank], boxes[at + 1 + rank : at + 1 + 2 * rank]
+            samples.append(Sample(uri, list(zip(starts, stops))))
+            at += 1 + 2 * rank
         return tensor, samples
 
     def _pop(self, timeout_s: float | None, *, with_samples: bool) -> Any:

@@ -8,18 +8,48 @@ from typing import Any, Iterable
 
 from .errors import InvalidArgument
 
-__all__ = ["Sample"]
+__all__ = ["Sample", "as_uri"]
+
+#: Box coordinates cross to the native library as signed 64-bit integers.
+_MAX_COORD = 2**63 - 1
+
+
+def as_uri(value: Any, what: str = "uri") -> str:
+    """`value` (str, bytes or os.PathLike) as a uri string the native library accepts.
+
+    Raises InvalidArgument for anything else, an empty uri, a NUL, or bytes that are not
+    UTF-8 (also a str holding them as surrogates, as ``os.fsdecode`` makes).
+    """
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{what}: {value!r} is not valid UTF-8") from None
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{what}: expected a non-empty string, found {value!r}")
+    if "\x00" in value:
+        raise InvalidArgument(f"{what}: {value!r} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what}: {value!r} holds bytes that are not valid UTF-8") from None
+    return value
 
 
 def _bound(value: Any, dim: int, which: str) -> int:
     if isinstance(value, bool) or value is None:
         raise InvalidArgument(f"sample aabb dim {dim}: {which} must be an integer, found {value!r}")
     try:
-        return operator.index(value)
+        v = operator.index(value)
     except TypeError:
         raise InvalidArgument(
             f"sample aabb dim {dim}: {which} must be an integer, found {type(value).__name__} {value!r}"
         ) from None
+    if v > _MAX_COORD:
+        raise InvalidArgument(f"sample aabb dim {dim}: {which} {v} is beyond 2**63 - 1")
+    return v
 
 
 def _range(item: Any, dim: int) -> tuple[int, int]:
@@ -57,10 +87,7 @@ class Sample:
     aabb: tuple[tuple[int, int], ...]
 
     def __init__(self, uri: str | os.PathLike[str], aabb: Iterable[Any]) -> None:
-        if isinstance(uri, os.PathLike):
-            uri = os.fspath(uri)
-        if not isinstance(uri, str) or not uri:
-            raise InvalidArgument(f"sample uri: expected a non-empty string, found {uri!r}")
+        uri = as_uri(uri, "sample uri")
         if isinstance(aabb, (str, bytes)) or not hasattr(aabb, "__iter__"):
             raise InvalidArgument(f"sample aabb: expected a sequence of (start, stop) pairs, found {aabb!r}")
         box = tuple(_range(item, dim) for dim, item in enumerate(aabb))

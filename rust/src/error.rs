@@ -1,58 +1,35 @@
 //! One status set across Rust, C++ and Python, and the crate's error type.
 //!
-//! Every error crossing the bridge is rendered as `"[Status] message"`; C++ and Python parse
-//! the bracketed token back into a typed error. The token set is stable.
+//! The status set itself is defined once, as a cxx shared enum (`ffi::records`), so C++ sees
+//! the same definition. Every error crossing the bridge is rendered as `"[Status] message"`;
+//! C++ and Python turn the bracketed token back into a typed error. The token set is stable;
+//! `Status::ALL` is the one list, and tests check that C++ and Python agree with it.
 
 use std::fmt;
 
-/// The status of a failed operation; identical in Rust, C++ (`damacy::Status`) and Python
-/// (`damacy.errors`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Status {
-    /// Nothing is ready yet (a pop timed out, or nothing was pushed); calling again may succeed.
-    TryAgain,
-    /// A config value, sample or box is invalid.
-    InvalidArgument,
-    /// An array (its `zarr.json`) does not exist.
-    NotFound,
-    /// The source data type cannot be cast to the requested output.
-    DtypeMismatch,
-    /// A box's rank differs from the array's rank.
-    RankMismatch,
-    /// Reading from storage failed, or stored bytes are malformed (truncated shard, bad index).
-    Storage,
-    /// A compressed chunk could not be decoded.
-    Decode,
-    /// A CUDA call failed.
-    Cuda,
-    /// An allocation failed.
-    OutOfMemory,
-    /// A sample cannot fit the configured byte budgets.
-    BudgetExceeded,
-    /// The pipeline is closed.
-    Shutdown,
-    /// Every output buffer is held by live batches.
-    PoolStarved,
-}
+pub use crate::ffi::records::Status;
 
 impl Status {
+    /// Every status, in the shared order, with its stable wire token (`"[Token] message"`).
+    pub const ALL: [(Status, &'static str); 13] = [
+        (Status::TryAgain, "TryAgain"),
+        (Status::InvalidArgument, "InvalidArgument"),
+        (Status::NotFound, "NotFound"),
+        (Status::DtypeMismatch, "DtypeMismatch"),
+        (Status::RankMismatch, "RankMismatch"),
+        (Status::Storage, "Storage"),
+        (Status::Decode, "Decode"),
+        (Status::Cuda, "Cuda"),
+        (Status::OutOfMemory, "OutOfMemory"),
+        (Status::BudgetExceeded, "BudgetExceeded"),
+        (Status::Shutdown, "Shutdown"),
+        (Status::PoolStarved, "PoolStarved"),
+        (Status::Internal, "Internal"),
+    ];
+
     /// The stable token used on the wire (`"[Token] message"`).
     pub fn token(self) -> &'static str {
-        match self {
-            Status::TryAgain => "TryAgain",
-            Status::InvalidArgument => "InvalidArgument",
-            Status::NotFound => "NotFound",
-            Status::DtypeMismatch => "DtypeMismatch",
-            Status::RankMismatch => "RankMismatch",
-            Status::Storage => "Storage",
-            Status::Decode => "Decode",
-            Status::Cuda => "Cuda",
-            Status::OutOfMemory => "OutOfMemory",
-            Status::BudgetExceeded => "BudgetExceeded",
-            Status::Shutdown => "Shutdown",
-            Status::PoolStarved => "PoolStarved",
-        }
+        Self::ALL.iter().find(|(s, _)| *s == self).map_or("Internal", |(_, t)| t)
     }
 }
 
@@ -112,7 +89,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
+    use super::Status;
 
+    #[test]
+    fn every_status_has_its_own_token_in_the_shared_order() {
+        for (i, (s, t)) in Status::ALL.iter().enumerate() {
+            assert_eq!(usize::from(s.repr), i, "{t}");
+            assert_eq!(s.token(), *t);
+            assert_eq!(format!("{s:?}"), *t, "the token is the variant's name");
+        }
+    }
 
     #[test]
     fn display_starts_with_the_status_token() {

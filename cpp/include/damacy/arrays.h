@@ -8,9 +8,33 @@
 
 namespace damacy {
 
-/// Facts about the Zarr array at `uri` (shape, dtype, chunk and shard shape, codecs, bytes
-/// on disk) as a JSON object. @throws NotFound, StorageError.
-std::string array_info_json(std::string_view uri);
+/// Facts about a Zarr array.
+struct ArrayInfo {
+  std::string uri;
+  std::vector<std::uint64_t> shape;
+  /// The Zarr data type name ("uint16", "float32", ...).
+  std::string data_type;
+  /// The read unit: the inner chunk of a sharded array, else the chunk.
+  std::vector<std::uint64_t> chunk_shape;
+  /// Empty for an unsharded array.
+  std::vector<std::uint64_t> shard_shape;
+  bool index_at_start = false;
+  /// The codec chain as stored in `zarr.json` (a JSON array).
+  std::string codecs_json;
+  std::vector<std::string> dimension_names;
+  /// Stored objects and their bytes; 0 unless asked for (`usage`: lists the whole array).
+  std::uint64_t files = 0;
+  std::uint64_t bytes_stored = 0;
+  /// Bytes of the whole array decoded.
+  std::uint64_t bytes_decoded = 0;
+};
+
+/// Facts about the Zarr array at `uri`; `usage` also counts its stored objects and bytes
+/// (lists the whole array). @throws NotFound, StorageError, InvalidArgument.
+ArrayInfo array_info(std::string_view uri, bool usage = false);
+
+/// The same as a JSON object (what Python's `damacy.array_info` returns).
+std::string array_info_json(std::string_view uri, bool usage = false);
 
 /// Writes a synthetic microscopy-like uint16 Zarr v3 array (smooth blobs plus noise) at
 /// `path`. `codec`: "zstd" or "blosc-zstd"; an empty `shard_shape` means unsharded.

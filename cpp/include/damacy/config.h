@@ -10,12 +10,13 @@
 namespace damacy {
 
 namespace ffi {
-struct PipelineConfig;  // the bridge's record (rust/src/ffi/mod.rs); opaque here
+struct Config;  // the bridge's opaque Rust config (rust/src/ffi/api.rs); complete only there
 }  // namespace ffi
 
 /// A pipeline configuration, always valid: every way to make one goes through Rust's single
-/// validation pass. Cheap to copy (shared, immutable). Fields and their meanings are those
-/// of Rust's `pipeline::Config` and Python's `damacy.Config`.
+/// validation pass (serde, `rust/src/pipeline/config.rs`). Cheap to copy (shared, immutable).
+/// Fields and their meanings are those of Rust's `pipeline::Config` and Python's
+/// `damacy.Config`; this class only reads them.
 class Config {
  public:
   /// The defaults (`damacy.Config()` in Python).
@@ -36,17 +37,24 @@ class Config {
   std::string device() const;
   /// "auto", "gpu" or "cpu": where chunks are decoded.
   std::string decode() const;
-  /// A copy with `decode` replaced. @throws InvalidArgument for an unknown value.
-  Config with_decode(std::string_view decode) const;
+  /// Whether batches decode on the device (Rust's one rule: device is CUDA and decode is
+  /// "gpu", or "auto" with a floating-point output dtype).
+  bool decodes_on_device() const noexcept;
+  /// The config once the device path's availability is known: `unavailable` empty means it
+  /// can run; otherwise it says why not, and "auto" falls back to CPU decode while "gpu"
+  /// throws CudaError with that reason.
+  Config resolved(std::string_view unavailable) const;
   /// The default pop timeout in seconds.
   double pop_timeout_s() const noexcept;
+  /// Device batches kept launched ahead of the one returned (the `device_ahead` field).
+  std::uint32_t device_ahead() const noexcept;
 
-  /// The bridge record (for the library's own use; the type is complete only there).
-  const ffi::PipelineConfig& raw() const noexcept { return *cfg_; }
+  /// The bridge handle (for the library's own use; the type is complete only there).
+  const ffi::Config& raw() const noexcept { return *cfg_; }
 
  private:
-  explicit Config(std::shared_ptr<const ffi::PipelineConfig> cfg) : cfg_(std::move(cfg)) {}
-  std::shared_ptr<const ffi::PipelineConfig> cfg_;
+  explicit Config(std::shared_ptr<const ffi::Config> cfg) : cfg_(std::move(cfg)) {}
+  std::shared_ptr<const ffi::Config> cfg_;
 };
 
 }  // namespace damacy

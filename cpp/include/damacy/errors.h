@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace damacy {
 
@@ -29,13 +30,16 @@ enum class Status {
   BudgetExceeded,   ///< a sample cannot fit the configured byte budgets
   Shutdown,         ///< the pipeline is closed
   PoolStarved,      ///< every output buffer is held by live batches
+  Internal,         ///< a bug in damacy (a panic, a broken invariant); please report it
 };
 
-/// Every status, in declaration order.
-inline constexpr std::array<Status, 12> kAllStatuses = {
+/// Every status, in declaration order (the library static_asserts each against the bridge's
+/// `ffi::Status`, and a test compares the tokens with Rust's).
+inline constexpr std::array<Status, 13> kAllStatuses = {
     Status::TryAgain,    Status::InvalidArgument, Status::NotFound,    Status::DtypeMismatch,
     Status::RankMismatch, Status::Storage,        Status::Decode,      Status::Cuda,
     Status::OutOfMemory, Status::BudgetExceeded,  Status::Shutdown,    Status::PoolStarved,
+    Status::Internal,
 };
 
 /// The stable wire token of `status` ("TryAgain", ...), as in `"[TryAgain] message"`.
@@ -76,6 +80,7 @@ DAMACY_DECLARE_ERROR(OutOfMemory, OutOfMemory)
 DAMACY_DECLARE_ERROR(BudgetExceeded, BudgetExceeded)
 DAMACY_DECLARE_ERROR(ShutdownError, Shutdown)
 DAMACY_DECLARE_ERROR(PoolStarved, PoolStarved)
+DAMACY_DECLARE_ERROR(InternalError, Internal)
 #undef DAMACY_DECLARE_ERROR
 
 /// Throws the subclass of `Error` for `status`.
@@ -83,7 +88,12 @@ DAMACY_DECLARE_ERROR(PoolStarved, PoolStarved)
 
 /// Throws the typed error for a wire message `"[Token] text"` (what a Rust error, or any
 /// damacy error's what(), looks like). A message without a known token is a bug on the other
-/// side of the bridge; it becomes InvalidArgument with the message kept in full.
+/// side of the bridge; it becomes InternalError with the message kept in full.
 [[noreturn]] void throw_error_message(std::string_view what);
+
+namespace detail {
+/// Rust's status tokens in its order (for the test that C++'s set is the same).
+std::vector<std::string> rust_status_tokens();
+}  // namespace detail
 
 }  // namespace damacy

@@ -32,7 +32,7 @@
 namespace damacy {
 
 namespace ffi {
-struct Pipeline;  // the Rust pipeline (rust/src/ffi/mod.rs); opaque here
+struct Pipeline;  // the Rust pipeline (rust/src/ffi/api.rs); opaque here
 }  // namespace ffi
 
 /// One crop request: an array and an axis-aligned box, one half-open (start, stop) per
@@ -79,13 +79,6 @@ class SampleGenerator {
   std::function<std::optional<Sample>()> next_;
   std::optional<Sample> held_;  // pulled from next_, refused by a full window
   bool done_ = false;
-};
-
-/// A batch together with the samples it was made from, as JSON (see Batch for parsed ones).
-struct BatchWithSamples {
-  at::Tensor tensor;
-  /// `[{"uri": .., "aabb": [[start, stop], ..]}, ..]`, in batch order.
-  std::string samples_json;
 };
 
 /// A running pipeline. Owns the Rust pipeline (its worker threads, caches and buffer pool);
@@ -143,12 +136,10 @@ class Pipeline {
   /// @throws TryAgain (timed out, or nothing pushed), the batch's own error (the pipeline
   /// goes on with the next batch), ShutdownError.
   at::Tensor pop(double timeout_s = -1.0);
-  /// pop() plus the batch's samples, parsed (`samples[i]` is `tensor[i]`). Same errors.
+  /// pop() plus the batch's samples (`samples[i]` is `tensor[i]`). Same errors.
   Batch pop_batch(double timeout_s = -1.0);
-  /// pop() plus the batch's samples as JSON.
-  BatchWithSamples pop_with_samples(double timeout_s = -1.0);
 
-  /// Samples pushed but not yet popped as part of a batch.
+  /// Samples pushed but not yet returned as part of a batch.
   std::uint64_t pending_samples() const;
   /// Statistics as a JSON object (cache hits and misses, bytes, timings).
   std::string stats() const;
@@ -179,9 +170,5 @@ inline std::size_t SampleGenerator::feed(Pipeline& pipe) {
     ++pushed;
   }
 }
-
-/// Parses a batch's samples JSON (BatchWithSamples::samples_json).
-/// @throws InvalidArgument when `json` is not of that form.
-std::vector<Sample> parse_samples_json(std::string_view json);
 
 }  // namespace damacy

@@ -7,7 +7,7 @@
 #include <string>
 #include <type_traits>
 
-#include "damacy/src/ffi/mod.rs.h"  // cargo: $CARGO_TARGET_DIR/cxxbridge
+#include "damacy/src/ffi/records.rs.h"  // cargo: $CARGO_TARGET_DIR/cxxbridge
 #include "op_views.h"
 
 namespace damacy::gpu {
@@ -48,6 +48,29 @@ DAMACY_SAME_FIELD(GpuUnshuffleOp, UnshuffleOpView, typesize);
 DAMACY_SAME_FIELD(GpuUnshuffleOp, UnshuffleOpView, kind);
 #undef DAMACY_SAME_FIELD
 static_assert(std::is_same_v<decltype(GpuCopyOp::chunk_shape), std::array<uint32_t, 4>>);
+
+// The codes the kernels switch on are the bridge enums' values (rust/src/ffi/records.rs).
+#define DAMACY_SAME_CODE(E, v, k) \
+  static_assert(static_cast<uint32_t>(ffi::E::v) == detail::k, "ffi::" #E "::" #v " differs from " #k)
+DAMACY_SAME_CODE(DecodeCodec, Copy, kCodecCopy);
+DAMACY_SAME_CODE(DecodeCodec, Zstd, kCodecZstd);
+DAMACY_SAME_CODE(DecodeCodec, Lz4, kCodecLz4);
+DAMACY_SAME_CODE(ShuffleKind, Byte, kByteShuffle);
+DAMACY_SAME_CODE(ShuffleKind, Bit, kBitShuffle);
+DAMACY_SAME_CODE(SrcDtype, Bool, kBool);
+DAMACY_SAME_CODE(SrcDtype, U8, kU8);
+DAMACY_SAME_CODE(SrcDtype, I8, kI8);
+DAMACY_SAME_CODE(SrcDtype, U16, kU16);
+DAMACY_SAME_CODE(SrcDtype, I16, kI16);
+DAMACY_SAME_CODE(SrcDtype, U32, kU32);
+DAMACY_SAME_CODE(SrcDtype, I32, kI32);
+DAMACY_SAME_CODE(SrcDtype, U64, kU64);
+DAMACY_SAME_CODE(SrcDtype, I64, kI64);
+DAMACY_SAME_CODE(SrcDtype, F16, kF16);
+DAMACY_SAME_CODE(SrcDtype, Bf16, kBf16);
+DAMACY_SAME_CODE(SrcDtype, F32, kF32);
+DAMACY_SAME_CODE(SrcDtype, F64, kF64);
+#undef DAMACY_SAME_CODE
 
 std::string box4(const std::array<uint32_t, 4>& a) {
   std::string s = "[";

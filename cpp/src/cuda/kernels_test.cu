@@ -28,7 +28,7 @@
 
 #include "damacy/detail/gpu_kernels.h"
 #include "damacy/detail/gpu_plan.h"
-#include "damacy/src/ffi/mod.rs.h"
+#include "damacy/src/ffi/records.rs.h"
 #include "kernels_impl.cuh"
 
 using damacy::ffi::GpuCopyOp;

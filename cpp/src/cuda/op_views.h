@@ -1,8 +1,8 @@
-// Private: plain mirrors of the bridge's GPU op records (rust/src/ffi/mod.rs), for device code.
+// Private: plain mirrors of the bridge's GPU op records (rust/src/ffi/records.rs), for device code.
 //
 // The kernels read the ops through these views so that device code never touches cxx types
 // (std::array's accessors are host-only constexpr). gpu_plan.cpp static_asserts that every
-// field has the same offset and size as in the generated damacy::ffi structs, so a change of
+// field has the same offset and size as in the generated damacy::ffi structs, and every code below equals its ffi enum value, so a change of
 // the bridge breaks the build instead of the data.
 #pragma once
 

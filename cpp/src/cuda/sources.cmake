@@ -74,7 +74,7 @@ function(damacy_find_nvcomp_headers)
 endfunction()
 
 # damacy_add_gpu_library(<name> [BRIDGE <target>] [BRIDGE_INCLUDE <dir>])
-#   BRIDGE: a target whose include dirs hold damacy/src/ffi/mod.rs.h (damacy_core);
+#   BRIDGE: a target whose include dirs hold damacy/src/ffi/api.rs.h (damacy_core);
 #   BRIDGE_INCLUDE: that folder directly (cargo's target/cxxbridge).
 function(damacy_add_gpu_library name)
   cmake_parse_arguments(ARG "" "BRIDGE;BRIDGE_INCLUDE" "" ${ARGN})

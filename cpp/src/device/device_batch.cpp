@@ -60,9 +60,10 @@ at::Tensor upload(const T* data, size_t n, const at::Device& device, cudaStream_
 // One batch between launch and take.
 struct Queued {
   std::exception_ptr error;  // set: this batch failed before or while launching
+  bool from_batch = true;    // Rust handed over a batch here (false: its pop failed)
   std::optional<rust::Box<ffi::Batch>> batch;  // owns the staging slab until the work is done
   at::Tensor out;
-  std::string samples;
+  rust::Vec<ffi::SampleRecord> samples;
   cudaEvent_t done = nullptr;  // all of the batch's work on the runner's stream
   at::Tensor h_result;         // pinned decode-status words {failed, first op} per nvCOMP call
   struct Check {
@@ -148,9 +149,10 @@ void DeviceRunner::close() noexcept {
 
 size_t DeviceRunner::queued() const noexcept { return state_->queue.size(); }
 
-void DeviceRunner::enqueue_error(std::exception_ptr error) noexcept {
+void DeviceRunner::enqueue_error(std::exception_ptr error, bool from_batch) noexcept {
   Queued q;
   q.error = std::move(error);
+  q.from_batch = from_batch;
   state_->queue.push_back(std::move(q));
 }
 
@@ -158,8 +160,12 @@ void DeviceRunner::enqueue(rust::Box<ffi::Batch> batch) noexcept {
   try {
     launch(std::move(batch));
   } catch (...) {
-    enqueue_error(std::current_exception());
+    enqueue_error(std::current_exception(), /*from_batch=*/true);
   }
+}
+
+bool DeviceRunner::next_is_batch() const noexcept {
+  return !state_->queue.empty() && state_->queue.front().from_batch;
 }
 
 DeviceRunner::Taken DeviceRunner::take() {
@@ -206,21 +212,24 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   c10::cuda::CUDAStreamGuard stream_guard(own);  // torch allocations below: this stream
   const cudaStream_t stream = own.stream();
   Queued q;
-  q.samples = std::string(batch->samples_json());
+  q.samples = batch->sample_records();
 
   const rust::Vec<int64_t> shape_rs = batch->shape();
   const std::vector<int64_t> shape(shape_rs.begin(), shape_rs.end());
-  const std::string dtype(batch->dtype());
   int out_code;
   at::ScalarType out_type;
-  if (dtype == "f32") {
-    out_code = gpu::kOutF32;
-    out_type = at::kFloat;
-  } else if (dtype == "bf16") {
-    out_code = gpu::kOutBf16;
-    out_type = at::kBFloat16;
-  } else {
-    throw DtypeMismatch("the GPU path outputs f32 or bf16, not \"" + dtype + "\"");
+  switch (batch->out_dtype()) {
+    case ffi::OutDtype::F32:
+      out_code = gpu::kOutF32;
+      out_type = at::kFloat;
+      break;
+    case ffi::OutDtype::Bf16:
+      out_code = gpu::kOutBf16;
+      out_type = at::kBFloat16;
+      break;
+    default:
+      // Config::decodes_on_device routes integer outputs to the CPU: a bug if seen.
+      throw InternalError("the GPU path outputs f32 or bf16 only");
   }
   uint32_t sample4[4];
   if (!gpu::pad_shape4(shape.data() + 1, shape.size() - 1, sample4)) {
@@ -255,8 +264,8 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   // Decode: raw copies in one launch, then one nvCOMP call per codec.
   at::Tensor d_dec = upload(dec.data(), dec.size(), st.device, stream);
   uint64_t max_copy = 0;
-  for (const auto& op : dec) if (op.codec == 0) max_copy = std::max<uint64_t>(max_copy, op.dst_len);
-  if (gpu::count_decode_ops(dec.data(), dec.size(), 0)) {
+  for (const auto& op : dec) if (op.codec == static_cast<uint32_t>(ffi::DecodeCodec::Copy)) max_copy = std::max<uint64_t>(max_copy, op.dst_len);
+  if (gpu::count_decode_ops(dec.data(), dec.size(), static_cast<uint32_t>(ffi::DecodeCodec::Copy))) {
     check_cuda(gpu::launch_decode_copy(reinterpret_cast<const ffi::GpuDecodeOp*>(d_dec.data_ptr()),
                                        static_cast<int>(dec.size()), d_stage_p, d_arena_p, stream, max_copy),
                "raw chunk copy");

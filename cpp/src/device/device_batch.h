@@ -38,14 +38,18 @@ class DeviceRunner {
   /// Launches a batch's device work on the runner's own stream and queues it; a failure
   /// is queued too, and thrown by the `take` that reaches it.
   void enqueue(rust::Box<ffi::Batch> batch) noexcept;
-  /// Queues an error in batch order (a batch that failed before reaching the device).
-  void enqueue_error(std::exception_ptr error) noexcept;
+  /// Queues an error in batch order: a pop that failed (`from_batch` false), or a batch
+  /// Rust handed over that failed to launch (true).
+  void enqueue_error(std::exception_ptr error, bool from_batch = false) noexcept;
+  /// Whether the oldest queued entry came from a batch Rust handed over (for its count of
+  /// batches popped but not yet delivered).
+  bool next_is_batch() const noexcept;
   /// Batches queued and not yet taken.
   size_t queued() const noexcept;
 
   struct Taken {
     at::Tensor tensor;   // [samples_per_batch, *sample_shape] on the device
-    std::string samples; // the batch's samples as JSON
+    rust::Vec<ffi::SampleRecord> samples;  // the batch's samples, in batch order
   };
   /// The oldest queued batch: waits for its decode status, throws its error (DecodeError
   /// naming the chunk, CudaError, ...), makes the caller's current stream wait for its

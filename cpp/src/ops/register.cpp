@@ -25,7 +25,31 @@ std::string config_defaults_op() { return Config::defaults().to_json(); }
 
 std::string validate_config_op(std::string json) { return Config::from_json(json).to_json(); }
 
-std::string array_info_op(std::string uri) { return array_info_json(uri); }
+std::string array_info_op(std::string uri, bool usage) { return array_info_json(uri, usage); }
+
+// The status tokens in the shared order (Python checks damacy.errors against them).
+std::vector<std::string> statuses_op() {
+  std::vector<std::string> out;
+  for (Status s : kAllStatuses) out.emplace_back(token(s));
+  return out;
+}
+
+// A batch's samples as (uris, boxes): boxes flattened per sample as
+// [rank, start_0..start_{r-1}, stop_0..stop_{r-1}] (torch ops have no nested int lists).
+std::tuple<at::Tensor, std::vector<std::string>, std::vector<std::int64_t>> pop_with_samples(Pipeline& p,
+                                                                                              double timeout_s) {
+  Batch b = p.pop_batch(timeout_s);
+  std::vector<std::string> uris;
+  std::vector<std::int64_t> boxes;
+  uris.reserve(b.samples.size());
+  for (const Sample& s : b.samples) {
+    uris.push_back(s.uri);
+    boxes.push_back(static_cast<std::int64_t>(s.aabb.size()));
+    for (const auto& r : s.aabb) boxes.push_back(r.first);
+    for (const auto& r : s.aabb) boxes.push_back(r.second);
+  }
+  return {std::move(b.tensor), std::move(uris), std::move(boxes)};
+}
 
 std::string gpu_info_op(std::string search_path) { return gpu_info_json(search_path); }
 
@@ -68,11 +92,9 @@ TORCH_LIBRARY(damacy, m) {
           {torch::arg("timeout_s") = -1.0})
       .def(
           "pop_with_samples",
-          [](const Self& self, double timeout_s) {
-            auto b = self->pipeline.pop_with_samples(timeout_s);
-            return std::make_tuple(std::move(b.tensor), std::move(b.samples_json));
-          },
-          "pop() plus the batch's samples as JSON.", {torch::arg("timeout_s") = -1.0})
+          [](const Self& self, double timeout_s) { return damacy::pop_with_samples(self->pipeline, timeout_s); },
+          "pop() plus the batch's samples: (tensor, uris, boxes as [rank, starts.., stops..] per sample).",
+          {torch::arg("timeout_s") = -1.0})
       .def("pending_samples",
            [](const Self& self) { return static_cast<std::int64_t>(self->pipeline.pending_samples()); })
       .def("stats", [](const Self& self) { return self->pipeline.stats(); })
@@ -80,7 +102,8 @@ TORCH_LIBRARY(damacy, m) {
 
   m.def("config_defaults() -> str", &damacy::config_defaults_op);
   m.def("validate_config(str json) -> str", &damacy::validate_config_op);
-  m.def("array_info(str uri) -> str", &damacy::array_info_op);
+  m.def("array_info(str uri, bool usage) -> str", &damacy::array_info_op);
+  m.def("statuses() -> str[]", &damacy::statuses_op);
   m.def("gpu_info(str search_path) -> str", &damacy::gpu_info_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);

@@ -6,7 +6,7 @@
 //! reaches it unchecked.
 
 use crate::error::{err, Result};
-use crate::ffi::{GpuDecodeOp, GpuUnshuffleOp};
+use crate::ffi::records::{DecodeCodec, GpuDecodeOp, GpuUnshuffleOp, ShuffleKind};
 use crate::zarr::blosc::{BloscCodec, BloscFrame, Shuffle};
 use crate::zarr::{zstd_frame, ArrayMeta, BloscCname, CodecSpec, Endian};
 
@@ -57,13 +57,12 @@ impl DeviceRoute {
     }
 }
 
-/// nvCOMP codec codes of [`GpuDecodeOp::codec`].
-const COPY: u32 = 0;
-const ZSTD: u32 = 1;
-const LZ4: u32 = 2;
-/// Unshuffle kinds of [`GpuUnshuffleOp::kind`].
-const BYTE_SHUFFLE: u32 = 1;
-const BIT_SHUFFLE: u32 = 2;
+/// The codes written into the op records (their `repr`s; `ffi::records`).
+const COPY: u32 = DecodeCodec::Copy.repr;
+const ZSTD: u32 = DecodeCodec::Zstd.repr;
+const LZ4: u32 = DecodeCodec::Lz4.repr;
+const BYTE_SHUFFLE: u32 = ShuffleKind::Byte.repr;
+const BIT_SHUFFLE: u32 = ShuffleKind::Bit.repr;
 
 /// One op for the device.
 #[derive(Debug, Clone, Copy)]
@@ -107,7 +106,7 @@ pub fn prepare(route: DeviceRoute, staged: &[u8], at: u64, decoded_len: u64, dst
             out.push(DeviceOp::Decode(GpuDecodeOp { codec: ZSTD, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len }));
         }
         DeviceCodec::Blosc => prepare_blosc(bytes, at, decoded_len, dst, blocks, out)?,
-        DeviceCodec::Cpu => return Err(err!(InvalidArgument, "internal: a CPU-decoded chunk was staged for the device")),
+        DeviceCodec::Cpu => return Err(err!(Internal, "internal: a CPU-decoded chunk was staged for the device")),
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use super::buffers::Lease;
 use super::{OutDtype, Shared};
 use crate::decode::device::DeviceOp;
 use crate::error::{err, Error, Result};
-use crate::ffi::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+use crate::ffi::records::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 use crate::io::WorkerPool;
 use crate::prefetch::Resolved;
 
@@ -167,7 +167,7 @@ pub(super) fn spawn_job(
             Ok(Ok(())) => {}
             Ok(Err(e)) => guard.batch.fail(e),
             Err(payload) => {
-                let e = err!(Decode, "{}: panicked (a bug; please report it): {}", what(&guard.batch), panic_text(&*payload));
+                let e = err!(Internal, "{}: panicked (a bug; please report it): {}", what(&guard.batch), panic_text(&*payload));
                 guard.batch.fail(e);
             }
         }
@@ -198,9 +198,9 @@ impl Batch {
     pub fn shape(&self) -> Vec<i64> {
         self.shape.clone()
     }
-    /// The output dtype's config name ("f32", "bf16", "u8", "i32" or "i64").
-    pub fn dtype(&self) -> String {
-        self.dtype.name().into()
+    /// The output dtype.
+    pub fn dtype_of(&self) -> OutDtype {
+        self.dtype
     }
     /// `true` when the batch carries device work instead of output bytes.
     pub fn is_gpu(&self) -> bool {
@@ -230,9 +230,8 @@ impl Batch {
     pub fn copy_ops(&self) -> &[GpuCopyOp] {
         self.device.as_ref().map_or(&[], |d| &d.copy_ops)
     }
-    /// The batch's samples as JSON.
-    pub fn samples_json(&self) -> String {
-        let v: Vec<_> = self.samples.iter().map(|s| serde_json::json!({"uri": s.uri, "aabb": s.aabb.iter().map(|&(a, b)| [a, b]).collect::<Vec<_>>()})).collect();
-        serde_json::Value::Array(v).to_string()
+    /// The batch's samples (uri and box), in batch order.
+    pub fn samples(&self) -> impl Iterator<Item = (&str, &[(i64, i64)])> {
+        self.samples.iter().map(|s| (s.uri.as_str(), s.aabb.as_slice()))
     }
 }

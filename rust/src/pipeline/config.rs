@@ -1,22 +1,27 @@
-//! The pipeline's configuration: defaults, JSON in and out, and the one validation pass.
+//! The pipeline's configuration: one serde-derived struct (the one field list: defaults,
+//! JSON in and out, the bridge's opaque `Config`), and the one validation pass.
 
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{err, Result};
-use crate::ffi::PipelineConfig;
 
 /// Output element type of a batch. Casts from each source type: `assemble`'s module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum OutDtype {
     /// IEEE f32.
+    #[serde(rename = "f32", alias = "float32")]
     F32,
     /// bfloat16, rounded to nearest even from the f32 value.
+    #[serde(rename = "bf16", alias = "bfloat16")]
     Bf16,
     /// u8 (label arrays): the source value converted with Rust's `as`.
+    #[serde(rename = "u8", alias = "uint8")]
     U8,
     /// i32 (label arrays): the source value converted with Rust's `as`.
+    #[serde(rename = "i32", alias = "int32")]
     I32,
     /// i64 (label arrays, e.g. class indices for a cross-entropy loss): Rust's `as`.
+    #[serde(rename = "i64", alias = "int64")]
     I64,
 }
 
@@ -46,22 +51,59 @@ impl OutDtype {
     }
 }
 
+impl From<OutDtype> for crate::ffi::records::OutDtype {
+    fn from(d: OutDtype) -> Self {
+        match d {
+            OutDtype::F32 => Self::F32,
+            OutDtype::Bf16 => Self::Bf16,
+            OutDtype::U8 => Self::U8,
+            OutDtype::I32 => Self::I32,
+            OutDtype::I64 => Self::I64,
+        }
+    }
+}
+
+/// Where chunks are decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decode {
+    /// On the GPU when the device is CUDA, nvCOMP is there and the output is a float;
+    /// else on the CPU.
+    Auto,
+    /// On the GPU (an error when it cannot be).
+    Gpu,
+    /// On the CPU (then one copy to the device).
+    Cpu,
+}
+
+/// What a box reaching outside its array does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutOfBounds {
+    /// Fails with InvalidArgument naming the array's shape.
+    Error,
+    /// Padded with the array's fill value.
+    Fill,
+}
+
 /// Largest byte size of any one buffer a config may ask for (128 TiB).
 pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 47;
 
-/// Validated configuration. Field docs are the user-facing docs of `damacy.Config`.
-#[derive(Debug, Clone, PartialEq)]
+/// Validated configuration. Field docs are the user-facing docs of `damacy.Config`; every
+/// field has a default, unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Samples per batch (the batch tensor's first dimension).
     pub samples_per_batch: u32,
     /// Shape of every sample; each sample's aabb must have exactly this extent.
     pub sample_shape: Vec<u64>,
-    /// Output dtype.
+    /// Output dtype: "f32", "bf16", or for labels "u8", "i32", "i64".
     pub dtype: OutDtype,
     /// "cpu" or "cuda:N" (the device of the output tensors; handled by the extension).
     pub device: String,
     /// "auto", "gpu" or "cpu": where chunks are decoded.
-    pub decode: String,
+    pub decode: Decode,
     /// How many pushed samples may wait ahead of the next pop (the prefetch window).
     pub lookahead_samples: u32,
     /// Worker threads for metadata, reads, decode and assembly.
@@ -77,23 +119,25 @@ pub struct Config {
     pub n_batch_buffers: u32,
     /// Budget for compressed bytes read for one batch.
     pub staging_bytes: u64,
-    /// Budget for decoded chunk bytes held for one batch.
+    /// Budget for decoded chunk bytes held for one batch (both paths).
     pub decoded_bytes: u64,
-    /// Largest read op after coalescing adjacent byte ranges of one file.
+    /// Largest read op after coalescing adjacent byte ranges of one object.
     pub max_read_op_bytes: u64,
     /// Decoded chunks kept across batches on the CPU path, in bytes (0: off). Pays off when
     /// crops revisit chunks (data that fits in RAM, several epochs).
     pub decoded_cache_bytes: u64,
     /// Default `pop` timeout in seconds.
     pub pop_timeout_s: f64,
-    /// `true`: a box reaching outside the array is padded with the fill value; `false`
-    /// ("error"): it fails with InvalidArgument naming the array's shape.
-    pub out_of_bounds_fill: bool,
+    /// "error" or "fill": what a box reaching outside the array does.
+    pub out_of_bounds: OutOfBounds,
     /// Arrays the pipeline will read (optional). Their metadata is loaded when the pipeline
     /// is made, and the cache capacities are checked against their geometry then
     /// (InvalidArgument naming the knob and the minimum; NotFound for a missing array)
     /// instead of at the first batch that reads each array.
     pub arrays: Vec<String>,
+    /// Device path: batches kept launched on the GPU ahead of the one returned (1 to 8).
+    /// More overlap of decode with the caller's step costs one batch of device memory each.
+    pub device_ahead: u32,
 }
 
 impl Default for Config {
@@ -104,7 +148,7 @@ impl Default for Config {
             sample_shape: vec![64, 64, 64],
             dtype: OutDtype::F32,
             device: "cpu".into(),
-            decode: "auto".into(),
+            decode: Decode::Auto,
             lookahead_samples: 64,
             n_io_threads: threads.clamp(2, 32) as u32,
             n_array_meta_cache: 64,
@@ -116,56 +160,18 @@ impl Default for Config {
             max_read_op_bytes: 4 << 20,
             decoded_cache_bytes: 0,
             pop_timeout_s: 60.0,
-            out_of_bounds_fill: false,
+            out_of_bounds: OutOfBounds::Error,
             arrays: Vec::new(),
+            device_ahead: 2,
         }
     }
 }
 
-const FIELDS: &[&str] = &[
-    "samples_per_batch",
-    "sample_shape",
-    "dtype",
-    "device",
-    "decode",
-    "lookahead_samples",
-    "n_io_threads",
-    "n_array_meta_cache",
-    "n_shard_index_cache",
-    "n_chunk_layout_cache",
-    "n_batch_buffers",
-    "staging_bytes",
-    "decoded_bytes",
-    "max_read_op_bytes",
-    "decoded_cache_bytes",
-    "pop_timeout_s",
-    "out_of_bounds",
-    "arrays",
-];
-
-fn uint(v: &Value, field: &str, min: u64) -> Result<u64> {
-    let n = v
-        .as_u64()
-        .ok_or_else(|| err!(InvalidArgument, "config field `{field}`: expected a non-negative integer, found {v}"))?;
-    if n < min {
-        return Err(err!(InvalidArgument, "config field `{field}`: expected at least {min}, found {n}"));
+fn at_least(field: &str, v: u64, min: u64) -> Result<()> {
+    if v < min {
+        return Err(err!(InvalidArgument, "config field `{field}`: expected at least {min}, found {v}"));
     }
-    Ok(n)
-}
-
-fn small_uint(v: &Value, field: &str, min: u64) -> Result<u32> {
-    let n = uint(v, field, min)?;
-    u32::try_from(n).map_err(|_| err!(InvalidArgument, "config field `{field}`: {n} is too large"))
-}
-
-fn string<'a>(v: &'a Value, field: &str, allowed: &[&str]) -> Result<&'a str> {
-    let s = v
-        .as_str()
-        .ok_or_else(|| err!(InvalidArgument, "config field `{field}`: expected a string, found {v}"))?;
-    if !allowed.is_empty() && !allowed.contains(&s) {
-        return Err(err!(InvalidArgument, "config field `{field}`: expected one of {allowed:?}, found {s:?}"));
-    }
-    Ok(s)
+    Ok(())
 }
 
 impl Config {
@@ -174,81 +180,43 @@ impl Config {
     /// # Errors
     /// InvalidArgument naming the field for unknown fields, wrong types or invalid values.
     pub fn from_json(json: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(json)
-            .map_err(|e| err!(InvalidArgument, "config is not valid JSON: {e}"))?;
-        let Value::Object(map) = value else {
-            return Err(err!(InvalidArgument, "config must be a JSON object, found {value}"));
-        };
-        Self::from_map(&map)
-    }
-
-    fn from_map(map: &Map<String, Value>) -> Result<Self> {
-        let mut c = Self::default();
-        for (key, v) in map {
-            match key.as_str() {
-                "samples_per_batch" => c.samples_per_batch = small_uint(v, key, 1)?,
-                "sample_shape" => {
-                    let items = v.as_array().ok_or_else(|| {
-                        err!(InvalidArgument, "config field `sample_shape`: expected a list of positive integers, found {v}")
-                    })?;
-                    c.sample_shape = items.iter().map(|x| uint(x, key, 1)).collect::<Result<_>>()?;
-                }
-                "dtype" => {
-                    let names = ["f32", "bf16", "u8", "i32", "i64", "float32", "bfloat16", "uint8", "int32", "int64"];
-                    c.dtype = match string(v, key, &names)? {
-                        "f32" | "float32" => OutDtype::F32,
-                        "bf16" | "bfloat16" => OutDtype::Bf16,
-                        "u8" | "uint8" => OutDtype::U8,
-                        "i32" | "int32" => OutDtype::I32,
-                        _ => OutDtype::I64,
-                    }
-                }
-                "device" => {
-                    let s = string(v, key, &[])?;
-                    let ok = s == "cpu"
-                        || s == "cuda"
-                        || s.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
-                    if !ok {
-                        return Err(err!(InvalidArgument, "config field `device`: expected \"cpu\" or \"cuda:N\", found {s:?}"));
-                    }
-                    c.device = s.to_string();
-                }
-                "decode" => c.decode = string(v, key, &["auto", "gpu", "cpu"])?.to_string(),
-                "lookahead_samples" => c.lookahead_samples = small_uint(v, key, 1)?,
-                "n_io_threads" => c.n_io_threads = small_uint(v, key, 1)?,
-                "n_array_meta_cache" => c.n_array_meta_cache = small_uint(v, key, 1)?,
-                "n_shard_index_cache" => c.n_shard_index_cache = small_uint(v, key, 1)?,
-                "n_chunk_layout_cache" => c.n_chunk_layout_cache = small_uint(v, key, 0)?,
-                "n_batch_buffers" => c.n_batch_buffers = small_uint(v, key, 1)?,
-                "staging_bytes" => c.staging_bytes = uint(v, key, 1)?,
-                "decoded_bytes" => c.decoded_bytes = uint(v, key, 1)?,
-                "max_read_op_bytes" => c.max_read_op_bytes = uint(v, key, 1)?,
-                "decoded_cache_bytes" => c.decoded_cache_bytes = uint(v, key, 0)?,
-                "pop_timeout_s" => {
-                    let t = v.as_f64().filter(|t| *t > 0.0 && t.is_finite()).ok_or_else(|| {
-                        err!(InvalidArgument, "config field `pop_timeout_s`: expected a positive number of seconds, found {v}")
-                    })?;
-                    c.pop_timeout_s = t;
-                }
-                "out_of_bounds" => c.out_of_bounds_fill = string(v, key, &["error", "fill"])? == "fill",
-                "arrays" => {
-                    let items = v.as_array().ok_or_else(|| err!(InvalidArgument, "config field `arrays`: expected a list of array uris, found {v}"))?;
-                    c.arrays = items
-                        .iter()
-                        .map(|x| x.as_str().filter(|s| !s.is_empty()).map(str::to_string))
-                        .collect::<Option<_>>()
-                        .ok_or_else(|| err!(InvalidArgument, "config field `arrays`: expected a list of non-empty strings, found {v}"))?;
-                }
-                other => {
-                    return Err(err!(InvalidArgument, "unknown config field `{other}`; known fields: {}", FIELDS.join(", ")));
-                }
-            }
+        // serde would also accept a sequence for a struct ("[1]"); a config is an object.
+        if !json.trim_start().starts_with('{') {
+            return Err(err!(InvalidArgument, "config: expected a JSON object"));
         }
+        let mut de = serde_json::Deserializer::from_str(json);
+        let c: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                err!(InvalidArgument, "config: invalid JSON: {inner}")
+            } else if path.is_empty() || path == "." {
+                err!(InvalidArgument, "config: {inner}")
+            } else {
+                err!(InvalidArgument, "config field `{path}`: {inner}")
+            }
+        })?;
+        de.end().map_err(|e| err!(InvalidArgument, "config: invalid JSON: {e}"))?;
         c.validate()?;
         Ok(c)
     }
 
-    /// Checks the relations between fields.
+    /// The configuration as a JSON object with every field.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Samples per batch.
+    pub fn samples_per_batch(&self) -> u32 {
+        self.samples_per_batch
+    }
+
+    /// `true`: out-of-bounds parts of boxes are filled.
+    pub fn out_of_bounds_fill(&self) -> bool {
+        self.out_of_bounds == OutOfBounds::Fill
+    }
+
+    /// Checks every field and the relations between fields.
     ///
     /// # Errors
     /// InvalidArgument naming the field.
@@ -256,8 +224,29 @@ impl Config {
         if self.sample_shape.is_empty() || self.sample_shape.contains(&0) {
             return Err(err!(InvalidArgument, "config field `sample_shape`: expected a non-empty list of positive integers, found {:?}", self.sample_shape));
         }
-        if self.samples_per_batch == 0 {
-            return Err(err!(InvalidArgument, "config field `samples_per_batch`: expected at least 1"));
+        for (field, v, min) in [
+            ("samples_per_batch", self.samples_per_batch, 1),
+            ("lookahead_samples", self.lookahead_samples, 1),
+            ("n_io_threads", self.n_io_threads, 1),
+            ("n_array_meta_cache", self.n_array_meta_cache, 1),
+            ("n_shard_index_cache", self.n_shard_index_cache, 1),
+            ("n_batch_buffers", self.n_batch_buffers, 1),
+            ("device_ahead", self.device_ahead, 1),
+        ] {
+            at_least(field, u64::from(v), min)?;
+        }
+        for (field, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes)] {
+            at_least(field, v, 1)?;
+        }
+        if self.device_ahead > 8 {
+            return Err(err!(InvalidArgument, "config field `device_ahead`: expected 1 to 8, found {}", self.device_ahead));
+        }
+        if !(self.pop_timeout_s > 0.0 && self.pop_timeout_s.is_finite()) {
+            return Err(err!(InvalidArgument, "config field `pop_timeout_s`: expected a positive number of seconds, found {}", self.pop_timeout_s));
+        }
+        let device_ok = self.device == "cpu" || self.device == "cuda" || self.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<u32>().is_ok());
+        if !device_ok {
+            return Err(err!(InvalidArgument, "config field `device`: expected \"cpu\" or \"cuda:N\", found {:?}", self.device));
         }
         if self.lookahead_samples < self.samples_per_batch {
             return Err(err!(
@@ -267,18 +256,13 @@ impl Config {
                 self.lookahead_samples
             ));
         }
-        if self.n_batch_buffers < 1 {
-            return Err(err!(InvalidArgument, "config field `n_batch_buffers`: expected at least 1"));
-        }
-        // The GPU path (device "cuda*" with decode other than "cpu", as Pipeline::new decides)
-        // assembles f32/bf16 only; integer outputs take the CPU path and one copy.
-        if !self.dtype.is_float() && self.device_decode() {
+        // The GPU path assembles f32/bf16 only: "auto" decodes integer outputs on the CPU
+        // (then one copy to the device); "gpu" with an integer output is a mistake.
+        if !self.dtype.is_float() && self.device.starts_with("cuda") && self.decode == Decode::Gpu {
             return Err(err!(
                 InvalidArgument,
-                "config field `dtype`: {:?} is not supported by the GPU path (device {:?}, decode {:?}); set decode=\"cpu\" (CPU decode, then one copy to the device) or use \"f32\"/\"bf16\"",
-                self.dtype.name(),
-                self.device,
-                self.decode
+                "config field `dtype`: {:?} is not supported by the GPU decode path (decode \"gpu\"); set decode=\"auto\" or \"cpu\" (CPU decode, then one copy to the device) or use \"f32\"/\"bf16\"",
+                self.dtype.name()
             ));
         }
         if self.sample_shape.len() > crate::zarr::MAX_RANK {
@@ -299,10 +283,31 @@ impl Config {
         Ok(())
     }
 
-    /// `true` when batches decode on the device: a CUDA device and `decode` other than
-    /// "cpu". The one place this is decided.
-    pub fn device_decode(&self) -> bool {
-        self.device.starts_with("cuda") && self.decode != "cpu"
+    /// `true` when batches decode on the device: a CUDA device, and `decode` "gpu", or
+    /// "auto" with a float output. The one place this is decided (C++ asks, through the
+    /// bridge, after feeding in whether nvCOMP is usable: [`Config::resolved`]).
+    pub fn decodes_on_device(&self) -> bool {
+        self.device.starts_with("cuda")
+            && match self.decode {
+                Decode::Gpu => true,
+                Decode::Auto => self.dtype.is_float(),
+                Decode::Cpu => false,
+            }
+    }
+
+    /// This config once the device path's availability is known: `unavailable` is empty
+    /// when it can run, else why not. "auto" then falls back to CPU decode; "gpu" fails.
+    ///
+    /// # Errors
+    /// Cuda (naming why) for decode "gpu" when the device path cannot run.
+    pub fn resolved(&self, unavailable: &str) -> Result<Self> {
+        if !self.decodes_on_device() || unavailable.is_empty() {
+            return Ok(self.clone());
+        }
+        if self.decode == Decode::Gpu {
+            return Err(err!(Cuda, "decode=\"gpu\": {unavailable}"));
+        }
+        Ok(Self { decode: Decode::Cpu, ..self.clone() })
     }
 
     /// Bytes of one output batch, checked: `samples_per_batch × voxels × dtype size` must fit
@@ -333,72 +338,6 @@ impl Config {
     pub fn sample_voxels(&self) -> usize {
         self.sample_shape.iter().product::<u64>() as usize
     }
-
-    /// The configuration as a JSON object with every field.
-    pub fn to_json(&self) -> String {
-        Value::Object(fields(&self.clone().into())).to_string()
-    }
-}
-
-impl From<Config> for PipelineConfig {
-    fn from(c: Config) -> Self {
-        PipelineConfig {
-            samples_per_batch: c.samples_per_batch,
-            sample_shape: c.sample_shape,
-            dtype: c.dtype.name().into(),
-            device: c.device,
-            decode: c.decode,
-            lookahead_samples: c.lookahead_samples,
-            n_io_threads: c.n_io_threads,
-            n_array_meta_cache: c.n_array_meta_cache,
-            n_shard_index_cache: c.n_shard_index_cache,
-            n_chunk_layout_cache: c.n_chunk_layout_cache,
-            n_batch_buffers: c.n_batch_buffers,
-            staging_bytes: c.staging_bytes,
-            decoded_bytes: c.decoded_bytes,
-            max_read_op_bytes: c.max_read_op_bytes,
-            decoded_cache_bytes: c.decoded_cache_bytes,
-            pop_timeout_s: c.pop_timeout_s,
-            out_of_bounds: if c.out_of_bounds_fill { "fill".into() } else { "error".into() },
-            arrays: c.arrays,
-        }
-    }
-}
-
-impl TryFrom<&PipelineConfig> for Config {
-    type Error = crate::error::Error;
-    fn try_from(p: &PipelineConfig) -> Result<Self> {
-        Self::from_map(&fields(p))
-    }
-}
-
-/// Every field of `p` as a JSON object (keys = config field names): the one list shared by
-/// `Config::to_json` and the conversion back from the bridge record.
-fn fields(p: &PipelineConfig) -> Map<String, Value> {
-    let json = serde_json::json!({
-        "samples_per_batch": p.samples_per_batch,
-        "sample_shape": p.sample_shape,
-        "dtype": p.dtype,
-        "device": p.device,
-        "decode": p.decode,
-        "lookahead_samples": p.lookahead_samples,
-        "n_io_threads": p.n_io_threads,
-        "n_array_meta_cache": p.n_array_meta_cache,
-        "n_shard_index_cache": p.n_shard_index_cache,
-        "n_chunk_layout_cache": p.n_chunk_layout_cache,
-        "n_batch_buffers": p.n_batch_buffers,
-        "staging_bytes": p.staging_bytes,
-        "decoded_bytes": p.decoded_bytes,
-        "max_read_op_bytes": p.max_read_op_bytes,
-        "decoded_cache_bytes": p.decoded_cache_bytes,
-        "pop_timeout_s": p.pop_timeout_s,
-        "out_of_bounds": p.out_of_bounds,
-        "arrays": p.arrays,
-    });
-    match json {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
 }
 
 #[cfg(test)]
@@ -411,10 +350,12 @@ mod tests {
         let c = Config::from_json(r#"{"samples_per_batch": 3, "sample_shape": [4, 5], "dtype": "bf16", "out_of_bounds": "fill"}"#).unwrap();
         assert_eq!(c.samples_per_batch, 3);
         assert_eq!(c.dtype, OutDtype::Bf16);
-        assert!(c.out_of_bounds_fill);
+        assert!(c.out_of_bounds_fill());
         assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
-        let p: PipelineConfig = c.clone().into();
-        assert_eq!(Config::try_from(&p).unwrap(), c);
+        let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
+        assert_eq!(json["out_of_bounds"], "fill");
+        assert_eq!(json["dtype"], "bf16");
+        assert_eq!(json.as_object().unwrap().len(), 19, "every field");
     }
 
     #[test]
@@ -431,6 +372,43 @@ mod tests {
     }
 
     #[test]
+    fn the_route_is_decided_here() {
+        let gpu = Config::from_json(r#"{"device": "cuda:0"}"#).unwrap();
+        assert!(gpu.decodes_on_device());
+        assert!(!Config::default().decodes_on_device());
+        let fallback = gpu.resolved("no nvCOMP").unwrap();
+        assert!(!fallback.decodes_on_device() && fallback.decode == Decode::Cpu);
+        assert!(gpu.resolved("").unwrap().decodes_on_device());
+        let strict = Config::from_json(r#"{"device": "cuda:0", "decode": "gpu"}"#).unwrap();
+        assert_eq!(strict.resolved("no nvCOMP").unwrap_err().status(), Status::Cuda);
+    }
+
+    #[test]
+    fn every_field_error_names_the_field() {
+        for (json, field) in [
+            (r#"{"samples_per_batch": -1}"#, "samples_per_batch"),
+            (r#"{"samples_per_batch": 0}"#, "samples_per_batch"),
+            (r#"{"sample_shape": [1, -2]}"#, "sample_shape"),
+            (r#"{"out_of_bounds": "wrap"}"#, "out_of_bounds"),
+            (r#"{"pop_timeout_s": -1}"#, "pop_timeout_s"),
+            (r#"{"device": "tpu"}"#, "device"),
+            (r#"{"device_ahead": 9}"#, "device_ahead"),
+            (r#"{"staging_bytes": 18446744073709551615}"#, "staging_bytes"),
+            (r#"{"arrays": [""]}"#, "arrays"),
+            (r#"{"n_io_threads": "2"}"#, "n_io_threads"),
+        ] {
+            let e = Config::from_json(json).unwrap_err();
+            assert_eq!(e.status(), Status::InvalidArgument, "{json}");
+            assert!(e.message().contains(field), "{json}: {e}");
+        }
+        assert!(Config::from_json("[1]").is_err());
+        for bad in [r#"{"samples_per_batch": 1} x"#, "{not json", "{"] {
+            let e = Config::from_json(bad).unwrap_err();
+            assert!(e.message().contains("invalid JSON"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn integer_dtypes_parse_and_stay_off_the_gpu_path() {
         for (name, want, size) in [("u8", OutDtype::U8, 1), ("int32", OutDtype::I32, 4), ("i64", OutDtype::I64, 8)] {
             let c = Config::from_json(&format!(r#"{{"dtype": "{name}", "sample_shape": [2, 3], "samples_per_batch": 2}}"#)).unwrap();
@@ -439,10 +417,12 @@ mod tests {
             assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
             assert!(!c.dtype.is_float());
         }
-        let e = Config::from_json(r#"{"dtype": "u8", "device": "cuda:0"}"#).unwrap_err();
+        let e = Config::from_json(r#"{"dtype": "u8", "device": "cuda:0", "decode": "gpu"}"#).unwrap_err();
         assert_eq!(e.status(), Status::InvalidArgument);
         assert!(e.message().contains("`dtype`") && e.message().contains("decode"), "{e}");
         let c = Config::from_json(r#"{"dtype": "i64", "device": "cuda:0", "decode": "cpu"}"#).unwrap();
         assert_eq!(c.dtype, OutDtype::I64);
+        let auto = Config::from_json(r#"{"dtype": "u8", "device": "cuda:0"}"#).unwrap();
+        assert!(!auto.decodes_on_device(), "auto decodes integer outputs on the CPU");
     }
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
-pub use config::{Config, OutDtype};
+pub use config::{Config, Decode, OutDtype, OutOfBounds};
 
 use crate::error::{err, Result};
 use crate::io::WorkerPool;
@@ -59,6 +59,8 @@ struct Window {
     next_pop: u64,
     /// Samples pushed and not yet returned by `pop`.
     unpopped: u64,
+    /// Batches returned by `pop` and not yet reported delivered ([`Pipeline::delivered`]).
+    undelivered: u64,
     /// Finished batches waiting for `pop`.
     done: BTreeMap<u64, Result<Batch>>,
     /// Batches handed to the scheduler and not yet finished.
@@ -134,7 +136,7 @@ impl Pipeline {
     /// against an array's geometry when the prefetcher first sees it: prefetch's module doc.)
     pub fn new(cfg: Config) -> Result<Self> {
         cfg.validate()?;
-        let gpu_mode = cfg.device_decode();
+        let gpu_mode = cfg.decodes_on_device();
         let slab_bytes = if gpu_mode { cfg.staging_bytes } else { cfg.batch_bytes()? };
         let buffers = Arc::new(BufferPool::new(cfg.n_batch_buffers as usize, slab_bytes)?);
         let pool = WorkerPool::new(cfg.n_io_threads as usize)?;
@@ -250,11 +252,13 @@ impl Pipeline {
             if let Some(result) = w.done.remove(&seq) {
                 w.next_pop += 1;
                 w.unpopped -= spb;
+                // A failed batch reaches the caller now, as the error; a finished one when
+                // the extension says so (`delivered`).
+                w.undelivered += u64::from(result.is_ok());
                 drop(w);
                 self.shared.changed.notify_all();
                 return result.map(|b| {
                     b.lease.mark_popped();
-                    self.shared.stats.batch_popped();
                     Box::new(b)
                 });
             }
@@ -277,15 +281,37 @@ impl Pipeline {
         }
     }
 
-    /// Samples pushed and not yet returned by `pop`.
+    /// `n` more batches popped earlier reached the caller (the extension keeps device
+    /// batches launched ahead, so a popped batch reaches the caller later); `failed`: they
+    /// reached it as an error raised on the device side (counted in `batches_failed`, not
+    /// `batches`).
+    pub fn delivered(&self, n: u64, failed: bool) {
+        let mut w = self.shared.window();
+        let n = n.min(w.undelivered);
+        w.undelivered -= n;
+        drop(w);
+        if failed {
+            self.shared.stats.failed(n);
+        } else {
+            self.shared.stats.delivered(n);
+        }
+    }
+
+    /// Samples pushed and not yet delivered as part of a batch.
     pub fn pending_samples(&self) -> u64 {
-        self.shared.window().unpopped
+        let w = self.shared.window();
+        w.unpopped + w.undelivered * u64::from(self.shared.cfg.samples_per_batch)
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> crate::ffi::records::Stats {
+        let decoded = self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats();
+        self.shared.stats.record(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
     }
 
     /// Statistics as a JSON object.
     pub fn stats_json(&self) -> String {
-        let decoded = self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats();
-        self.shared.stats.to_json(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
+        serde_json::to_string(&self.stats()).unwrap_or_default()
     }
 
     /// Stops the threads; returns within about [`CLOSE_TIMEOUT`], also with work in flight
@@ -339,7 +365,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
         match std::panic::catch_unwind(run) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => batch.fail(e),
-            Err(p) => batch.fail(err!(InvalidArgument, "internal error planning batch {} (a bug; please report it): {}", batch.seq, batch::panic_text(&*p))),
+            Err(p) => batch.fail(err!(Internal, "internal error planning batch {} (a bug; please report it): {}", batch.seq, batch::panic_text(&*p))),
         }
         drop(pool_guard);
         drop(guard);
@@ -357,7 +383,7 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     }
     let plan = {
         let samples: Vec<ResolvedSample<'_>> = resolved.arrays.iter().zip(&batch.samples).map(|(array, s)| ResolvedSample { array, aabb: &s.aabb }).collect();
-        plan::plan_batch(&samples, &resolved, shared.cfg.out_of_bounds_fill)
+        plan::plan_batch(&samples, &resolved, shared.cfg.out_of_bounds_fill())
     };
     let plan = match plan {
         Ok(plan) => plan,
@@ -372,28 +398,15 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
     r
 }
 
-/// Array facts as JSON: shape, dtype, chunk and shard shape, codecs, bytes stored.
+/// Opens the array at `uri` (its metadata and decoders); with `usage`, also counts its
+/// stored objects and bytes (listing the whole array).
 ///
 /// # Errors
-/// NotFound, InvalidArgument, DtypeMismatch, Storage from reading the metadata.
-pub fn array_info_json(uri: &str) -> Result<String> {
+/// NotFound, InvalidArgument, DtypeMismatch, Storage from reading the metadata or listing.
+pub fn open_array(uri: &str, usage: bool) -> Result<(Arc<plan::Array>, (u64, u64))> {
     let array = prefetch::load_array(uri)?;
-    let (files, bytes) = array.store.du()?;
-    let meta = &array.meta;
-    let sharding = meta.sharding.as_ref();
-    Ok(serde_json::json!({
-        "uri": uri,
-        "shape": meta.shape,
-        "data_type": meta.data_type,
-        "chunk_shape": meta.chunk_shape(),
-        "shard_shape": sharding.map(|_| meta.grid_shape.clone()),
-        "index_location": sharding.map(|s| if s.index_at_start { "start" } else { "end" }),
-        "codecs": meta.codecs.to_json(),
-        "files": files,
-        "bytes_on_disk": bytes,
-        "bytes_decoded": meta.decoded_array_bytes(),
-    })
-    .to_string())
+    let du = if usage { array.store.du()? } else { (0, 0) };
+    Ok((Arc::new(array), du))
 }
 
 #[cfg(test)]

@@ -350,7 +350,7 @@ impl StageJob {
         let read = ReadOp { array: op.array, key: Arc::clone(key), generation: generation.clone(), offset: *offset, len: *nbytes, staging_offset: 0, chunks: vec![i] };
         read_into(shared, array, &read, &mut encoded).map_err(|e| chunk_context(e, batch, op))?;
         let t1 = Instant::now();
-        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} has no staging slot"))?;
+        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(Internal, "internal: chunk {i} has no staging slot"))?;
         // SAFETY: each CPU slot is owned by its chunk.
         let out = unsafe { self.slab.range(at, len)? };
         array.decoder.cpu.decode_into(&encoded, out).map_err(|e| chunk_context(e, batch, op))?;
@@ -364,7 +364,7 @@ impl StageJob {
     fn chunk_ops(&self, i: usize, out: &mut Vec<dev::DeviceOp>) -> Result<()> {
         let op = &self.plan.chunk_ops[i];
         let array = self.plan.array_of(op);
-        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(InvalidArgument, "internal: chunk {i} not staged"))?;
+        let (at, len) = self.staging.staged[i].ok_or_else(|| err!(Internal, "internal: chunk {i} not staged"))?;
         let dst = self.staging.decoded[i].unwrap_or(0);
         // SAFETY: read-only view of this read op's own range, written above by this job.
         let bytes = unsafe { self.slab.range(at, len)? };

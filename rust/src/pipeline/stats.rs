@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::buffers::BufferPool;
 use crate::cache::CacheStats;
+use crate::ffi::records::{CacheCounts, PrefetchCounts};
 use crate::plan::{BatchPlan, ChunkSource};
 use crate::prefetch::PrefetchStats;
 
@@ -17,7 +18,7 @@ pub(super) struct Stats {
     samples_pushed: AtomicU64,
     batches_done: AtomicU64,
     batches_failed: AtomicU64,
-    batches_popped: AtomicU64,
+    batches_delivered: AtomicU64,
     chunks_planned: AtomicU64,
     chunk_copies: AtomicU64,
     chunks_decoded: AtomicU64,
@@ -40,16 +41,21 @@ fn ns(d: Duration) -> u64 {
     d.as_nanos() as u64
 }
 
-fn cache(c: CacheStats) -> serde_json::Value {
-    serde_json::json!({"hits": c.hits, "misses": c.misses, "evictions": c.evictions})
+fn cache(c: CacheStats) -> CacheCounts {
+    CacheCounts { hits: c.hits, misses: c.misses, evictions: c.evictions }
 }
 
 impl Stats {
     pub(super) fn sample_pushed(&self) {
         self.samples_pushed.fetch_add(1, Relaxed);
     }
-    pub(super) fn batch_popped(&self) {
-        self.batches_popped.fetch_add(1, Relaxed);
+    /// `n` batches reached the caller (as tensors).
+    pub(super) fn delivered(&self, n: u64) {
+        self.batches_delivered.fetch_add(n, Relaxed);
+    }
+    /// `n` batches finished here failed on the device side (a GPU decode error).
+    pub(super) fn failed(&self, n: u64) {
+        self.batches_failed.fetch_add(n, Relaxed);
     }
     pub(super) fn planned(&self, t: Duration, plan: &BatchPlan) {
         self.plan_ns.fetch_add(ns(t), Relaxed);
@@ -106,7 +112,8 @@ impl Stats {
         l.push_back(latency.as_micros() as u64);
     }
 
-    pub(super) fn to_json(&self, caches: &PrefetchStats, decoded: CacheStats, buffers: &BufferPool) -> String {
+    /// The record the bridge and the JSON are made of.
+    pub(super) fn record(&self, caches: &PrefetchStats, decoded: CacheStats, buffers: &BufferPool) -> crate::ffi::records::Stats {
         let mut lat: Vec<u64> = self.latencies_us.lock().unwrap_or_else(PoisonError::into_inner).iter().copied().collect();
         lat.sort_unstable();
         let pct = |p: f64| -> f64 {
@@ -119,40 +126,39 @@ impl Stats {
         let secs = |a: &AtomicU64| a.load(Relaxed) as f64 / 1e9;
         let planned = self.chunks_planned.load(Relaxed);
         let copies = self.chunk_copies.load(Relaxed);
-        serde_json::json!({
-            "samples_pushed": self.samples_pushed.load(Relaxed),
-            "batches": self.batches_popped.load(Relaxed),
-            "batches_completed": self.batches_done.load(Relaxed),
-            "batches_failed": self.batches_failed.load(Relaxed),
-            "chunks_decoded": self.chunks_decoded.load(Relaxed),
-            "chunks_filled": self.chunks_filled.load(Relaxed),
-            "chunk_reuse": if planned == 0 { 0.0 } else { copies as f64 / planned as f64 },
-            "read_ops": self.read_ops.load(Relaxed),
-            "bytes_read": self.bytes_read.load(Relaxed),
-            "coalesced_read_ops": self.device_read_ops.load(Relaxed),
-            "staged_bytes": self.staged_bytes.load(Relaxed),
-            "blosc_blocks_decoded": self.blocks_decoded.load(Relaxed),
-            "blosc_blocks_skipped": self.blocks_skipped.load(Relaxed),
-            "array_meta": cache(caches.array_meta),
-            "shard_index": cache(caches.shard_index),
-            "chunk_layout": cache(caches.chunk_layout),
-            "prefetch": {
-                "samples_ready_ahead": caches.ready_ahead,
-                "samples_resolved_inline": caches.resolved_inline,
-                "deferrals": caches.deferrals,
-                "samples_parked": caches.parked,
+        crate::ffi::records::Stats {
+            samples_pushed: self.samples_pushed.load(Relaxed),
+            batches: self.batches_delivered.load(Relaxed),
+            batches_completed: self.batches_done.load(Relaxed),
+            batches_failed: self.batches_failed.load(Relaxed),
+            chunks_decoded: self.chunks_decoded.load(Relaxed),
+            chunks_filled: self.chunks_filled.load(Relaxed),
+            chunk_reuse: if planned == 0 { 0.0 } else { copies as f64 / planned as f64 },
+            read_ops: self.read_ops.load(Relaxed),
+            bytes_read: self.bytes_read.load(Relaxed),
+            coalesced_read_ops: self.device_read_ops.load(Relaxed),
+            staged_bytes: self.staged_bytes.load(Relaxed),
+            blosc_blocks_decoded: self.blocks_decoded.load(Relaxed),
+            blosc_blocks_skipped: self.blocks_skipped.load(Relaxed),
+            array_meta: cache(caches.array_meta),
+            shard_index: cache(caches.shard_index),
+            chunk_layout: cache(caches.chunk_layout),
+            prefetch: PrefetchCounts {
+                samples_ready_ahead: caches.ready_ahead,
+                samples_resolved_inline: caches.resolved_inline,
+                deferrals: caches.deferrals,
+                samples_parked: caches.parked,
             },
-            "decoded_cache": cache(decoded),
-            "chunks_from_cache": self.chunks_cached.load(Relaxed),
-            "time_plan_s": secs(&self.plan_ns),
-            "time_io_s": secs(&self.io_ns),
-            "time_decode_s": secs(&self.decode_ns),
-            "time_assemble_s": secs(&self.assemble_ns),
-            "batch_latency_p50_ms": pct(0.5),
-            "batch_latency_p99_ms": pct(0.99),
-            "buffers_allocated": buffers.allocated(),
-            "buffers_held_by_caller": buffers.held_by_caller(),
-        })
-        .to_string()
+            decoded_cache: cache(decoded),
+            chunks_from_cache: self.chunks_cached.load(Relaxed),
+            time_plan_s: secs(&self.plan_ns),
+            time_io_s: secs(&self.io_ns),
+            time_decode_s: secs(&self.decode_ns),
+            time_assemble_s: secs(&self.assemble_ns),
+            batch_latency_p50_ms: pct(0.5),
+            batch_latency_p99_ms: pct(0.99),
+            buffers_allocated: buffers.allocated() as u64,
+            buffers_held_by_caller: buffers.held_by_caller() as u64,
+        }
     }
 }

@@ -35,7 +35,7 @@ fn a_panicking_read_fails_its_batch_typed_and_the_next_batch_works() {
     let dir = volume("panic", &[], 1);
     let p = pipeline();
     let e = batch(&p, &uri("fault-panic", &dir), 0).unwrap_err();
-    assert_eq!(e.status(), Status::Decode, "{e}");
+    assert_eq!(e.status(), Status::Internal, "{e}");
     assert!(e.message().contains("panicked") && e.message().contains("chunk"), "names the chunk: {e}");
     let e = batch(&p, &uri("fault-error", &dir), 0).unwrap_err();
     assert_eq!(e.status(), Status::Storage, "{e}");
@@ -87,7 +87,7 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
 #[test]
 fn configs_whose_sizes_overflow_are_refused() {
     for shape in [vec![(1u64 << 62) + 16], vec![1 << 40, 1 << 40], vec![u64::MAX]] {
-        let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds_fill: true, ..Config::default() };
+        let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds: super::config::OutOfBounds::Fill, ..Config::default() };
         let e = Pipeline::new(cfg).err().unwrap();
         assert_eq!(e.status(), Status::InvalidArgument, "{shape:?}: {e}");
     }

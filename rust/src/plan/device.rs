@@ -7,27 +7,28 @@ use std::sync::Arc;
 use super::staging::StagingLayout;
 use super::{ravel, BatchPlan, ChunkOp};
 use crate::error::{err, Result};
-use crate::ffi::GpuCopyOp;
+use crate::ffi::records::{GpuCopyOp, SrcDtype};
 use crate::zarr::blosc::BloscFrame;
 use crate::zarr::{ArrayMeta, SourceDtype};
 
-/// The assemble kernel's code of a source dtype.
+/// The assemble kernel's code of a source dtype (`GpuCopyOp::src_dtype`).
 pub fn dtype_code(d: SourceDtype) -> u32 {
-    match d {
-        SourceDtype::Bool => 0,
-        SourceDtype::U8 => 1,
-        SourceDtype::I8 => 2,
-        SourceDtype::U16 => 3,
-        SourceDtype::I16 => 4,
-        SourceDtype::U32 => 5,
-        SourceDtype::I32 => 6,
-        SourceDtype::U64 => 7,
-        SourceDtype::I64 => 8,
-        SourceDtype::F16 => 9,
-        SourceDtype::Bf16 => 10,
-        SourceDtype::F32 => 11,
-        SourceDtype::F64 => 12,
-    }
+    let code = match d {
+        SourceDtype::Bool => SrcDtype::Bool,
+        SourceDtype::U8 => SrcDtype::U8,
+        SourceDtype::I8 => SrcDtype::I8,
+        SourceDtype::U16 => SrcDtype::U16,
+        SourceDtype::I16 => SrcDtype::I16,
+        SourceDtype::U32 => SrcDtype::U32,
+        SourceDtype::I32 => SrcDtype::I32,
+        SourceDtype::U64 => SrcDtype::U64,
+        SourceDtype::I64 => SrcDtype::I64,
+        SourceDtype::F16 => SrcDtype::F16,
+        SourceDtype::Bf16 => SrcDtype::Bf16,
+        SourceDtype::F32 => SrcDtype::F32,
+        SourceDtype::F64 => SrcDtype::F64,
+    };
+    code.repr
 }
 
 fn pad4(v: &[u64], pad: u32) -> Result<[u32; 4]> {

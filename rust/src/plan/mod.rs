@@ -364,7 +364,7 @@ pub fn chunk_source(array: &Array, coords: &[u64], shards: &dyn ShardLookup) -> 
     let local: Vec<u64> = coords.iter().zip(per_shard).map(|(c, p)| c % p).collect();
     let resolved = shards
         .shard(array, &shard)
-        .ok_or_else(|| err!(InvalidArgument, "internal: shard {shard:?} of {} was not prefetched", array.uri))?;
+        .ok_or_else(|| err!(Internal, "internal: shard {shard:?} of {} was not prefetched", array.uri))?;
     let Some(s) = resolved else { return Ok(ChunkSource::Absent) };
     let Some(r) = s.index.get(ravel(&local, per_shard)) else { return Ok(ChunkSource::Absent) };
     let key = array.key(&shard);

@@ -433,7 +433,7 @@ impl Prefetcher {
                 }
                 let Some(t) = st.tickets.get_mut(&id) else {
                     discard(&self.0, &mut st, ids);
-                    return Err(err!(InvalidArgument, "internal: sample ticket {id} is unknown"));
+                    return Err(err!(Internal, "internal: sample ticket {id} is unknown"));
                 };
                 match t.phase {
                     Phase::Ready | Phase::Failed => {
@@ -735,7 +735,7 @@ fn advance_guarded(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>)
         if blocking.is_some() {
             st.hold = st.hold.saturating_sub(1); // a panic inside a wait for room
         }
-        st.fail(id, err!(InvalidArgument, "internal: resolving this sample panicked (a bug; please report it)"));
+        st.fail(id, err!(Internal, "internal: resolving this sample panicked (a bug; please report it)"));
         drop(st);
         inner.changed.notify_all();
     }
@@ -782,7 +782,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
             },
             Stage::Shards(i) => {
                 let Some(array) = t.meta.clone() else {
-                    st.fail(id, err!(InvalidArgument, "internal: shards resolved before the array"));
+                    st.fail(id, err!(Internal, "internal: shards resolved before the array"));
                     break;
                 };
                 let keys = match &t.shard_keys {
@@ -822,7 +822,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
             }
             Stage::Layouts(i) => {
                 let Some(array) = t.meta.clone() else {
-                    st.fail(id, err!(InvalidArgument, "internal: layouts resolved before the array"));
+                    st.fail(id, err!(Internal, "internal: layouts resolved before the array"));
                     break;
                 };
                 let Some(keys) = t.layout_keys.clone() else {
@@ -955,7 +955,7 @@ fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Resu
                 t.stage = Stage::Layouts(i + 1);
             }
         }
-        _ => st.fail(id, err!(InvalidArgument, "internal: a load finished as another kind")),
+        _ => st.fail(id, err!(Internal, "internal: a load finished as another kind")),
     }
 }
 
