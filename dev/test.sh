@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test suite: cargo (unit, property, integration), clippy, the concurrency tests
+# Runs every test suite: the layering check, cargo (unit, property, integration), clippy, the concurrency tests
 # under ThreadSanitizer (dev/tsan.sh), the C++ tests
 # (ctest), and pytest against the built extension (including the downstream CMake consumer). Builds whatever is missing first.
 # `.ci/run` calls exactly this.
@@ -10,6 +10,9 @@ venv="$(bash dev/venv.sh)"
 # This checkout's python/ first, whatever checkout the shared venv's .pth names.
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
+
+echo "== layering (dev/layers.py: one-way module graph, rules in dev/layers.md)"
+python3 dev/layers.py
 
 echo "== cargo test"
 cargo test --release --workspace

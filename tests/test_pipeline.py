@@ -196,6 +196,79 @@ def test_close_wakes_a_blocked_pop_with_shutdown_error():
     assert isinstance(result.get("error"), damacy.ShutdownError), result
 
 
+def test_a_raising_source_loses_no_batch(good):
+    """3 batches and a bit are pulled before the generator raises: the 3 come out with the
+    right values, then the error (with its traceback), then the next source goes on."""
+    uri, oracle = good
+    bxs = boxes(5 * B, seed=21)
+
+    class SourceBroke(Exception):
+        pass
+
+    def broken():
+        yield from (damacy.Sample(uri, b) for b in bxs[:3 * B + 1])
+        raise SourceBroke("source broke")
+
+    with damacy.Pipeline(config(lookahead_samples=8 * B)) as pipe:
+        pipe.push(broken())
+        pipe.push(damacy.Sample(uri, b) for b in bxs[3 * B + 1:])
+        for i in range(3):
+            F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"batch {i}")
+        with pytest.raises(SourceBroke, match="source broke") as info:
+            pipe.pop()
+        assert any(f.name == "broken" for f in info.traceback), "the source's own traceback"
+        # the one sample pulled before the error starts the next batch
+        F.assert_same(pipe.pop(), expect(oracle, bxs, 3), "batch after the error")
+        assert pipe.stats().batches == 4
+
+
+def test_a_raising_source_ends_batches_with_its_error(good):
+    uri, oracle = good
+    bxs = boxes(2 * B, seed=22)
+
+    def broken():
+        yield from (damacy.Sample(uri, b) for b in bxs)
+        yield "not a sample"
+
+    with damacy.Pipeline(config()) as pipe:
+        pipe.push(broken())
+        got = []
+        with pytest.raises(TypeError, match="expected a damacy.Sample"):
+            for batch in pipe.batches():
+                got.append(batch.clone())
+        assert len(got) == 2
+        for i, t in enumerate(got):
+            F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+
+
+def test_ctrl_c_interrupts_a_blocked_pop_at_once():
+    """pop() waits in slices: SIGINT becomes KeyboardInterrupt within 0.2 s, although the
+    timeout is long; the pipeline stays usable."""
+    import os
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    sent = {}
+
+    def interrupt():
+        sent["t"] = time.perf_counter()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with damacy.Pipeline(config()) as pipe:
+        timer = threading.Timer(0.3, interrupt)
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                pipe.pop(timeout_s=POP_TIMEOUT_S)
+            late = time.perf_counter() - sent["t"]
+        finally:
+            timer.cancel()
+        assert late < 0.2, f"KeyboardInterrupt {late:.3f} s after SIGINT"
+        with pytest.raises(damacy.TryAgain, match=r"waited 0\.3 s"):
+            pipe.pop(timeout_s=0.3)
+
+
 def test_a_popped_batch_outlives_its_pipeline(good):
     """CPU batches view pipeline-owned buffers; they must stay valid after close."""
     uri, oracle = good

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from collections import deque
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -12,10 +13,14 @@ import torch
 
 from . import _ops
 from .config import Config
-from .errors import ShutdownError
+from .errors import ShutdownError, TryAgain
 from .sample import Sample
 
 __all__ = ["Pipeline", "Stats"]
+
+#: pop() waits in slices of at most this many seconds, so a signal (Ctrl-C) is handled
+#: within one slice, and the sources top up the window meanwhile.
+_POP_SLICE_S = 0.1
 
 # Native pipelines inherited through fork: their threads do not exist in the child, so they
 # are never closed or destroyed there (that would join threads of the parent); kept here.
@@ -98,8 +103,14 @@ class Pipeline:
     ...         ...
 
     `push` keeps each iterable as a source; samples are pulled from the sources, in order,
-    whenever the native lookahead window has room: before and after each pop. A single
-    consumer thread is assumed. Closing (also on `with` exit and on garbage collection) stops
+    whenever the native lookahead window has room: before, during and after each pop. A single
+    consumer thread is assumed.
+
+    A source that raises (or yields something that is not a sample) ends there, and no batch
+    is lost: the batches made of samples pulled before the error are popped first, then the
+    pop that would need a sample from after the error raises it (with the source's
+    traceback); pulling then goes on with the next source. pop() waits in short slices, so
+    Ctrl-C interrupts it at once. Closing (also on `with` exit and on garbage collection) stops
     the native workers; batches already popped stay valid. A process forked while a pipeline
     is open inherits it closed (its threads stay in the parent): make pipelines after forking.
     """
@@ -111,6 +122,7 @@ class Pipeline:
         self._config = config
         self._sources: deque[Iterator[Any]] = deque()
         self._held: Sample | None = None  # pulled from a source, refused by a full window
+        self._source_error: BaseException | None = None  # raised by a source; raised when due
         self._native = _ops.call(_ops.classes().Pipeline, config.to_json())
         self._pid = os.getpid()
         self._closed = False
@@ -132,10 +144,11 @@ class Pipeline:
         self._sources.append(iter((samples,)) if isinstance(samples, Sample) else iter(samples))
 
     def _fill(self) -> None:
-        """Pulls samples from the sources into the native window until it is full or the
-        sources are exhausted."""
+        """Pulls samples from the sources into the native window until it is full, the
+        sources are exhausted or one has raised (nothing is pulled past an error until it
+        is raised)."""
         push = self._native.push
-        while True:
+        while self._source_error is None:
             sample = self._held
             self._held = None
             if sample is None:
@@ -152,7 +165,21 @@ class Pipeline:
                 return _as_sample(next(self._sources[0]))
             except StopIteration:
                 self._sources.popleft()
+            except Exception as e:  # noqa: BLE001 - kept, raised by the pop it is due at
+                self._sources.popleft()
+                self._source_error = e
+                return None
         return None
+
+    def _raise_source_error_if_due(self) -> None:
+        """Raises a source's error once the samples pulled before it cannot make another
+        complete batch."""
+        if self._source_error is None:
+            return
+        if self._native.pending_samples() >= self._config.samples_per_batch:
+            return
+        err, self._source_error = self._source_error, None
+        raise err
 
     # --- pop ------------------------------------------------------------------------------
 
@@ -177,9 +204,24 @@ class Pipeline:
     def _pop(self, timeout_s: float | None, *, with_samples: bool) -> Any:
         self._check_open()
         self._fill()
-        t = -1.0 if timeout_s is None else float(timeout_s)
+        self._raise_source_error_if_due()
+        total = self._config.pop_timeout_s if timeout_s is None else float(timeout_s)
+        if total != total or total < 0:  # NaN or negative: the config's, as natively
+            total = self._config.pop_timeout_s
+        deadline = time.monotonic() + total
         fn = self._native.pop_with_samples if with_samples else self._native.pop
-        out = _ops.call(fn, t)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                out = _ops.call(fn, max(0.0, min(left, _POP_SLICE_S)))
+                break
+            except TryAgain as e:
+                # A slice ran out: Python handles pending signals here (Ctrl-C), the sources
+                # top up the window, and the wait goes on until the deadline.
+                if left <= _POP_SLICE_S:
+                    raise TryAgain(f"{e.what} (waited {total:g} s)") from None
+                self._fill()
+                self._raise_source_error_if_due()
         self._fill()  # top up the window so the next batch is prefetched meanwhile
         return out
 
@@ -191,6 +233,7 @@ class Pipeline:
         while n is None or produced < n:
             self._check_open()
             self._fill()
+            self._raise_source_error_if_due()
             if self._held is None and not self._sources and self._native.pending_samples() < spb:
                 return
             yield self.pop(timeout_s)
@@ -215,6 +258,7 @@ class Pipeline:
         self._closed = True
         self._sources.clear()
         self._held = None
+        self._source_error = None
         if os.getpid() != self._pid:  # a forked child: the worker threads are the parent's
             _INHERITED.append(self._native)
             return

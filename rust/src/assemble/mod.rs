@@ -17,7 +17,8 @@
 //! op (the planner's invariant), which is what makes the unsynchronised writes sound.
 //! Calls nothing; called by the pipeline's workers.
 
-use crate::pipeline::OutDtype;
+mod dtype;
+pub use dtype::OutDtype;
 use crate::plan::{Copy, Region};
 use crate::zarr::SourceDtype;
 

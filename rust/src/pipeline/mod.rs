@@ -272,9 +272,9 @@ impl Pipeline {
             let now = Instant::now();
             if now >= deadline {
                 if seq >= w.formed {
-                    return Err(err!(TryAgain, "no complete batch pushed after {timeout} s: {} sample(s) pushed toward the next batch, samples_per_batch = {spb}", w.forming.len()));
+                    return Err(err!(TryAgain, "no complete batch pushed within the timeout: {} sample(s) pushed toward the next batch, samples_per_batch = {spb}", w.forming.len()));
                 }
-                return Err(err!(TryAgain, "batch {seq} not ready after {timeout} s (pop_timeout_s)"));
+                return Err(err!(TryAgain, "batch {seq} not ready within the timeout (pop_timeout_s or the timeout given to pop)"));
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
             w = self.shared.changed.wait_timeout(w, wait).unwrap_or_else(PoisonError::into_inner).0;
