@@ -14,7 +14,7 @@ std::string gpu_info_json(std::string_view search_path) {
 #else
   (void)search_path;
   return "{\"cuda_built\": false, \"nvcomp_available\": false, \"nvcomp_path\": \"\", "
-         "\"nvcomp_version\": 0, \"why\": \"this damacy build has no CUDA support\"}";
+         "\"nvcomp_version\": 0, \"nvcomp_major\": 0, \"why\": \"this damacy build has no CUDA support\"}";
 #endif
 }
 

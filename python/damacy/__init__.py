@@ -38,7 +38,8 @@ _ops.load()
 
 def gpu_info() -> dict:
     """What this build can do on the GPU: {"cuda_built", "nvcomp_available", "nvcomp_path",
-    "nvcomp_version", "why"}. `Config(device="cuda:N", decode="auto")` decodes on the GPU when
+    "nvcomp_version", "nvcomp_major", "why"} (nvCOMP 6.x or 5.x, chosen at run time:
+    docs/gpu.md). `Config(device="cuda:N", decode="auto")` decodes on the GPU when
     both are true, else on the CPU (one log line says why)."""
     return _ops.gpu_info()
 

@@ -72,7 +72,7 @@ def load() -> str:
             ) from e
         _loaded = str(path)
         # nvCOMP is found at run time: point the extension at this Python's site folders,
-        # where the nvidia-libnvcomp-cu13 wheel puts libnvcomp.so.5.
+        # where the nvidia-libnvcomp-cu13 wheel puts libnvcomp.so.6 (or .so.5 for nvCOMP 5.x).
         global _gpu_info
         _gpu_info = json.loads(torch.ops.damacy.gpu_info(os.pathsep.join(p for p in sys.path if p)))
     return _loaded
@@ -83,7 +83,8 @@ _gpu_info: dict | None = None
 
 def gpu_info() -> dict:
     """What this build can do on the GPU: cuda_built, nvcomp_available, nvcomp_path,
-    nvcomp_version, why (empty when nvCOMP is usable)."""
+    nvcomp_version (major*1000 + minor*100 + patch), nvcomp_major (6 or 5, 0 when not
+    loaded), why (empty when nvCOMP is usable)."""
     load()
     assert _gpu_info is not None
     return dict(_gpu_info)

@@ -45,7 +45,8 @@ void write_example_volume(std::string_view path, const std::vector<std::uint64_t
                           std::uint64_t seed);
 
 /// What this build can do on the GPU, as a JSON object: {"cuda_built", "nvcomp_available",
-/// "nvcomp_path", "nvcomp_version", "why"}. Loads nvCOMP once, searching the `:`-separated
+/// "nvcomp_path", "nvcomp_version" (major*1000 + minor*100 + patch), "nvcomp_major" (6 or 5;
+/// 0 when not loaded), "why"}. Loads nvCOMP once, searching the `:`-separated
 /// folders in `search_path` (e.g. Python's sys.path) for the nvidia-libnvcomp-cu13 wheel.
 std::string gpu_info_json(std::string_view search_path);
 

@@ -85,6 +85,7 @@ std::string gpu_info_json(const std::string& search_path) {
   out += ok ? "true" : "false";
   out += ", \"nvcomp_path\": \"" + json_escape(nvcomp::library_path()) + "\"";
   out += ", \"nvcomp_version\": " + std::to_string(nvcomp::library_version());
+  out += ", \"nvcomp_major\": " + std::to_string(nvcomp::library_major());
   out += ", \"why\": \"" + json_escape(nvcomp::why_unavailable()) + "\"}";
   return out;
 }
@@ -289,13 +290,13 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
                                                          d_arena_p, h_args.data_ptr(), d_args.data_ptr());
     check_cuda(cudaMemcpyAsync(d_args.data_ptr(), h_args.data_ptr(), arg_bytes, cudaMemcpyHostToDevice, stream), "nvCOMP args H2D");
     size_t temp_bytes = 0;
-    nvcompStatus_t rc = nvcomp::decompress_temp_bytes(codec, args.n, args.max_dst_bytes, args.total_dst_bytes, &temp_bytes);
-    if (rc != nvcompSuccess) throw CudaError(std::string("nvCOMP temp size: ") + nvcomp::status_name(rc));
+    nvcomp::Status rc = nvcomp::decompress_temp_bytes(codec, args.n, args.max_dst_bytes, args.total_dst_bytes, &temp_bytes, stream);
+    if (rc != nvcomp::Status::Success) throw CudaError(std::string("nvCOMP temp size: ") + nvcomp::status_name(rc));
     at::Tensor d_temp = device_bytes(temp_bytes, st.device);
     rc = nvcomp::batched_decompress(codec, args.d_src_ptrs, args.d_src_bytes, args.d_dst_bytes, args.d_actual,
                                     args.d_dst_ptrs, args.n, d_temp.data_ptr(), temp_bytes,
-                                    reinterpret_cast<nvcompStatus_t*>(args.d_statuses), stream);
-    if (rc != nvcompSuccess) throw CudaError(std::string("nvCOMP batched decompress: ") + nvcomp::status_name(rc));
+                                    reinterpret_cast<nvcomp::Status*>(args.d_statuses), stream);
+    if (rc != nvcomp::Status::Success) throw CudaError(std::string("nvCOMP batched decompress: ") + nvcomp::status_name(rc));
     keep.insert(keep.end(), {d_args, d_temp});
     q.host_keep.push_back(h_args);
     checks.push_back({std::move(args), codec});

@@ -22,7 +22,7 @@
 namespace damacy::detail {
 
 /// GPU capability of this build, as JSON: {"cuda_built", "nvcomp_available", "nvcomp_path",
-/// "nvcomp_version", "why"}; loads nvCOMP once, searching the `:`-separated folders given.
+/// "nvcomp_version", "nvcomp_major", "why"}; loads nvCOMP once, searching the `:`-separated folders given.
 std::string gpu_info_json(const std::string& search_path);
 
 /// "" when nvCOMP is usable, else why (with the fix).

@@ -1,4 +1,5 @@
-// nvCOMP bound at run time; see nvcomp_loader.h for the search order and the contract.
+// nvCOMP bound at run time; see nvcomp_loader.h for the search order and the contract, and
+// nvcomp_api.h for the declarations (no nvCOMP header is included anywhere).
 #include "nvcomp_loader.h"
 
 #include <dlfcn.h>
@@ -6,33 +7,67 @@
 #include <sys/stat.h>
 
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <string_view>
-
-#include "nvcomp.h"
-#include "nvcomp/lz4.h"
-#include "nvcomp/zstd.h"
 
 namespace damacy::nvcomp {
 namespace {
 
-// The entry points' types come from the headers (decltype of an unevaluated address: no
-// link-time reference to libnvcomp).
-using GetPropertiesFn = decltype(&nvcompGetProperties);
-using ZstdAlignFn = decltype(&nvcompBatchedZstdDecompressGetRequiredAlignments);
-using ZstdTempFn = decltype(&nvcompBatchedZstdDecompressGetTempSizeAsync);
-using ZstdDecompressFn = decltype(&nvcompBatchedZstdDecompressAsync);
-using Lz4AlignFn = decltype(&nvcompBatchedLZ4DecompressGetRequiredAlignments);
-using Lz4TempFn = decltype(&nvcompBatchedLZ4DecompressGetTempSizeAsync);
-using Lz4DecompressFn = decltype(&nvcompBatchedLZ4DecompressAsync);
+// The entry points of each major, by slot. A slot's function type is that major's (see
+// nvcomp_api.h and the casts in the calls below); the table gives the exported name, or
+// nullptr where the major has none.
+enum Slot : size_t {
+  kZstdAlign,
+  kZstdTemp,
+  kZstdDecompress,
+  kLz4Align,
+  kLz4Temp,
+  kLz4Decompress,
+  kStatusString,  // optional: nvcompGetStatusString (6.x only)
+  kSlots,
+};
+
+struct MajorTable {
+  uint32_t major;
+  const char* soname;
+  const char* names[kSlots];
+  bool optional[kSlots];
+};
+
+// Newest first, as kSupportedMajors (the search order).
+constexpr MajorTable kTables[] = {
+    {6,
+     "libnvcomp.so.6",
+     {"nvcompBatchedZstdDecompressGetRequiredAlignments", "nvcompBatchedZstdDecompressGetTempSize",
+      "nvcompBatchedZstdDecompressAsync", "nvcompBatchedLZ4DecompressGetRequiredAlignments",
+      "nvcompBatchedLZ4DecompressGetTempSize", "nvcompBatchedLZ4DecompressAsync",
+      "nvcompGetStatusString"},
+     {false, false, false, false, false, false, true}},
+    {5,
+     "libnvcomp.so.5",
+     {"nvcompBatchedZstdDecompressGetRequiredAlignments",
+      "nvcompBatchedZstdDecompressGetTempSizeAsync", "nvcompBatchedZstdDecompressAsync",
+      "nvcompBatchedLZ4DecompressGetRequiredAlignments",
+      "nvcompBatchedLZ4DecompressGetTempSizeAsync", "nvcompBatchedLZ4DecompressAsync", nullptr},
+     {false, false, false, false, false, false, true}},
+};
+static_assert(std::size(kTables) == std::size(kSupportedMajors));
+
+const MajorTable* table_for(uint32_t major) {
+  for (const MajorTable& t : kTables) {
+    if (t.major == major) return &t;
+  }
+  return nullptr;
+}
 
 // Callers pass statuses as int32_t arrays (damacy/detail/gpu_plan.h).
-static_assert(sizeof(nvcompStatus_t) == 4, "nvcompStatus_t is not 4 bytes");
+static_assert(sizeof(Status) == 4, "nvcompStatus_t is not 4 bytes");
 
-constexpr const char* kSoname = "libnvcomp.so.5";
+constexpr const char* kSonames = "libnvcomp.so.6 or libnvcomp.so.5";
 constexpr const char* kFix =
-    "fix: `pip install nvidia-libnvcomp-cu13` (nvCOMP 5.x for CUDA 13) into the Python "
-    "environment, or set DAMACY_NVCOMP_LIBRARY to the path of libnvcomp.so.5";
+    "fix: `pip install nvidia-libnvcomp-cu13` (nvCOMP 6.x or 5.x for CUDA 13) into the Python "
+    "environment, or set DAMACY_NVCOMP_LIBRARY to the path of libnvcomp.so.6 or libnvcomp.so.5";
 
 // Layout: written once under `mu` by a successful load, read-only afterwards. `loaded` is
 // only read under `mu`, and the function pointers are only used after a call that took
@@ -44,13 +79,9 @@ struct Library {
   std::string why;   // accumulated reasons while not loaded
   std::string path;  // resolved file once loaded
   uint32_t version = 0;
+  uint32_t major = 0;  // 5 or 6 once loaded: which major's function types `sym` holds
   void* handle = nullptr;
-  ZstdAlignFn zstd_align = nullptr;
-  ZstdTempFn zstd_temp = nullptr;
-  ZstdDecompressFn zstd_decompress = nullptr;
-  Lz4AlignFn lz4_align = nullptr;
-  Lz4TempFn lz4_temp = nullptr;
-  Lz4DecompressFn lz4_decompress = nullptr;
+  void* sym[kSlots] = {};
 };
 
 Library& lib() {
@@ -73,21 +104,23 @@ std::string join(const std::string& dir, std::string_view leaf) {
   return dir + "/" + std::string(leaf);
 }
 
-template <class F>
-bool bind(void* h, const char* name, F* out, std::string* why) {
+void* find_symbol(void* h, const char* name, std::string* why) {
   dlerror();
   void* sym = dlsym(h, name);
-  if (sym == nullptr) {
+  if (sym == nullptr && why != nullptr) {
     const char* e = dlerror();
     *why += std::string("  missing symbol ") + name + (e ? std::string(": ") + e : "") + "\n";
-    return false;
   }
-  *out = reinterpret_cast<F>(sym);
-  return true;
+  return sym;
 }
 
-// Tries one dlopen name/path; on success binds everything and checks the version. Called
-// with `l.mu` held.
+std::string version_string(uint32_t v) {
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 100) + "." +
+         std::to_string(v % 100);
+}
+
+// Tries one dlopen name/path: asks the library its version, picks that major's table and
+// binds every entry point of it. Called with `l.mu` held.
 bool try_open(Library& l, const std::string& what) {
   dlerror();
   void* h = dlopen(what.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -96,81 +129,154 @@ bool try_open(Library& l, const std::string& what) {
     l.why += "  " + what + ": " + (e ? e : "dlopen failed") + "\n";
     return false;
   }
-  std::string why;
-  GetPropertiesFn get_properties = nullptr;
-  bool ok = bind(h, "nvcompGetProperties", &get_properties, &why);
-  ok = bind(h, "nvcompBatchedZstdDecompressGetRequiredAlignments", &l.zstd_align, &why) && ok;
-  ok = bind(h, "nvcompBatchedZstdDecompressGetTempSizeAsync", &l.zstd_temp, &why) && ok;
-  ok = bind(h, "nvcompBatchedZstdDecompressAsync", &l.zstd_decompress, &why) && ok;
-  ok = bind(h, "nvcompBatchedLZ4DecompressGetRequiredAlignments", &l.lz4_align, &why) && ok;
-  ok = bind(h, "nvcompBatchedLZ4DecompressGetTempSizeAsync", &l.lz4_temp, &why) && ok;
-  ok = bind(h, "nvcompBatchedLZ4DecompressAsync", &l.lz4_decompress, &why) && ok;
-  uint32_t version = 0;
-  if (ok) {
-    nvcompProperties_t props{};
-    if (get_properties(&props) != nvcompSuccess) {
-      why += "  nvcompGetProperties failed\n";
-      ok = false;
-    } else {
-      version = props.version;
-      if (version / 1000 != NVCOMP_VER_MAJOR) {
-        why += "  version " + std::to_string(version / 1000) + "." +
-               std::to_string((version % 1000) / 100) + "." + std::to_string(version % 100) +
-               " found, major " + std::to_string(NVCOMP_VER_MAJOR) + " required\n";
-        ok = false;
-      }
-    }
-  }
   std::string resolved = what;
   if (link_map* lm = nullptr; dlinfo(h, RTLD_DI_LINKMAP, &lm) == 0 && lm && lm->l_name &&
                               lm->l_name[0] != '\0') {
     resolved = lm->l_name;
   }
+  std::string why;
+  uint32_t version = 0;
+  const MajorTable* table = nullptr;
+  void* sym[kSlots] = {};
+  if (void* gp = find_symbol(h, "nvcompGetProperties", &why)) {
+    api::Properties props{};
+    if (reinterpret_cast<api::GetPropertiesFn>(gp)(&props) != Status::Success) {
+      why += "  nvcompGetProperties failed\n";
+    } else {
+      version = props.version;
+      table = table_for(version / 1000);
+      if (table == nullptr) {
+        why += "  version " + version_string(version) + " found; damacy binds majors 6 and 5\n";
+      }
+    }
+  }
+  bool ok = table != nullptr;
+  if (ok) {
+    for (size_t s = 0; s < kSlots; ++s) {
+      if (table->names[s] == nullptr) continue;
+      sym[s] = find_symbol(h, table->names[s], table->optional[s] ? nullptr : &why);
+      if (sym[s] == nullptr && !table->optional[s]) ok = false;
+    }
+  }
   if (!ok) {
     l.why += "  " + resolved + ": unusable\n" + why;
-    l.zstd_align = nullptr;
-    l.zstd_temp = nullptr;
-    l.zstd_decompress = nullptr;
-    l.lz4_align = nullptr;
-    l.lz4_temp = nullptr;
-    l.lz4_decompress = nullptr;
     dlclose(h);
     return false;
   }
   l.handle = h;
   l.path = resolved;
   l.version = version;
+  l.major = table->major;
+  for (size_t s = 0; s < kSlots; ++s) l.sym[s] = sym[s];
   l.loaded = true;
   l.why.clear();
   return true;
 }
 
-// The whole search (file comment, steps 1-3). Called with `l.mu` held.
+// The whole search (header comment, steps 1-3). Called with `l.mu` held.
 void search(Library& l, const std::vector<std::string>& dirs) {
   l.attempted = true;
   l.why.clear();
   if (const char* env = std::getenv("DAMACY_NVCOMP_LIBRARY"); env && env[0] != '\0') {
-    std::string p = env;
-    if (is_dir(p)) p = join(p, kSoname);
-    if (!try_open(l, p)) {
-      l.why = "  DAMACY_NVCOMP_LIBRARY=" + std::string(env) + " is set but unusable (no fallback):\n" + l.why;
+    const std::string p = env;
+    bool ok = false;
+    if (is_dir(p)) {
+      bool any = false;
+      for (const MajorTable& t : kTables) {
+        const std::string f = join(p, t.soname);
+        if (!is_file(f)) continue;
+        any = true;
+        if ((ok = try_open(l, f))) break;
+      }
+      if (!any) l.why += "  no " + std::string(kSonames) + " in that folder\n";
+    } else {
+      ok = try_open(l, p);
+    }
+    if (!ok) {
+      l.why = "  DAMACY_NVCOMP_LIBRARY=" + p + " is set but unusable (no fallback):\n" + l.why;
     }
     return;  // an explicit choice is never silently replaced by another copy
   }
   for (const std::string& d : dirs) {
     if (d.empty()) continue;
     for (std::string_view sub : {"lib64", "lib", "nvidia/libnvcomp/lib64", "nvidia/libnvcomp/lib"}) {
-      const std::string p = join(join(d, sub), kSoname);
-      if (is_file(p) && try_open(l, p)) return;
+      for (const MajorTable& t : kTables) {
+        const std::string p = join(join(d, sub), t.soname);
+        if (is_file(p) && try_open(l, p)) return;
+      }
     }
   }
   if (!dirs.empty()) {
-    l.why += "  no " + std::string(kSoname) + " under {lib64,lib,nvidia/libnvcomp/lib64," +
+    l.why += "  no usable " + std::string(kSonames) + " under {lib64,lib,nvidia/libnvcomp/lib64," +
              "nvidia/libnvcomp/lib} of the " + std::to_string(dirs.size()) + " folder(s) given\n";
   }
   l.why += "  dlopen search (LD_LIBRARY_PATH, rpath, ld.so.cache):\n";
-  if (try_open(l, kSoname)) return;
+  for (const MajorTable& t : kTables) {
+    if (try_open(l, t.soname)) return;
+  }
   try_open(l, "libnvcomp.so");
+}
+
+// The bound entry point of `slot`, as the function type `F` of the loaded major.
+template <class F>
+F fn(const Library& l, Slot slot) {
+  return reinterpret_cast<F>(l.sym[slot]);
+}
+
+// The options types of each major (nvcomp_api.h).
+struct V5 {
+  using Zstd = api::v5::ZstdDecompressOpts;
+  using Lz4 = api::v5::Lz4DecompressOpts;
+};
+struct V6 {
+  using Zstd = api::v6::ZstdDecompressOpts;
+  using Lz4 = api::v6::Lz4DecompressOpts;
+};
+
+// GetRequiredAlignments and DecompressAsync have one shape in both majors but for the
+// options type: one template each, instantiated per major.
+template <class Opts>
+Status align_with(const Library& l, Slot slot, Alignments* out) {
+  return fn<api::AlignFn<Opts>>(l, slot)(api::default_opts<Opts>(), out);
+}
+
+template <class M>
+Status align_major(const Library& l, Codec codec, Alignments* out) {
+  switch (codec) {
+    case Codec::Zstd: return align_with<typename M::Zstd>(l, kZstdAlign, out);
+    case Codec::Lz4: return align_with<typename M::Lz4>(l, kLz4Align, out);
+  }
+  return Status::ErrorNotSupported;
+}
+
+struct DecompressCall {
+  const void* const* d_src_ptrs;
+  const size_t* d_src_bytes;
+  const size_t* d_dst_bytes_capacity;
+  size_t* d_actual;
+  void* const* d_dst_ptrs;
+  size_t n;
+  void* d_temp;
+  size_t temp_bytes;
+  Status* d_statuses;
+  cudaStream_t stream;
+};
+
+template <class Opts>
+Status decompress_with(const Library& l, Slot slot, const DecompressCall& c) {
+  return fn<api::DecompressFn<Opts>>(l, slot)(c.d_src_ptrs, c.d_src_bytes, c.d_dst_bytes_capacity,
+                                              c.d_actual, c.n, c.d_temp, c.temp_bytes,
+                                              c.d_dst_ptrs, api::default_opts<Opts>(),
+                                              c.d_statuses, c.stream);
+}
+
+template <class M>
+Status decompress_major(const Library& l, Codec codec, const DecompressCall& c) {
+  switch (codec) {
+    case Codec::Zstd: return decompress_with<typename M::Zstd>(l, kZstdDecompress, c);
+    case Codec::Lz4: return decompress_with<typename M::Lz4>(l, kLz4Decompress, c);
+  }
+  return Status::ErrorNotSupported;
 }
 
 }  // namespace
@@ -206,7 +312,7 @@ std::string why_unavailable() {
   std::lock_guard<std::mutex> g(l.mu);
   if (!l.attempted) search(l, {});
   if (l.loaded) return {};
-  return "nvCOMP (libnvcomp.so.5) is not available:\n" + l.why + kFix;
+  return "nvCOMP (" + std::string(kSonames) + ") is not available:\n" + l.why + kFix;
 }
 
 std::string library_path() {
@@ -221,75 +327,104 @@ uint32_t library_version() {
   return l.loaded ? l.version : 0;
 }
 
-nvcompStatus_t required_alignments(Codec codec, nvcompAlignmentRequirements_t* out) {
-  if (!available() || out == nullptr) return nvcompErrorNotSupported;
-  const Library& l = lib();
-  switch (codec) {
-    case Codec::Zstd:
-      return l.zstd_align(nvcompBatchedZstdDecompressDefaultOpts, out);
-    case Codec::Lz4:
-      return l.lz4_align(nvcompBatchedLZ4DecompressDefaultOpts, out);
-  }
-  return nvcompErrorNotSupported;
+uint32_t library_major() {
+  Library& l = lib();
+  std::lock_guard<std::mutex> g(l.mu);
+  return l.loaded ? l.major : 0;
 }
 
-nvcompStatus_t decompress_temp_bytes(Codec codec, size_t num_chunks,
-                                     size_t max_uncompressed_chunk_bytes,
-                                     size_t max_total_uncompressed_bytes, size_t* temp_bytes) {
-  if (!available() || temp_bytes == nullptr) return nvcompErrorNotSupported;
+Status required_alignments(Codec codec, Alignments* out) {
+  if (!available() || out == nullptr) return Status::ErrorNotSupported;
   const Library& l = lib();
-  switch (codec) {
-    case Codec::Zstd:
-      return l.zstd_temp(num_chunks, max_uncompressed_chunk_bytes,
-                         nvcompBatchedZstdDecompressDefaultOpts, temp_bytes,
-                         max_total_uncompressed_bytes);
-    case Codec::Lz4:
-      return l.lz4_temp(num_chunks, max_uncompressed_chunk_bytes,
-                        nvcompBatchedLZ4DecompressDefaultOpts, temp_bytes,
-                        max_total_uncompressed_bytes);
+  switch (l.major) {
+    case 5: return align_major<V5>(l, codec, out);
+    case 6: return align_major<V6>(l, codec, out);
   }
-  return nvcompErrorNotSupported;
+  return Status::ErrorNotSupported;
 }
 
-nvcompStatus_t batched_decompress(Codec codec, const void* const* d_src_ptrs,
-                                  const size_t* d_src_bytes,
-                                  const size_t* d_dst_bytes_capacity, size_t* d_actual,
-                                  void* const* d_dst_ptrs, size_t n, void* d_temp,
-                                  size_t temp_bytes, nvcompStatus_t* d_statuses,
-                                  cudaStream_t stream) {
-  if (!available()) return nvcompErrorNotSupported;
-  if (n == 0) return nvcompSuccess;
+Status decompress_temp_bytes(Codec codec, size_t num_chunks, size_t max_uncompressed_chunk_bytes,
+                             size_t max_total_uncompressed_bytes, size_t* temp_bytes,
+                             cudaStream_t stream) {
+  if (!available() || temp_bytes == nullptr) return Status::ErrorNotSupported;
   const Library& l = lib();
-  switch (codec) {
-    case Codec::Zstd:
-      return l.zstd_decompress(d_src_ptrs, d_src_bytes, d_dst_bytes_capacity, d_actual, n,
-                               d_temp, temp_bytes, d_dst_ptrs,
-                               nvcompBatchedZstdDecompressDefaultOpts, d_statuses, stream);
-    case Codec::Lz4:
-      return l.lz4_decompress(d_src_ptrs, d_src_bytes, d_dst_bytes_capacity, d_actual, n,
-                              d_temp, temp_bytes, d_dst_ptrs,
-                              nvcompBatchedLZ4DecompressDefaultOpts, d_statuses, stream);
+  // The one call whose shape differs: 5.x ...GetTempSizeAsync has no stream, 6.x
+  // ...GetTempSize takes one (nvcomp_api.h).
+  switch (l.major) {
+    case 5:
+      switch (codec) {
+        case Codec::Zstd:
+          return fn<api::v5::TempSizeFn<V5::Zstd>>(l, kZstdTemp)(
+              num_chunks, max_uncompressed_chunk_bytes, api::default_opts<V5::Zstd>(), temp_bytes,
+              max_total_uncompressed_bytes);
+        case Codec::Lz4:
+          return fn<api::v5::TempSizeFn<V5::Lz4>>(l, kLz4Temp)(
+              num_chunks, max_uncompressed_chunk_bytes, api::default_opts<V5::Lz4>(), temp_bytes,
+              max_total_uncompressed_bytes);
+      }
+      break;
+    case 6:
+      switch (codec) {
+        case Codec::Zstd:
+          return fn<api::v6::TempSizeFn<V6::Zstd>>(l, kZstdTemp)(
+              num_chunks, max_uncompressed_chunk_bytes, api::default_opts<V6::Zstd>(), temp_bytes,
+              max_total_uncompressed_bytes, stream);
+        case Codec::Lz4:
+          return fn<api::v6::TempSizeFn<V6::Lz4>>(l, kLz4Temp)(
+              num_chunks, max_uncompressed_chunk_bytes, api::default_opts<V6::Lz4>(), temp_bytes,
+              max_total_uncompressed_bytes, stream);
+      }
+      break;
   }
-  return nvcompErrorNotSupported;
+  return Status::ErrorNotSupported;
 }
 
-const char* status_name(nvcompStatus_t status) {
+Status batched_decompress(Codec codec, const void* const* d_src_ptrs, const size_t* d_src_bytes,
+                          const size_t* d_dst_bytes_capacity, size_t* d_actual,
+                          void* const* d_dst_ptrs, size_t n, void* d_temp, size_t temp_bytes,
+                          Status* d_statuses, cudaStream_t stream) {
+  if (!available()) return Status::ErrorNotSupported;
+  if (n == 0) return Status::Success;
+  const Library& l = lib();
+  const DecompressCall c{d_src_ptrs, d_src_bytes, d_dst_bytes_capacity, d_actual, d_dst_ptrs,
+                         n,          d_temp,      temp_bytes,           d_statuses, stream};
+  switch (l.major) {
+    case 5: return decompress_major<V5>(l, codec, c);
+    case 6: return decompress_major<V6>(l, codec, c);
+  }
+  return Status::ErrorNotSupported;
+}
+
+const char* status_name(Status status) {
   switch (status) {
-    case nvcompSuccess: return "nvcompSuccess";
-    case nvcompErrorInvalidValue: return "nvcompErrorInvalidValue";
-    case nvcompErrorNotSupported: return "nvcompErrorNotSupported";
-    case nvcompErrorCannotDecompress: return "nvcompErrorCannotDecompress";
-    case nvcompErrorBadChecksum: return "nvcompErrorBadChecksum";
-    case nvcompErrorCannotVerifyChecksums: return "nvcompErrorCannotVerifyChecksums";
-    case nvcompErrorOutputBufferTooSmall: return "nvcompErrorOutputBufferTooSmall";
-    case nvcompErrorWrongHeaderLength: return "nvcompErrorWrongHeaderLength";
-    case nvcompErrorAlignment: return "nvcompErrorAlignment";
-    case nvcompErrorChunkSizeTooLarge: return "nvcompErrorChunkSizeTooLarge";
-    case nvcompErrorCannotCompress: return "nvcompErrorCannotCompress";
-    case nvcompErrorWrongInputLength: return "nvcompErrorWrongInputLength";
-    case nvcompErrorBatchSizeTooLarge: return "nvcompErrorBatchSizeTooLarge";
-    case nvcompErrorCudaError: return "nvcompErrorCudaError";
-    case nvcompErrorInternal: return "nvcompErrorInternal";
+    case Status::Success: return "nvcompSuccess";
+    case Status::ErrorInvalidValue: return "nvcompErrorInvalidValue";
+    case Status::ErrorNotSupported: return "nvcompErrorNotSupported";
+    case Status::ErrorCannotDecompress: return "nvcompErrorCannotDecompress";
+    case Status::ErrorBadChecksum: return "nvcompErrorBadChecksum";
+    case Status::ErrorCannotVerifyChecksums: return "nvcompErrorCannotVerifyChecksums";
+    case Status::ErrorOutputBufferTooSmall: return "nvcompErrorOutputBufferTooSmall";
+    case Status::ErrorWrongHeaderLength: return "nvcompErrorWrongHeaderLength";
+    case Status::ErrorAlignment: return "nvcompErrorAlignment";
+    case Status::ErrorChunkSizeTooLarge: return "nvcompErrorChunkSizeTooLarge";
+    case Status::ErrorCannotCompress: return "nvcompErrorCannotCompress";
+    case Status::ErrorWrongInputLength: return "nvcompErrorWrongInputLength";
+    case Status::ErrorBatchSizeTooLarge: return "nvcompErrorBatchSizeTooLarge";
+    case Status::ErrorSubChunkCountTooLarge: return "nvcompErrorSubChunkCountTooLarge";
+    case Status::ErrorSubChunkCountTooSmall: return "nvcompErrorSubChunkCountTooSmall";
+    case Status::ErrorOutputBufferAlignmentTooSmall: return "nvcompErrorOutputBufferAlignmentTooSmall";
+    case Status::ErrorCudaError: return "nvcompErrorCudaError";
+    case Status::ErrorInternal: return "nvcompErrorInternal";
+  }
+  // A code newer than this file: ask the library (6.x) when it is loaded.
+  Library& l = lib();
+  void* s = nullptr;
+  {
+    std::lock_guard<std::mutex> g(l.mu);
+    if (l.loaded) s = l.sym[kStatusString];
+  }
+  if (s != nullptr) {
+    if (const char* name = reinterpret_cast<api::v6::GetStatusStringFn>(s)(status)) return name;
   }
   return "nvcompError(unknown)";
 }
