@@ -8,11 +8,10 @@
 #   target_link_libraries(damacy_torch PRIVATE damacy_gpu)
 # or take the file lists below and build the target yourself.
 #
+# nvCOMP is not needed to build: libnvcomp (6.x or 5.x) is dlopen'ed at run time and the
+# part of its API we call is declared in cpp/src/nvcomp/nvcomp_api.h.
+#
 # Inputs (cache variables or plain variables set before the call):
-#   DAMACY_NVCOMP_INCLUDE_DIR  folder with nvcomp/zstd.h (headers only: libnvcomp is dlopen'ed
-#                              at run time). Default: asked from DAMACY_PYTHON /
-#                              Python3_EXECUTABLE (`nvidia.libnvcomp` of the
-#                              nvidia-libnvcomp-cu13 wheel).
 #   DAMACY_CUDA_ARCHITECTURES  default "90-real;90-virtual" (H100/H200 SASS + compute_90 PTX).
 #   DAMACY_CUDA_RUNTIME        CUDA_RUNTIME_LIBRARY of the targets: default Shared (inside the
 #                              extension: torch's libcudart.so, never a second runtime).
@@ -29,12 +28,13 @@ set(DAMACY_GPU_CUDA_SOURCES
   "${DAMACY_GPU_DIR}/kernels.cu")            # __global__ kernels + launchers
 set(DAMACY_GPU_CXX_SOURCES
   "${DAMACY_GPU_DIR}/gpu_plan.cpp"           # op checks, voxel prefix, nvCOMP args; layout asserts
-  "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.cpp")  # dlopen/dlsym of libnvcomp.so.5
+  "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.cpp")  # dlopen/dlsym of libnvcomp.so.{6,5}
 set(DAMACY_GPU_SOURCES ${DAMACY_GPU_CUDA_SOURCES} ${DAMACY_GPU_CXX_SOURCES})
 set(DAMACY_GPU_PRIVATE_HEADERS
   "${DAMACY_GPU_DIR}/kernels_impl.cuh"       # per-thread work, __host__ __device__
   "${DAMACY_GPU_DIR}/op_views.h"             # device mirrors of the bridge's op records
-  "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.h")
+  "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.h"
+  "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_api.h")  # our declarations of nvCOMP 5.x/6.x
 set(DAMACY_GPU_PUBLIC_HEADERS                # private to damacy, but included by the extension
   "${DAMACY_GPU_REPO}/cpp/include/damacy/detail/gpu_kernels.h"
   "${DAMACY_GPU_REPO}/cpp/include/damacy/detail/gpu_plan.h")
@@ -48,37 +48,11 @@ if(NOT DEFINED DAMACY_CUDA_RUNTIME)
   set(DAMACY_CUDA_RUNTIME Shared)
 endif()
 
-# Finds DAMACY_NVCOMP_INCLUDE_DIR (see above); FATAL_ERROR with the fix when absent.
-function(damacy_find_nvcomp_headers)
-  if(DAMACY_NVCOMP_INCLUDE_DIR AND EXISTS "${DAMACY_NVCOMP_INCLUDE_DIR}/nvcomp/zstd.h")
-    return()
-  endif()
-  set(_py "")
-  foreach(_v DAMACY_PYTHON Python3_EXECUTABLE Python_EXECUTABLE)
-    if(NOT _py AND ${_v})
-      set(_py "${${_v}}")
-    endif()
-  endforeach()
-  set(_hint "")
-  if(_py)
-    execute_process(
-      COMMAND "${_py}" -c "import os, nvidia.libnvcomp as m; print(os.path.join(list(m.__path__)[0], 'include'))"
-      OUTPUT_VARIABLE _hint OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _rc)
-  endif()
-  find_path(DAMACY_NVCOMP_INCLUDE_DIR nvcomp/zstd.h HINTS "${_hint}"
-    DOC "Folder with nvcomp/zstd.h (nvCOMP 5.x headers; the library is loaded at run time)")
-  if(NOT DAMACY_NVCOMP_INCLUDE_DIR)
-    message(FATAL_ERROR "damacy: nvCOMP headers not found. `pip install nvidia-libnvcomp-cu13` "
-      "into the build's Python (DAMACY_PYTHON), or pass -DDAMACY_NVCOMP_INCLUDE_DIR=<dir with nvcomp/zstd.h>")
-  endif()
-endfunction()
-
 # damacy_add_gpu_library(<name> [BRIDGE <target>] [BRIDGE_INCLUDE <dir>])
 #   BRIDGE: a target whose include dirs hold damacy/src/ffi/api.rs.h (damacy_core);
 #   BRIDGE_INCLUDE: that folder directly (cargo's target/cxxbridge).
 function(damacy_add_gpu_library name)
   cmake_parse_arguments(ARG "" "BRIDGE;BRIDGE_INCLUDE" "" ${ARGN})
-  damacy_find_nvcomp_headers()
   find_package(CUDAToolkit QUIET)
   add_library(${name} STATIC ${DAMACY_GPU_SOURCES})
   set_target_properties(${name} PROPERTIES
@@ -89,9 +63,8 @@ function(damacy_add_gpu_library name)
     CXX_STANDARD_REQUIRED ON
     POSITION_INDEPENDENT_CODE ON
     CUDA_RUNTIME_LIBRARY ${DAMACY_CUDA_RUNTIME})
-  # nvCOMP's headers are public: the extension's device path includes nvcomp_loader.h.
   target_include_directories(${name}
-    PUBLIC "${DAMACY_GPU_REPO}/cpp/include" "${DAMACY_NVCOMP_INCLUDE_DIR}"
+    PUBLIC "${DAMACY_GPU_REPO}/cpp/include"
     PRIVATE "${DAMACY_GPU_DIR}" "${DAMACY_GPU_REPO}/cpp/src")
   # The .cpp files and the headers include cuda_runtime_api.h: the CUDA compiler's own
   # include folder (CUDAToolkit's may be incomplete with the PyPI toolkit).
