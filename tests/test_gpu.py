@@ -111,6 +111,21 @@ def assert_batches_same(got: list[torch.Tensor], want: list[torch.Tensor], label
         F.assert_same(g, w, f"{label} batch {i}")
 
 
+# ------------------------------------------------------------------------- nvCOMP binding
+
+
+def test_nvcomp_major_is_the_one_asked_for():
+    """The loader binds nvCOMP 6.x or 5.x at run time; dev/gpu/device_run.sh sets
+    DAMACY_EXPECT_NVCOMP_MAJOR so that a run meant for one major cannot pass on the other."""
+    info = damacy.gpu_info()
+    print(f"nvCOMP {info['nvcomp_version']} (major {info['nvcomp_major']}) from {info['nvcomp_path']}")
+    assert info["nvcomp_major"] in (5, 6)
+    assert info["nvcomp_version"] // 1000 == info["nvcomp_major"]
+    want = os.environ.get("DAMACY_EXPECT_NVCOMP_MAJOR")
+    if want:
+        assert info["nvcomp_major"] == int(want), info
+
+
 # ------------------------------------------------------------------------- GPU == CPU
 
 

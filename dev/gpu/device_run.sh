@@ -3,18 +3,41 @@
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
 # headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
-#   STAGES="build kernels pytest example sanitize bench" (default: all)
+#   STAGES="build kernels nvcomp5 nvcomp6 pytest example sanitize bench" (default: all)
+#
+# nvCOMP: damacy binds 6.x or 5.x at run time (cpp/src/nvcomp/nvcomp_loader.h). The two
+# wheels cannot share one --target, so .whl/nvidia_libnvcomp_cu13-*.whl are kept out of
+# /tmp/site except the default major's (NVCOMP_DEFAULT, default 5: what every stage but
+# nvcomp6 loads). Stage nvcompN installs .whl/nvidia_libnvcomp_cu13-N.*.whl into
+# /tmp/nvcompN, points DAMACY_NVCOMP_LIBRARY at its libnvcomp.so.N (no fallback to another
+# copy), checks with the loader smoke and damacy.gpu_info() that major N is the one bound,
+# and runs tests/test_gpu.py -x; it is skipped (and says so) when that wheel is absent.
+# Carry budget: the nvCOMP 6.0 wheel is ~28 MiB, 5.1 ~19 MiB; with the rest of .whl and the
+# xz'ed staticlib both majors exceed the 64 MiB carry, so for nvcomp6 carry a .whl without
+# the 5.x wheel: STAGES="build nvcomp6" (or STAGES=nvcomp6 on a machine still warm from a
+# build, where /tmp/site and build-gpu are left).
 set -uo pipefail
 OUT="${OUT:-/tmp/damacy-out}"
 mkdir -p "$OUT"
-STAGES="${STAGES:-build kernels pytest example sanitize bench}"
+STAGES="${STAGES:-build kernels nvcomp5 nvcomp6 pytest example sanitize bench}"
 BENCH_ARGS="${BENCH_ARGS:---quick}"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/summary.txt"
 nproc | sed 's/^/cpus: /' | tee -a "$OUT/summary.txt"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+NVCOMP_DEFAULT="${NVCOMP_DEFAULT:-5}"
+nvcomp_wheel() { find .whl -maxdepth 1 -name "nvidia_libnvcomp_cu13-$1.*.whl" 2>/dev/null | sort | tail -1; }
+site_wheels=()
+for w in .whl/*.whl; do
+  [[ "$(basename "$w")" == nvidia_libnvcomp_cu13-* ]] || site_wheels+=("$w")
+done
+default_nvcomp="$(nvcomp_wheel "$NVCOMP_DEFAULT")"
+[ -n "$default_nvcomp" ] && site_wheels+=("$default_nvcomp")
+echo "nvCOMP in /tmp/site: ${default_nvcomp:-none (no .whl/nvidia_libnvcomp_cu13-$NVCOMP_DEFAULT.*.whl)}" | tee -a "$OUT/summary.txt"
+if [ "${#site_wheels[@]}" -gt 0 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${site_wheels[@]}"
+fi
 export PYTHONPATH="$PWD/python:/tmp/site"
 export PYTHONUNBUFFERED=1
 
@@ -42,6 +65,33 @@ if has kernels; then
   build-gpu/kernels/damacy_kernels_test --bench > "$OUT/kernels.txt" 2>&1
   log "kernels_test rc=$?"; tail -15 "$OUT/kernels.txt" | tee -a "$OUT/summary.txt"
 fi
+
+# nvcomp_stage N: tests/test_gpu.py against the nvCOMP N.x wheel, alone (see the header).
+nvcomp_stage() {
+  local n="$1" whl lib rc
+  whl="$(nvcomp_wheel "$n")"
+  if [ -z "$whl" ] && [ ! -d "/tmp/nvcomp$n/nvidia/libnvcomp" ]; then
+    log "nvcomp$n: skipped (no .whl/nvidia_libnvcomp_cu13-$n.*.whl carried)"
+    return
+  fi
+  log "nvcomp$n: ${whl:-/tmp/nvcomp$n (installed by an earlier call)}"
+  if [ -n "$whl" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "/tmp/nvcomp$n" "$whl"
+  fi
+  lib="$(ls /tmp/nvcomp$n/nvidia/libnvcomp/lib*/libnvcomp.so.$n 2>/dev/null | head -1)"
+  [ -n "$lib" ] || { log "nvcomp$n: no libnvcomp.so.$n under /tmp/nvcomp$n"; return; }
+  (
+    export DAMACY_NVCOMP_LIBRARY="$lib"
+    build-gpu/kernels/damacy_nvcomp_loader_smoke --expect-major "$n" --need-device > "$OUT/nvcomp$n-smoke.txt" 2>&1
+    rc=$?; log "nvcomp$n loader smoke rc=$rc"; grep -E "^(path|version|major|host-side|no usable|CUDA devices)" "$OUT/nvcomp$n-smoke.txt" | tee -a "$OUT/summary.txt"
+    python3 -c "import damacy, sys; i = damacy.gpu_info(); print('gpu_info:', i); sys.exit(0 if i['nvcomp_available'] and i['nvcomp_major'] == $n else 1)" 2>&1 | tee -a "$OUT/summary.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || { log "nvcomp$n: damacy did not bind nvCOMP $n (see gpu_info above); tests not run"; exit 1; }
+    DAMACY_EXPECT_NVCOMP_MAJOR="$n" timeout 420 python3 -m pytest -q -x -rs -p no:cacheprovider tests/test_gpu.py > "$OUT/nvcomp$n-pytest.txt" 2>&1
+    rc=$?; log "nvcomp$n pytest tests/test_gpu.py rc=$rc"; tail -5 "$OUT/nvcomp$n-pytest.txt" | tee -a "$OUT/summary.txt"
+  )
+}
+has nvcomp5 && nvcomp_stage 5
+has nvcomp6 && nvcomp_stage 6
 
 if has pytest; then
   log "pytest (GPU + differential + errors + pipeline)"
