@@ -41,7 +41,8 @@ namespace damacy::nvcomp {
 /// Codec ids, equal to `GpuDecodeOp::codec` (0 = plain copy, not an nvCOMP codec).
 enum class Codec : uint32_t { Zstd = 1, Lz4 = 2 };
 
-/// nvCOMP's status codes (nvcompStatus_t; the same numbers in every major).
+/// nvCOMP's status codes (nvcompStatus_t: the codes both majors have share their numbers;
+/// 6.x adds 22..24).
 using Status = api::Status;
 
 /// Minimum alignments of input, output and temp buffers (nvcompAlignmentRequirements_t).
