@@ -143,3 +143,108 @@ def pickle_roundtrip(obj):
     import pickle
 
     return pickle.loads(pickle.dumps(obj))
+
+
+# --- version ----------------------------------------------------------------------------------
+
+
+def test_version_is_the_one_version_source():
+    assert damacy.__version__ == "0.1.0" or re.fullmatch(r"\d+\.\d+\.\d+\S*", damacy.__version__)
+    # Cargo's workspace version is a second copy of it; they must agree.
+    cargo = (ROOT / "Cargo.toml").read_text()
+    m = re.search(r'^\[workspace\.package\][^\[]*?^version\s*=\s*"([^"]+)"', cargo, re.M | re.S)
+    assert m, "Cargo.toml: [workspace.package] version not found"
+    assert m.group(1) == damacy.__version__
+
+
+def _cli(*args, block_tqdm=False, check=True, cwd=None):
+    code = "import sys\n"
+    if block_tqdm:
+        code += "sys.modules['tqdm'] = None\n"
+    code += "from damacy.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, check=check, cwd=cwd)
+
+
+def _main(capsys, *args):
+    """The CLI in this process (faster than a subprocess): its stdout."""
+    from damacy.__main__ import main
+
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_python_m_damacy_version():
+    out = subprocess.run([sys.executable, "-m", "damacy", "--version"], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.startswith(f"damacy {damacy.__version__} (torch {torch.__version__}")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory):
+    """shape=[32,64,64], chunk=[8,16,16], shard=[16,32,32] (zstd): 64 chunks in 8 shards."""
+    path = tmp_path_factory.mktemp("cli") / "v.zarr"
+    damacy._ops.call(torch.ops.damacy.write_example_volume, str(path), [32, 64, 64], [8, 16, 16], [16, 32, 32], "zstd", 0)
+    return path
+
+
+def test_info_is_human_readable_by_default(volume, capsys):
+    out = _main(capsys, "info", volume)
+    assert "shape       32 × 64 × 64" in out
+    assert "chunk       8 × 16 × 16   (64 chunks)" in out
+    assert "16 × 32 × 32   (8 shards of 8 chunks, index at end)" in out
+    assert "dtype       uint16" in out
+    assert "bytes(endian=little) → zstd(level=3" in out
+    assert "fill value  0" in out
+    assert "decoded     256.0 KiB" in out
+    assert "on disk" not in out  # only with --usage (it lists the whole array)
+    usage = _main(capsys, "info", volume, "--usage")
+    assert re.search(r"on disk     [\d.]+ KiB in 9 files", usage)
+
+
+def test_info_json_is_array_info_plus_fill_value(volume, capsys):
+    info = json.loads(_main(capsys, "info", volume, "--json", "--usage"))
+    want = damacy.array_info(volume)
+    assert info == {**want, "fill_value": 0}
+    assert "bytes_on_disk" not in json.loads(_main(capsys, "info", volume, "--json"))
+
+
+def test_info_error_goes_to_stderr_with_status(tmp_path):
+    out = _cli("info", tmp_path / "missing.zarr", check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.startswith("damacy: info: NotFound: ")
+
+
+def test_bench_stats_are_readable_and_out_writes_json(volume, tmp_path, capsys):
+    dest = tmp_path / "r.json"
+    out = _main(capsys, "bench", volume, "--sample-shape", 8, 16, 16, "--batch", 2, "--batches", 3, "--io-threads", 1,
+                "--stats", "--out", dest, "--quiet")
+    assert "6 samples of (8, 16, 16)" in out
+    assert re.search(r"^  bytes_read\s+[\d.]+ KiB$", out, re.M)
+    assert re.search(r"^  shard_index\s+\d+\s+\d+\s+\d+\s+[\d.]+%$", out, re.M)
+    assert "{" not in out  # not JSON
+    result = json.loads(dest.read_text())
+    assert result["samples"] == 6 and result["batches"] == 3
+    assert result["config"]["sample_shape"] == [8, 16, 16] and result["config"]["n_io_threads"] == 1
+    assert result["stats"]["batches"] == 3
+    assert result["damacy"] == damacy.__version__ and result["machine"]["torch"] == torch.__version__
+
+
+def test_demo_runs_without_tqdm(volume):
+    out = _cli("demo", "--path", volume, "--batches", 2, "--batch", 2, "--io-threads", 1, block_tqdm=True)
+    assert "4 samples of (32, 64, 64)" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_plain_progress_lines_go_to_the_damacy_logger(caplog):
+    from damacy.__main__ import Progress
+
+    with caplog.at_level("INFO", logger="damacy"):
+        p = Progress(total=3, quiet=False, every_s=0.0)
+        p.bar = None  # as without tqdm or without a terminal
+        p.update(4)
+        p.close()
+    assert any(r.name == "damacy.cli" and r.getMessage().startswith("batch 1/3") for r in caplog.records)
