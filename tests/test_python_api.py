@@ -248,3 +248,38 @@ def test_plain_progress_lines_go_to_the_damacy_logger(caplog):
         p.update(4)
         p.close()
     assert any(r.name == "damacy.cli" and r.getMessage().startswith("batch 1/3") for r in caplog.records)
+
+
+# --- CropDataset under a batching DataLoader ------------------------------------------------
+
+
+def _crop_dataset(volume, **kw):
+    from damacy.data import CropDataset, RandomCrops
+
+    return CropDataset(str(volume), RandomCrops((4, 8, 8), seed=1, num_samples=8), samples_per_batch=2,
+                       config=damacy.Config(n_io_threads=1, pop_timeout_s=30.0), **kw)
+
+
+@pytest.mark.parametrize("loader_kw", [{}, {"batch_size": 1}, {"batch_size": 4}, {"batch_size": 2, "drop_last": True}])
+def test_crop_dataset_under_a_batching_dataloader_says_batch_size_none(volume, loader_kw):
+    from torch.utils.data import DataLoader
+
+    with pytest.raises(damacy.InvalidArgument, match=r"batch_size=None"):
+        next(iter(DataLoader(_crop_dataset(volume), **loader_kw)))
+
+
+def test_crop_dataset_batching_dataloader_in_a_worker_raises_in_the_main_process(volume):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_crop_dataset(volume), batch_size=2, num_workers=1, multiprocessing_context="spawn")
+    with pytest.raises(damacy.InvalidArgument, match=r"batch_size=None"):
+        next(iter(loader))
+
+
+def test_crop_dataset_with_batch_size_none_and_plain_iteration(volume):
+    from torch.utils.data import DataLoader
+
+    ds = _crop_dataset(volume, dtype=torch.int32)
+    batches = [b.clone() for b in DataLoader(ds, batch_size=None)]
+    assert len(batches) == 4 and all(b.shape == (2, 4, 8, 8) and b.dtype == torch.int32 for b in batches)
+    assert [b.shape for b in iter(ds)] == [(2, 4, 8, 8)] * 4
