@@ -283,3 +283,77 @@ def test_crop_dataset_with_batch_size_none_and_plain_iteration(volume):
     batches = [b.clone() for b in DataLoader(ds, batch_size=None)]
     assert len(batches) == 4 and all(b.shape == (2, 4, 8, 8) and b.dtype == torch.int32 for b in batches)
     assert [b.shape for b in iter(ds)] == [(2, 4, 8, 8)] * 4
+
+
+# --- docs: examples run, numbers match the library ------------------------------------------
+
+DOCS = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _python_block(path: Path, after: str) -> str:
+    text = path.read_text()
+    m = re.search(re.escape(after) + r".*?```python\n(.*?)```", text, re.S)
+    assert m, f"{path.name}: no python block after {after!r}"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_fences_are_well_formed(path):
+    inside = False
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if "```" not in line:
+            continue
+        assert line.lstrip().startswith("```"), f"{path.name}:{n}: a fence must start its line: {line!r}"
+        rest = line.lstrip()[3:]
+        if inside:
+            assert rest.strip() == "", f"{path.name}:{n}: text after a closing fence (the block never closes): {line!r}"
+        inside = not inside
+    assert not inside, f"{path.name}: unclosed code block"
+
+
+def test_readme_quick_start_runs(tmp_path):
+    block = _python_block(ROOT / "README.md", "## Quick start")
+    assert len(block.strip().splitlines()) <= 12
+    uri = str(tmp_path / "q.zarr")
+    block = block.replace('"/tmp/damacy-quickstart.zarr"', repr(uri))
+    exec(compile(block, "README.md quick start", "exec"), {"print": lambda *a: None})
+
+
+def test_tuning_cache_example_raises_what_it_says(tmp_path):
+    text = (ROOT / "docs" / "tuning.md").read_text()
+    uri = str(tmp_path / "vol.zarr")
+    # The geometry the text describes: 256×512×512, shards of 64×128×128 (64 shards).
+    torch.ops.damacy.write_example_volume(uri, [256, 512, 512], [64, 128, 128], [64, 128, 128], "zstd", 0)
+    claimed = re.search(r"```\n(\[InvalidArgument\] .*?)\n```", text, re.S).group(1)
+    block = _python_block(ROOT / "docs" / "tuning.md", "Name them in the config")
+    with pytest.raises(damacy.InvalidArgument) as info:
+        exec(compile(block, "docs/tuning.md", "exec"), {"damacy": damacy, "uri_a": uri, "uri_b": uri})
+    assert f"[InvalidArgument] {info.value}" == " ".join(claimed.split()).replace("/data/vol.zarr", uri)
+    promised = re.search(r'raises InvalidArgument "\.\.\. (.*?)"', block).group(1)
+    assert str(info.value).endswith(promised)
+    # Without the small cache (the default), the same arrays pass, as the text says.
+    damacy.Pipeline(damacy.Config(samples_per_batch=8, sample_shape=(64, 128, 128), arrays=[uri])).close()
+
+
+def test_tuning_states_the_native_cache_defaults():
+    text = " ".join((ROOT / "docs" / "tuning.md").read_text().split())
+    native = _native_defaults()
+    for knob in ("n_array_meta_cache", "n_shard_index_cache", "n_chunk_layout_cache"):
+        assert f"`{knob}` = {native[knob]}" in text, knob
+
+
+def test_tuning_stats_table_names_every_stats_field():
+    text = (ROOT / "docs" / "tuning.md").read_text()
+    table = text[text.index("## stats()"):]
+    with damacy.Pipeline(damacy.Config(samples_per_batch=1, sample_shape=(1,))) as p:
+        stats = p.stats().as_dict()
+    for k, v in stats.items():
+        names = [f"{k}.{s}" for s in v] if isinstance(v, dict) and k == "prefetch" else [k]
+        for name in names:
+            assert f"`{name}`" in table, f"docs/tuning.md stats table lacks `{name}`"
+
+
+def test_docs_do_not_copy_measured_ratios():
+    gpu = (ROOT / "docs" / "gpu.md").read_text()
+    assert "crops/s" not in gpu and "dev/perf.md" in gpu
+    assert "no damacy yet" not in (ROOT / "bench" / "README.md").read_text()
