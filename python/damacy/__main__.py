@@ -353,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(cmake_prefix())
         except FileNotFoundError as e:
-            log.error("%s", e)
+            log.error("%s", str(e).removeprefix("damacy: "))
             return 1
         return 0
     if args.command is None:
