@@ -1,19 +1,109 @@
-"""damacy.Config: a pipeline configuration, validated by the native library at construction."""
+"""damacy.Config: a pipeline configuration, validated by the native library at construction.
+
+The field list and the defaults are the native library's (Rust's `pipeline::Config`, a serde
+struct; `torch.ops.damacy.config_defaults()`): `Config`'s signature is built from them at
+import, so `help(damacy.Config)` and `inspect.signature` show every field with its default.
+`_FIELDS` adds what Python needs beyond JSON: the type hint and a docstring with units; the
+tests check it names exactly the native fields. `config.pyi` (static type checkers) is
+generated from both by `dev/gen_config_stub.py`, and a test checks it is up to date.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import operator
+import os
+import sys
 from typing import Any
 
 from . import _ops
 from .errors import InvalidArgument
 
-__all__ = ["Config"]
+__all__ = ["Config", "DTYPES"]
+
+#: Per native field: (type hint, doc with units). Order: the native field order.
+_FIELDS: dict[str, tuple[str, str]] = {
+    "samples_per_batch": ("int", "samples per batch: the batch tensor's first dimension (>= 1)"),
+    "sample_shape": ("Sequence[int]", "the extent of every sample, voxels per dimension; each sample's box must have exactly this extent"),
+    "dtype": ("DtypeLike", 'output dtype: "f32", "bf16", or for labels "u8", "i32", "i64" (integer casts: docs/data.md); '
+              "torch.float32/bfloat16/uint8/int32/int64 and the numpy dtypes of those names are accepted too"),
+    "device": ("DeviceLike", 'where output tensors live: "cpu" or "cuda:N" (a torch.device is accepted)'),
+    "decode": ('Literal["auto", "gpu", "cpu"]', 'where chunks are decoded: "auto" (the GPU when the device is CUDA, '
+               'nvCOMP is found and the output is a float; else the CPU), "gpu" (an error when it cannot be) or "cpu"'),
+    "lookahead_samples": ("int", "samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch)"),
+    "n_io_threads": ("int", "worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32)"),
+    "n_array_meta_cache": ("int", "capacity of the array metadata cache, in entries (arrays)"),
+    "n_shard_index_cache": ("int", "capacity of the shard index cache, in entries (shard files; sizing: docs/tuning.md)"),
+    "n_chunk_layout_cache": ("int", "capacity of the blosc chunk layout cache, in entries (stored chunks; GPU path); 0 turns layouts off"),
+    "n_batch_buffers": ("int", "output buffers: batches in flight plus batches held by the caller"),
+    "staging_bytes": ("int", "budget for the compressed bytes read for one batch, in bytes"),
+    "decoded_bytes": ("int", "budget for the decoded chunk bytes held for one batch, in bytes (both paths)"),
+    "max_read_op_bytes": ("int", "largest read after coalescing adjacent byte ranges of one file, in bytes"),
+    "decoded_cache_bytes": ("int", "decoded chunks kept across batches on the CPU path, in bytes (0: off); pays off when crops revisit chunks"),
+    "pop_timeout_s": ("float", "default pop() timeout, in seconds (> 0)"),
+    "out_of_bounds": ('Literal["error", "fill"]', 'a box reaching outside its array: "error" fails its batch (InvalidArgument '
+                      'naming the shape), "fill" reads the outside as the fill value'),
+    "arrays": ("Sequence[str | os.PathLike[str]]", "array uris the pipeline will read (optional): their metadata is loaded and the "
+               "cache sizes are checked against their geometry when the Pipeline is made (docs/tuning.md)"),
+    "device_ahead": ("int", "device path: batches kept launched on the GPU ahead of the one returned (1 to 8); each costs one batch of device memory"),
+}
+
+#: Native defaults that depend on the machine (the stub writes `...` for them).
+_MACHINE_DEFAULTS = frozenset({"n_io_threads"})
+
+#: The output dtypes: native name -> torch dtype name (numpy: the same names, bfloat16 via ml_dtypes).
+DTYPES: dict[str, str] = {"f32": "float32", "bf16": "bfloat16", "u8": "uint8", "i32": "int32", "i64": "int64"}
+_BY_TORCH_NAME = {v: k for k, v in DTYPES.items()}
+
+
+def _accepted_dtypes() -> str:
+    return ", ".join(f'"{k}"/torch.{v}' for k, v in DTYPES.items())
+
+
+def is_dtype(value: Any) -> bool:
+    """True for a torch dtype, or a numpy dtype or scalar type (numpy is not imported here)."""
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return True
+    np = sys.modules.get("numpy")
+    if np is None:
+        return False
+    return isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic))
+
+
+def dtype_name(value: Any) -> str:
+    """The native dtype name for `value`: a str is passed on as is (the native library
+    validates it); torch and numpy dtypes map to "f32" / "bf16" / "u8" / "i32" / "i64"."""
+    if isinstance(value, str):
+        return value
+    if is_dtype(value):
+        import torch
+
+        if isinstance(value, torch.dtype):
+            name = str(value).removeprefix("torch.")
+        else:
+            name = sys.modules["numpy"].dtype(value).name
+        if name in _BY_TORCH_NAME:
+            return _BY_TORCH_NAME[name]
+        raise InvalidArgument(f"config field `dtype`: {value!r} is not an output dtype; accepted: {_accepted_dtypes()}")
+    raise InvalidArgument(f"config field `dtype`: expected a str, torch.dtype or numpy dtype, found {type(value).__name__} "
+                          f"({value!r}); accepted: {_accepted_dtypes()}")
+
+
+def _device_name(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, torch.device):
+        return value.type if value.index is None else f"{value.type}:{value.index}"
+    return value
 
 
 def _jsonable(field: str, value: Any) -> Any:
     """`value` as plain JSON data (tuples, numpy scalars and paths allowed)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (list, tuple)):
@@ -29,35 +119,22 @@ def _jsonable(field: str, value: Any) -> Any:
     raise InvalidArgument(f"config field `{field}`: cannot use a {type(value).__name__} ({value!r})")
 
 
+def native_defaults() -> dict[str, Any]:
+    """Every native field with its default, in the native order (JSON values)."""
+    return json.loads(_ops.call(_ops.ops().config_defaults))
+
+
 class Config:
-    """A pipeline configuration. Keyword-only; every field has a default.
-
-    Fields (meanings in the docs and in Rust's `pipeline::Config`):
-    ``samples_per_batch``, ``sample_shape``, ``dtype`` ("f32" | "bf16", or for labels
-    "u8" | "i32" | "i64": the source value cast like Rust's ``as``, see docs/data.md), ``device``
-    ("cpu" | "cuda:N"), ``decode`` ("auto" | "gpu" | "cpu"), ``lookahead_samples``,
-    ``n_io_threads``, ``device_ahead`` (device path: batches kept launched on the GPU ahead of
-    the one returned, 1 to 8), ``n_array_meta_cache``, ``n_shard_index_cache``,
-    ``n_chunk_layout_cache``, ``n_batch_buffers``, ``staging_bytes``, ``decoded_bytes``,
-    ``max_read_op_bytes``, ``decoded_cache_bytes`` (decoded chunks kept across batches on
-    the CPU path; 0 = off), ``pop_timeout_s``, ``out_of_bounds`` ("error": a box reaching outside the array fails
-    its batch; "fill": the outside reads as the array's fill value),
-    ``arrays`` (optional list of the array uris the pipeline will read: their metadata is
-    loaded and the cache sizes are checked against their geometry when the Pipeline is
-    made, see docs/tuning.md).
-
-    Validated once, by the native library: an unknown field or a bad value raises
-    `damacy.InvalidArgument` naming the field. Immutable (use `replace`), hashable, picklable.
-
-    >>> cfg = Config(samples_per_batch=8, sample_shape=(64, 128, 128))
-    >>> cfg.sample_shape
-    (64, 128, 128)
-    """
+    """A pipeline configuration. Keyword-only; every field has a default."""
 
     __slots__ = ("_fields",)
     _fields: dict[str, Any]
 
     def __init__(self, **fields: Any) -> None:
+        if "dtype" in fields:
+            fields["dtype"] = dtype_name(fields["dtype"])
+        if "device" in fields:
+            fields["device"] = _device_name(fields["device"])
         payload = {k: _jsonable(k, v) for k, v in fields.items()}
         normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload))
         object.__setattr__(self, "_fields", json.loads(normalised))
@@ -78,7 +155,7 @@ class Config:
         return json.dumps(self._fields)
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, `sample_shape` as a tuple."""
+        """Every field, `sample_shape` and `arrays` as tuples."""
         return {k: self._get(k) for k in self._fields}
 
     def replace(self, **changes: Any) -> Config:
@@ -121,3 +198,50 @@ class Config:
     def __reduce__(self):
         # Rebuilt (and validated again) from JSON in the receiving process.
         return (Config.from_json, (self.to_json(),))
+
+
+def _python_default(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _shown(name: str, default: Any) -> str:
+    """`default` as the docstring shows it: byte sizes also in KiB / MiB / GiB."""
+    text = repr(default)
+    if name.endswith("_bytes") and isinstance(default, int) and default >= 1024:
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if default % size == 0:
+                return f"{text} = {default // size} {unit}"
+    return text
+
+
+def _signature_and_doc() -> tuple[inspect.Signature, str]:
+    """Config's keyword-only signature and docstring, from the native defaults and `_FIELDS`."""
+    defaults = native_defaults()
+    params, lines = [], []
+    for name, value in defaults.items():
+        hint, doc = _FIELDS.get(name, ("Any", "(undocumented native field)"))
+        default = _python_default(value)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint))
+        lines.append(f"    {name} ({hint}, default {_shown(name, default)}): {doc}.")
+    doc = "\n".join([
+        "A pipeline configuration: keyword-only, every field has a default (the native library's).",
+        "",
+        "Fields:",
+        "",
+        *lines,
+        "",
+        "Validated once, by the native library: an unknown field or a bad value raises",
+        "`damacy.InvalidArgument` naming the field. Immutable (use `replace`), hashable, picklable;",
+        "fields read back as attributes (`cfg.sample_shape` is a tuple).",
+        "",
+        ">>> cfg = Config(samples_per_batch=8, sample_shape=(64, 128, 128), dtype=torch.bfloat16)",
+        ">>> cfg.sample_shape, cfg.dtype",
+        "((64, 128, 128), 'bf16')",
+    ])
+    return inspect.Signature(params), doc
+
+
+Config.__signature__, Config.__doc__ = _signature_and_doc()  # type: ignore[attr-defined]
+Config.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *Config.__signature__.parameters.values()]  # type: ignore[attr-defined]
+)

@@ -39,13 +39,14 @@ import math
 import operator
 import os
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Iterable, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .config import Config
+from .config import Config, is_dtype
 from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
 from .pipeline import Pipeline
 from .sample import Sample
@@ -310,6 +311,25 @@ class _Streams:
         self.pipes = []
 
 
+def _iterated_by_batching_loader(dataset: Any) -> bool:
+    """True when a DataLoader with a batch_size (auto-collation) is calling ``iter(dataset)``.
+
+    The DataLoader does not tell a dataset how it batches: its fetcher (torch.utils.data's
+    ``_IterableDatasetFetcher``, made in the main process or in each worker) holds
+    ``dataset`` and ``auto_collation`` and calls ``iter(dataset)`` in its constructor, so the
+    caller's frames show it. Anything else (no DataLoader, another loader) gives False.
+    """
+    frame = sys._getframe(2)  # 0: here, 1: __iter__, 2: the caller of iter()
+    for _ in range(3):
+        if frame is None:
+            return False
+        owner = frame.f_locals.get("self")
+        if getattr(owner, "dataset", None) is dataset and isinstance(getattr(owner, "auto_collation", None), bool):
+            return owner.auto_collation
+        frame = frame.f_back
+    return False
+
+
 class CropDataset(IterableDataset):
     """Batches of crops of Zarr arrays, for ``DataLoader(ds, batch_size=None, ...)``.
 
@@ -323,7 +343,7 @@ class CropDataset(IterableDataset):
     `samples_per_batch`: B, the batch tensors' first dimension.
     `weights`: one per entry, relative sampling weights (RandomCrops only).
     `dtype`: output dtype, one for all keys or a dict/tuple per key: "f32", "bf16", or for
-      labels "u8", "i32", "i64" (integer casts: docs/data.md).
+      labels "u8", "i32", "i64" (integer casts: docs/data.md), or the torch dtypes of those.
     `device`: "cpu" or "cuda[:N]": where batches are assembled when iterating in this
       process. DataLoader workers always assemble on the CPU (see the module docstring).
     `config`: a `damacy.Config` for the other knobs (threads, caches, budgets, timeouts);
@@ -343,7 +363,8 @@ class CropDataset(IterableDataset):
       when the dataset is made, else 0 and 1.
 
     Held batches pin pipeline buffers (``n_batch_buffers`` per key): copy batches you keep
-    with ``num_workers=0``, or PoolStarved is raised.
+    with ``num_workers=0``, or PoolStarved is raised. Iterating under a DataLoader with a
+    batch_size (its default is 1) raises InvalidArgument: it would add a dimension.
     """
 
     def __init__(
@@ -441,7 +462,7 @@ class CropDataset(IterableDataset):
     def _make_configs(self, base: Config, dtype: Any) -> list[Config]:
         if not isinstance(base, Config):
             raise TypeError(f"CropDataset config: expected a damacy.Config, found {type(base).__name__}")
-        if isinstance(dtype, str):
+        if isinstance(dtype, str) or is_dtype(dtype):
             dtypes = [dtype] * len(self._keys)
         elif isinstance(dtype, Mapping):
             if self._kind != "dict" or set(dtype) != set(self._keys):
@@ -602,6 +623,12 @@ class CropDataset(IterableDataset):
     # --- iteration ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Any]:
+        if _iterated_by_batching_loader(self):
+            raise InvalidArgument(
+                f"CropDataset yields whole batches ([{self.samples_per_batch}, ...]: samples_per_batch); a DataLoader "
+                "with a batch_size would stack them into [batch_size, samples_per_batch, ...]: "
+                "use DataLoader(dataset, batch_size=None, ...)"
+            )
         info = get_worker_info()
         w, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         plan = self._plan(self._epoch)
