@@ -56,3 +56,11 @@ def test_suite_is_large_and_covers_every_class():
     groups = {c.group.split()[0] for c in H.CASES.values()}
     assert {str(i) for i in range(1, 13)} <= groups, sorted(groups)
     assert len(H.CASES) >= 60
+
+
+def test_the_harness_reports_each_kind_of_failure(tmp_path):
+    """The self-test cases (common.SELFTESTS) come back as the verdict their names say."""
+    names = list(H.SELFTESTS)
+    verdicts = harness.run_many(names, device="cpu", jobs=JOBS, work=tmp_path)
+    got = {v.case: v.verdict for v in verdicts}
+    assert got == {n: n.removeprefix("selftest_") for n in names}, got

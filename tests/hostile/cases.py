@@ -1128,3 +1128,121 @@ def fill_value_specials(ctx):
             ctx.n_values += 1
         else:
             ctx.same(t, exp, f"fill {fill}")
+
+
+# ====================================================================================
+# more: the array folder itself, aliasing and degenerate index entries
+# ====================================================================================
+
+
+def _root_special(kind):
+    def fn(ctx):
+        target = ctx.tmp / f"root_{kind}.zarr"
+        if kind == "file":
+            target.write_bytes(b'{"zarr_format": 3}')
+        else:
+            _special(kind, target)
+        cls = (_d().StorageError, _d().NotFound)  # "Not a directory", "is a FIFO", ...
+        e = ctx.pop_error(str(target), cls, [f"root_{kind}.zarr"])
+        ctx.raises(type(e), [f"root_{kind}.zarr"], lambda: _d().array_info(str(target)))
+    return fn
+
+
+for _kind in ("fifo", "file", "symlink_loop", "devzero"):
+    register(f"array_root_is_{_kind}", "x metadata", "error", _root_special(_kind),
+             f"the array uri names a {_kind.replace('_', ' ')}, not a folder: a typed error at once", timeout_s=30)
+
+
+@case("x corruption", "values")
+def shard_entries_alias_one_chunk(ctx):
+    """Every index entry of shard [0,0,0] points at inner chunk 0's bytes (aliasing is legal):
+    all eight inner chunks read as chunk 0's values."""
+    path, data = ctx.arr("alias", shard=SHARD, seed=8)
+    f = path / "c/0/0/0"
+    entries, _ = shard_entries(f, N_INNER)
+    write_index(f, [entries[0]] * N_INNER)
+    want = data[:4, :4, :4]
+    boxes = [((z, z + 4), (y, y + 4), (x, x + 4)) for z in (0, 4) for y in (0, 4) for x in (0, 4)]
+    p = ctx.pipeline(samples_per_batch=8, lookahead_samples=8)
+    p.push(_d().Sample(str(path), b) for b in boxes)
+    ctx.same(p.pop(), np.stack([want] * 8), "aliased entries")
+    p.close()
+
+
+@case("x corruption", "error")
+def shard_entry_points_into_index(ctx):
+    """Index at the end; entry 0 points at the index's own bytes: DecodeError (the bytes are
+    not a zstd frame), no crash."""
+    path, _ = ctx.arr("into_idx", shard=SHARD)
+    f = path / "c/0/0/0"
+    entries, start = shard_entries(f, N_INNER)
+    entries[0] = (start, 16 * N_INNER)
+    write_index(f, entries)
+    ctx.pop_error(str(path), _d().DecodeError, ["zstd", "chunk [0, 0, 0]"])
+
+
+@case("x corruption", "error")
+def shard_entry_zero_bytes(ctx):
+    """Entry 0 of 0 bytes (not the empty marker): DecodeError."""
+    path, _ = ctx.arr("zero_entry", shard=SHARD)
+    f = path / "c/0/0/0"
+    entries, _ = shard_entries(f, N_INNER)
+    entries[0] = (0, 0)
+    write_index(f, entries)
+    ctx.pop_error(str(path), _d().DecodeError, ["chunk [0, 0, 0]"])
+
+
+@case("x corruption", "values")
+def shard_entries_all_empty_read_fill(ctx):
+    """A shard whose index marks every chunk empty (2**64-1, 2**64-1) reads as fill."""
+    path, _ = ctx.arr("all_empty", shard=SHARD, fill=99)
+    f = path / "c/0/0/0"
+    write_index(f, [(2**64 - 1, 2**64 - 1)] * N_INNER)
+    ctx.same(ctx.read(str(path)), np.full(EXT, 99, dtype=np.uint16))
+
+
+@case("x corruption", "error")
+def uncompressed_chunk_wrong_size(ctx):
+    """An uncompressed (bytes only) chunk one byte short, and one byte long: DecodeError."""
+    for delta in (-1, 1):
+        path, _ = ctx.arr(f"raw{delta}", codecs=[H.C.BytesCodec()])
+        f = path / "c/0/0/0"
+        raw = f.read_bytes()
+        f.write_bytes(raw[:-1] if delta < 0 else raw + b"\0")
+        ctx.pop_error(str(path), _d().DecodeError, ["chunk [0, 0, 0]"])
+
+
+# ====================================================================================
+# harness self-tests: each must be reported as the verdict its name says
+# ====================================================================================
+
+
+@case("selftest", "values", selftest=True, timeout_s=30)
+def selftest_crash(ctx):
+    """The child aborts: verdict crash."""
+    os.abort()
+
+
+@case("selftest", "values", selftest=True, timeout_s=3)
+def selftest_hang(ctx):
+    """The child sleeps past its 3 s timeout: verdict hang."""
+    time.sleep(30)
+
+
+@case("selftest", "values", selftest=True, timeout_s=30)
+def selftest_rss(ctx):
+    """The child touches 600 MiB with no pipeline budget: verdict rss."""
+    buf = np.ones(600 << 20, dtype=np.uint8)
+    H.KEEP_ALIVE = buf
+
+
+@case("selftest", "values", selftest=True, timeout_s=30)
+def selftest_wrong_data(ctx):
+    """The library's (correct) values compared with the wrong expectation: verdict wrong_data."""
+    ctx.same(ctx.read(str(ctx.good_path)), ctx.good_box() + 1)
+
+
+@case("selftest", "error", selftest=True, timeout_s=30)
+def selftest_wrong_error(ctx):
+    """A missing array expected as DecodeError (it is NotFound): verdict wrong_error."""
+    ctx.pop_error(str(ctx.tmp / "nothing.zarr"), _d().DecodeError, [])

@@ -73,15 +73,23 @@ class Case:
 
 
 CASES: dict[str, Case] = {}
+#: Cases that must FAIL in a given way: they check the harness itself (crash, hang, RSS and
+#: wrong-data detection); not part of the suite.
+SELFTESTS: dict[str, Case] = {}
+#: Both, by name (what run_case.py and harness.py look cases up in).
+ALL: dict[str, Case] = {}
 
 
 def case(group: str, expect: str, *, timeout_s: float = 60.0, xfail: str | None = None,
-         strict: bool = True, devices=("cpu", "cuda"), name: str | None = None, exit_check: bool = False):
+         strict: bool = True, devices=("cpu", "cuda"), name: str | None = None, exit_check: bool = False,
+         selftest: bool = False):
     def deco(fn):
         n = name or fn.__name__
-        assert n not in CASES, n
-        CASES[n] = Case(n, group, fn, expect, (fn.__doc__ or "").strip().split("\n")[0],
-                        timeout_s, xfail, strict, tuple(devices), exit_check)
+        assert n not in ALL, n
+        c = Case(n, group, fn, expect, (fn.__doc__ or "").strip().split("\n")[0],
+                 timeout_s, xfail, strict, tuple(devices), exit_check)
+        (SELFTESTS if selftest else CASES)[n] = c
+        ALL[n] = c
         return fn
     return deco
 

@@ -70,7 +70,7 @@ def write_good(root: Path) -> Path:
 
 def child_env() -> dict:
     env = dict(os.environ)
-    py = str(REPO / "python")
+    py = os.environ.get("DAMACY_HOSTILE_PYTHONPATH", str(REPO / "python"))
     env["PYTHONPATH"] = py + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -132,7 +132,7 @@ class Server:
 
 
 def classify(name: str, device: str, tmp: Path, status: int | None, hung: bool, wall: float) -> Verdict:
-    c = H.CASES[name]
+    c = H.ALL[name]
     res = tmp / "result.json"
     tail = ""
     if (tmp / "output.txt").exists():
@@ -189,7 +189,7 @@ def run_many(names, device="cpu", jobs=2, work: Path | None = None, progress=Non
                     if not todo:
                         return
                     i, name = todo.pop(0)
-                c = H.CASES[name]
+                c = H.ALL[name]
                 if device != "cpu" and "cuda" not in c.devices:
                     v = Verdict(name, device, "skipped", "cpu only")
                 else:

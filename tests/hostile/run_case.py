@@ -58,7 +58,7 @@ def run(name: str, tmp: Path, good_dir: Path, out: Path, device: str = "cpu", as
         _status(result, out)
         return 0
     result["baseline_hwm"] = H.vm("VmHWM")
-    c = H.CASES[name]
+    c = H.ALL[name]
     tmp.mkdir(parents=True, exist_ok=True)
     good = good_dir / "good.zarr"
     ctx = H.Ctx(tmp=tmp, device=device, good_path=good, good_data=np.load(good_dir / "good.npy"))
@@ -135,7 +135,7 @@ def serve(as_limit: int) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             import common as H
-            if H.CASES[req["case"]].exit_check:
+            if H.ALL[req["case"]].exit_check:
                 raise SystemExit(code)  # a normal interpreter exit: finalizers, atexit, threads
             # Tearing torch and zarr-python down takes ~2 s per child on 2 busy cores; the
             # cases that test exiting (exit_check) pay it, the others leave at once.
