@@ -1324,3 +1324,51 @@ def array_info_usage_does_not_follow_links(ctx):
     if files is not None and files != len(real):
         raise H.WrongData(f"array_info counts {files} files, the folder holds {len(real)} regular files ({got})")
     ctx.n_values += 1
+
+
+def _sh(inner, **kw):
+    c = {"chunk_shape": inner, "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+         "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}], "index_location": "end"}
+    c.update(kw)
+    return [{"name": "sharding_indexed", "configuration": c}]
+
+
+_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+_G8 = _grid([8, 8, 8])
+
+for _name, _names, _kw in [
+    ("dimension_names_not_strings", ["malformed zarr.json"], dict(dimension_names=[1, 2, 3])),
+    ("codecs_not_a_list", ["malformed zarr.json"], dict(codecs={"name": "bytes"})),
+    ("codec_configuration_not_an_object", ["malformed zarr.json"], dict(codecs=[{"name": "bytes", "configuration": [1]}])),
+    ("blosc_unknown_cname", ["bogus"], dict(codecs=[_LE, {"name": "blosc", "configuration": {
+        "cname": "bogus", "clevel": 5, "shuffle": "shuffle", "typesize": 2, "blocksize": 0}}])),
+    ("bool_fill_value_int", ["fill_value"], dict(data_type="bool", fill_value=1)),
+    ("hex_fill_value_wrong_length", ["fill_value"], dict(data_type="float32", fill_value="0x7fc0")),
+    ("shape_float", ["malformed zarr.json"], dict(shape=[16.0, 16, 16])),
+    ("shape_string", ["malformed zarr.json"], dict(shape="16")),
+    ("key_separator_x", ["separator"], dict(chunk_key_encoding={"name": "default", "configuration": {"separator": "x"}})),
+    ("index_location_middle", ["index_location"], dict(chunk_grid=_G8, codecs=_sh([4, 4, 4], index_location="middle"))),
+    ("index_codecs_zstd", ["index codecs"], dict(chunk_grid=_G8, codecs=_sh([4, 4, 4], index_codecs=[_LE, {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]))),
+    ("index_codecs_crc_only", ["index codecs"], dict(chunk_grid=_G8, codecs=_sh([4, 4, 4], index_codecs=[{"name": "crc32c"}]))),
+    ("inner_chunk_rank_mismatch", ["chunk_shape"], dict(chunk_grid=_G8, codecs=_sh([4, 4]))),
+    ("inner_chunk_zero", ["chunk_shape"], dict(chunk_grid=_G8, codecs=_sh([0, 4, 4]))),
+    ("inner_chunk_bigger_than_shard", ["not a multiple"], dict(chunk_grid=_G8, codecs=_sh([16, 16, 16]))),
+    ("transpose_order_2p64", ["transpose"], dict(codecs=[{"name": "transpose", "configuration": {"order": [2**64, 0, 1]}}, _LE])),
+    ("two_bytes_codecs", ["bytes"], dict(codecs=[_LE, _LE])),
+    ("bytes_endian_middle", ["endian"], dict(codecs=[{"name": "bytes", "configuration": {"endian": "middle"}}])),
+    ("crc32c_before_bytes", ["crc32c"], dict(codecs=[{"name": "crc32c"}, _LE])),
+    ("nan_fill_value_for_int", ["fill_value"], dict(fill_value="NaN")),
+    ("object_fill_value", ["fill_value"], dict(fill_value={"a": 1})),
+    ("uint64_fill_value_2p64", ["fill_value"], dict(data_type="uint64", fill_value=2**64)),
+]:
+    register(f"meta_{_name}", "x metadata", "error", _meta_error("InvalidArgument", _names, **_kw),
+             f"zarr.json: {_name.replace('_', ' ')}")
+
+
+@case("x metadata", "values")
+def fill_value_extremes(ctx):
+    """int64 fill -2**63 and uint64 fill 2**64-1 (no chunk written) read as themselves, cast
+    to f32 (nearest)."""
+    for i, (dt, fill) in enumerate([("int64", -2**63), ("uint64", 2**64 - 1)]):
+        path = ctx.meta_array(f"fx{i}", data_type=dt, fill_value=fill, codecs=[_LE])
+        ctx.same(ctx.read(str(path)), np.full(EXT, fill, dtype=dt), f"{dt} fill {fill}")

@@ -134,9 +134,10 @@ class Server:
 def classify(name: str, device: str, tmp: Path, status: int | None, hung: bool, wall: float) -> Verdict:
     c = H.ALL[name]
     res = tmp / "result.json"
-    tail = ""
+    tail, whole = "", ""
     if (tmp / "output.txt").exists():
-        tail = (tmp / "output.txt").read_bytes()[-1500:].decode("utf-8", "replace")
+        whole = (tmp / "output.txt").read_bytes()[:1 << 20].decode("utf-8", "replace")
+        tail = whole[-1500:]
     result = {}
     if res.exists():
         try:
@@ -153,7 +154,8 @@ def classify(name: str, device: str, tmp: Path, status: int | None, hung: bool, 
             why = f"signal {signal.Signals(os.WTERMSIG(status)).name}"
         else:
             why = f"exit {os.WEXITSTATUS(status) if status is not None else '?'}"
-        first = next((ln for ln in tail.splitlines() if "memory allocation" in ln or "panicked" in ln or "Error" in ln), "")
+        first = next((ln.strip() for ln in whole.splitlines()
+                      if "memory allocation" in ln or "panicked" in ln or "Error" in ln or "Fatal" in ln), "")
         v.verdict, v.detail = "crash", f"{why} in phase {phase}; {first or tail[-300:]}"
     elif result.get("outcome") == "skipped":
         v.verdict, v.detail = "skipped", result.get("detail", "")
