@@ -1372,3 +1372,64 @@ def fill_value_extremes(ctx):
     for i, (dt, fill) in enumerate([("int64", -2**63), ("uint64", 2**64 - 1)]):
         path = ctx.meta_array(f"fx{i}", data_type=dt, fill_value=fill, codecs=[_LE])
         ctx.same(ctx.read(str(path)), np.full(EXT, fill, dtype=dt), f"{dt} fill {fill}")
+
+
+# ====================================================================================
+# failure paths under repetition: nothing accumulates
+# ====================================================================================
+
+
+def _no_growth(ctx, pipe, make_sample, cls, n=2000, warm=300, max_growth=24 << 20):
+    """Pops `n` failing batches; RSS after the first `warm` and at the end differ by at most
+    `max_growth` (no leak per failed batch), every pop raising `cls`."""
+    rss0 = 0
+    for i in range(n):
+        pipe.push(make_sample(i))
+        try:
+            pipe.pop()
+        except cls as e:
+            if i == 0:
+                ctx.check_error(e, cls, [])
+        except _d().DamacyError as e:
+            raise H.WrongError(f"pop {i}: expected {cls.__name__}, got {type(e).__name__}: {e.what[-200:]}") from None
+        else:
+            raise H.WrongData(f"pop {i}: a failing sample returned a batch")
+        if i == warm:
+            rss0 = H.vm("VmRSS")
+    grew = H.vm("VmRSS") - rss0
+    ctx.notes.append(f"RSS grew {grew >> 10} KiB over {n - warm} failed batches")
+    if grew > max_growth:
+        raise H.WrongError(f"RSS grew {grew >> 20} MiB over {n - warm} failed batches (leak?)")
+
+
+@case("x repetition", "error", timeout_s=120)
+def many_distinct_missing_arrays(ctx):
+    """2000 samples of 2000 distinct missing arrays (n_array_meta_cache 8): each pop is
+    NotFound naming its uri; RSS does not grow with the count."""
+    p = ctx.pipeline(n_array_meta_cache=8)
+    _no_growth(ctx, p, lambda i: _d().Sample(str(ctx.tmp / f"missing{i}.zarr"), BOX), _d().NotFound)
+    p.close()
+
+
+@case("x repetition", "error", timeout_s=120)
+def many_decode_errors(ctx):
+    """2000 pops of a sample on a corrupt zstd chunk: each DecodeError; RSS does not grow."""
+    path = _unsharded_with_chunk(ctx, "rep", os.urandom(100))
+    p = ctx.pipeline()
+    _no_growth(ctx, p, lambda i: _d().Sample(str(path), BOX), _d().DecodeError)
+    p.close()
+
+
+@case("x repetition", "error", timeout_s=120)
+def many_fifo_shards(ctx):
+    """2000 pops of a sample whose shard is a FIFO: each
+    StorageError; RSS does not grow, no descriptor leaks (fd count stable); n_shard_index_cache 8."""
+    path, _ = ctx.arr("repfifo", shard=SHARD)
+    _special("fifo", path / "c/0/0/0")
+    p = ctx.pipeline(n_shard_index_cache=8)
+    fds0 = len(os.listdir("/proc/self/fd"))
+    _no_growth(ctx, p, lambda i: _d().Sample(str(path), BOX), _d().StorageError)
+    fds = len(os.listdir("/proc/self/fd"))
+    if fds > fds0 + 8:
+        raise H.WrongError(f"open descriptors {fds0} -> {fds} after 2000 failed reads of a FIFO")
+    p.close()
