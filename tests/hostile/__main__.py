@@ -62,6 +62,11 @@ def main(argv=None) -> int:
     print()
     print(f"hostile suite, device {device}: {len(verdicts)} cases in {wall:.0f} s "
           f"(RSS bound: baseline + budgets + {H.RSS_SLACK >> 20} MiB; RLIMIT_AS {H.AS_LIMIT >> 30} GiB on cpu)")
+    measured = [v for v in verdicts if v.peak_rss]
+    if measured:
+        worst = max(measured, key=lambda v: v.peak_rss - v.baseline_rss)
+        table["max RSS over baseline (MiB)"] = (worst.peak_rss - worst.baseline_rss) >> 20
+        table["  in case"] = worst.case
     w = max(len(k) for k in table)
     for k, n in table.items():
         print(f"  {k:<{w}}  {n}")

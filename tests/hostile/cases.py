@@ -266,7 +266,10 @@ BOMB_CHUNK = (32, 32, 32)  # uint16: 64 KiB decoded; a stored chunk may take ~16
 @case("4 bombs", "error", timeout_s=90)
 def gzip_bomb(ctx):
     """A ~100 KiB gzip chunk that inflates to 100 MiB, for a 64 KiB chunk."""
-    bomb = gzip.compress(b"\0" * (100 << 20), 9)
+    import zlib
+    co = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, made 1 MiB at a time
+    zeros = b"\0" * (1 << 20)
+    bomb = b"".join(co.compress(zeros) for _ in range(100)) + co.flush()
     path = _unsharded_with_chunk(ctx, "gz", bomb, codecs=[H.C.BytesCodec(), H.C.GzipCodec()],
                                  chunk=BOMB_CHUNK, shape=(32, 32, 32))
     ctx.pop_error(str(path), _d().DecodeError, ["gzip", "chunk [0, 0, 0]"])
@@ -1461,3 +1464,102 @@ def array_recreated_after_first_read(ctx):
         raise H.WrongData("the new int16 chunk was read through the cached uint16 metadata (negative values came out as 65535-ish)")
     ctx.same(got, new[:4, :4, :4], "after recreating")
     p.close()
+
+
+# ====================================================================================
+# stream checksums: a flipped payload byte that only the codec's own checksum can see
+# ====================================================================================
+
+
+def _noise(shape, seed):
+    return np.random.default_rng(seed).integers(0, 2**16, size=shape, dtype=np.uint16)  # incompressible
+
+
+@case("x corruption", "error")
+def zstd_checksum_mismatch(ctx):
+    """A zstd chunk written with checksum=true over incompressible data (raw blocks); one
+    payload byte flipped, frame structure intact: DecodeError (the frame's checksum), not
+    a batch with one wrong voxel."""
+    path, data = ctx.arr("zck", codecs=[H.C.BytesCodec(), H.C.ZstdCodec(level=1, checksum=True)],
+                         data=_noise((16, 16, 16), 40))
+    f = path / "c/0/0/0"
+    raw = bytearray(f.read_bytes())
+    if not raw[4] & 0x04:
+        raise AssertionError("fixture: the frame has no checksum flag")
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    ctx.pop_error(str(path), _d().DecodeError, ["zstd", "chunk [0, 0, 0]"])
+
+
+@case("x corruption", "error")
+def gzip_crc_mismatch(ctx):
+    """A gzip chunk over incompressible data (stored deflate blocks), one payload byte
+    flipped: DecodeError from the gzip trailer's CRC-32, not one wrong voxel."""
+    path, data = ctx.arr("gck", codecs=[H.C.BytesCodec(), H.C.GzipCodec(level=1)], data=_noise((16, 16, 16), 41))
+    f = path / "c/0/0/0"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    ctx.pop_error(str(path), _d().DecodeError, ["gzip", "chunk [0, 0, 0]"])
+
+
+@case("x corruption", "error")
+def gzip_length_trailer_wrong(ctx):
+    """A gzip chunk whose trailer's ISIZE is wrong (data and CRC intact): DecodeError."""
+    path, data = ctx.arr("gisz", codecs=[H.C.BytesCodec(), H.C.GzipCodec(level=1)], data=_noise((16, 16, 16), 42))
+    f = path / "c/0/0/0"
+    raw = bytearray(f.read_bytes())
+    raw[-4:] = (int.from_bytes(raw[-4:], "little") + 1).to_bytes(4, "little")
+    f.write_bytes(bytes(raw))
+    ctx.pop_error(str(path), _d().DecodeError, ["gzip", "chunk [0, 0, 0]"])
+
+
+GZIP_MEMBER_BUG = ("decode/cpu.rs decompress(Step::Gzip) reads ONE member with flate2::read::GzDecoder and "
+                   "ignores whatever follows it; zarr-python (gzip module) reads every member and rejects "
+                   "trailing garbage (BadGzipFile 'Not a gzipped file')")
+
+
+@case("x corruption", "error", xfail=GZIP_MEMBER_BUG + ": 100 garbage bytes after the member are accepted "
+      "silently (the zstd path rejects trailing bytes). Expected DecodeError naming gzip")
+def gzip_trailing_garbage(ctx):
+    """A valid gzip member followed by 100 bytes of garbage: DecodeError (or a second
+    member that fails), never the first member's values silently."""
+    path, data = ctx.arr("gtr", codecs=[H.C.BytesCodec(), H.C.GzipCodec(level=1)])
+    f = path / "c/0/0/0"
+    f.write_bytes(f.read_bytes() + os.urandom(100))
+    ctx.pop_error(str(path), _d().DecodeError, ["gzip", "chunk [0, 0, 0]"])
+
+
+@case("x corruption", "error")
+def zstd_trailing_garbage(ctx):
+    """A valid zstd frame followed by 100 bytes of garbage: DecodeError."""
+    path, data = ctx.arr("ztr")
+    f = path / "c/0/0/0"
+    f.write_bytes(f.read_bytes() + os.urandom(100))
+    ctx.pop_error(str(path), _d().DecodeError, ["zstd", "chunk [0, 0, 0]"])
+
+
+@case("x corruption", "values", xfail=GZIP_MEMBER_BUG + ": a valid two-member gzip chunk fails with "
+      "DecodeError 'chunk decoded to 64 bytes, expected 128' where zarr-python reads it. Expected the values")
+def gzip_two_members(ctx):
+    """A chunk stored as two gzip members (RFC 1952 allows it; zarr-python reads it): the
+    right values."""
+    path, data = ctx.arr("g2m", codecs=[H.C.BytesCodec(), H.C.GzipCodec(level=1)])
+    raw = np.ascontiguousarray(data[:4, :4, :4]).astype("<u2").tobytes()
+    (path / "c/0/0/0").write_bytes(gzip.compress(raw[:64]) + gzip.compress(raw[64:]))
+    ctx.same(ctx.read(str(path)), data[:4, :4, :4])
+
+
+@case("x corruption", "values")
+def zstd_two_frames_concatenated(ctx):
+    """A chunk stored as two zstd frames (first half, second half; the format allows
+    concatenated frames): the right values, or a typed DecodeError."""
+    import numcodecs
+    path, data = ctx.arr("z2f")
+    raw = np.ascontiguousarray(data[:4, :4, :4]).astype("<u2").tobytes()
+    z = numcodecs.Zstd(level=1)
+    (path / "c/0/0/0").write_bytes(z.encode(raw[:64]) + z.encode(raw[64:]))
+    try:
+        ctx.same(ctx.read(str(path)), data[:4, :4, :4])
+    except _d().DecodeError as e:
+        ctx.check_error(e, _d().DecodeError, ["zstd"])
