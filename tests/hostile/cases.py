@@ -1563,3 +1563,25 @@ def zstd_two_frames_concatenated(ctx):
         ctx.same(ctx.read(str(path)), data[:4, :4, :4])
     except _d().DecodeError as e:
         ctx.check_error(e, _d().DecodeError, ["zstd"])
+
+
+@case("11 boxes, uris", "values")
+def unicode_uri_round_trips(ctx):
+    """A folder named 'ünï 🧊 %41.zarr' read by its plain path: correct values, and
+    pop_with_samples gives back exactly the uri pushed (through Rust and C++)."""
+    path, data = ctx.arr("ünï 🧊 %41", seed=50)
+    p = ctx.pipeline()
+    p.push(_d().Sample(str(path), BOX))
+    t, samples = p.pop_with_samples()
+    ctx.same(t[0], data[:4, :4, :4])
+    if samples[0].uri != str(path) or samples[0].aabb != BOX:
+        raise H.WrongData(f"pop_with_samples gave {samples[0]!r}, pushed {str(path)!r} {BOX}")
+    p.close()
+
+
+@case("11 boxes, uris", "error")
+def uri_longer_than_path_max(ctx):
+    """A 5000-byte path (beyond PATH_MAX) and a 300-byte component (beyond NAME_MAX): a
+    typed error naming the uri, no crash."""
+    for uri in [str(ctx.tmp) + "/" + "/".join(["d" * 200] * 25) + ".zarr", str(ctx.tmp / ("n" * 300 + ".zarr"))]:
+        ctx.pop_error(uri, (_d().StorageError, _d().NotFound, _d().InvalidArgument), [uri[-40:]])
