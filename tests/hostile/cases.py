@@ -710,7 +710,7 @@ def _reordered_shard(path: Path, new_data: np.ndarray) -> bytes:
     """The bytes of shard [0,0,0] of an uncompressed uint16 8^3-shard (inner 4^3, index at
     the end with crc32c) holding `new_data[:8,:8,:8]`, its chunks stored in reverse order."""
     chunks = []
-    for i, (z, y, x) in enumerate(np.ndindex(2, 2, 2)):
+    for z, y, x in np.ndindex(2, 2, 2):
         chunks.append(np.ascontiguousarray(new_data[z * 4:z * 4 + 4, y * 4:y * 4 + 4, x * 4:x * 4 + 4]).astype("<u2").tobytes())
     body, entries = b"", [None] * 8
     for i in reversed(range(8)):
@@ -808,13 +808,11 @@ def _url(path: Path, host="") -> str:
 @case("10 file uris", "values")
 def file_url_localhost(ctx):
     """file://localhost/abs and file:///abs read the array."""
-    uri = str(ctx.good_path)
     ctx.same(ctx.read(_url(ctx.good_path, "localhost")), ctx.good_box())
     ctx.same(ctx.read(_url(ctx.good_path)), ctx.good_box())
     info = _d().array_info(_url(ctx.good_path, "localhost"), usage=False)
     if list(info["shape"]) != [16, 16, 16]:
         raise H.WrongData(f"array_info: {info}")
-    del uri
 
 
 @case("10 file uris", "error")
