@@ -1583,3 +1583,25 @@ def uri_longer_than_path_max(ctx):
     typed error naming the uri, no crash."""
     for uri in [str(ctx.tmp) + "/" + "/".join(["d" * 200] * 25) + ".zarr", str(ctx.tmp / ("n" * 300 + ".zarr"))]:
         ctx.pop_error(uri, (_d().StorageError, _d().NotFound, _d().InvalidArgument), [uri[-40:]])
+
+
+@case("x data module", "error", timeout_s=10, xfail=(
+    "python/damacy/data.py GridCrops.axis builds Python lists of every start and owned range: "
+    "CropDataset(a [2**63-1, 4, 4] array, GridCrops((4, 4, 4))) tries to build 2**61 starts at construction "
+    "(RSS climbs until MemoryError or the timeout). Expected: InvalidArgument naming the crop count, or lazy axes"))
+def data_grid_crops_huge_shape(ctx):
+    """CropDataset with GridCrops over a [2**63-1, 4, 4] array (2**61 crops): a typed error
+    at once (or lazy construction within 2 s), not a list of 2**61 starts."""
+    from damacy import data
+    path = ctx.meta_array("grid_huge", shape=[2**63 - 1, 4, 4], fill_value=5)
+    t0 = time.monotonic()
+    try:
+        ds = data.CropDataset(str(path), data.GridCrops(EXT), samples_per_batch=2, config=ctx.config())
+    except _d().InvalidArgument as e:
+        ctx.check_error(e, _d().InvalidArgument, [])
+        return
+    took = time.monotonic() - t0
+    if took > 2.0:
+        raise H.WrongError(f"CropDataset(GridCrops) took {took:.1f} s")
+    ctx.n_typed += 1
+    ctx.same(next(iter(ds)), np.full((2, *EXT), 5, dtype=np.uint16))
