@@ -49,22 +49,6 @@ impl ArrayMeta {
 
 /// The v2 features damacy does not read, named before zarrs converts anything.
 fn check_features(v: &Value) -> Result<()> {
-    match v.get("order") {
-        Some(Value::String(o)) if o == "C" => {}
-        Some(Value::String(o)) if o == "F" => {
-            return Err(err!(InvalidArgument, "unsupported Zarr v2 feature: order \"F\" (column-major chunks); only \"C\" is read"));
-        }
-        other => return Err(err!(InvalidArgument, "malformed .zarray: `order` must be \"C\" or \"F\", found {}", other.unwrap_or(&Value::Null))),
-    }
-    match v.get("filters") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(f)) if f.is_empty() => {}
-        Some(Value::Array(f)) => {
-            let ids: Vec<&str> = f.iter().map(|x| x.get("id").and_then(Value::as_str).unwrap_or("?")).collect();
-            return Err(err!(InvalidArgument, "unsupported Zarr v2 feature: filters {ids:?} (only arrays without filters are read)"));
-        }
-        Some(other) => return Err(err!(InvalidArgument, "malformed .zarray: `filters` must be a list or null, found {other}")),
-    }
     match v.get("dtype") {
         Some(Value::String(d)) => {
             let kind = d.trim_start_matches(['<', '>', '|', '=']).chars().next();
@@ -81,6 +65,22 @@ fn check_features(v: &Value) -> Result<()> {
         }
         Some(Value::Array(_)) => return Err(err!(InvalidArgument, "unsupported Zarr v2 feature: structured dtype (numeric and bool dtypes are read)")),
         other => return Err(err!(InvalidArgument, "malformed .zarray: `dtype` must be a string, found {}", other.unwrap_or(&Value::Null))),
+    }
+    match v.get("order") {
+        Some(Value::String(o)) if o == "C" => {}
+        Some(Value::String(o)) if o == "F" => {
+            return Err(err!(InvalidArgument, "unsupported Zarr v2 feature: order \"F\" (column-major chunks); only \"C\" is read"));
+        }
+        other => return Err(err!(InvalidArgument, "malformed .zarray: `order` must be \"C\" or \"F\", found {}", other.unwrap_or(&Value::Null))),
+    }
+    match v.get("filters") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(f)) if f.is_empty() => {}
+        Some(Value::Array(f)) => {
+            let ids: Vec<&str> = f.iter().map(|x| x.get("id").and_then(Value::as_str).unwrap_or("?")).collect();
+            return Err(err!(InvalidArgument, "unsupported Zarr v2 feature: filters {ids:?} (only arrays without filters are read)"));
+        }
+        Some(other) => return Err(err!(InvalidArgument, "malformed .zarray: `filters` must be a list or null, found {other}")),
     }
     match v.get("compressor") {
         None | Some(Value::Null) => {}
