@@ -168,16 +168,8 @@ fn expected(float: bool, fill: f32) -> Vec<Vec<f32>> {
                     for x in b[2]..b[2] + SAMPLE[2] as i64 {
                         let p = [z, y, x];
                         let inside = p.iter().zip(SHAPE).all(|(a, n)| *a >= 0 && (*a as u64) < n);
-                        v.push(if !inside {
-                            fill
-                        } else {
-                            let d = f32::from(value(z as u64, y as u64, x as u64));
-                            if float {
-                                d * 0.5
-                            } else {
-                                d
-                            }
-                        });
+                        let d = if inside { f32::from(value(z as u64, y as u64, x as u64)) } else { fill };
+                        v.push(if inside && float { d * 0.5 } else { d });
                     }
                 }
             }

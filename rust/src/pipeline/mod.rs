@@ -418,7 +418,7 @@ pub fn open_node(uri: &str, usage: bool) -> Result<Node> {
     Ok(match prefetch::open_node(uri)? {
         prefetch::Opened::Array(array) => {
             let du = if usage { array.store.du()? } else { (0, 0) };
-            Node::Array(Arc::new(array), du)
+            Node::Array(Arc::new(*array), du)
         }
         prefetch::Opened::Multiscale(m) => Node::Multiscale(m),
     })

@@ -28,7 +28,7 @@ use crate::zarr::{ArrayMeta, ShardIndex};
 /// read (or is a FIFO, a device, too large); DtypeMismatch; every message names the uri.
 pub fn load_array(uri: &str) -> Result<Array> {
     match resolve(uri)? {
-        Resolved::Array(a) => Ok(a),
+        Resolved::Array(a) => Ok(*a),
         Resolved::Multiscale { multiscale, .. } => Err(err!(
             InvalidArgument,
             "{uri} is an OME-NGFF multiscale group, not an array: select a level with `{uri}#level=N` or `{uri}/PATH` (levels: {})",
@@ -40,7 +40,7 @@ pub fn load_array(uri: &str) -> Result<Array> {
 /// What a uri names once resolved.
 enum Resolved {
     /// An array (possibly a multiscale level).
-    Array(Array),
+    Array(Box<Array>),
     /// A multiscale group, no level selected.
     Multiscale { store: Arc<dyn Store>, multiscale: Multiscale },
 }
@@ -108,7 +108,7 @@ fn resolve(uri: &str) -> Result<Resolved> {
     let store = store::open(location)?;
     match (read_node(&*store, uri)?, level) {
         (None, _) => Err(not_found(uri, &*store)),
-        (Some(Node::Array(meta)), None) => Ok(Resolved::Array(array_of(uri, store, meta)?)),
+        (Some(Node::Array(meta)), None) => Ok(Resolved::Array(Box::new(array_of(uri, store, meta)?))),
         (Some(Node::Array(_)), Some(_)) => Err(err!(InvalidArgument, "{uri}: `#level=` selects a level of an OME-NGFF multiscale group, but {location} is an array")),
         (Some(Node::Group { attrs, zarr_json }), level) => {
             let multiscale = ngff::multiscale(&attrs).map_err(|e| e.context(uri))?.ok_or_else(|| {
@@ -126,7 +126,7 @@ fn resolve(uri: &str) -> Result<Resolved> {
                 .ok_or_else(|| err!(InvalidArgument, "{uri}: no level {level} (levels: {})", multiscale.describe_levels()))?
                 .path;
             let (meta, level_store) = open_level(&*store, path, uri)?;
-            Ok(Resolved::Array(array_of(uri, level_store, meta)?))
+            Ok(Resolved::Array(Box::new(array_of(uri, level_store, meta)?)))
         }
     }
 }
@@ -191,7 +191,7 @@ pub struct MultiscaleInfo {
 /// What `uri` names: an array (with its metadata), or a multiscale group (with its levels).
 pub enum Opened {
     /// An array.
-    Array(Array),
+    Array(Box<Array>),
     /// An OME-NGFF multiscale group, no level selected.
     Multiscale(MultiscaleInfo),
 }

@@ -80,8 +80,11 @@ fn floats(v: &Value) -> Option<Vec<f64>> {
     v.as_array()?.iter().map(Value::as_f64).collect()
 }
 
-/// (scale, translation) of a `coordinateTransformations` list.
-fn transforms(v: Option<&Value>, what: &str) -> Result<(Option<Vec<f64>>, Option<Vec<f64>>)> {
+/// (scale, translation), each when given.
+type Transforms = (Option<Vec<f64>>, Option<Vec<f64>>);
+
+/// The scale and translation of a `coordinateTransformations` list.
+fn transforms(v: Option<&Value>, what: &str) -> Result<Transforms> {
     let Some(v) = v else { return Ok((None, None)) };
     let list = v.as_array().ok_or_else(|| err!(InvalidArgument, "malformed multiscales: {what} `coordinateTransformations` must be a list"))?;
     let (mut scale, mut translation) = (None, None);
