@@ -251,6 +251,10 @@ def test_ngff_levels(tmp_path, version):
     with contextlib.redirect_stdout(buf):
         assert cli_main(["info", g]) == 0
     assert json.loads(buf.getvalue())["levels"][2]["shape"] == list(level_data(2).shape)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli_main(["bench", g, "--sample-shape", "4", "4", "4", "--batches", "1", "--quiet"]) == 1
+    assert "#level=0" in err.getvalue()
     # A level by index and by path reads that level's data.
     for i, uri in [(0, f"{g}#level=0"), (1, level_uri(g, 1)), (1, f"{g}/1"), (2, f"{g}#level=2")]:
         reader = zarr.open_array(str(path / str(i)), mode="r")

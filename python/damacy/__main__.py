@@ -91,7 +91,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     import damacy
 
-    info = damacy.array_info(args.uri)
+    info = damacy.array_info(args.uri, usage=False)
+    if info.get("node_type") == "multiscale":
+        levels = ", ".join(f"{lv['uri']} {tuple(lv['shape'])}" for lv in info.get("levels", []))
+        raise damacy.InvalidArgument(f"{args.uri} is an OME-NGFF multiscale group: bench one of its levels ({levels})")
     shape = info.get("shape")
     if not isinstance(shape, list):
         raise damacy.InvalidArgument(f"{args.uri}: array_info has no `shape` ({sorted(info)})")
@@ -120,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     streaming(demo, None)
     demo.set_defaults(func=cmd_demo)
 
-    info = sub.add_parser("info", help="print facts about an array")
+    info = sub.add_parser("info", help="print facts about an array, or the levels of an OME-NGFF multiscale group")
     info.add_argument("uri")
     info.set_defaults(func=cmd_info)
 

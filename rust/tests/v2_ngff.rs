@@ -269,6 +269,14 @@ fn v2_errors_name_the_feature_and_the_uri() {
         assert_eq!(e.status(), Status::InvalidArgument, "{tag}: {e}");
         assert!(e.message().contains(what) && e.message().contains(dir.to_str().unwrap()), "{tag}: {e}");
     }
+    // The metadata cap of v3 (16 MiB) holds for .zarray.
+    let big = base.join("big");
+    write_v2(&big, Codec::Raw, "null", '.', false, "0");
+    let text = std::fs::read_to_string(big.join(".zarray")).unwrap();
+    std::fs::write(big.join(".zarray"), format!("{}{}", " ".repeat(17 << 20), text)).unwrap();
+    let e = load_array(big.to_str().unwrap()).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains(".zarray") && e.message().contains("more than"), "{e}");
     let e = load_array(base.join("nothing").to_str().unwrap()).unwrap_err();
     assert_eq!(e.status(), Status::NotFound);
     assert!(e.message().contains(".zarray"), "{e}");

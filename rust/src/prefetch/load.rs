@@ -142,6 +142,9 @@ fn open_level(group: &dyn Store, path: &str, uri: &str) -> Result<(ArrayMeta, Ar
 
 /// Most entries of a local group folder looked at when listing its arrays for a message.
 const MAX_LISTED_CHILDREN: usize = 256;
+/// Largest child `zarr.json` read to tell an array from a group when listing (an error
+/// message must not read gigabytes: a larger one is left out of the list).
+const MAX_LISTED_METADATA_BYTES: u64 = 1 << 20;
 
 /// The arrays directly inside a group on the local filesystem, for messages. `Store` has
 /// no listing (other backends answer `None`): this reads the folder behind a local store's
@@ -157,10 +160,10 @@ fn local_child_arrays(group: &dyn Store) -> Option<Vec<String>> {
         .filter(|n| !n.starts_with('.'))
         .take(MAX_LISTED_CHILDREN)
         .filter(|n| {
-            let v3 = group.get(&format!("{n}/zarr.json"), MAX_METADATA_BYTES).ok().flatten();
-            match v3 {
-                Some((bytes, _)) => matches!(ngff::group_attributes_v3(&bytes), Ok(None)),
-                None => group.head(&format!("{n}/.zarray")).ok().flatten().is_some(),
+            match group.get(&format!("{n}/zarr.json"), MAX_LISTED_METADATA_BYTES) {
+                Ok(Some((bytes, _))) => matches!(ngff::group_attributes_v3(&bytes), Ok(None)),
+                Ok(None) => group.head(&format!("{n}/.zarray")).ok().flatten().is_some(),
+                Err(_) => false,
             }
         })
         .collect();
