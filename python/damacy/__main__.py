@@ -68,7 +68,14 @@ def read_fill_value(uri: str) -> Any:
 
 
 def format_info(info: Mapping[str, Any], usage: bool) -> str:
-    """array_info (plus "fill_value") as aligned lines for people."""
+    """array_info (plus "fill_value") as aligned lines for people; a multiscale group as
+    one line per level."""
+    if info.get("node_type") == "multiscale":
+        lines = [f"{info.get('uri')}   OME-NGFF multiscale group, {len(info.get('levels') or [])} levels"]
+        for lv in info.get("levels") or []:
+            scale = f"   scale {tuple(lv['scale'])}" if lv.get("scale") else ""
+            lines.append(f"  {lv.get('uri')}   {_dims(lv.get('shape') or [])} {lv.get('data_type')}, chunk {_dims(lv.get('chunk_shape') or [])}{scale}")
+        return "\n".join(lines)
     shape, chunk, shard = info.get("shape") or [], info.get("chunk_shape") or [], info.get("shard_shape")
     rows = [("shape", _dims(shape) + (f"   ({', '.join(info['dimension_names'])})" if any(info.get("dimension_names") or []) else ""))]
     rows.append(("dtype", str(info.get("data_type"))))
@@ -279,6 +286,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import damacy
 
     info = damacy.array_info(args.uri, usage=False)
+    if info.get("node_type") == "multiscale":
+        levels = ", ".join(f"{lv['uri']} {tuple(lv['shape'])}" for lv in info.get("levels", []))
+        raise damacy.InvalidArgument(f"{args.uri} is an OME-NGFF multiscale group: bench one of its levels ({levels})")
     shape = info.get("shape")
     if not isinstance(shape, list):
         raise damacy.InvalidArgument(f"{args.uri}: array_info has no `shape` ({sorted(info)})")
@@ -310,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     streaming(demo, None)
     demo.set_defaults(func=cmd_demo)
 
-    info = sub.add_parser("info", help="describe an array: shape, chunks, shards, dtype, codecs, fill value")
+    info = sub.add_parser("info", help="describe an array (shape, chunks, shards, dtype, codecs, fill value), or list the levels of an OME-NGFF multiscale group")
     info.add_argument("uri")
     info.add_argument("--usage", action="store_true", help="also count its stored files and bytes (lists the whole array)")
     info.add_argument("--json", action="store_true", help="one JSON object (damacy.array_info's fields, plus fill_value when readable)")

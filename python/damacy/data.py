@@ -51,7 +51,7 @@ from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
 from .pipeline import Pipeline
 from .sample import Sample
 
-__all__ = ["CropDataset", "RandomCrops", "GridCrops", "Stitcher", "stitch", "to_device", "array_shape"]
+__all__ = ["CropDataset", "RandomCrops", "GridCrops", "Stitcher", "stitch", "to_device", "array_shape", "level_uri"]
 
 Box = tuple[tuple[int, int], ...]
 
@@ -69,6 +69,18 @@ def array_shape(uri: str | os.PathLike[str]) -> tuple[int, ...]:
     from . import array_info
 
     return tuple(array_info(uri, usage=False)["shape"])
+
+
+def level_uri(uri: str | os.PathLike[str], level: int) -> str:
+    """The uri of level `level` of the OME-NGFF multiscale group at `uri`:
+    ``"GROUP#level=N"`` (the group's N-th dataset, 0 = highest resolution). A level can also
+    be named by its path, ``"GROUP/PATH"``; `damacy.array_info(GROUP)` lists the levels."""
+    uri = os.fspath(uri)
+    if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+        raise InvalidArgument(f"level: expected an integer >= 0, found {level!r}")
+    if "#level=" in uri:
+        raise InvalidArgument(f"level: {uri!r} already selects a level")
+    return f"{uri}#level={level}"
 
 
 def _uri(value: Any) -> str:
@@ -361,6 +373,8 @@ class CropDataset(IterableDataset):
       when stitching), ``"uri"`` (list of str, or a dict/tuple of lists like the batch).
     `rank`, `world_size`: this process's share; default: torch.distributed's, if initialised
       when the dataset is made, else 0 and 1.
+    `level`: the arrays are OME-NGFF multiscale groups; read this level of each (``uri`` becomes
+      ``uri#level=N``, see `level_uri`). A uri may also select its own level.
 
     Held batches pin pipeline buffers (``n_batch_buffers`` per key): copy batches you keep
     with ``num_workers=0``, or PoolStarved is raised. Iterating under a DataLoader with a
@@ -381,12 +395,15 @@ class CropDataset(IterableDataset):
         return_meta: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        level: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(sampler, (RandomCrops, GridCrops)):
             raise TypeError(f"CropDataset sampler: expected RandomCrops or GridCrops, found {type(sampler).__name__}")
         self.sampler = sampler
         self._kind, self._keys, self._uris = self._entries(arrays)
+        if level is not None:
+            self._uris = [[level_uri(u, level) for u in entry] for entry in self._uris]
         self.samples_per_batch = operator.index(samples_per_batch)
         if self.samples_per_batch < 1:
             raise InvalidArgument(f"CropDataset samples_per_batch: expected at least 1, found {samples_per_batch}")

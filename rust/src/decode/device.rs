@@ -183,6 +183,26 @@ mod tests {
         DeviceRoute::of(&ArrayMeta::parse(json.as_bytes()).unwrap())
     }
 
+    /// A v2 array routes like the v3 array of the same chain: the route reads the typed
+    /// chain only, never the format.
+    #[test]
+    fn v2_chains_route_like_their_v3_equivalents() {
+        let v2 = |dtype: &str, compressor: &str| {
+            let json = format!(r#"{{"zarr_format":2,"shape":[64],"chunks":[8],"dtype":"{dtype}","compressor":{compressor},"fill_value":0,"order":"C","filters":null}}"#);
+            DeviceRoute::of(&ArrayMeta::parse_v2(json.as_bytes()).unwrap())
+        };
+        let b = r#"{"name":"bytes","configuration":{"endian":"little"}}"#;
+        assert_eq!(v2("<u2", r#"{"id":"zstd","level":1}"#), route(&format!(r#"[{b},{{"name":"zstd","configuration":{{"level":1}}}}]"#)));
+        assert_eq!(v2("<u2", r#"{"id":"zstd","level":1}"#).codec, DeviceCodec::Zstd);
+        assert_eq!(v2("<u2", r#"{"id":"blosc","cname":"lz4","clevel":5,"shuffle":1}"#).codec, DeviceCodec::Blosc);
+        assert_eq!(v2("<u2", r#"{"id":"blosc","cname":"zstd","clevel":5,"shuffle":2}"#).codec, DeviceCodec::Blosc);
+        assert_eq!(v2("<u2", r#"{"id":"blosc","cname":"zlib","clevel":5,"shuffle":1}"#).codec, DeviceCodec::Cpu);
+        assert_eq!(v2("<u2", r#"{"id":"gzip","level":1}"#).codec, DeviceCodec::Cpu);
+        assert_eq!(v2("<u2", "null"), route(&format!("[{b}]")));
+        assert_eq!(v2(">u2", r#"{"id":"zstd","level":1}"#).codec, DeviceCodec::Cpu);
+        assert_eq!(v2("|u1", r#"{"id":"zstd","level":1}"#).codec, DeviceCodec::Zstd);
+    }
+
     #[test]
     fn classifies_typed_chains() {
         let b = r#"{"name":"bytes","configuration":{"endian":"little"}}"#;

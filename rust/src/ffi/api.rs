@@ -206,42 +206,88 @@ impl Batch {
 
 fn array_info(uri: &str, usage: bool) -> Result<ArrayInfo> {
     guard(|| {
-        let (array, (files, bytes_stored)) = pipeline::open_array(uri, usage)?;
-        let meta = &array.meta;
-        let sharding = meta.sharding.as_ref();
-        Ok(ArrayInfo {
-            uri: uri.to_string(),
-            shape: meta.shape.clone(),
-            data_type: meta.data_type.clone(),
-            chunk_shape: meta.chunk_shape().to_vec(),
-            shard_shape: sharding.map(|_| meta.grid_shape.clone()).unwrap_or_default(),
-            index_at_start: sharding.is_some_and(|s| s.index_at_start),
-            codecs_json: meta.codecs.to_json().to_string(),
-            dimension_names: meta.dimension_names.iter().flatten().map(|n| n.clone().unwrap_or_default()).collect(),
-            files,
-            bytes_stored,
-            bytes_decoded: meta.decoded_array_bytes(),
-        })
+        let (array, du) = pipeline::open_array(uri, usage)?;
+        Ok(info_of(uri, &array, du))
     })
 }
 
+fn info_of(uri: &str, array: &crate::plan::Array, (files, bytes_stored): (u64, u64)) -> ArrayInfo {
+    let meta = &array.meta;
+    let sharding = meta.sharding.as_ref();
+    ArrayInfo {
+        uri: uri.to_string(),
+        shape: meta.shape.clone(),
+        data_type: meta.data_type.clone(),
+        chunk_shape: meta.chunk_shape().to_vec(),
+        shard_shape: sharding.map(|_| meta.grid_shape.clone()).unwrap_or_default(),
+        index_at_start: sharding.is_some_and(|s| s.index_at_start),
+        codecs_json: meta.codecs.to_json().to_string(),
+        dimension_names: meta.dimension_names.iter().flatten().map(|n| n.clone().unwrap_or_default()).collect(),
+        files,
+        bytes_stored,
+        bytes_decoded: meta.decoded_array_bytes(),
+    }
+}
+
+/// `array_info` as JSON; a multiscale group (no level selected) gives its levels instead:
+/// `{"uri", "node_type": "multiscale", "ngff_version", "name", "axes", "levels": [{"level",
+/// "path", "uri", "shape", "data_type", "chunk_shape", "zarr_format", "scale",
+/// "translation"}]}`.
 fn array_info_json(uri: &str, usage: bool) -> Result<String> {
-    let a = array_info(uri, usage)?;
-    let codecs: serde_json::Value = serde_json::from_str(&a.codecs_json).unwrap_or(serde_json::Value::Null);
-    Ok(serde_json::json!({
-        "uri": a.uri,
-        "shape": a.shape,
-        "data_type": a.data_type,
-        "chunk_shape": a.chunk_shape,
-        "shard_shape": (!a.shard_shape.is_empty()).then_some(&a.shard_shape),
-        "index_location": (!a.shard_shape.is_empty()).then_some(if a.index_at_start { "start" } else { "end" }),
-        "codecs": codecs,
-        "dimension_names": a.dimension_names,
-        "files": a.files,
-        "bytes_on_disk": a.bytes_stored,
-        "bytes_decoded": a.bytes_decoded,
+    guard(|| {
+        let (array, du) = match pipeline::open_node(uri, usage)? {
+            pipeline::Node::Array(array, du) => (array, du),
+            pipeline::Node::Multiscale(m) => return Ok(multiscale_json(uri, &m)),
+        };
+        let a = info_of(uri, &array, du);
+        let codecs: serde_json::Value = serde_json::from_str(&a.codecs_json).unwrap_or(serde_json::Value::Null);
+        Ok(serde_json::json!({
+            "uri": a.uri,
+            "node_type": "array",
+            "zarr_format": array.meta.format.number(),
+            "shape": a.shape,
+            "data_type": a.data_type,
+            "chunk_shape": a.chunk_shape,
+            "shard_shape": (!a.shard_shape.is_empty()).then_some(&a.shard_shape),
+            "index_location": (!a.shard_shape.is_empty()).then_some(if a.index_at_start { "start" } else { "end" }),
+            "codecs": codecs,
+            "dimension_names": a.dimension_names,
+            "files": a.files,
+            "bytes_on_disk": a.bytes_stored,
+            "bytes_decoded": a.bytes_decoded,
+        })
+        .to_string())
     })
-    .to_string())
+}
+
+fn multiscale_json(uri: &str, m: &crate::prefetch::MultiscaleInfo) -> String {
+    let base = uri.trim_end_matches('/');
+    let levels: Vec<serde_json::Value> = m
+        .levels
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "level": l.index,
+                "path": l.level.path,
+                "uri": format!("{base}#level={}", l.index),
+                "shape": l.meta.shape,
+                "data_type": l.meta.data_type,
+                "chunk_shape": l.meta.chunk_shape(),
+                "zarr_format": l.meta.format.number(),
+                "scale": l.level.scale,
+                "translation": l.level.translation,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "uri": uri,
+        "node_type": "multiscale",
+        "ngff_version": m.multiscale.version,
+        "name": m.multiscale.name,
+        "axes": m.multiscale.axes,
+        "levels": levels,
+    })
+    .to_string()
 }
 
 fn status_tokens() -> Vec<String> {

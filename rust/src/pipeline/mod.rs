@@ -409,5 +409,28 @@ pub fn open_array(uri: &str, usage: bool) -> Result<(Arc<plan::Array>, (u64, u64
     Ok((Arc::new(array), du))
 }
 
+/// What `uri` names, for `info`: an array (with its usage, as [`open_array`]), or an
+/// OME-NGFF multiscale group without a level (with its levels' metadata).
+///
+/// # Errors
+/// As [`open_array`], and those of opening any level of a multiscale group.
+pub fn open_node(uri: &str, usage: bool) -> Result<Node> {
+    Ok(match prefetch::open_node(uri)? {
+        prefetch::Opened::Array(array) => {
+            let du = if usage { array.store.du()? } else { (0, 0) };
+            Node::Array(Arc::new(*array), du)
+        }
+        prefetch::Opened::Multiscale(m) => Node::Multiscale(m),
+    })
+}
+
+/// What [`open_node`] found.
+pub enum Node {
+    /// An array and its (objects, bytes) stored (zeros without `usage`).
+    Array(Arc<plan::Array>, (u64, u64)),
+    /// A multiscale group's levels.
+    Multiscale(prefetch::MultiscaleInfo),
+}
+
 #[cfg(test)]
 mod tests;

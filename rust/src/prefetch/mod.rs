@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-pub use load::{load_array, load_chunk_frame, load_shard};
+pub use load::{load_array, load_chunk_frame, load_shard, multiscale_levels, open_node, LevelInfo, MultiscaleInfo, Opened};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
 use crate::decode::DeviceCodec;

@@ -212,14 +212,50 @@ pub struct ArrayMeta {
     pub decoded_chunk_bytes: u64,
     /// `dimension_names`, when given.
     pub dimension_names: Option<Vec<Option<String>>>,
+    /// The Zarr format the metadata was read from.
+    pub format: ZarrFormat,
 }
 
-fn positive(v: &[u64], what: &str, rank: usize) -> Result<Vec<u64>> {
+/// The Zarr format of an array's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZarrFormat {
+    /// Zarr v2: `.zarray`, converted to the v3 model by zarrs (`zarr::v2`).
+    V2,
+    /// Zarr v3: `zarr.json`.
+    V3,
+}
+
+impl ZarrFormat {
+    /// The metadata document's key.
+    pub fn document(self) -> &'static str {
+        match self {
+            Self::V2 => ".zarray",
+            Self::V3 => "zarr.json",
+        }
+    }
+
+    /// `2` or `3`.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::V2 => 2,
+            Self::V3 => 3,
+        }
+    }
+
+    fn chunk_shape_field(self) -> &'static str {
+        match self {
+            Self::V2 => "chunks",
+            Self::V3 => "chunk_grid.configuration.chunk_shape",
+        }
+    }
+}
+
+fn positive(v: &[u64], what: &str, rank: usize, doc: &str) -> Result<Vec<u64>> {
     if v.len() != rank || v.contains(&0) {
-        return Err(err!(InvalidArgument, "malformed zarr.json: `{what}` must hold {rank} positive integers, found {v:?}"));
+        return Err(err!(InvalidArgument, "malformed {doc}: `{what}` must hold {rank} positive integers, found {v:?}"));
     }
     if let Some(x) = v.iter().find(|&&x| x > MAX_EXTENT) {
-        return Err(err!(InvalidArgument, "malformed zarr.json: `{what}` extent {x} exceeds 2^63 - 1"));
+        return Err(err!(InvalidArgument, "malformed {doc}: `{what}` extent {x} exceeds 2^63 - 1"));
     }
     Ok(v.to_vec())
 }
@@ -260,13 +296,19 @@ impl ArrayMeta {
     /// # Errors
     /// As [`Self::parse`].
     pub fn from_v3(meta: &ArrayMetadataV3) -> Result<Self> {
+        Self::from_v3_doc(meta, ZarrFormat::V3)
+    }
+
+    /// [`Self::from_v3`] of metadata read from `format`'s document (named in messages).
+    pub(crate) fn from_v3_doc(meta: &ArrayMetadataV3, format: ZarrFormat) -> Result<Self> {
+        let doc = format.document();
         let rank = meta.shape.len();
         if rank == 0 || rank > MAX_RANK {
             return Err(err!(InvalidArgument, "unsupported array rank {rank} (supported: 1 to {MAX_RANK})"));
         }
         let shape = meta.shape.clone();
         if let Some(x) = shape.iter().find(|&&x| x > MAX_EXTENT) {
-            return Err(err!(InvalidArgument, "malformed zarr.json: shape extent {x} exceeds 2^63 - 1"));
+            return Err(err!(InvalidArgument, "malformed {doc}: shape extent {x} exceeds 2^63 - 1"));
         }
         if meta.storage_transformers.iter().any(MetadataV3::must_understand) {
             return Err(err!(InvalidArgument, "unsupported storage transformers {:?}", meta.storage_transformers.iter().map(MetadataV3::name).collect::<Vec<_>>()));
@@ -278,14 +320,14 @@ impl ArrayMeta {
         let fill_json = serde_json::to_value(&meta.fill_value).unwrap_or(Value::Null);
         let fill = dtype
             .fill_bytes(&fill_json)
-            .ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: fill_value {fill_json} is not a valid {data_type}"))?;
+            .ok_or_else(|| err!(InvalidArgument, "malformed {doc}: fill_value {fill_json} is not a valid {data_type}"))?;
 
         let grid = &meta.chunk_grid;
         if grid.name() != "regular" {
             return Err(err!(InvalidArgument, "unsupported chunk grid `{}`: only `regular` is supported", grid.name()));
         }
-        let grid_shape = u64_list(grid, "chunk_shape").ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `chunk_grid.configuration.chunk_shape` must be a list of non-negative integers"))?;
-        let grid_shape = positive(&grid_shape, "chunk_grid.configuration.chunk_shape", rank)?;
+        let grid_shape = u64_list(grid, "chunk_shape").ok_or_else(|| err!(InvalidArgument, "malformed {doc}: `chunk_grid.configuration.chunk_shape` must be a list of non-negative integers"))?;
+        let grid_shape = positive(&grid_shape, format.chunk_shape_field(), rank, doc)?;
         let key_encoding = parse_key_encoding(&meta.chunk_key_encoding)?;
 
         let (sharding, inner) = match meta.codecs.iter().position(|c| c.name() == "sharding_indexed") {
@@ -313,6 +355,7 @@ impl ArrayMeta {
             codecs,
             decoded_chunk_bytes,
             dimension_names: meta.dimension_names.clone(),
+            format,
         })
     }
 
@@ -361,7 +404,7 @@ fn parse_key_encoding(m: &MetadataV3) -> Result<KeyEncoding> {
 fn parse_sharding(codec: &MetadataV3, grid_shape: &[u64], rank: usize) -> Result<(Option<Sharding>, Vec<MetadataV3>)> {
     let cfg = codec.configuration().ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed` has no configuration"))?;
     let inner_shape = u64_list(codec, "chunk_shape").ok_or_else(|| err!(InvalidArgument, "malformed zarr.json: `sharding_indexed.chunk_shape` must be a list of non-negative integers"))?;
-    let inner_shape = positive(&inner_shape, "sharding_indexed.chunk_shape", rank)?;
+    let inner_shape = positive(&inner_shape, "sharding_indexed.chunk_shape", rank, "zarr.json")?;
     if grid_shape.iter().zip(&inner_shape).any(|(s, i)| s % i != 0) {
         return Err(err!(InvalidArgument, "malformed zarr.json: shard shape {grid_shape:?} is not a multiple of the inner chunk shape {inner_shape:?}"));
     }

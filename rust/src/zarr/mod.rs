@@ -1,4 +1,5 @@
-//! zarr: parsers for Zarr v3 metadata (`zarr.json`, through zarrs' metadata types), its
+//! zarr: parsers for Zarr v3 metadata (`zarr.json`) and Zarr v2 metadata (`.zarray`, mapped
+//! to the v3 model), both through zarrs' metadata types, OME-NGFF multiscales, the array's
 //! codec chain, shard indexes, blosc framing and zstd frame structure, and the chunk
 //! geometry they imply. Bytes in, values out: no I/O, no CUDA, no decoding, so every parser
 //! can be fuzzed (`rust/fuzz`).
@@ -8,9 +9,12 @@
 pub mod blosc;
 mod codecs;
 mod meta;
+pub mod ngff;
 mod shard_index;
+mod v2;
 pub mod zstd_frame;
 
 pub use codecs::{BloscCname, CodecChain, CodecSpec, Endian};
-pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
+pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype, ZarrFormat, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
 pub use shard_index::{ChunkRange, ShardIndex};
+pub use v2::V2_COMPRESSORS;
