@@ -20,7 +20,15 @@ use crate::zarr::{ArrayMeta, ShardIndex};
 /// Storage when it cannot be read (or is a FIFO, a device, too large); DtypeMismatch; every
 /// message names the uri.
 pub fn load_array(uri: &str) -> Result<Array> {
-    let store = store::open(uri)?;
+    load_array_with(uri, &store::StorageOptions::new())
+}
+
+/// [`load_array`] with `storage` options for an object store.
+///
+/// # Errors
+/// As [`load_array`].
+pub fn load_array_with(uri: &str, storage: &store::StorageOptions) -> Result<Array> {
+    let store = store::open_with(uri, storage)?;
     let (bytes, _) = store
         .get("zarr.json", MAX_METADATA_BYTES)
         .map_err(|e| e.context(uri))?
