@@ -10,6 +10,8 @@ venv="$(bash dev/venv.sh)"
 # This checkout's python/ first, whatever checkout the shared venv's .pth names.
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
+# moto's S3 server for the object store tests (rust/tests/remote.rs, tests/test_remote.py).
+bash dev/remote-servers.sh "$venv"
 
 echo "== cargo test"
 cargo test --release --workspace

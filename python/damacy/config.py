@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 from . import _ops
@@ -18,6 +19,17 @@ def _jsonable(field: str, value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [_jsonable(field, v) for v in value]
+    if isinstance(value, Mapping):  # storage_options: {str: str}; bools and numbers as text
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidArgument(f"config field `{field}`: keys must be strings, found {k!r}")
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                v = str(v)
+            out[k] = v if isinstance(v, str) else _jsonable(field, v)
+        return out
     if isinstance(value, float):
         return value
     try:
@@ -44,7 +56,11 @@ class Config:
     its batch; "fill": the outside reads as the array's fill value),
     ``arrays`` (optional list of the array uris the pipeline will read: their metadata is
     loaded and the cache sizes are checked against their geometry when the Pipeline is
-    made, see docs/tuning.md).
+    made, see docs/tuning.md), ``storage_options`` (a dict of str for object store arrays,
+    ``s3://``, ``gs://``, ``az://``, ``http(s)://``: object_store keys such as ``endpoint``,
+    ``region``, ``skip_signature``, ``timeout``, plus ``max_requests_in_flight``,
+    ``max_retries``, ``retry_timeout``; credentials otherwise from the standard environment
+    variables, see docs/remote.md).
 
     Validated once, by the native library: an unknown field or a bad value raises
     `damacy.InvalidArgument` naming the field. Immutable (use `replace`), hashable, picklable.

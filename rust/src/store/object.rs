@@ -93,12 +93,13 @@ fn runtime() -> Result<Arc<Runtime>> {
         .enable_all()
         .build()
         .map_err(|e| err!(Storage, "cannot start the object store runtime: {e}"))?;
-    if let Some((_, inherited)) = slot.replace((pid, Arc::new(rt))) {
+    let rt = Arc::new(rt);
+    if let Some((_, inherited)) = slot.replace((pid, Arc::clone(&rt))) {
         // Inherited through fork: its threads do not exist here, so dropping it could wait
         // on them forever. Leaked (once per fork).
         std::mem::forget(inherited);
     }
-    Ok(slot.as_ref().map(|(_, rt)| Arc::clone(rt)).unwrap_or_else(|| unreachable!()))
+    Ok(rt)
 }
 
 /// `true` when `key` names an option some backend (or damacy) understands.
@@ -233,13 +234,15 @@ impl ObjectStoreBackend {
                 (Arc::new(b.build().map_err(build_err)?), true)
             }
             _ => {
-                // Plain HTTP(S): the origin is the store, the url's path the prefix.
+                // Plain HTTP(S): the origin is the store, the url's path the prefix. An
+                // `http://` uri asks for plain HTTP, so it is allowed for it.
                 let origin = url.origin().ascii_serialization();
                 let mut b = HttpBuilder::new()
                     .with_url(origin)
                     .with_retry(retry)
                     .with_config(ClientConfigKey::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT)
-                    .with_config(ClientConfigKey::Timeout, DEFAULT_TIMEOUT);
+                    .with_config(ClientConfigKey::Timeout, DEFAULT_TIMEOUT)
+                    .with_config(ClientConfigKey::AllowHttp, if url.scheme() == "http" { "true" } else { "false" });
                 for (k, v) in theirs {
                     let key = ClientConfigKey::from_str(k).map_err(|_| unknown_key(uri, "HTTP", k))?;
                     b = b.with_config(key, v);
@@ -277,18 +280,18 @@ impl ObjectStoreBackend {
     /// The typed error for a failed `op` on `key`: NotFound for a missing bucket or
     /// container, else Storage; both name the object and the HTTP status where known.
     fn error(&self, key: &str, op: &str, e: &object_store::Error) -> Error {
-        let (status, body) = http_status(e);
-        let status_text = status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
-        let no_bucket = body.as_deref().is_some_and(|b| ["NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist"].iter().any(|m| b.contains(m)));
+        let text = e.to_string();
+        let status_text = http_status(e, &text).map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+        let no_bucket = ["NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist"].iter().any(|m| text.contains(m));
         if no_bucket {
-            return err!(NotFound, "{}: the bucket or container does not exist{status_text}: {e}", self.describe(key));
+            return err!(NotFound, "{}: the bucket or container does not exist{status_text}: {text}", self.describe(key));
         }
         let what = match e {
             object_store::Error::PermissionDenied { .. } => "access denied",
             object_store::Error::Unauthenticated { .. } => "not authenticated",
             _ => "failed",
         };
-        err!(Storage, "{}: {op} {what}{status_text}: {e}", self.describe(key))
+        err!(Storage, "{}: {op} {what}{status_text}: {text}", self.describe(key))
     }
 
     /// `Ok(None)` for a missing object, the typed error for the rest.
@@ -307,7 +310,7 @@ impl ObjectStoreBackend {
     }
 
     /// One ranged request for `range`, streamed into the `reads` inside it.
-    async fn fetch_into(&self, key: &str, path: &Path, range: Range<u64>, reads: Vec<&mut RangeRead<'_>>, expect: Option<&Generation>) -> Result<Fetched> {
+    async fn fetch_into(&self, key: &str, path: &Path, range: Range<u64>, mut reads: Vec<&mut RangeRead<'_>>, expect: Option<&Generation>) -> Result<Fetched> {
         let _permit = self.permits.acquire().await.map_err(|_| err!(Internal, "{}: request permits closed", self.uri))?;
         let opts = GetOptions { range: Some(GetRange::Bounded(range.clone())), if_match: expect.and_then(etag_of).map(str::to_string), ..GetOptions::default() };
         let res = match self.inner.get_opts(path, opts).await {
@@ -326,7 +329,6 @@ impl ObjectStoreBackend {
         if range.end > info.size {
             return Err(err!(Storage, "{}: read of {len} bytes at offset {} runs past the end of the {}-byte object", self.describe(key), range.start, info.size));
         }
-        let mut reads = reads;
         let mut pos = range.start;
         let mut body = res.into_stream();
         while let Some(chunk) = body.next().await {
@@ -370,11 +372,10 @@ fn info_of(meta: &ObjectMeta) -> ObjectInfo {
     ObjectInfo { size: meta.size, generation }
 }
 
-/// The HTTP status and the text of the failed request behind `e`, where it says.
-/// object_store does not export its request error type, so the status is read from the
-/// variant (404, 403, 401, 412) or from the message it renders ("status code: 500 ...").
-fn http_status(e: &object_store::Error) -> (Option<u16>, Option<String>) {
-    let text = e.to_string();
+/// The HTTP status of the failed request behind `e`, where it says. object_store does not
+/// export its request error type, so the status is read from the variant (404, 403, 401,
+/// 412) or from the message it renders ("status code: 500 ...").
+fn http_status(e: &object_store::Error, text: &str) -> Option<u16> {
     let from_variant = match e {
         object_store::Error::NotFound { .. } => Some(404),
         object_store::Error::PermissionDenied { .. } => Some(403),
@@ -382,8 +383,7 @@ fn http_status(e: &object_store::Error) -> (Option<u16>, Option<String>) {
         object_store::Error::Precondition { .. } => Some(412),
         _ => None,
     };
-    let from_text = text.split_once("status code: ").and_then(|(_, rest)| rest.get(..3)).and_then(|d| d.parse::<u16>().ok());
-    (from_variant.or(from_text), Some(text))
+    from_variant.or_else(|| text.split_once("status code: ").and_then(|(_, rest)| rest.get(..3)).and_then(|d| d.parse::<u16>().ok()))
 }
 
 impl Store for ObjectStoreBackend {
