@@ -62,7 +62,7 @@ pub const RETRY_TIMEOUT: &str = "retry_timeout";
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_RETRIES: usize = 3;
-const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_mins(1);
 const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 const DEFAULT_TIMEOUT: &str = "30s";
 /// Ranges of one call closer than this are fetched by one request (object_store's default).
