@@ -85,13 +85,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import damacy
 
-    print(json.dumps(damacy.array_info(args.uri), indent=2))
+    try:
+        info = damacy.array_info(args.uri)
+    except damacy.StorageError:
+        # Listing failed (a plain HTTP server cannot list): the metadata alone, or the real error.
+        info = damacy.array_info(args.uri, usage=False)
+    print(json.dumps(info, indent=2))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     import damacy
 
-    info = damacy.array_info(args.uri)
+    info = damacy.array_info(args.uri, usage=False)
     shape = info.get("shape")
     if not isinstance(shape, list):
         raise damacy.InvalidArgument(f"{args.uri}: array_info has no `shape` ({sorted(info)})")
