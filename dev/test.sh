@@ -12,6 +12,7 @@ export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
 # moto's S3 server for the object store tests (rust/tests/remote.rs, tests/test_remote.py).
 bash dev/remote-servers.sh "$venv"
+export DAMACY_PYTHON="$venv/bin/python"  # the python rust/tests/remote.rs starts the servers with
 
 echo "== cargo test"
 cargo test --release --workspace
