@@ -10,6 +10,9 @@ venv="$(bash dev/venv.sh)"
 # This checkout's python/ first, whatever checkout the shared venv's .pth names.
 export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$venv/bin:$PATH"
+# moto's S3 server for the object store tests (rust/tests/remote.rs, tests/test_remote.py).
+bash dev/remote-servers.sh "$venv"
+export DAMACY_PYTHON="$venv/bin/python"  # the python rust/tests/remote.rs starts the servers with
 
 echo "== layering (dev/layers.py: one-way module graph, rules in dev/layers.md)"
 python3 dev/layers.py

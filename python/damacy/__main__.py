@@ -272,7 +272,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     import damacy
 
-    info = damacy.array_info(args.uri, usage=args.usage)
+    try:
+        info = damacy.array_info(args.uri, usage=args.usage)
+    except damacy.StorageError:
+        if not args.usage:
+            raise
+        # a store that cannot list (plain HTTP): the metadata alone
+        print(f"damacy: {args.uri}: cannot list this store; no usage", file=sys.stderr)
+        args.usage = False
+        info = damacy.array_info(args.uri, usage=False)
     if not args.usage:  # not measured: leave them out rather than print zeros
         info.pop("files", None)
         info.pop("bytes_on_disk", None)

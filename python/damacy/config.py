@@ -15,6 +15,7 @@ import json
 import operator
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from . import _ops
@@ -47,6 +48,9 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "arrays": ("Sequence[str | os.PathLike[str]]", "array uris the pipeline will read (optional): their metadata is loaded and the "
                "cache sizes are checked against their geometry when the Pipeline is made (docs/tuning.md)"),
     "device_ahead": ("int", "device path: batches kept launched on the GPU ahead of the one returned (1 to 8); each costs one batch of device memory"),
+    "storage_options": ("Mapping[str, str]", "object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as "
+                        "endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout; "
+                        "credentials otherwise from the standard environment variables (docs/remote.md)"),
 }
 
 #: Native defaults that depend on the machine (the stub writes `...` for them).
@@ -108,6 +112,17 @@ def _jsonable(field: str, value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [_jsonable(field, v) for v in value]
+    if isinstance(value, Mapping):  # storage_options: {str: str}; bools and numbers as text
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise InvalidArgument(f"config field `{field}`: keys must be strings, found {k!r}")
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, (int, float)):
+                v = str(v)
+            out[k] = v if isinstance(v, str) else _jsonable(field, v)
+        return out
     if isinstance(value, float):
         return value
     try:

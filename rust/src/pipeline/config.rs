@@ -81,6 +81,11 @@ pub struct Config {
     /// Device path: batches kept launched on the GPU ahead of the one returned (1 to 8).
     /// More overlap of decode with the caller's step costs one batch of device memory each.
     pub device_ahead: u32,
+    /// Options for object stores (`s3://`, `gs://`, `az://`, `http(s)://` arrays), over
+    /// what the environment says (`AWS_*`, `GOOGLE_*`, `AZURE_*`): object_store's keys such
+    /// as `endpoint`, `region`, `skip_signature`, `timeout`, `connect_timeout`, plus
+    /// `max_requests_in_flight`, `max_retries`, `retry_timeout`. Ignored for local arrays.
+    pub storage_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -106,6 +111,7 @@ impl Default for Config {
             out_of_bounds: OutOfBounds::Error,
             arrays: Vec::new(),
             device_ahead: 2,
+            storage_options: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -220,6 +226,15 @@ impl Config {
                 return Err(err!(InvalidArgument, "config field `{knob}`: {v} exceeds {MAX_BUFFER_BYTES} (2^47) bytes"));
             }
         }
+        if let Some(k) = self.storage_options.keys().find(|k| !crate::store::known_option(k)) {
+            return Err(err!(
+                InvalidArgument,
+                "config field `storage_options`: unknown key `{k}` (object_store's S3, GCS, Azure and HTTP client keys, or {}, {}, {})",
+                crate::store::MAX_IN_FLIGHT,
+                crate::store::MAX_RETRIES,
+                crate::store::RETRY_TIMEOUT
+            ));
+        }
         if self.arrays.iter().any(String::is_empty) {
             return Err(err!(InvalidArgument, "config field `arrays`: expected a list of non-empty strings"));
         }
@@ -289,6 +304,14 @@ mod tests {
     use crate::error::Status;
 
     #[test]
+    fn storage_options_are_optional_and_round_trip() {
+        assert!(Config::default().storage_options.is_empty());
+        let c = Config::from_json(r#"{"storage_options": {"endpoint": "http://127.0.0.1:9000", "skip_signature": "true", "max_retries": "1"}}"#).unwrap();
+        assert_eq!(c.storage_options["endpoint"], "http://127.0.0.1:9000");
+        assert_eq!(Config::from_json(&c.to_json()).unwrap(), c);
+    }
+
+    #[test]
     fn json_round_trip_keeps_every_field() {
         let c = Config::from_json(r#"{"samples_per_batch": 3, "sample_shape": [4, 5], "dtype": "bf16", "out_of_bounds": "fill"}"#).unwrap();
         assert_eq!(c.samples_per_batch, 3);
@@ -298,7 +321,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(json["out_of_bounds"], "fill");
         assert_eq!(json["dtype"], "bf16");
-        assert_eq!(json.as_object().unwrap().len(), 19, "every field");
+        assert_eq!(json.as_object().unwrap().len(), 20, "every field");
     }
 
     #[test]
@@ -339,6 +362,8 @@ mod tests {
             (r#"{"staging_bytes": 18446744073709551615}"#, "staging_bytes"),
             (r#"{"arrays": [""]}"#, "arrays"),
             (r#"{"n_io_threads": "2"}"#, "n_io_threads"),
+            (r#"{"storage_options": {"endpont": "http://x"}}"#, "storage_options"),
+            (r#"{"storage_options": {"region": 3}}"#, "storage_options"),
         ] {
             let e = Config::from_json(json).unwrap_err();
             assert_eq!(e.status(), Status::InvalidArgument, "{json}");

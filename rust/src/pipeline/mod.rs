@@ -151,6 +151,7 @@ impl Pipeline {
                 // batches in flight are never starved by the lookahead.
                 max_inflight: (cfg.n_io_threads as usize).div_ceil(2),
                 layouts: gpu_mode && cfg.n_chunk_layout_cache > 0,
+                storage: Arc::new(cfg.storage_options.clone()),
             },
             pool.spawner(),
         );

@@ -27,7 +27,16 @@ use crate::zarr::{ArrayMeta, ShardIndex};
 /// holds); NotFound when there is no `zarr.json` nor `.zarray`; Storage when it cannot be
 /// read (or is a FIFO, a device, too large); DtypeMismatch; every message names the uri.
 pub fn load_array(uri: &str) -> Result<Array> {
-    match resolve(uri)? {
+    load_array_with(uri, &store::StorageOptions::new())
+}
+
+/// [`load_array`] with `storage` options for an object store (also used for the levels of
+/// a multiscale group).
+///
+/// # Errors
+/// As [`load_array`].
+pub fn load_array_with(uri: &str, storage: &store::StorageOptions) -> Result<Array> {
+    match resolve(uri, storage)? {
         Resolved::Array(a) => Ok(*a),
         Resolved::Multiscale { multiscale, .. } => Err(err!(
             InvalidArgument,
@@ -99,13 +108,13 @@ fn not_found(uri: &str, store: &dyn Store) -> crate::error::Error {
 
 /// The store of `path` below the group `group` (reopened through [`store::open`], the one
 /// place uris are parsed; `path` was checked to be relative and free of `..`).
-fn child_store(group: &dyn Store, path: &str) -> Result<Arc<dyn Store>> {
-    store::open(&format!("{}/{path}", group.uri().trim_end_matches('/')))
+fn child_store(group: &dyn Store, path: &str, storage: &store::StorageOptions) -> Result<Arc<dyn Store>> {
+    store::open_with(&format!("{}/{path}", group.uri().trim_end_matches('/')), storage)
 }
 
-fn resolve(uri: &str) -> Result<Resolved> {
+fn resolve(uri: &str, storage: &store::StorageOptions) -> Result<Resolved> {
     let (location, level) = split_level(uri)?;
-    let store = store::open(location)?;
+    let store = store::open_with(location, storage)?;
     match (read_node(&*store, uri)?, level) {
         (None, _) => Err(not_found(uri, &*store)),
         (Some(Node::Array(meta)), None) => Ok(Resolved::Array(Box::new(array_of(uri, store, meta)?))),
@@ -125,14 +134,14 @@ fn resolve(uri: &str) -> Result<Resolved> {
                 .get(level)
                 .ok_or_else(|| err!(InvalidArgument, "{uri}: no level {level} (levels: {})", multiscale.describe_levels()))?
                 .path;
-            let (meta, level_store) = open_level(&*store, path, uri)?;
+            let (meta, level_store) = open_level(&*store, path, uri, storage)?;
             Ok(Resolved::Array(Box::new(array_of(uri, level_store, meta)?)))
         }
     }
 }
 
-fn open_level(group: &dyn Store, path: &str, uri: &str) -> Result<(ArrayMeta, Arc<dyn Store>)> {
-    let level_store = child_store(group, path)?;
+fn open_level(group: &dyn Store, path: &str, uri: &str, storage: &store::StorageOptions) -> Result<(ArrayMeta, Arc<dyn Store>)> {
+    let level_store = child_store(group, path, storage)?;
     match read_node(&*level_store, uri)? {
         Some(Node::Array(meta)) => Ok((meta, level_store)),
         Some(Node::Group { .. }) => Err(err!(InvalidArgument, "{uri}: multiscale level {path:?} is a group, not an array")),
@@ -205,14 +214,14 @@ pub enum Opened {
 /// # Errors
 /// As [`load_array`], and those of opening any level.
 pub fn open_node(uri: &str) -> Result<Opened> {
-    match resolve(uri)? {
+    match resolve(uri, &store::StorageOptions::new())? {
         Resolved::Array(a) => Ok(Opened::Array(a)),
         Resolved::Multiscale { store, multiscale } => {
             let levels = multiscale
                 .levels
                 .iter()
                 .enumerate()
-                .map(|(index, level)| Ok(LevelInfo { index, level: level.clone(), meta: open_level(&*store, &level.path, uri)?.0 }))
+                .map(|(index, level)| Ok(LevelInfo { index, level: level.clone(), meta: open_level(&*store, &level.path, uri, &store::StorageOptions::new())?.0 }))
                 .collect::<Result<Vec<_>>>()?;
             Ok(Opened::Multiscale(MultiscaleInfo { multiscale, levels }))
         }

@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-pub use load::{load_array, load_chunk_frame, load_shard, multiscale_levels, open_node, LevelInfo, MultiscaleInfo, Opened};
+pub use load::{load_array, load_array_with, load_chunk_frame, load_shard, multiscale_levels, open_node, LevelInfo, MultiscaleInfo, Opened};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
 use crate::decode::DeviceCodec;
@@ -130,12 +130,14 @@ pub struct Options {
     pub max_inflight: usize,
     /// Resolve blosc chunk layouts (the device path uses them).
     pub layouts: bool,
+    /// Options for the object stores arrays are opened with.
+    pub storage: Arc<crate::store::StorageOptions>,
 }
 
 impl Options {
     /// Defaults for tests: one sample per batch, generous caches.
     pub fn new(sample_shape: &[u64]) -> Self {
-        Self { samples_per_batch: 1, sample_shape: sample_shape.to_vec(), n_array_meta: 16, n_shard_index: 1024, n_chunk_layout: 4096, max_inflight: 4, layouts: false }
+        Self { samples_per_batch: 1, sample_shape: sample_shape.to_vec(), n_array_meta: 16, n_shard_index: 1024, n_chunk_layout: 4096, max_inflight: 4, layouts: false, storage: Arc::default() }
     }
 }
 
@@ -351,7 +353,7 @@ impl Prefetcher {
             ));
         }
         for uri in distinct {
-            let array = Arc::new(load_array(uri)?);
+            let array = Arc::new(load_array_with(uri, &opts.storage)?);
             let meta = &array.meta;
             if meta.rank() != opts.sample_shape.len() {
                 return Err(err!(RankMismatch, "{uri}: the array has rank {} (shape {:?}) but sample_shape {:?} has rank {}", meta.rank(), meta.shape, opts.sample_shape, opts.sample_shape.len()));
@@ -773,7 +775,7 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
                 Got::Load(h) => {
                     let uri = t.uri.clone();
                     drop(st);
-                    let loaded = load_array(&uri).map(Box::new);
+                    let loaded = load_array_with(&uri, &opts.storage).map(Box::new);
                     st = inner.lock();
                     finish_load(&mut st, opts, id, Load::Meta(h), loaded.map(Loaded::Meta));
                     continue;

@@ -10,11 +10,16 @@
 //! object's ETag) is what caches use to notice a changed object: data read under one
 //! generation is never mixed with another's.
 //!
-//! Backends: `fs` (local files, positioned reads). Owns no state beyond each backend's
-//! root. Called by `prefetch` (metadata, shard indexes, blosc heads), `io` (chunk bytes)
+//! Backends: `fs` (local files, positioned reads) and `object` (S3, GCS, Azure, HTTP(S)
+//! through the `object_store` crate, on one shared runtime this module owns). Owns no other
+//! state beyond each backend's root and client. Called by `prefetch` (metadata, shard indexes, blosc heads), `io` (chunk bytes)
 //! and `pipeline` (array info).
 
 mod fs;
+mod object;
+
+pub use object::{StorageOptions, MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT};
+pub(crate) use object::known_option;
 
 use std::fmt;
 use std::sync::Arc;
@@ -107,14 +112,27 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
 }
 
-/// The store rooted at the array `uri` names: a local path (absolute or relative to the
-/// current directory) or a `file:` URL (RFC 8089: `file:///abs/path`, `file://localhost/abs`,
-/// percent-encoded bytes decoded).
+/// The store rooted at the array `uri` names, configured from the environment alone:
+/// [`open_with`] without storage options.
 ///
 /// # Errors
-/// InvalidArgument for an empty uri, a NUL byte, a `file:` URL naming another host, or a
-/// scheme damacy cannot read (the message lists those it can).
+/// As [`open_with`].
 pub fn open(uri: &str) -> Result<Arc<dyn Store>> {
+    open_with(uri, &StorageOptions::new())
+}
+
+/// The store rooted at the array `uri` names: a local path (absolute or relative to the
+/// current directory), a `file:` URL (RFC 8089: `file:///abs/path`, `file://localhost/abs`,
+/// percent-encoded bytes decoded), or an object store prefix: `s3://bucket/prefix`,
+/// `gs://bucket/prefix`, `az://container/prefix`, `abfs[s]://container@account.../prefix`,
+/// `http[s]://host/path`. Object stores take their credentials and endpoints from the
+/// environment, then from `options` (ignored for local files; `object`'s module doc lists
+/// the keys).
+///
+/// # Errors
+/// InvalidArgument for an empty uri, a NUL byte, a `file:` URL naming another host, an
+/// unknown storage option, or a scheme damacy cannot read (the message lists those it can).
+pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> {
     if uri.is_empty() {
         return Err(err!(InvalidArgument, "empty uri"));
     }
@@ -126,7 +144,14 @@ pub fn open(uri: &str) -> Result<Arc<dyn Store>> {
         Some("file") => Ok(Arc::new(fs::FsStore::new(fs::file_url_path(uri)?))),
         #[cfg(test)]
         Some(mode) if mode.starts_with("fault-") => Ok(Arc::new(fault::FaultStore::new(mode, uri)?)),
-        Some(other) => Err(err!(InvalidArgument, "{uri}: unsupported uri scheme `{other}` (supported: local paths and file:// URLs)")),
+        Some(s) if object::SCHEMES.contains(&s.to_ascii_lowercase().as_str()) => {
+            let url = url::Url::parse(uri).map_err(|e| err!(InvalidArgument, "{uri}: not a valid URL: {e}"))?;
+            Ok(Arc::new(object::ObjectStoreBackend::open(uri, &url, options)?))
+        }
+        Some(other) => Err(err!(
+            InvalidArgument,
+            "{uri}: unsupported uri scheme `{other}` (supported: local paths, file://, s3://, gs://, az://, abfs[s]://, http[s]://)"
+        )),
     }
 }
 
@@ -200,7 +225,9 @@ mod tests {
         assert_eq!(open("/a%20b").unwrap().uri(), "/a%20b", "plain paths are not percent-decoded");
         let rel = open("rel/arr").unwrap();
         assert!(rel.uri().starts_with('/') && rel.uri().ends_with("/rel/arr"), "{}", rel.uri());
-        for bad in ["", "s3://bucket/x", "file://otherhost/x", "a\0b", "http://h/x"] {
+        assert_eq!(open("s3://bucket/x/").unwrap().uri(), "s3://bucket/x");
+        assert_eq!(open("HTTP://h:8/x").unwrap().uri(), "HTTP://h:8/x");
+        for bad in ["", "ftp://h/x", "file://otherhost/x", "a\0b", "s3:///x", "http://h/x?q=1"] {
             let e = open(bad).unwrap_err();
             assert_eq!(e.status(), Status::InvalidArgument, "{bad:?}: {e}");
         }
