@@ -10,11 +10,14 @@
 //! object's ETag) is what caches use to notice a changed object: data read under one
 //! generation is never mixed with another's.
 //!
-//! Backends: `fs` (local files, positioned reads). Owns no state beyond each backend's
+//! Backends: `fs` (local files, positioned reads); `mem` (objects in memory, `mem://NAME`:
+//! unit tests and the `fuzzing` feature only). Owns no state beyond each backend's
 //! root. Called by `prefetch` (metadata, shard indexes, blosc heads), `io` (chunk bytes)
 //! and `pipeline` (array info).
 
 mod fs;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod mem;
 
 use std::fmt;
 use std::sync::Arc;
@@ -124,6 +127,8 @@ pub fn open(uri: &str) -> Result<Arc<dyn Store>> {
     match scheme(uri) {
         None => Ok(Arc::new(fs::FsStore::new(fs::local_path(uri)?))),
         Some("file") => Ok(Arc::new(fs::FsStore::new(fs::file_url_path(uri)?))),
+        #[cfg(any(test, feature = "fuzzing"))]
+        Some("mem") => Ok(Arc::new(mem::MemStore::open(uri))),
         #[cfg(test)]
         Some(mode) if mode.starts_with("fault-") => Ok(Arc::new(fault::FaultStore::new(mode, uri)?)),
         Some(other) => Err(err!(InvalidArgument, "{uri}: unsupported uri scheme `{other}` (supported: local paths and file:// URLs)")),
