@@ -143,7 +143,7 @@ proptest! {
                 prop_assert_eq!((s.index_at_start, s.index_crc32c), (l.at_start, l.crc));
                 prop_assert_eq!(s.index_len(), s.n_chunks * 16 + if l.crc { 4 } else { 0 });
             }
-            (s, p) => prop_assert!(false, "sharding {:?} for {:?}", s, p),
+            (s, p) => return Err(TestCaseError::fail(format!("sharding {s:?} for {p:?}"))),
         }
         let mut specs = m.codecs.specs.iter();
         if l.transposed() {
@@ -185,11 +185,8 @@ proptest! {
         };
         let n: u64 = shape.iter().product();
         let coords_of = |mut i: u64, dims: &[u64]| -> Vec<u64> {
-            let mut c = vec![0; dims.len()];
-            for d in (0..dims.len()).rev() {
-                c[d] = i % dims[d];
-                i /= dims[d];
-            }
+            let mut c: Vec<u64> = dims.iter().rev().map(|&n| { let x = i % n; i /= n; x }).collect();
+            c.reverse();
             c
         };
         let data: Vec<u16> = (0..n).map(|i| value(&coords_of(i, &shape))).collect();

@@ -27,10 +27,10 @@ fn registry() -> &'static Mutex<HashMap<String, Arc<Objects>>> {
 
 /// Registers `objects` (key → bytes) under `name`, replacing what was there; the array is
 /// then readable at `mem://NAME`.
-pub fn insert(name: &str, objects: HashMap<String, Vec<u8>>) {
+pub fn insert(name: &str, objects: impl IntoIterator<Item = (String, Vec<u8>)>) {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let generation = Generation::new(format!("mem-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
-    registry().lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::new(Objects { generation, objects }));
+    registry().lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), Arc::new(Objects { generation, objects: objects.into_iter().collect() }));
 }
 
 /// Forgets the objects under `name` (stores opened earlier keep reading them).
@@ -117,7 +117,7 @@ mod tests {
         assert_eq!(s.read_ranges("c/0", None, &mut [RangeRead { offset: u64::MAX, buf: &mut buf }]).unwrap_err().status(), Status::Storage);
         assert_eq!(s.read_ranges("c/1", None, &mut []).unwrap(), ReadOutcome::Missing);
         assert_eq!(s.du().unwrap(), (2, 12));
-        insert("mem-test", HashMap::new());
+        insert("mem-test", []);
         let again = super::super::open("mem://mem-test").unwrap();
         assert!(again.head("c/0").unwrap().is_none());
         assert!(matches!(s.read_ranges("c/0", Some(&Generation::new("other")), &mut []).unwrap(), ReadOutcome::Changed(_)));
