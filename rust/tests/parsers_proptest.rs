@@ -62,7 +62,7 @@ impl Layout {
         }
         if self.per_shard.is_some() {
             let inner: Vec<NonZeroU64> = self.inner.iter().map(|&x| NonZeroU64::new(x).unwrap()).collect();
-            let mut s = ShardingCodecBuilder::new(inner.into(), dt);
+            let mut s = ShardingCodecBuilder::new(inner, dt);
             s.array_to_array_codecs(transpose()).bytes_to_bytes_codecs(compressors);
             s.index_location(if self.at_start { ShardingIndexLocation::Start } else { ShardingIndexLocation::End });
             if !self.crc {
