@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test suite: the layering check, cargo (unit, property, integration), clippy, the concurrency tests
-# under ThreadSanitizer (dev/tsan.sh), the C++ tests
+# under ThreadSanitizer (dev/tsan.sh), every fuzz target briefly (dev/fuzz.sh), the C++ tests
 # (ctest), and pytest against the built extension (including the downstream CMake consumer). Builds whatever is missing first.
 # `.ci/run` calls exactly this.
 set -euo pipefail
@@ -22,8 +22,13 @@ cargo test --release --workspace
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 
-echo "== ThreadSanitizer (prefetcher, stress, device staging; skipped without nightly)"
+echo "== ThreadSanitizer (prefetcher, stress, device staging; installs nightly when missing)"
 bash dev/tsan.sh
+
+# Every fuzz target for 20 s from the committed corpora (about 2 min plus the build; fails
+# on a crash, and under CI when nightly or cargo-fuzz cannot be installed).
+echo "== fuzz (rust/fuzz: every target, 20 s each)"
+bash dev/fuzz.sh
 
 echo "== build (extension, C++ tests)"
 bash dev/build.sh

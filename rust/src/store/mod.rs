@@ -10,12 +10,15 @@
 //! object's ETag) is what caches use to notice a changed object: data read under one
 //! generation is never mixed with another's.
 //!
-//! Backends: `fs` (local files, positioned reads) and `object` (S3, GCS, Azure, HTTP(S)
-//! through the `object_store` crate, on one shared runtime this module owns). Owns no other
-//! state beyond each backend's root and client. Called by `prefetch` (metadata, shard indexes, blosc heads), `io` (chunk bytes)
-//! and `pipeline` (array info).
+//! Backends: `fs` (local files, positioned reads); `object` (S3, GCS, Azure, HTTP(S)
+//! through the `object_store` crate, on one shared runtime this module owns); `mem`
+//! (objects in memory, `mem://NAME`: unit tests and the `fuzzing` feature only). Owns no
+//! other state beyond each backend's root and client. Called by `prefetch` (metadata, shard
+//! indexes, blosc heads), `io` (chunk bytes) and `pipeline` (array info).
 
 mod fs;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod mem;
 mod object;
 
 pub use object::{StorageOptions, MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT};
@@ -142,6 +145,8 @@ pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> 
     match scheme(uri) {
         None => Ok(Arc::new(fs::FsStore::new(fs::local_path(uri)?))),
         Some("file") => Ok(Arc::new(fs::FsStore::new(fs::file_url_path(uri)?))),
+        #[cfg(any(test, feature = "fuzzing"))]
+        Some("mem") => Ok(Arc::new(mem::MemStore::open(uri))),
         #[cfg(test)]
         Some(mode) if mode.starts_with("fault-") => Ok(Arc::new(fault::FaultStore::new(mode, uri)?)),
         Some(s) if object::SCHEMES.contains(&s.to_ascii_lowercase().as_str()) => {

@@ -152,7 +152,8 @@ impl BloscFrame {
         sorted.sort_unstable();
         for (b, &start) in starts.iter().enumerate() {
             let end = sorted.get(sorted.partition_point(|&s| s <= start)).copied().unwrap_or(cbytes);
-            if (start as usize) < need || end > cbytes {
+            // A start past cbytes has no later start: its "end" (cbytes) lies before it.
+            if (start as usize) < need || start > end || end > cbytes {
                 return Err(err!(Decode, "blosc block {b}: bytes {start}..{end} outside the {cbytes}-byte chunk after its {need}-byte head"));
             }
             frame.blocks.push((start, end));
@@ -213,5 +214,23 @@ mod tests {
         assert_eq!(l.nbytes, 8);
         h.truncate(20);
         assert!(parse(&h).is_err());
+    }
+
+    /// Found by the `batch_read` fuzz target: a block starting past the chunk's end was
+    /// accepted as the range `start..cbytes` with `start > cbytes`, and the device path
+    /// then computed a negative span (overflow panic in `run_device`).
+    #[test]
+    fn rejects_a_block_starting_past_the_end() {
+        let mut h = vec![2u8, 1, 0x01, 2];
+        h.extend(64u32.to_le_bytes()); // nbytes
+        h.extend(64u32.to_le_bytes()); // blocksize: one block
+        h.extend(40u32.to_le_bytes()); // cbytes
+        h.extend(1000u32.to_le_bytes()); // block 0 starts past the end
+        h.resize(40, 0);
+        let e = BloscFrame::parse(&h, 40).unwrap_err();
+        assert!(e.message().contains("outside"), "{e}");
+        // In range, the same header parses.
+        h[16..20].copy_from_slice(&20u32.to_le_bytes());
+        assert_eq!(BloscFrame::parse(&h, 40).unwrap().blocks, [(20, 40)]);
     }
 }

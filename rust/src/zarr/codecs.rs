@@ -160,9 +160,21 @@ impl CodecChain {
         Ok(Self { specs, metadata: metadata.to_vec() })
     }
 
-    /// The chain as JSON (for `info`).
+    /// The chain as JSON (for `info`), which parses back to the same chain.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(&self.metadata).unwrap_or(Value::Null)
+        // zarrs writes a codec without configuration as its bare name, dropping
+        // `"must_understand": false`: read back, a skipped codec would then be refused.
+        let codec = |m: &MetadataV3| {
+            let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            if !m.must_understand() {
+                if !v.is_object() {
+                    v = serde_json::json!({"name": m.name()});
+                }
+                v["must_understand"] = Value::Bool(false);
+            }
+            v
+        };
+        Value::Array(self.metadata.iter().map(codec).collect())
     }
 
     /// Codec names, comma separated (for messages).
@@ -188,6 +200,9 @@ mod tests {
         assert_eq!(c.names(), "transpose, bytes, blosc, crc32c");
         let skipped = chain(r#"[{"name":"bytes","configuration":{"endian":"little"}},{"name":"x.y","must_understand":false}]"#, 2).unwrap();
         assert_eq!(skipped.specs[1], CodecSpec::Skipped { name: "x.y".into() });
+        // Written back (`info`), the chain reads back the same, skipped codec included.
+        let again = chain(&skipped.to_json().to_string(), 2).unwrap();
+        assert_eq!(again.specs, skipped.specs);
         for (bad, what) in [
             ("[]", "no array→bytes"),
             (r#"[{"name":"zstd"}]"#, "before `bytes`"),

@@ -8,6 +8,8 @@ use crate::error::{err, Result};
 
 const MAGIC: u32 = 0xFD2F_B528;
 const MAX_BLOCK: u32 = 128 << 10;
+/// Largest Window_Log libzstd decodes on 64-bit targets (`ZSTD_WINDOWLOG_MAX_64`).
+const MAX_WINDOW_LOG: u32 = 31;
 
 /// Checks that `frame` is exactly one well-formed zstd frame whose content size, when the
 /// header states it, equals `decoded_len`.
@@ -38,6 +40,13 @@ pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
         2 => 4,
         _ => 8,
     };
+    if !single_segment {
+        // Window_Descriptor: libzstd (and so the CPU path) refuses windows over 2^31 bytes.
+        let window_log = 10 + u32::from(byte(5)? >> 3);
+        if window_log > MAX_WINDOW_LOG {
+            return Err(err!(Decode, "zstd frame header: window of 2^{window_log} bytes exceeds 2^{MAX_WINDOW_LOG}"));
+        }
+    }
     let mut at = 5 + usize::from(!single_segment) + dict_bytes;
     if fcs_bytes > 0 {
         let mut fcs = le(at, fcs_bytes)?;
@@ -55,7 +64,8 @@ pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
         let last = header & 1 != 0;
         let size = header >> 3;
         let payload = match (header >> 1) & 3 {
-            0 | 2 if size > MAX_BLOCK => return Err(err!(Decode, "zstd block of {size} bytes exceeds {MAX_BLOCK}")),
+            // Block_Maximum_Size bounds every block, an RLE block's repeat count included.
+            0..=2 if size > MAX_BLOCK => return Err(err!(Decode, "zstd block of {size} bytes exceeds {MAX_BLOCK}")),
             0 | 2 => size as usize,
             1 => 1,
             _ => return Err(err!(Decode, "zstd block of reserved type 3 at byte {}", at - 3)),
@@ -108,5 +118,25 @@ mod tests {
         let garbage: Vec<u8> = (0..f.len()).map(|_| { x ^= x << 13; x ^= x >> 17; x ^= x << 5; x as u8 }).collect();
         assert!(check_frame(&garbage, 200_000).is_err());
         assert!(check_frame(&[], 0).is_err());
+    }
+
+    /// Found by the `zstd_frame` fuzz target: a frame libzstd refuses (window descriptor
+    /// 0xec: a 2^39-byte window) passed the check, so the device path would have handed it
+    /// to nvCOMP. And an RLE block repeating its byte more than 128 KiB times.
+    #[test]
+    fn rejects_oversized_windows_and_rle_blocks() {
+        let frame = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xec, 0x03, 0x1c, 0xb8, 0x1a];
+        assert!(zstd::zstd_safe::find_frame_compressed_size(&frame).is_err(), "libzstd refuses it");
+        let e = check_frame(&frame, 0).unwrap_err();
+        assert!(e.message().contains("window"), "{e}");
+        // Window 2^10: then the RLE block of 0x170380 repeats is what is wrong.
+        let mut rle = frame;
+        rle[5] = 0x00;
+        assert!(check_frame(&rle, 0).unwrap_err().message().contains("exceeds"));
+        // An RLE block of 16 repeats is fine.
+        let header = (16u32 << 3) | (1 << 1) | 1;
+        rle[6..9].copy_from_slice(&header.to_le_bytes()[..3]);
+        check_frame(&rle, 0).unwrap();
+        assert_eq!(zstd::bulk::decompress(&rle, 16).unwrap(), [0x1a; 16]);
     }
 }

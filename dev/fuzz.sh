@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds and runs every cargo-fuzz target of rust/fuzz (zarr_json, shard_index, blosc_frame,
+# zstd_frame, batch_read) for a bounded time each: `dev/fuzz.sh [seconds]`, default 20.
+# Starts from the committed seed corpora (rust/fuzz/corpus/<target>, only read: new inputs
+# go to a scratch corpus) and fails on the first crash, panic, leak, timeout or OOM; the
+# input that did it is left in rust/fuzz/artifacts/<target>/ (add it to the corpus once the
+# bug is fixed). Needs nightly with rust-src and cargo-fuzz, installed here when missing; if
+# that fails it skips with a notice, except when CI is set: then it fails.
+# Longer runs and their results: dev/fuzz.md.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root/rust"
+secs="${1:-20}"
+targets=(zarr_json shard_index blosc_frame zstd_frame batch_read)
+
+unavailable() {
+    if [ -n "${CI:-}" ]; then
+        echo "fuzz: FAILED: $1 (CI is set, so this stage may not be skipped)" >&2
+        exit 1
+    fi
+    echo "fuzz: skipped ($1)"
+    exit 0
+}
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    rustup toolchain install nightly --profile minimal --component rust-src || unavailable "no nightly toolchain, and it cannot be installed"
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    rustup component add rust-src --toolchain nightly || unavailable "nightly has no rust-src, and it cannot be installed"
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked || unavailable "cargo-fuzz cannot be installed"
+fi
+
+cargo +nightly fuzz build
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+for t in "${targets[@]}"; do
+    mkdir -p "$scratch/$t"
+    echo "== fuzz $t (${secs} s)"
+    # -rss_limit_mb / -malloc_limit_mb: memory stays bounded (batch_read also counts its
+    # heap); -timeout: one input taking 30 s is a hang. batch_read runs without
+    # LeakSanitizer: its leak checks stop all ~30 pipeline threads on every new input (7x
+    # slower), and its pipelines live for the whole run by design.
+    extra=()
+    [ "$t" = batch_read ] && extra=(-detect_leaks=0)
+    if ! cargo +nightly fuzz run "$t" "$scratch/$t" "fuzz/corpus/$t" -- \
+        -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=30 -print_final_stats=1 "${extra[@]}" \
+        >"$scratch/$t.log" 2>&1; then
+        tail -n 60 "$scratch/$t.log"
+        echo "fuzz: $t FAILED; the input is in rust/fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+    grep -E '^stat::number_of_executed_units|^stat::peak_rss_mb|^#[0-9]+.*DONE' "$scratch/$t.log" || true
+done
+echo "fuzz: no crash in ${#targets[@]} targets"
