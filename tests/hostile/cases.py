@@ -84,11 +84,6 @@ for _name, _cls, _names, _kw, _doc in [
         _x = dict(xfail="python/damacy/config.py: json.dumps writes NaN/Infinity (not JSON), so the native "
                         "validation answers `config: invalid JSON: expected value at line 1 column 89` instead of "
                         "naming `pop_timeout_s` (fix: json.dumps(allow_nan=False) and name the field)")
-    if _name == "cfg_n_io_threads_1e6":
-        _x = dict(xfail="n_io_threads has no upper bound: 10^6 starts ~1000 threads until the OS refuses, then "
-                        "OutOfMemory `cannot start I/O thread 1029: Resource temporarily unavailable` that does not "
-                        "name the knob (conventions: errors cite the knob); expected InvalidArgument naming "
-                        "`n_io_threads` with a cap", devices=("cpu",))
     register(_name, "1 sizes", "error", _cfg_error(_cls, _names, **_kw), _doc, timeout_s=90, **_x)
 
 
@@ -100,10 +95,6 @@ def cfg_huge_counts_are_lazy(ctx):
     ctx.same(ctx.read(str(ctx.good_path), BOX, n_batch_buffers=big, lookahead_samples=big), ctx.good_box())
 
 
-CACHE_BUG = ("cache::Cache::new builds every slot and the free list up front (56+ bytes per entry, "
-             "infallible): n_*_cache = 2**32-1 aborts the process with `memory allocation of 240518168520 "
-             "bytes failed` at Pipeline construction; expected InvalidArgument naming the knob (or lazy slots)")
-
 for _knob in ("n_array_meta_cache", "n_shard_index_cache", "n_chunk_layout_cache"):
     def _fn(ctx, _knob=_knob):
         try:
@@ -113,8 +104,8 @@ for _knob in ("n_array_meta_cache", "n_shard_index_cache", "n_chunk_layout_cache
             return
         ctx.same(t, ctx.good_box())
     register(f"cfg_{_knob}_2p32", "1 sizes", "values", _fn,
-             f"{_knob} = 2**32-1: correct values, or InvalidArgument/OutOfMemory naming the knob; never an abort",
-             xfail=CACHE_BUG)
+             f"{_knob} = 2**32-1: correct values, or InvalidArgument/OutOfMemory naming the knob; never an abort "
+             "(config caps each cache at 2**24 entries; slots are made on demand)")
 
 
 @case("1 sizes", "error")
