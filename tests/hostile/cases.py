@@ -1255,13 +1255,7 @@ def selftest_wrong_error(ctx):
     ctx.pop_error(str(ctx.tmp / "nothing.zarr"), _d().DecodeError, [])
 
 
-VANISHED_BUG = ("pipeline/run.rs read_into invalidates the cached shard index only on ReadOutcome::Changed; "
-                "io::read_op turns Missing into StorageError 'vanished since its index was read' without "
-                "invalidating, so a shard deleted after a first read fails every later batch forever instead of "
-                "reading as fill (absent shards are fill) after one StorageError")
-
-
-@case("9 rewrite", "values", xfail=VANISHED_BUG)
+@case("9 rewrite", "values")
 def shard_deleted_after_first_read(ctx):
     """Shard [0,0,0] deleted after a first read: at most one StorageError naming it, then
     the box reads as the fill value (an absent shard is fill)."""

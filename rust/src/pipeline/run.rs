@@ -4,8 +4,9 @@
 //! checked here, once per batch, before any buffer is taken: `staging_bytes` for the bytes
 //! read, `decoded_bytes` for the chunks decoded, on both paths.
 //!
-//! A read that finds its shard rewritten since the index was read fails the batch with
-//! Storage and invalidates that index (later batches read the new one).
+//! A read that finds its shard rewritten or deleted since the index was read fails the batch
+//! with Storage and invalidates that index (later batches read the new one, or find the
+//! shard absent and read fill).
 
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use crate::plan::device::{copy_ops, Blocks};
 use crate::plan::staging::{layout, ReadOp, StagingLayout};
 use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
 use crate::prefetch::LayoutMap;
+use crate::store::Generation;
 
 /// Largest gap between two chunk ranges of one object that a read op reads through.
 const MAX_READ_GAP: u64 = 64 << 10;
@@ -44,14 +46,24 @@ fn range_key(array: &Array, source: &ChunkSource) -> Option<ChunkKey> {
     }
 }
 
-/// Reads `read` into `buf`; a changed shard invalidates its index and fails the read.
+/// Reads `read` into `buf`; a changed or vanished shard invalidates its index and fails the
+/// read.
 fn read_into(shared: &Shared, array: &Array, read: &ReadOp, buf: &mut [u8]) -> Result<()> {
     match io::read_op(&*array.store, read, buf)? {
         Read::Done => Ok(()),
-        Read::Changed { found } => {
-            shared.prefetch.invalidate_shard(&array.id, &read.key);
-            Err(err!(Storage, "{}", io::changed_message(&*array.store, &read.key, read.generation.as_ref(), &found)))
-        }
+        Read::Changed { found } => Err(stale_shard(shared, array, &read.key, read.generation.as_ref(), Some(&found))),
+        Read::Missing => Err(stale_shard(shared, array, &read.key, read.generation.as_ref(), None)),
+    }
+}
+
+/// The shard `key` is not the generation its cached index was read from (`found`; `None`:
+/// it is gone): forgets that index, so later batches read the new one (or find the shard
+/// absent: fill), and returns the error that fails the batch.
+fn stale_shard(shared: &Shared, array: &Array, key: &str, expected: Option<&Generation>, found: Option<&Generation>) -> Error {
+    shared.prefetch.invalidate_shard(&array.id, key);
+    match found {
+        Some(found) => err!(Storage, "{}", io::changed_message(&*array.store, key, expected, found)),
+        None => err!(Storage, "{}", io::vanished_message(&*array.store, key)),
     }
 }
 

@@ -85,6 +85,21 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
 }
 
 #[test]
+fn a_deleted_shard_fails_one_batch_then_reads_as_fill() {
+    let dir = volume("deleted", &[16, 16, 16], 5);
+    let p = pipeline();
+    let u = dir.to_str().unwrap();
+    assert!(batch(&p, u, 0).unwrap().iter().any(|&v| v != 0.0), "the shard holds data");
+    std::fs::remove_file(dir.join("c/0/0/0")).unwrap();
+    let e = batch(&p, u, 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("vanished"), "{e}");
+    let after = batch(&p, u, 0).expect("the index was dropped: the shard is absent now");
+    assert!(after.iter().all(|&v| v == 0.0), "an absent shard is fill (0)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn configs_whose_sizes_overflow_are_refused() {
     for shape in [vec![(1u64 << 62) + 16], vec![1 << 40, 1 << 40], vec![u64::MAX]] {
         let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds: super::config::OutOfBounds::Fill, ..Config::default() };
