@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import operator
 import os
 import sys
@@ -100,6 +101,14 @@ def _device_name(value: Any) -> Any:
     return value
 
 
+def _finite(field: str, value: float) -> float:
+    """`value` when finite: JSON has no NaN or Infinity (json.dumps would write them, and the
+    native parser would answer "invalid JSON" without naming the field)."""
+    if not math.isfinite(value):
+        raise InvalidArgument(f"config field `{field}`: expected a finite number, found {value!r}")
+    return value
+
+
 def _jsonable(field: str, value: Any) -> Any:
     """`value` as plain JSON data (tuples, numpy scalars and paths allowed)."""
     if isinstance(value, os.PathLike):
@@ -109,13 +118,13 @@ def _jsonable(field: str, value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(field, v) for v in value]
     if isinstance(value, float):
-        return value
+        return _finite(field, value)
     try:
         return operator.index(value)
     except TypeError:
         pass
     if hasattr(value, "__float__") and not hasattr(value, "__len__"):
-        return float(value)
+        return _finite(field, float(value))
     raise InvalidArgument(f"config field `{field}`: cannot use a {type(value).__name__} ({value!r})")
 
 
@@ -136,7 +145,7 @@ class Config:
         if "device" in fields:
             fields["device"] = _device_name(fields["device"])
         payload = {k: _jsonable(k, v) for k, v in fields.items()}
-        normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload))
+        normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload, allow_nan=False))
         object.__setattr__(self, "_fields", json.loads(normalised))
 
     @classmethod

@@ -79,12 +79,7 @@ for _name, _cls, _names, _kw, _doc in [
     ("cfg_n_io_threads_1e6", ("InvalidArgument", "OutOfMemory"), ["n_io_threads"],
      dict(n_io_threads=10**6), "n_io_threads = 10^6: refused (or OutOfMemory naming the knob), never a million threads"),
 ]:
-    _x = {}
-    if _name in ("cfg_pop_timeout_nan", "cfg_pop_timeout_inf"):
-        _x = dict(xfail="python/damacy/config.py: json.dumps writes NaN/Infinity (not JSON), so the native "
-                        "validation answers `config: invalid JSON: expected value at line 1 column 89` instead of "
-                        "naming `pop_timeout_s` (fix: json.dumps(allow_nan=False) and name the field)")
-    register(_name, "1 sizes", "error", _cfg_error(_cls, _names, **_kw), _doc, timeout_s=90, **_x)
+    register(_name, "1 sizes", "error", _cfg_error(_cls, _names, **_kw), _doc, timeout_s=90)
 
 
 @case("1 sizes", "values")
