@@ -1565,10 +1565,7 @@ def uri_longer_than_path_max(ctx):
         ctx.pop_error(uri, (_d().StorageError, _d().NotFound, _d().InvalidArgument), [uri[-40:]])
 
 
-@case("x data module", "error", timeout_s=10, xfail=(
-    "python/damacy/data.py GridCrops.axis builds Python lists of every start and owned range: "
-    "CropDataset(a [2**63-1, 4, 4] array, GridCrops((4, 4, 4))) tries to build 2**61 starts at construction "
-    "(RSS climbs until MemoryError or the timeout). Expected: InvalidArgument naming the crop count, or lazy axes"))
+@case("x data module", "error", timeout_s=10)
 def data_grid_crops_huge_shape(ctx):
     """CropDataset with GridCrops over a [2**63-1, 4, 4] array (2**61 crops): a typed error
     at once (or lazy construction within 2 s), not a list of 2**61 starts."""
