@@ -753,16 +753,12 @@ def _rewrite_case(how: str, cache: bool):
 
 register("shard_rewritten_in_place", "9 rewrite", "values", _rewrite_case("in_place", False),
          "an uncompressed shard rewritten in place (same size, reversed chunk order, new values) after a first read")
-STALE_BUG = ("pipeline/run.rs run_cpu looks chunks up in the decoded cache by (array id, key, offset, "
-             "generation of the *cached shard index*) and a hit skips the read, the only generation check: "
-             "after the shard is rewritten (in place or by rename) every later batch serves the old decoded "
-             "chunks (all 256 voxels stale, no error). Expected StorageError (changed) or the new values")
 register("shard_rewritten_in_place_decoded_cache", "9 rewrite", "values", _rewrite_case("in_place", True),
-         "as shard_rewritten_in_place with decoded_cache_bytes = 1 MiB", xfail=STALE_BUG)
+         "as shard_rewritten_in_place with decoded_cache_bytes = 1 MiB")
 register("shard_replaced_by_rename", "9 rewrite", "values", _rewrite_case("rename", False),
          "the shard replaced by rename (new inode) after a first read")
 register("shard_replaced_by_rename_decoded_cache", "9 rewrite", "values", _rewrite_case("rename", True),
-         "as shard_replaced_by_rename with decoded_cache_bytes = 1 MiB", xfail=STALE_BUG)
+         "as shard_replaced_by_rename with decoded_cache_bytes = 1 MiB")
 
 
 @case("9 rewrite", "values")

@@ -8,6 +8,7 @@
 //! with Storage and invalidates that index (later batches read the new one, or find the
 //! shard absent and read fill).
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,16 +91,22 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
     batch.set_lease(lease);
 
     // Chunks found decoded in the cache are not read: their op's source becomes Absent and
-    // `cached` holds the bytes the job assembles from.
+    // `cached` holds the bytes the job assembles from. A read is where a rewritten shard is
+    // noticed, so each shard object with hits gets one `head` per batch instead (`checks`:
+    // object → its cached generation and a chunk to name).
     let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
+    let mut checks: HashMap<(u32, Arc<str>), (Generation, usize), ahash::RandomState> = HashMap::default();
     {
         let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.enabled() {
             for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
                 let array = &plan.arrays[op.array as usize];
-                if let Some(v) = range_key(array, &op.source).and_then(|k| cache.get(&k)) {
-                    cached[i] = Some(v);
-                    op.source = ChunkSource::Absent;
+                if let Some(k) = range_key(array, &op.source) {
+                    if let Some(v) = cache.get(&k) {
+                        cached[i] = Some(v);
+                        op.source = ChunkSource::Absent;
+                        checks.entry((op.array, k.key)).or_insert((k.generation, i));
+                    }
                 }
             }
         }
@@ -116,6 +123,19 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
                 unsafe { assemble::fill_region(&meta.fill, meta.dtype, f.sample, &f.region, &out, &shared.cfg.sample_shape) };
             }
             Ok(())
+        });
+    }
+    // Generation checks of the shards served from the decoded cache: a job each, failing the
+    // batch (and invalidating the index) when the shard changed or vanished.
+    for ((array_at, key), (generation, first)) in checks {
+        let (plan, what_plan) = (Arc::clone(&plan), Arc::clone(&plan));
+        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
+            let array = &plan.arrays[array_at as usize];
+            let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
+            match found {
+                Some(info) if info.generation == generation => Ok(()),
+                found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
+            }
         });
     }
     // Coalesced ranges: one read, then each chunk it holds is decoded and assembled.

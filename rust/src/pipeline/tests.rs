@@ -13,8 +13,12 @@ fn volume(name: &str, shard: &[u64], seed: u64) -> PathBuf {
     dir
 }
 
+fn config() -> Config {
+    Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }
+}
+
 fn pipeline() -> Pipeline {
-    Pipeline::new(Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }).unwrap()
+    Pipeline::new(config()).unwrap()
 }
 
 /// Pushes two copies of the box at `z` of `uri` and pops their batch as f32 values.
@@ -79,6 +83,31 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
     let reference = batch(&pipeline(), ub, 0).unwrap();
     assert_ne!(before, reference, "the two volumes differ");
     assert_eq!(after, reference, "the new index was read");
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
+fn a_shard_rewritten_in_place_is_noticed_with_the_decoded_cache_on() {
+    let a = volume("stale-cache-a", &[16, 16, 16], 6);
+    let b = volume("stale-cache-b", &[16, 16, 16], 7);
+    let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, ..config() }).unwrap();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    assert_eq!(batch(&p, ua, 0).unwrap(), before, "served from the decoded cache");
+    std::fs::write(a.join("c/0/0/0"), std::fs::read(b.join("c/0/0/0")).unwrap()).unwrap();
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("changed"), "{e}");
+    let after = batch(&p, ua, 0).unwrap();
+    assert_ne!(before, after, "the two volumes differ");
+    assert_eq!(after, batch(&pipeline(), ub, 0).unwrap(), "the new shard was read");
+    // Deleted while cached: one error, then fill.
+    std::fs::remove_file(a.join("c/0/0/0")).unwrap();
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("vanished"), "{e}");
+    assert!(batch(&p, ua, 0).unwrap().iter().all(|&v| v == 0.0));
     for d in [a, b] {
         std::fs::remove_dir_all(&d).unwrap();
     }
