@@ -1488,13 +1488,7 @@ def gzip_length_trailer_wrong(ctx):
     ctx.pop_error(str(path), _d().DecodeError, ["gzip", "chunk [0, 0, 0]"])
 
 
-GZIP_MEMBER_BUG = ("decode/cpu.rs decompress(Step::Gzip) reads ONE member with flate2::read::GzDecoder and "
-                   "ignores whatever follows it; zarr-python (gzip module) reads every member and rejects "
-                   "trailing garbage (BadGzipFile 'Not a gzipped file')")
-
-
-@case("x corruption", "error", xfail=GZIP_MEMBER_BUG + ": 100 garbage bytes after the member are accepted "
-      "silently (the zstd path rejects trailing bytes). Expected DecodeError naming gzip")
+@case("x corruption", "error")
 def gzip_trailing_garbage(ctx):
     """A valid gzip member followed by 100 bytes of garbage: DecodeError (or a second
     member that fails), never the first member's values silently."""
@@ -1513,8 +1507,7 @@ def zstd_trailing_garbage(ctx):
     ctx.pop_error(str(path), _d().DecodeError, ["zstd", "chunk [0, 0, 0]"])
 
 
-@case("x corruption", "values", xfail=GZIP_MEMBER_BUG + ": a valid two-member gzip chunk fails with "
-      "DecodeError 'chunk decoded to 64 bytes, expected 128' where zarr-python reads it. Expected the values")
+@case("x corruption", "values")
 def gzip_two_members(ctx):
     """A chunk stored as two gzip members (RFC 1952 allows it; zarr-python reads it): the
     right values."""
