@@ -58,10 +58,12 @@ fn read_into(shared: &Shared, array: &Array, read: &ReadOp, buf: &mut [u8]) -> R
 }
 
 /// The shard `key` is not the generation its cached index was read from (`found`; `None`:
-/// it is gone): forgets that index, so later batches read the new one (or find the shard
-/// absent: fill), and returns the error that fails the batch.
+/// it is gone): forgets that index and the array's metadata (the array may have been
+/// recreated), so later batches read the new ones (or find the shard absent: fill), and
+/// returns the error that fails the batch.
 fn stale_shard(shared: &Shared, array: &Array, key: &str, expected: Option<&Generation>, found: Option<&Generation>) -> Error {
     shared.prefetch.invalidate_shard(&array.id, key);
+    shared.prefetch.invalidate_array(&array.uri);
     match found {
         Some(found) => err!(Storage, "{}", io::changed_message(&*array.store, key, expected, found)),
         None => err!(Storage, "{}", io::vanished_message(&*array.store, key)),

@@ -129,6 +129,27 @@ fn a_deleted_shard_fails_one_batch_then_reads_as_fill() {
 }
 
 #[test]
+fn a_sharded_array_recreated_with_another_codec_is_read_with_its_new_metadata() {
+    let a = volume("recreated-a", &[16, 16, 16], 8);
+    let b = std::env::temp_dir().join(format!("damacy-pipe-recreated-b-{}", std::process::id()));
+    crate::example::write_example_volume(b.to_str().unwrap(), &[16, 16, 16], &[8, 8, 8], &[16, 16, 16], "blosc-zstd", 9).unwrap();
+    let p = pipeline();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    for f in ["zarr.json", "c/0/0/0"] {
+        std::fs::write(a.join(f), std::fs::read(b.join(f)).unwrap()).unwrap();
+    }
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert!(e.status() == Status::Storage && e.message().contains("changed"), "{e}");
+    let after = batch(&p, ua, 0).expect("blosc chunks read with the new (blosc) metadata, not the cached zstd one");
+    assert_ne!(before, after);
+    assert_eq!(after, batch(&pipeline(), ub, 0).unwrap());
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
 fn configs_whose_sizes_overflow_are_refused() {
     for shape in [vec![(1u64 << 62) + 16], vec![1 << 40, 1 << 40], vec![u64::MAX]] {
         let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds: super::config::OutOfBounds::Fill, ..Config::default() };
