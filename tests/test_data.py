@@ -17,6 +17,7 @@ import os
 import pickle
 import shutil
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -226,6 +227,40 @@ def test_grid_axis_geometry():
         GridCrops((4,), stride=(5,))
     # Overlap 4 - 2 = 2: each neighbour owns one voxel of it.
     assert GridCrops((4,), stride=(2,)).axis(8, 0) == ([0, 2, 4], [(0, 3), (3, 5), (5, 8)])
+
+
+def _grid_axis_lists(extent, s, t, edge):
+    """The list-building GridCrops.axis of before the lazy axes (the reference)."""
+    if extent <= s:
+        starts = [0]
+    else:
+        n = -(-(extent - s) // t) + 1
+        starts = [i * t for i in range(n)]
+        if edge == "shift":
+            starts[-1] = extent - s
+    own = []
+    for i, b in enumerate(starts):
+        lo = 0 if i == 0 else own[-1][1]
+        hi = extent if i == len(starts) - 1 else (starts[i + 1] + b + s) // 2
+        own.append((lo, min(hi, extent)))
+    return starts, own
+
+
+def test_grid_axes_are_lazy_and_equal_the_lists():
+    for s in range(1, 7):
+        for t in range(1, s + 1):
+            for edge in ("shift", "pad"):
+                for extent in range(s if edge == "shift" else 1, 40):
+                    assert GridCrops((s,), stride=(t,), edge=edge).axis(extent, 0) == _grid_axis_lists(extent, s, t, edge), (s, t, edge, extent)
+    # A [2**63-1, 4, 4] array: 2**61 crops, nothing built per crop.
+    g = GridCrops((4, 4, 4))
+    t0 = time.monotonic()
+    plan = g._plan(["huge"], [(2**63 - 1, 4, 4)], None, 0)
+    assert plan.n_samples == -(-(2**63 - 1 - 4) // 4) + 1
+    assert plan.sample(0) == (0, (0, 0, 0), ((0, 4), (0, 4), (0, 4)))
+    last = plan.sample(plan.n_samples - 1)
+    assert last[1] == (2**63 - 1 - 4, 0, 0) and last[2][0][1] == 2**63 - 1
+    assert time.monotonic() - t0 < 1.0
 
 
 # --------------------------------------------------------------------------------------

@@ -127,6 +127,16 @@ def test_config_rejects_other_dtypes_naming_the_accepted_set(bad):
         assert name in str(info.value)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), np.float64("nan"), np.float32("inf")])
+def test_config_rejects_non_finite_floats_naming_the_field(bad):
+    # JSON has no NaN/Infinity: refused before the native parser, naming the field.
+    with pytest.raises(damacy.InvalidArgument, match="`pop_timeout_s`: expected a finite number") as info:
+        damacy.Config(pop_timeout_s=bad)
+    assert "invalid JSON" not in str(info.value)
+    with pytest.raises(damacy.InvalidArgument, match="`sample_shape`"):
+        damacy.Config(sample_shape=[4, float("nan")])
+
+
 def test_config_accepts_torch_device():
     assert damacy.Config(device=torch.device("cpu")).device == "cpu"
     assert damacy.Config(device=torch.device("cuda", 1)).device == "cuda:1"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import operator
 import os
 import sys
@@ -33,10 +34,10 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "decode": ('Literal["auto", "gpu", "cpu"]', 'where chunks are decoded: "auto" (the GPU when the device is CUDA, '
                'nvCOMP is found and the output is a float; else the CPU), "gpu" (an error when it cannot be) or "cpu"'),
     "lookahead_samples": ("int", "samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch)"),
-    "n_io_threads": ("int", "worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32)"),
-    "n_array_meta_cache": ("int", "capacity of the array metadata cache, in entries (arrays)"),
-    "n_shard_index_cache": ("int", "capacity of the shard index cache, in entries (shard files; sizing: docs/tuning.md)"),
-    "n_chunk_layout_cache": ("int", "capacity of the blosc chunk layout cache, in entries (stored chunks; GPU path); 0 turns layouts off"),
+    "n_io_threads": ("int", "worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32; at most 1024)"),
+    "n_array_meta_cache": ("int", "capacity of the array metadata cache, in entries (arrays; 1 to 2**24)"),
+    "n_shard_index_cache": ("int", "capacity of the shard index cache, in entries (shard files; 1 to 2**24; sizing: docs/tuning.md)"),
+    "n_chunk_layout_cache": ("int", "capacity of the blosc chunk layout cache, in entries (stored chunks; GPU path; at most 2**24); 0 turns layouts off"),
     "n_batch_buffers": ("int", "output buffers: batches in flight plus batches held by the caller"),
     "staging_bytes": ("int", "budget for the compressed bytes read for one batch, in bytes"),
     "decoded_bytes": ("int", "budget for the decoded chunk bytes held for one batch, in bytes (both paths)"),
@@ -104,6 +105,14 @@ def _device_name(value: Any) -> Any:
     return value
 
 
+def _finite(field: str, value: float) -> float:
+    """`value` when finite: JSON has no NaN or Infinity (json.dumps would write them, and the
+    native parser would answer "invalid JSON" without naming the field)."""
+    if not math.isfinite(value):
+        raise InvalidArgument(f"config field `{field}`: expected a finite number, found {value!r}")
+    return value
+
+
 def _jsonable(field: str, value: Any) -> Any:
     """`value` as plain JSON data (tuples, numpy scalars and paths allowed)."""
     if isinstance(value, os.PathLike):
@@ -124,13 +133,13 @@ def _jsonable(field: str, value: Any) -> Any:
             out[k] = v if isinstance(v, str) else _jsonable(field, v)
         return out
     if isinstance(value, float):
-        return value
+        return _finite(field, value)
     try:
         return operator.index(value)
     except TypeError:
         pass
     if hasattr(value, "__float__") and not hasattr(value, "__len__"):
-        return float(value)
+        return _finite(field, float(value))
     raise InvalidArgument(f"config field `{field}`: cannot use a {type(value).__name__} ({value!r})")
 
 
@@ -151,7 +160,7 @@ class Config:
         if "device" in fields:
             fields["device"] = _device_name(fields["device"])
         payload = {k: _jsonable(k, v) for k, v in fields.items()}
-        normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload))
+        normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload, allow_nan=False))
         object.__setattr__(self, "_fields", json.loads(normalised))
 
     @classmethod

@@ -94,16 +94,16 @@ class Config:
         """samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch)."""
     @property
     def n_io_threads(self) -> int:
-        """worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32)."""
+        """worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32; at most 1024)."""
     @property
     def n_array_meta_cache(self) -> int:
-        """capacity of the array metadata cache, in entries (arrays)."""
+        """capacity of the array metadata cache, in entries (arrays; 1 to 2**24)."""
     @property
     def n_shard_index_cache(self) -> int:
-        """capacity of the shard index cache, in entries (shard files; sizing: docs/tuning.md)."""
+        """capacity of the shard index cache, in entries (shard files; 1 to 2**24; sizing: docs/tuning.md)."""
     @property
     def n_chunk_layout_cache(self) -> int:
-        """capacity of the blosc chunk layout cache, in entries (stored chunks; GPU path); 0 turns layouts off."""
+        """capacity of the blosc chunk layout cache, in entries (stored chunks; GPU path; at most 2**24); 0 turns layouts off."""
     @property
     def n_batch_buffers(self) -> int:
         """output buffers: batches in flight plus batches held by the caller."""

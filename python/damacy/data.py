@@ -233,23 +233,11 @@ class GridCrops:
         return f"GridCrops(sample_shape={self.sample_shape}, stride={self.stride}, edge={self.edge!r})"
 
     def axis(self, extent: int, dim: int) -> tuple[list[int], list[tuple[int, int]]]:
-        """Starts and owned ranges of the crops along one dimension of `extent` voxels."""
-        s, t = self.sample_shape[dim], self.stride[dim]
-        if extent <= s:
-            if self.edge == "shift" and extent < s:
-                raise InvalidArgument(f"GridCrops(edge='shift'): extent {extent} along dim {dim} is smaller than sample_shape {self.sample_shape}; use edge='pad'")
-            starts = [0]
-        else:
-            n = -(-(extent - s) // t) + 1  # crops so that the last one reaches the end
-            starts = [i * t for i in range(n)]
-            if self.edge == "shift":
-                starts[-1] = extent - s
-        own = []
-        for i, b in enumerate(starts):
-            lo = 0 if i == 0 else own[-1][1]
-            hi = extent if i == len(starts) - 1 else (starts[i + 1] + b + s) // 2
-            own.append((lo, min(hi, extent)))
-        return starts, own
+        """Starts and owned ranges of the crops along one dimension of `extent` voxels (as
+        lists: for axes of a few million crops at most; the dataset uses `_Axis`)."""
+        ax = _Axis(self, extent, dim)
+        crops = [ax.crop(i) for i in range(len(ax))]
+        return [b for b, _ in crops], [o for _, o in crops]
 
     def _plan(self, uris: Sequence[str], shapes: Sequence[tuple[int, ...]], weights: Sequence[float] | None, epoch: int) -> _EpochPlan:
         if weights is not None:
@@ -260,17 +248,53 @@ class GridCrops:
         return _GridEpoch(self, uris, shapes)
 
 
+class _Axis:
+    """The crops of a `GridCrops` along one dimension of `extent` voxels, computed on demand
+    (an axis of 2**61 crops costs nothing): crop `i` starts at ``i * stride``, except the
+    last under ``edge="shift"``, which ends at the array's end; each owns from where its
+    predecessor's ownership ends to the middle of its overlap with its successor."""
+
+    __slots__ = ("_extent", "_n", "_s", "_shift", "_t")
+
+    def __init__(self, sampler: GridCrops, extent: int, dim: int) -> None:
+        s, t = sampler.sample_shape[dim], sampler.stride[dim]
+        if extent <= s:
+            if sampler.edge == "shift" and extent < s:
+                raise InvalidArgument(f"GridCrops(edge='shift'): extent {extent} along dim {dim} is smaller than sample_shape {sampler.sample_shape}; use edge='pad'")
+            n = 1
+        else:
+            n = -(-(extent - s) // t) + 1  # crops so that the last one reaches the end
+        self._extent, self._n, self._s, self._t, self._shift = extent, n, s, t, sampler.edge == "shift"
+
+    def __len__(self) -> int:
+        return self._n
+
+    def start(self, i: int) -> int:
+        if i == self._n - 1 and self._shift and self._n > 1:
+            return self._extent - self._s
+        return i * self._t
+
+    def _own_end(self, i: int) -> int:
+        if i == self._n - 1:
+            return self._extent
+        return min((self.start(i + 1) + self.start(i) + self._s) // 2, self._extent)
+
+    def crop(self, i: int) -> tuple[int, tuple[int, int]]:
+        """Start and owned range of crop `i` (0 <= i < len)."""
+        return self.start(i), (0 if i == 0 else self._own_end(i - 1), self._own_end(i))
+
+
 class _GridEpoch(_EpochPlan):
     def __init__(self, sampler: GridCrops, uris: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> None:
-        self._axes = []
+        self._axes: list[list[_Axis]] = []
         self._offsets = [0]
         for uri, shape in zip(uris, shapes):
             try:
-                axes = [sampler.axis(n, d) for d, n in enumerate(shape)]
+                axes = [_Axis(sampler, n, d) for d, n in enumerate(shape)]
             except InvalidArgument as e:
                 raise InvalidArgument(f"{uri}: {e}") from None
             self._axes.append(axes)
-            self._offsets.append(self._offsets[-1] + math.prod(len(st) for st, _ in axes))
+            self._offsets.append(self._offsets[-1] + math.prod(len(ax) for ax in axes))
         self.n_samples = self._offsets[-1]
         self._shape = sampler.sample_shape
 
@@ -279,13 +303,12 @@ class _GridEpoch(_EpochPlan):
         k = i - self._offsets[a]
         axes = self._axes[a]
         idx = []
-        for starts, _ in reversed(axes):
-            k, r = divmod(k, len(starts))
+        for ax in reversed(axes):
+            k, r = divmod(k, len(ax))
             idx.append(r)
         idx.reverse()
-        starts = tuple(axes[d][0][j] for d, j in enumerate(idx))
-        own = tuple(axes[d][1][j] for d, j in enumerate(idx))
-        return a, starts, own
+        crops = [ax.crop(j) for ax, j in zip(axes, idx)]
+        return a, tuple(b for b, _ in crops), tuple(o for _, o in crops)
 
 
 # --------------------------------------------------------------------------------------

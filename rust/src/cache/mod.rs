@@ -5,7 +5,8 @@
 //! A slot is reused only after its generation is bumped, so a stale handle never resolves
 //! to another key's value. Entries are pinned while a batch that needs them is in flight
 //! (the batch gate) and evicted least-recently-used once unpinned. Capacity is fixed at
-//! construction; `acquire` answers `Full` when every slot is pinned, and the prefetcher
+//! construction, slots are made as they are first needed (memory follows the entries held,
+//! not the capacity); `acquire` answers `Full` when every slot is pinned, and the prefetcher
 //! decides what that means (defer, wait, or fail naming the knob).
 //!
 //! Owns its slots; calls nothing. Not synchronised: the pipeline keeps each cache behind a
@@ -59,29 +60,28 @@ pub enum Acquired<V> {
 
 /// A fixed-capacity, generation-checked, pin-aware LRU cache.
 pub struct Cache<K, V> {
+    /// Made on demand, never more than `capacity`.
     slots: Vec<Slot<K, V>>,
+    capacity: usize,
     index: HashMap<K, u32, ahash::RandomState>,
     /// Unpinned slots holding a value, by last use: the eviction order (O(log n)).
     lru: BTreeMap<u64, u32>,
-    /// Slots holding no key.
+    /// Slots made and holding no key.
     free: Vec<u32>,
     clock: u64,
     stats: CacheStats,
 }
 
 impl<K: Clone + Eq + Hash, V> Cache<K, V> {
-    /// A cache of `capacity` entries (at least 1).
+    /// A cache of `capacity` entries (1 to 2^32 - 1; clamped). Allocates nothing up front.
     pub fn new(capacity: usize) -> Self {
-        let slots = (0..capacity.max(1))
-            .map(|_| Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0, orphan: false })
-            .collect();
-        let n = capacity.max(1) as u32;
-        Self { slots, index: HashMap::default(), lru: BTreeMap::new(), free: (0..n).rev().collect(), clock: 0, stats: CacheStats::default() }
+        let capacity = capacity.clamp(1, u32::MAX as usize);
+        Self { slots: Vec::new(), capacity, index: HashMap::default(), lru: BTreeMap::new(), free: Vec::new(), clock: 0, stats: CacheStats::default() }
     }
 
     /// Capacity in entries.
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.capacity
     }
 
     /// Hit, miss and eviction counts so far.
@@ -116,6 +116,10 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
         }
         let victim = match self.free.pop() {
             Some(i) => i as usize,
+            None if self.slots.len() < self.capacity => {
+                self.slots.push(Slot { key: None, value: None, generation: 0, pins: 0, last_used: 0, orphan: false });
+                self.slots.len() - 1
+            }
             None => match self.lru.pop_first() {
                 Some((_, i)) => i as usize,
                 None => return Acquired::Full,
@@ -230,6 +234,23 @@ mod tests {
         c.fill(h3, Arc::new("three".into()));
         assert_eq!(c.get(h3).unwrap().as_str(), "three");
         assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn slots_are_made_on_demand() {
+        let mut c: Cache<u32, u32> = Cache::new(u32::MAX as usize);
+        assert_eq!(c.capacity(), u32::MAX as usize);
+        assert_eq!(c.slots.capacity(), 0, "nothing allocated up front");
+        for k in 0..3 {
+            let Acquired::Miss(h) = c.acquire(&k) else { panic!() };
+            c.fill(h, Arc::new(k));
+            c.release(h);
+        }
+        assert_eq!(c.slots.len(), 3, "one slot per entry held");
+        c.invalidate(&1);
+        let Acquired::Miss(_) = c.acquire(&9) else { panic!() };
+        assert_eq!(c.slots.len(), 3, "a freed slot is reused before a new one is made");
+        assert_eq!(Cache::<u32, u32>::new(0).capacity(), 1);
     }
 
     #[test]

@@ -265,25 +265,41 @@ fn decompress(step: Step, src: &[u8], dst: &mut [u8]) -> Result<usize> {
             };
             dctx.decompress_to_buffer(src, dst).map_err(|e| err!(Decode, "zstd: {e} (at most {} bytes expected)", dst.len()))
         }),
-        Step::Gzip => {
-            let mut d = flate2::read::GzDecoder::new(src);
-            let mut n = 0;
-            while n < dst.len() {
-                match d.read(&mut dst[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) => return Err(err!(Decode, "gzip: {e}")),
-                }
-            }
-            let mut extra = [0u8; 1];
-            match d.read(&mut extra) {
-                Ok(0) => Ok(n),
-                Ok(_) => Err(err!(Decode, "gzip: stream decodes to more than the {} bytes expected", dst.len())),
-                Err(e) => Err(err!(Decode, "gzip: {e}")),
-            }
-        }
+        Step::Gzip => gunzip(src, dst),
         Step::Blosc => blosc_decompress(src, dst),
         Step::Crc32c => Err(err!(Decode, "internal: crc32c is not a decompression")),
+    }
+}
+
+/// Gzip decompression of every member of `src` into `dst` (RFC 1952: a gzip stream is one
+/// or more members, each checked by its CRC-32 and length trailer). Like Python's `gzip`
+/// (what zarr-python reads with), NUL padding after a member is skipped; any other bytes
+/// after a member must be another valid member, so trailing garbage fails.
+fn gunzip(src: &[u8], dst: &mut [u8]) -> Result<usize> {
+    let gz = |e: std::io::Error| err!(Decode, "gzip: {e}");
+    let mut rest = src;
+    let mut n = 0;
+    loop {
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        loop {
+            if n == dst.len() {
+                let mut extra = [0u8; 1];
+                if member.read(&mut extra).map_err(gz)? > 0 {
+                    return Err(err!(Decode, "gzip: stream decodes to more than the {} bytes expected", dst.len()));
+                }
+                break;
+            }
+            match member.read(&mut dst[n..]).map_err(gz)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        // A member ends after its trailer is checked; its reader is then past the trailer.
+        rest = member.into_inner();
+        rest = &rest[rest.iter().take_while(|&&b| b == 0).count()..];
+        if rest.is_empty() {
+            return Ok(n);
+        }
     }
 }
 
@@ -759,6 +775,37 @@ mod tests {
         let codec = codec_for("uint16", &json!(0), &json!([bytes("little")]), &shape).unwrap();
         let huge = vec![0u8; max_encoded_len(len as u64) as usize + 1];
         assert!(codec.decode_into(&huge, &mut out).unwrap_err().message().contains("exceeds"));
+    }
+
+    #[test]
+    fn gzip_reads_every_member_and_refuses_trailing_garbage() {
+        let shape = [4, 4, 4];
+        let decoded = random_chunk("uint16", &shape, 71);
+        let gz = |bytes: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, bytes).unwrap();
+            e.finish().unwrap()
+        };
+        let codec = codec_for("uint16", &json!(0), &json!([bytes("little"), gzip()]), &shape).unwrap();
+        let mut out = vec![0u8; codec.decoded_len()];
+        // Two members (and three, one empty), then NUL padding (Python's gzip skips it).
+        let two = [gz(&decoded[..64]), gz(&decoded[64..])].concat();
+        let three = [gz(&decoded[..10]), gz(&[]), gz(&decoded[10..])].concat();
+        for ok in [two.clone(), three, [two.clone(), vec![0; 7]].concat()] {
+            out.fill(0);
+            codec.decode_into(&ok, &mut out).unwrap();
+            assert!(out == decoded);
+        }
+        // Garbage after a member; a second member that is corrupt; one too many bytes.
+        let mut corrupt_second = two.clone();
+        let at = corrupt_second.len() - 6;
+        corrupt_second[at] ^= 1;
+        let longer = [gz(&decoded), gz(&[1])].concat();
+        for bad in [[gz(&decoded), vec![0x5a; 100]].concat(), [gz(&decoded), vec![0, 0, 7]].concat(), corrupt_second, longer] {
+            let e = codec.decode_into(&bad, &mut out).unwrap_err();
+            assert_eq!(e.status(), Status::Decode, "{e}");
+            assert!(e.message().contains("gzip"), "{e}");
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! io: runs the plan's read ops through the arrays' stores, and owns the worker pool the
 //! chunk jobs and the prefetcher's loads run on. The only caller of [`Store`] for chunk
-//! bytes: a read op fills its staging range, or reports that its object changed since the
-//! shard index it was planned from was read (the caller invalidates that index), or fails
-//! with Storage naming the object and the range.
+//! bytes: a read op fills its staging range, or reports that its object changed or vanished
+//! since the shard index it was planned from was read (the caller invalidates that index),
+//! or fails with Storage naming the object and the range.
 //!
 //! Calls: `store`, `plan` (read op records). Called by `pipeline`.
 
@@ -10,7 +10,7 @@ mod pool;
 
 pub use pool::{Spawner, WorkerPool};
 
-use crate::error::{err, Result};
+use crate::error::Result;
 use crate::plan::staging::ReadOp;
 use crate::store::{Generation, ObjectInfo, RangeRead, ReadOutcome, Store};
 
@@ -24,19 +24,21 @@ pub enum Read {
         /// The generation found.
         found: Generation,
     },
+    /// The object does not exist any more: nothing was read.
+    Missing,
 }
 
 /// Reads `op` from `store` into `buf` (its staging range, `op.len` bytes).
 ///
 /// # Errors
-/// Storage when the object vanished, is short, or the read fails (naming object and range).
+/// Storage when the object is short or the read fails (naming object and range).
 pub fn read_op(store: &dyn Store, op: &ReadOp, buf: &mut [u8]) -> Result<Read> {
     let mut ranges = [RangeRead { offset: op.offset, buf }];
-    match store.read_ranges(&op.key, op.generation.as_ref(), &mut ranges)? {
-        ReadOutcome::Done(_) => Ok(Read::Done),
-        ReadOutcome::Changed(info) => Ok(Read::Changed { found: info.generation }),
-        ReadOutcome::Missing => Err(err!(Storage, "{}: vanished since its index was read", store.describe(&op.key))),
-    }
+    Ok(match store.read_ranges(&op.key, op.generation.as_ref(), &mut ranges)? {
+        ReadOutcome::Done(_) => Read::Done,
+        ReadOutcome::Changed(info) => Read::Changed { found: info.generation },
+        ReadOutcome::Missing => Read::Missing,
+    })
 }
 
 /// Reads the whole object `key` (an unsharded chunk), at most `max_len` bytes; `None` when
@@ -55,4 +57,9 @@ pub fn changed_message(store: &dyn Store, key: &str, expected: Option<&Generatio
         store.describe(key),
         expected.map_or_else(|| "?".to_string(), ToString::to_string)
     )
+}
+
+/// The message of a read that found its shard gone.
+pub fn vanished_message(store: &dyn Store, key: &str) -> String {
+    format!("{}: the shard vanished since its index was read; later batches read it as absent (fill)", store.describe(key))
 }

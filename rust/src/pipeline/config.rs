@@ -32,6 +32,15 @@ pub enum OutOfBounds {
 /// Largest byte size of any one buffer a config may ask for (128 TiB).
 pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 47;
 
+/// Most entries any one metadata cache may be given (2^24): far beyond any batch's need
+/// (a batch of 2^16 samples touching 256 shards each), and slots are made as they are first
+/// used, so a large capacity costs nothing until it is filled.
+pub(crate) const MAX_CACHE_ENTRIES: u32 = 1 << 24;
+
+/// Most worker threads a pipeline may start (1024): beyond any machine's cores many times
+/// over; each thread reserves its stack, and the OS refuses threads long before 2^32.
+pub(crate) const MAX_IO_THREADS: u32 = 1024;
+
 /// Validated configuration. Field docs are the user-facing docs of `damacy.Config`; every
 /// field has a default, unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,14 +58,14 @@ pub struct Config {
     pub decode: Decode,
     /// How many pushed samples may wait ahead of the next pop (the prefetch window).
     pub lookahead_samples: u32,
-    /// Worker threads for metadata, reads, decode and assembly.
+    /// Worker threads for metadata, reads, decode and assembly (1 to 1024).
     pub n_io_threads: u32,
-    /// Capacity of the array metadata cache (entries).
+    /// Capacity of the array metadata cache (entries, 1 to 2^24).
     pub n_array_meta_cache: u32,
-    /// Capacity of the shard index cache (entries).
+    /// Capacity of the shard index cache (entries, 1 to 2^24).
     pub n_shard_index_cache: u32,
-    /// Capacity of the blosc chunk layout cache (entries; GPU path). 0 turns layouts off:
-    /// blosc chunks are then staged and decoded whole.
+    /// Capacity of the blosc chunk layout cache (entries, at most 2^24; GPU path). 0 turns
+    /// layouts off: blosc chunks are then staged and decoded whole.
     pub n_chunk_layout_cache: u32,
     /// Output buffers (batches in flight plus batches held by the caller).
     pub n_batch_buffers: u32,
@@ -186,6 +195,16 @@ impl Config {
         }
         for (field, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes)] {
             at_least(field, v, 1)?;
+        }
+        for (field, v, max) in [
+            ("n_io_threads", self.n_io_threads, MAX_IO_THREADS),
+            ("n_array_meta_cache", self.n_array_meta_cache, MAX_CACHE_ENTRIES),
+            ("n_shard_index_cache", self.n_shard_index_cache, MAX_CACHE_ENTRIES),
+            ("n_chunk_layout_cache", self.n_chunk_layout_cache, MAX_CACHE_ENTRIES),
+        ] {
+            if v > max {
+                return Err(err!(InvalidArgument, "config field `{field}`: expected at most {max}, found {v}"));
+            }
         }
         if self.device_ahead > 8 {
             return Err(err!(InvalidArgument, "config field `device_ahead`: expected 1 to 8, found {}", self.device_ahead));
@@ -373,6 +392,18 @@ mod tests {
         for bad in [r#"{"samples_per_batch": 1} x"#, "{not json", "{"] {
             let e = Config::from_json(bad).unwrap_err();
             assert!(e.message().contains("invalid JSON"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_that_size_resources_are_capped() {
+        for (field, max) in [("n_io_threads", MAX_IO_THREADS), ("n_array_meta_cache", MAX_CACHE_ENTRIES), ("n_shard_index_cache", MAX_CACHE_ENTRIES), ("n_chunk_layout_cache", MAX_CACHE_ENTRIES)] {
+            Config::from_json(&format!(r#"{{"{field}": {max}}}"#)).unwrap();
+            for bad in [u64::from(max) + 1, u64::from(u32::MAX)] {
+                let e = Config::from_json(&format!(r#"{{"{field}": {bad}}}"#)).unwrap_err();
+                assert_eq!(e.status(), Status::InvalidArgument, "{field} = {bad}");
+                assert!(e.message().contains(&format!("`{field}`")) && e.message().contains(&format!("at most {max}")), "{e}");
+            }
         }
     }
 

@@ -4,9 +4,11 @@
 //! checked here, once per batch, before any buffer is taken: `staging_bytes` for the bytes
 //! read, `decoded_bytes` for the chunks decoded, on both paths.
 //!
-//! A read that finds its shard rewritten since the index was read fails the batch with
-//! Storage and invalidates that index (later batches read the new one).
+//! A read that finds its shard rewritten or deleted since the index was read fails the batch
+//! with Storage and invalidates that index (later batches read the new one, or find the
+//! shard absent and read fill).
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,7 @@ use crate::plan::device::{copy_ops, Blocks};
 use crate::plan::staging::{layout, ReadOp, StagingLayout};
 use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
 use crate::prefetch::LayoutMap;
+use crate::store::Generation;
 
 /// Largest gap between two chunk ranges of one object that a read op reads through.
 const MAX_READ_GAP: u64 = 64 << 10;
@@ -44,14 +47,26 @@ fn range_key(array: &Array, source: &ChunkSource) -> Option<ChunkKey> {
     }
 }
 
-/// Reads `read` into `buf`; a changed shard invalidates its index and fails the read.
+/// Reads `read` into `buf`; a changed or vanished shard invalidates its index and fails the
+/// read.
 fn read_into(shared: &Shared, array: &Array, read: &ReadOp, buf: &mut [u8]) -> Result<()> {
     match io::read_op(&*array.store, read, buf)? {
         Read::Done => Ok(()),
-        Read::Changed { found } => {
-            shared.prefetch.invalidate_shard(&array.id, &read.key);
-            Err(err!(Storage, "{}", io::changed_message(&*array.store, &read.key, read.generation.as_ref(), &found)))
-        }
+        Read::Changed { found } => Err(stale_shard(shared, array, &read.key, read.generation.as_ref(), Some(&found))),
+        Read::Missing => Err(stale_shard(shared, array, &read.key, read.generation.as_ref(), None)),
+    }
+}
+
+/// The shard `key` is not the generation its cached index was read from (`found`; `None`:
+/// it is gone): forgets that index and the array's metadata (the array may have been
+/// recreated), so later batches read the new ones (or find the shard absent: fill), and
+/// returns the error that fails the batch.
+fn stale_shard(shared: &Shared, array: &Array, key: &str, expected: Option<&Generation>, found: Option<&Generation>) -> Error {
+    shared.prefetch.invalidate_shard(&array.id, key);
+    shared.prefetch.invalidate_array(&array.uri);
+    match found {
+        Some(found) => err!(Storage, "{}", io::changed_message(&*array.store, key, expected, found)),
+        None => err!(Storage, "{}", io::vanished_message(&*array.store, key)),
     }
 }
 
@@ -78,16 +93,22 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
     batch.set_lease(lease);
 
     // Chunks found decoded in the cache are not read: their op's source becomes Absent and
-    // `cached` holds the bytes the job assembles from.
+    // `cached` holds the bytes the job assembles from. A read is where a rewritten shard is
+    // noticed, so each shard object with hits gets one `head` per batch instead (`checks`:
+    // object → its cached generation and a chunk to name).
     let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
+    let mut checks: HashMap<(u32, Arc<str>), (Generation, usize), ahash::RandomState> = HashMap::default();
     {
         let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.enabled() {
             for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
                 let array = &plan.arrays[op.array as usize];
-                if let Some(v) = range_key(array, &op.source).and_then(|k| cache.get(&k)) {
-                    cached[i] = Some(v);
-                    op.source = ChunkSource::Absent;
+                if let Some(k) = range_key(array, &op.source) {
+                    if let Some(v) = cache.get(&k) {
+                        cached[i] = Some(v);
+                        op.source = ChunkSource::Absent;
+                        checks.entry((op.array, k.key)).or_insert((k.generation, i));
+                    }
                 }
             }
         }
@@ -104,6 +125,19 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
                 unsafe { assemble::fill_region(&meta.fill, meta.dtype, f.sample, &f.region, &out, &shared.cfg.sample_shape) };
             }
             Ok(())
+        });
+    }
+    // Generation checks of the shards served from the decoded cache: a job each, failing the
+    // batch (and invalidating the index) when the shard changed or vanished.
+    for ((array_at, key), (generation, first)) in checks {
+        let (plan, what_plan) = (Arc::clone(&plan), Arc::clone(&plan));
+        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
+            let array = &plan.arrays[array_at as usize];
+            let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
+            match found {
+                Some(info) if info.generation == generation => Ok(()),
+                found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
+            }
         });
     }
     // Coalesced ranges: one read, then each chunk it holds is decoded and assembled.

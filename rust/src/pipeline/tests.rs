@@ -13,8 +13,12 @@ fn volume(name: &str, shard: &[u64], seed: u64) -> PathBuf {
     dir
 }
 
+fn config() -> Config {
+    Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }
+}
+
 fn pipeline() -> Pipeline {
-    Pipeline::new(Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }).unwrap()
+    Pipeline::new(config()).unwrap()
 }
 
 /// Pushes two copies of the box at `z` of `uri` and pops their batch as f32 values.
@@ -79,6 +83,67 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
     let reference = batch(&pipeline(), ub, 0).unwrap();
     assert_ne!(before, reference, "the two volumes differ");
     assert_eq!(after, reference, "the new index was read");
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
+fn a_shard_rewritten_in_place_is_noticed_with_the_decoded_cache_on() {
+    let a = volume("stale-cache-a", &[16, 16, 16], 6);
+    let b = volume("stale-cache-b", &[16, 16, 16], 7);
+    let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, ..config() }).unwrap();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    assert_eq!(batch(&p, ua, 0).unwrap(), before, "served from the decoded cache");
+    std::fs::write(a.join("c/0/0/0"), std::fs::read(b.join("c/0/0/0")).unwrap()).unwrap();
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("changed"), "{e}");
+    let after = batch(&p, ua, 0).unwrap();
+    assert_ne!(before, after, "the two volumes differ");
+    assert_eq!(after, batch(&pipeline(), ub, 0).unwrap(), "the new shard was read");
+    // Deleted while cached: one error, then fill.
+    std::fs::remove_file(a.join("c/0/0/0")).unwrap();
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("vanished"), "{e}");
+    assert!(batch(&p, ua, 0).unwrap().iter().all(|&v| v == 0.0));
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
+fn a_deleted_shard_fails_one_batch_then_reads_as_fill() {
+    let dir = volume("deleted", &[16, 16, 16], 5);
+    let p = pipeline();
+    let u = dir.to_str().unwrap();
+    assert!(batch(&p, u, 0).unwrap().iter().any(|&v| v != 0.0), "the shard holds data");
+    std::fs::remove_file(dir.join("c/0/0/0")).unwrap();
+    let e = batch(&p, u, 0).unwrap_err();
+    assert_eq!(e.status(), Status::Storage, "{e}");
+    assert!(e.message().contains("c/0/0/0") && e.message().contains("vanished"), "{e}");
+    let after = batch(&p, u, 0).expect("the index was dropped: the shard is absent now");
+    assert!(after.iter().all(|&v| v == 0.0), "an absent shard is fill (0)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sharded_array_recreated_with_another_codec_is_read_with_its_new_metadata() {
+    let a = volume("recreated-a", &[16, 16, 16], 8);
+    let b = std::env::temp_dir().join(format!("damacy-pipe-recreated-b-{}", std::process::id()));
+    crate::example::write_example_volume(b.to_str().unwrap(), &[16, 16, 16], &[8, 8, 8], &[16, 16, 16], "blosc-zstd", 9).unwrap();
+    let p = pipeline();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    for f in ["zarr.json", "c/0/0/0"] {
+        std::fs::write(a.join(f), std::fs::read(b.join(f)).unwrap()).unwrap();
+    }
+    let e = batch(&p, ua, 0).unwrap_err();
+    assert!(e.status() == Status::Storage && e.message().contains("changed"), "{e}");
+    let after = batch(&p, ua, 0).expect("blosc chunks read with the new (blosc) metadata, not the cached zstd one");
+    assert_ne!(before, after);
+    assert_eq!(after, batch(&pipeline(), ub, 0).unwrap());
     for d in [a, b] {
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -27,7 +27,10 @@
 //! Staleness: a shard index carries the generation of the shard file it was read from;
 //! reads of that shard check it, and a batch that finds the shard rewritten fails with
 //! Storage and calls [`Prefetcher::invalidate_shard`], so later batches read the new index.
-//! Array metadata is read once per pipeline (a changed `zarr.json` is not noticed).
+//! The same batch also calls [`Prefetcher::invalidate_array`], so a recreated array's new
+//! `zarr.json` is read too. Otherwise array metadata is read once per pipeline: a changed
+//! `zarr.json` alone, or an unsharded array recreated in place, is not noticed (as
+//! tensorstore's default `recheck_cached_metadata: "open"`; README, "What it reads").
 //!
 //! Calls: `store`/`zarr`/`decode` (through `load`), `cache`, `io` (spawner), `plan`
 //! (geometry, the opened-array record). Called by `pipeline`.
@@ -503,6 +506,13 @@ impl Prefetcher {
     /// samples read it again. Batches holding the old index keep it until they finish.
     pub fn invalidate_shard(&self, id: &Arc<str>, key: &str) {
         self.0.lock().shard_index.invalidate(&(Arc::clone(id), key.to_string()));
+    }
+
+    /// Forgets the cached metadata of the array opened as `uri` (one of its shards changed or
+    /// vanished: the array may have been recreated): later samples read its `zarr.json`
+    /// again. Batches holding the old metadata keep it until they finish.
+    pub fn invalidate_array(&self, uri: &str) {
+        self.0.lock().array_meta.invalidate(&uri.to_string());
     }
 
     /// Drops every ticket and stops starting tasks; waiters return Shutdown.
