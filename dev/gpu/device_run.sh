@@ -3,7 +3,8 @@
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
 # headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
-#   STAGES="build kernels nvcomp5 nvcomp6 pytest example sanitize bench" (default: all)
+#   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all)
+#   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
 #
 # nvCOMP: damacy binds 6.x or 5.x at run time (cpp/src/nvcomp/nvcomp_loader.h). The two
 # wheels cannot share one --target, so .whl/nvidia_libnvcomp_cu13-*.whl are kept out of
@@ -19,7 +20,7 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/damacy-out}"
 mkdir -p "$OUT"
-STAGES="${STAGES:-build kernels nvcomp5 nvcomp6 pytest example sanitize bench}"
+STAGES="${STAGES:-build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench}"
 BENCH_ARGS="${BENCH_ARGS:---quick}"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -95,9 +96,15 @@ has nvcomp6 && nvcomp_stage 6
 
 if has pytest; then
   log "pytest (GPU + differential + errors + pipeline)"
-  timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_differential.py \
+  timeout "${T_PYTEST:-420}" python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_differential.py \
     tests/test_errors.py tests/test_pipeline.py tests/test_data.py > "$OUT/pytest.txt" 2>&1
   log "pytest rc=$?"; tail -5 "$OUT/pytest.txt" | tee -a "$OUT/summary.txt"
+fi
+
+if has hostile; then
+  log "hostile-input suite on the GPU path (tests/hostile --device cuda)"
+  timeout "${T_HOSTILE:-400}" python3 -m tests.hostile --device cuda -j 8 --json "$OUT/hostile-cuda.json" > "$OUT/hostile.txt" 2>&1
+  log "hostile rc=$?"; tail -14 "$OUT/hostile.txt" | tee -a "$OUT/summary.txt"
 fi
 
 if has example; then
@@ -108,7 +115,7 @@ fi
 
 if has sanitize; then
   log "compute-sanitizer memcheck on the GPU tests"
-  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 --target-processes all \
+  timeout "${T_SANITIZE:-300}" compute-sanitizer --tool memcheck --error-exitcode 9 --target-processes all \
     python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py -k "not memory_growth" > "$OUT/sanitizer.txt" 2>&1
   log "memcheck rc=$?"; grep -E "ERROR SUMMARY|passed|failed" "$OUT/sanitizer.txt" | tail -3 | tee -a "$OUT/summary.txt"
 fi
@@ -116,7 +123,7 @@ fi
 if has bench; then
   log "bench_gpu $BENCH_ARGS"
   # shellcheck disable=SC2086
-  timeout 540 python3 bench/bench_gpu.py $BENCH_ARGS --out "$OUT/bench_gpu.json" > "$OUT/bench.txt" 2>&1
+  timeout "${T_BENCH:-540}" python3 bench/bench_gpu.py $BENCH_ARGS --out "$OUT/bench_gpu.json" > "$OUT/bench.txt" 2>&1
   log "bench rc=$?"; tail -25 "$OUT/bench.txt" | tee -a "$OUT/summary.txt"
 fi
 log "done"

@@ -211,7 +211,7 @@ fn array_info(uri: &str, usage: bool) -> Result<ArrayInfo> {
     })
 }
 
-fn info_of(uri: &str, array: &crate::plan::Array, (files, bytes_stored): (u64, u64)) -> ArrayInfo {
+fn info_of(uri: &str, array: &pipeline::Array, (files, bytes_stored): (u64, u64)) -> ArrayInfo {
     let meta = &array.meta;
     let sharding = meta.sharding.as_ref();
     ArrayInfo {
@@ -260,7 +260,7 @@ fn array_info_json(uri: &str, usage: bool) -> Result<String> {
     })
 }
 
-fn multiscale_json(uri: &str, m: &crate::prefetch::MultiscaleInfo) -> String {
+fn multiscale_json(uri: &str, m: &pipeline::MultiscaleInfo) -> String {
     let base = uri.trim_end_matches('/');
     let levels: Vec<serde_json::Value> = m
         .levels

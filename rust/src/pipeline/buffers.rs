@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use crate::error::{err, Result};
 
-/// Alignment of every buffer: enough for every output dtype, vector loads and cache lines.
-const ALIGN: usize = 64;
+/// Alignment of every buffer: enough for every output dtype and 16-byte vector loads (large
+/// buffers come page-aligned from mmap anyway). Not more: above the allocator's minimum
+/// alignment (16), `alloc_zeroed` is `aligned_alloc` plus a memset that touches every page
+/// up front (a 64-byte alignment cost ~0.3 s per staging slab and tripled the GPU quick
+/// bench's time, dev/perf.md); at 16 it is `calloc`, whose fresh mmap pages are zero for free.
+const ALIGN: usize = 16;
 
 /// Zeroed, 64-byte aligned bytes; allocation failure is an error, not an abort.
 struct Aligned {

@@ -31,6 +31,9 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
 pub use config::{Config, Decode, OutDtype, OutOfBounds};
+/// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
+pub use crate::plan::Array;
+pub use crate::prefetch::MultiscaleInfo;
 
 use crate::error::{err, Result};
 use crate::io::WorkerPool;

@@ -24,7 +24,13 @@ pub(super) struct FsStore {
 
 impl FsStore {
     pub(super) fn new(root: PathBuf) -> Self {
-        let uri = root.display().to_string();
+        // The store's identity in every cache: lossless, so two folders whose names are not
+        // UTF-8 never share one (`display()` would map both to U+FFFD). Such a root is
+        // named by its percent-encoded file URL.
+        let uri = match root.to_str() {
+            Some(s) => s.to_string(),
+            None => url::Url::from_file_path(&root).map_or_else(|()| root.display().to_string(), String::from),
+        };
         Self { root, uri }
     }
 

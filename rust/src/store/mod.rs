@@ -142,14 +142,14 @@ pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> 
     if let Some(at) = uri.find('\0') {
         return Err(err!(InvalidArgument, "uri {:?} contains a NUL byte at position {at}", uri));
     }
-    match scheme(uri) {
+    match scheme(uri).as_deref() {
         None => Ok(Arc::new(fs::FsStore::new(fs::local_path(uri)?))),
         Some("file") => Ok(Arc::new(fs::FsStore::new(fs::file_url_path(uri)?))),
         #[cfg(any(test, feature = "fuzzing"))]
         Some("mem") => Ok(Arc::new(mem::MemStore::open(uri))),
         #[cfg(test)]
         Some(mode) if mode.starts_with("fault-") => Ok(Arc::new(fault::FaultStore::new(mode, uri)?)),
-        Some(s) if object::SCHEMES.contains(&s.to_ascii_lowercase().as_str()) => {
+        Some(s) if object::SCHEMES.contains(&s) => {
             let url = url::Url::parse(uri).map_err(|e| err!(InvalidArgument, "{uri}: not a valid URL: {e}"))?;
             Ok(Arc::new(object::ObjectStoreBackend::open(uri, &url, options)?))
         }
@@ -162,10 +162,10 @@ pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> 
 
 /// The scheme of `uri` when it has one (`scheme:` with at least two letters, so a path is
 /// never mistaken for one), lower-cased.
-fn scheme(uri: &str) -> Option<&str> {
+fn scheme(uri: &str) -> Option<String> {
     let (head, _) = uri.split_once(':')?;
     let ok = head.len() >= 2 && head.starts_with(|c: char| c.is_ascii_alphabetic()) && head.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    ok.then_some(head)
+    ok.then(|| head.to_ascii_lowercase()) // RFC 3986: schemes are case-insensitive
 }
 
 /// A test-only store over local files that misbehaves on chunk reads (whole-object gets of
@@ -220,6 +220,17 @@ pub(crate) mod fault {
 mod tests {
     use super::*;
     use crate::error::Status;
+
+    #[test]
+    fn schemes_are_case_insensitive_and_local_identities_lossless() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(scheme("FILE:///a/b").as_deref(), Some("file"));
+        assert_eq!(open("FILE:///a/b").unwrap().uri(), "/a/b");
+        let root = |b: &[u8]| fs::FsStore::new(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(b)));
+        let (a, b) = (root(b"/t/\xff.zarr"), root(b"/t/\xfe.zarr"));
+        assert_ne!(a.uri(), b.uri(), "two non-UTF-8 folders keep two identities");
+        assert_eq!(a.uri(), "file:///t/%FF.zarr");
+    }
 
     #[test]
     fn uris_parse_in_one_place() {

@@ -58,6 +58,10 @@ pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
         }
     }
     at += fcs_bytes;
+    // Bytes the raw and RLE blocks decode to (exact: their headers say it). More than the
+    // chunk holds is refused here: nvCOMP writes such a frame past its output buffer (seen on
+    // an H200 as cudaErrorIllegalAddress for an RLE bomb without a declared content size).
+    let mut exact: u64 = 0;
     loop {
         let header = le(at, 3)? as u32;
         at += 3;
@@ -70,6 +74,12 @@ pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
             1 => 1,
             _ => return Err(err!(Decode, "zstd block of reserved type 3 at byte {}", at - 3)),
         };
+        if (header >> 1) & 3 <= 1 {
+            exact += u64::from(size);
+            if exact > decoded_len {
+                return Err(err!(Decode, "zstd frame decodes to more than the chunk's {decoded_len} bytes (raw and RLE blocks alone reach {exact} at byte {})", at - 3));
+            }
+        }
         at = at.checked_add(payload).filter(|&e| e <= frame.len()).ok_or_else(|| err!(Decode, "zstd block runs past the {}-byte frame", frame.len()))?;
         if last {
             break;
@@ -133,10 +143,11 @@ mod tests {
         let mut rle = frame;
         rle[5] = 0x00;
         assert!(check_frame(&rle, 0).unwrap_err().message().contains("exceeds"));
-        // An RLE block of 16 repeats is fine.
+        // An RLE block of 16 repeats is fine, where the chunk holds 16 bytes or more.
         let header = (16u32 << 3) | (1 << 1) | 1;
         rle[6..9].copy_from_slice(&header.to_le_bytes()[..3]);
-        check_frame(&rle, 0).unwrap();
+        assert!(check_frame(&rle, 15).unwrap_err().message().contains("more than the chunk"), "16 bytes into a 15-byte chunk");
+        check_frame(&rle, 16).unwrap();
         assert_eq!(zstd::bulk::decompress(&rle, 16).unwrap(), [0x1a; 16]);
     }
 }
