@@ -150,7 +150,7 @@ def test_dataloader_workers_read_remote_after_fork(served, monkeypatch):
 def test_cli_info_reads_remote_metadata(served):
     """`python -m damacy info URL`: a plain HTTP server cannot list, so usage is left out."""
     _, info = served
-    out = subprocess.run([sys.executable, "-m", "damacy", "info", f"{info['http']}/vol.zarr"],
+    out = subprocess.run([sys.executable, "-m", "damacy", "info", "--json", f"{info['http']}/vol.zarr"],
                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["shape"] == list(SHAPE)

@@ -231,7 +231,7 @@ def write_ngff(path, version: str):
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_ngff_levels(tmp_path, version):
+def test_ngff_levels(tmp_path, version, caplog):
     path = tmp_path / f"img-{version}.zarr"
     write_ngff(path, version)
     if version == "0.4":
@@ -249,12 +249,18 @@ def test_ngff_levels(tmp_path, version):
     assert info["levels"][0]["uri"] == f"{g}#level=0"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert cli_main(["info", g]) == 0
+        assert cli_main(["info", "--json", g]) == 0
     assert json.loads(buf.getvalue())["levels"][2]["shape"] == list(level_data(2).shape)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert cli_main(["info", g]) == 0  # for people: one line per level
+    lines = buf.getvalue().splitlines()
+    assert "OME-NGFF multiscale group" in lines[0] and f"{g}#level=2" in lines[3], lines
+    # The CLI logs its errors to the "damacy" logger (on stderr unless logging is configured,
+    # as under pytest)
+    with caplog.at_level("ERROR", logger="damacy"):
         assert cli_main(["bench", g, "--sample-shape", "4", "4", "4", "--batches", "1", "--quiet"]) == 1
-    assert "#level=0" in err.getvalue()
+    assert "#level=0" in caplog.text
     # A level by index and by path reads that level's data.
     for i, uri in [(0, f"{g}#level=0"), (1, level_uri(g, 1)), (1, f"{g}/1"), (2, f"{g}#level=2")]:
         reader = zarr.open_array(str(path / str(i)), mode="r")

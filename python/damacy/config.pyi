@@ -46,6 +46,7 @@ class Config:
         out_of_bounds: Literal["error", "fill"] = 'error',
         arrays: Sequence[str | os.PathLike[str]] = (),
         device_ahead: int = 2,
+        storage_options: Mapping[str, str] = {},
     ) -> None: ...
     @classmethod
     def from_json(cls, text: str) -> Config: ...
@@ -73,6 +74,7 @@ class Config:
         out_of_bounds: Literal["error", "fill"] = ...,
         arrays: Sequence[str | os.PathLike[str]] = ...,
         device_ahead: int = ...,
+        storage_options: Mapping[str, str] = ...,
     ) -> Config: ...
     @property
     def samples_per_batch(self) -> int:
@@ -131,5 +133,8 @@ class Config:
     @property
     def device_ahead(self) -> int:
         """device path: batches kept launched on the GPU ahead of the one returned (1 to 8); each costs one batch of device memory."""
+    @property
+    def storage_options(self) -> Mapping[str, str]:
+        """object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout; credentials otherwise from the standard environment variables (docs/remote.md)."""
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...

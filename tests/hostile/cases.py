@@ -520,10 +520,9 @@ def shape_max_extent_reads_fill(ctx):
 # 6, 7, 8. the Python layer under stress: raising sources, Ctrl-C, close
 # ====================================================================================
 
-PENDING_ON_MAIN = "on this base: python/damacy/pipeline.py is being fixed on main (raising sources keep their batches; pop waits in slices)"
 
 
-@case("6 raising source", "values", xfail=PENDING_ON_MAIN, strict=False)
+@case("6 raising source", "values")
 def push_generator_raises_midstream(ctx):
     """A pushed generator yields 3 batches and 1 sample, then raises: the 3 batches pop with
     correct values, then the generator's own error, then the pipeline goes on."""
@@ -587,7 +586,7 @@ def _expect_interrupt(ctx, blocked, within_s=0.2):
     raise H.WrongError("pop returned although SIGINT was sent")
 
 
-@case("7 ctrl-c", "error", xfail=PENDING_ON_MAIN, strict=False, timeout_s=60, exit_check=True)
+@case("7 ctrl-c", "error", timeout_s=60, exit_check=True)
 def sigint_blocked_pop(ctx):
     """pop(timeout_s=30) blocked on an incomplete batch (1 of 2 samples pushed): SIGINT gives
     KeyboardInterrupt within 0.2 s; the pipeline still reads afterwards."""
