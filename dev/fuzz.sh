@@ -13,22 +13,11 @@ cd "$root/rust"
 secs="${1:-20}"
 targets=(zarr_json shard_index blosc_frame zstd_frame batch_read)
 
-unavailable() {
-    if [ -n "${CI:-}" ]; then
-        echo "fuzz: FAILED: $1 (CI is set, so this stage may not be skipped)" >&2
-        exit 1
-    fi
-    echo "fuzz: skipped ($1)"
-    exit 0
-}
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    rustup toolchain install nightly --profile minimal --component rust-src || unavailable "no nightly toolchain, and it cannot be installed"
-fi
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-    rustup component add rust-src --toolchain nightly || unavailable "nightly has no rust-src, and it cannot be installed"
-fi
+# shellcheck source=dev/nightly.sh
+source "$root/dev/nightly.sh"
+need_nightly fuzz
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked || unavailable "cargo-fuzz cannot be installed"
+    cargo install cargo-fuzz --locked || unavailable fuzz "cargo-fuzz cannot be installed"
 fi
 
 cargo +nightly fuzz build

@@ -8,20 +8,9 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-unavailable() {
-    if [ -n "${CI:-}" ]; then
-        echo "tsan: FAILED: $1 (CI is set, so this stage may not be skipped)" >&2
-        exit 1
-    fi
-    echo "tsan: skipped ($1; install with: rustup toolchain install nightly --component rust-src)"
-    exit 0
-}
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    rustup toolchain install nightly --profile minimal --component rust-src || unavailable "no nightly toolchain, and it cannot be installed"
-fi
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
-    rustup component add rust-src --toolchain nightly || unavailable "nightly has no rust-src, and it cannot be installed"
-fi
+# shellcheck source=dev/nightly.sh
+source "$root/dev/nightly.sh"
+need_nightly tsan
 target="$(rustc -vV | sed -n 's/^host: //p')"
 export RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread"
 export CARGO_TARGET_DIR="$root/target/tsan"
