@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from . import _ops
+from . import _ops, _policy
 from .config import Config
 from .errors import ShutdownError, TryAgain
 from .sample import Sample
@@ -113,13 +113,30 @@ class Pipeline:
     Ctrl-C interrupts it at once. Closing (also on `with` exit and on garbage collection) stops
     the native workers; batches already popped stay valid. A process forked while a pipeline
     is open inherits it closed (its threads stay in the parent): make pipelines after forking.
+
+    `on_error` (docs/data.md "Bad samples"): "raise" (default) raises a batch's error;
+    "skip" replaces each sample that fails with a data error (DecodeError, StorageError,
+    NotFound) by the next good sample of its batch, "fill" reads it as the array's fill
+    value; both count in ``stats()["on_error"]`` and log each distinct error (one per chunk)
+    once to the "damacy" logger. `padding`: what a box reaching outside its array reads there
+    when the config's out_of_bounds is "fill": "constant" (the fill value), "reflect" or
+    "edge" (as numpy.pad's modes of those names).
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, on_error: str = "raise", padding: str = "constant") -> None:
         self._closed = True  # until the native pipeline exists (so __del__ is safe)
         if not isinstance(config, Config):
             raise TypeError(f"expected a damacy.Config, found {type(config).__name__}")
         self._config = config
+        self._on_error = _policy.check_on_error(on_error)
+        self._padding = _policy.check_padding(padding, config.out_of_bounds)
+        # What was pushed natively, in order, until its batch is popped (the policies need
+        # the samples of a failed or padded batch; empty when neither is on).
+        self._tracking = on_error != "raise" or padding != "constant"
+        self._pushed: deque[_policy.Pushed] = deque()
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._recovery = _policy.Recovery(config, on_error) if on_error != "raise" else None
+        self._batch_failed = False
         self._sources: deque[Iterator[Any]] = deque()
         self._held: Sample | None = None  # pulled from a source, refused by a full window
         self._source_error: BaseException | None = None  # raised by a source; raised when due
@@ -155,9 +172,31 @@ class Pipeline:
                 sample = self._next_sample()
                 if sample is None:
                     return
-            if not _ops.call(push, sample.uri, sample.starts, sample.stops):
+            native = self._native_sample(sample) if self._tracking else None
+            target = sample if native is None else native.native
+            if not _ops.call(push, target.uri, target.starts, target.stops):
                 self._held = sample
                 return
+            if native is not None:
+                self._pushed.append(native)
+
+    def _native_sample(self, sample: Sample) -> _policy.Pushed:
+        """The sample to push natively for `sample` (a window under reflect/edge padding)."""
+        if self._padding == "constant":
+            return _policy.Pushed(sample, sample, None)
+        shape = self._shapes.get(sample.uri)
+        if shape is None:
+            from . import array_info
+
+            try:
+                shape = tuple(array_info(sample.uri, usage=False)["shape"])
+            except _policy.DATA_ERRORS:
+                return _policy.Pushed(sample, sample, None)  # the native read reports it
+            if len(self._shapes) >= 65536:
+                self._shapes.clear()
+            self._shapes[sample.uri] = shape
+        box, gather = _policy.window(sample.aabb, shape, self._padding)
+        return _policy.Pushed(sample, Sample(sample.uri, box) if gather is not None else sample, gather)
 
     def _next_sample(self) -> Sample | None:
         while self._sources:
@@ -187,10 +226,44 @@ class Pipeline:
         """The next batch; waits at most `timeout_s` seconds (None: the config's
         pop_timeout_s). Raises TryAgain on time-out or when nothing was pushed, or the batch's
         own error (the pipeline goes on with the next batch)."""
+        if self._tracking:
+            return self._pop_tracked(timeout_s)[0]
         return self._pop(timeout_s, with_samples=False)
 
+    def _pop_tracked(self, timeout_s: float | None, policy: str | None = None) -> tuple[torch.Tensor, list[_policy.Pushed], list[int]]:
+        """pop() under the policies: (batch, its pushed samples, rows that were bad). With
+        `policy` "fill" (what CropDataset asks, to apply "skip" to all its keys alike) bad
+        rows are filled and reported, not replaced."""
+        policy = policy or self._on_error
+        spb = self._config.samples_per_batch
+        while True:
+            self._batch_failed = False
+            try:
+                tensor = self._pop(timeout_s, with_samples=False)
+            except Exception as e:
+                if not self._batch_failed:  # a time-out or a source's error: no batch used
+                    raise
+                pushed = [self._pushed.popleft() for _ in range(min(spb, len(self._pushed)))]
+                if self._recovery is None or not isinstance(e, _policy.DATA_ERRORS) or len(pushed) < spb:
+                    raise
+                tensor, bad = self._recovery.read(pushed, e)
+                if policy == "skip":
+                    src = _policy.replace_bad_rows([tensor], bad, spb)
+                    if src is None:
+                        self._recovery.dropped_batches += 1
+                        continue
+                    pushed = [pushed[j] for j in src]
+                return tensor, pushed, bad
+            pushed = [self._pushed.popleft() for _ in range(min(spb, len(self._pushed)))]
+            _policy.apply_gathers(tensor, pushed)
+            return tensor, pushed, []
+
     def pop_with_samples(self, timeout_s: float | None = None) -> tuple[torch.Tensor, list[Sample]]:
-        """pop() plus the samples of the batch, in batch order."""
+        """pop() plus the samples of the batch, in batch order (as pushed: under "skip" a
+        replaced sample's entry names the sample that replaced it)."""
+        if self._tracking:
+            tensor, pushed, _ = self._pop_tracked(timeout_s)
+            return tensor, [p.sample for p in pushed]
         tensor, uris, boxes = self._pop(timeout_s, with_samples=True)
         samples = []
         at = 0
@@ -222,6 +295,9 @@ class Pipeline:
                     raise TryAgain(f"{e.what} (waited {total:g} s)") from None
                 self._fill()
                 self._raise_source_error_if_due()
+            except Exception:
+                self._batch_failed = True  # the native batch is consumed (its error)
+                raise
         self._fill()  # top up the window so the next batch is prefetched meanwhile
         return out
 
@@ -247,7 +323,10 @@ class Pipeline:
     def stats(self) -> Stats:
         """Statistics (cache hits and misses, bytes, timings) as a Stats object."""
         self._check_open()
-        return Stats.from_json(_ops.call(self._native.stats))
+        data = json.loads(_ops.call(self._native.stats))
+        if self._recovery is not None:
+            data["on_error"] = self._recovery.counts()
+        return Stats(data)
 
     # --- lifetime -------------------------------------------------------------------------
 
@@ -259,6 +338,9 @@ class Pipeline:
         self._sources.clear()
         self._held = None
         self._source_error = None
+        self._pushed.clear()
+        if self._recovery is not None and os.getpid() == self._pid:
+            self._recovery.close()
         if os.getpid() != self._pid:  # a forked child: the worker threads are the parent's
             _INHERITED.append(self._native)
             return

@@ -47,8 +47,8 @@ def _bound(value: Any, dim: int, which: str) -> int:
         raise InvalidArgument(
             f"sample aabb dim {dim}: {which} must be an integer, found {type(value).__name__} {value!r}"
         ) from None
-    if v > _MAX_COORD:
-        raise InvalidArgument(f"sample aabb dim {dim}: {which} {v} is beyond 2**63 - 1")
+    if v > _MAX_COORD or v < -_MAX_COORD - 1:
+        raise InvalidArgument(f"sample aabb dim {dim}: {which} {v} is outside the signed 64-bit range")
     return v
 
 
@@ -65,8 +65,6 @@ def _range(item: Any, dim: int) -> tuple[int, int]:
         raise InvalidArgument(f"sample aabb dim {dim}: expected a (start, stop) pair, found {len(item)} values")
     else:
         start, stop = _bound(item[0], dim, "start"), _bound(item[1], dim, "stop")
-    if start < 0:
-        raise InvalidArgument(f"sample aabb dim {dim}: start must be >= 0, found {start}")
     if stop <= start:
         raise InvalidArgument(f"sample aabb dim {dim}: empty range [{start}, {stop})")
     return start, stop
@@ -74,7 +72,9 @@ def _range(item: Any, dim: int) -> tuple[int, int]:
 
 class Sample:
     """A crop request: `uri` (an array folder or URL) and `aabb`, one half-open
-    ``(start, stop)`` per dimension; pairs or slices (step 1) are accepted.
+    ``(start, stop)`` per dimension; pairs or slices (step 1) are accepted. A box may reach
+    outside its array on either side (negative starts too): the pipeline's out_of_bounds
+    and padding say what that reads as.
 
     >>> Sample("/data/vol.zarr", [(0, 64), slice(10, 138), (0, 128)]).shape
     (64, 128, 128)

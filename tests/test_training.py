@@ -1,0 +1,137 @@
+"""What training loops need beyond crops (issue 15): on_error, padding modes, transforms,
+label-aware sampling, channels. Every value is checked against numpy on the same boxes
+(the arrays are written by zarr-python from numpy arrays kept here).
+
+Arrays (written per module):
+- "img": uint16 shape=[16,16,16], chunk=[4,4,4] (zstd, unsharded): 64 chunk files, fill 7;
+  "bad": the same with chunk c/0/0/0 replaced by random bytes (a DecodeError).
+- "lbl": uint8 labels 0/1/2 of "img", chunk=[8,8,8]: 8 chunk files.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from zarr.codecs import ZstdCodec
+
+import damacy
+from damacy import Config, Pipeline, Sample
+
+SHAPE = (16, 16, 16)
+FILL = 7
+
+
+def _write(path: Path, values: np.ndarray, chunks, fill=0) -> str:
+    arr = zarr.create_array(str(path), shape=values.shape, chunks=chunks, dtype=values.dtype, fill_value=fill,
+                            compressors=ZstdCodec(level=1), zarr_format=3)
+    arr[...] = values
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def arrays(tmp_path_factory):
+    root = tmp_path_factory.mktemp("damacy-training")
+    rng = np.random.default_rng(15)
+    img = rng.integers(0, 1000, SHAPE, dtype=np.uint16)
+    lbl = np.digitize(img, [600, 900]).astype(np.uint8)  # 0: 60%, 1: 30%, 2: 10%
+    out = {"img": _write(root / "img.zarr", img, (4, 4, 4), FILL), "lbl": _write(root / "lbl.zarr", lbl, (8, 8, 8))}
+    out["bad"] = _write(root / "bad.zarr", img, (4, 4, 4), FILL)
+    chunk = root / "bad.zarr" / "c" / "0" / "0" / "0"
+    chunk.write_bytes(rng.integers(0, 256, chunk.stat().st_size, dtype=np.uint8).tobytes())
+    return out, img, lbl
+
+
+def _touches_bad_chunk(box) -> bool:
+    return all(b < 4 for b, _ in box)
+
+
+def _boxes(n, k=4, seed=0, lo=0, hi=None):
+    rng = np.random.default_rng(seed)
+    hi = SHAPE[0] - k if hi is None else hi
+    out = []
+    for _ in range(n):
+        s = rng.integers(lo, hi + 1, 3)
+        out.append([(int(b), int(b) + k) for b in s])
+    return out
+
+
+def _crop(a: np.ndarray, box) -> np.ndarray:
+    return a[tuple(slice(b, e) for b, e in box)]
+
+
+# --------------------------------------------------------------------------------------
+# on_error
+# --------------------------------------------------------------------------------------
+
+
+def _cfg(**kw):
+    base = dict(samples_per_batch=4, sample_shape=(4, 4, 4), dtype="f32", n_io_threads=2)
+    base.update(kw)
+    return Config(**base)
+
+
+def _bad_boxes():
+    # 4 batches of 4; batch 1 has one bad sample, batch 2 two, batch 3 all four.
+    good = [[(4, 8), (4, 8), (4, 8)], [(8, 12), (0, 4), (2, 6)], [(12, 16), (12, 16), (12, 16)], [(0, 4), (5, 9), (0, 4)]]
+    bad = [[(0, 4), (0, 4), (0, 4)], [(1, 5), (0, 4), (2, 6)], [(2, 6), (3, 7), (0, 4)], [(3, 7), (1, 5), (1, 5)]]
+    return good + [good[0], bad[0], good[1], good[2]] + [bad[1], good[3], bad[2], good[0]] + bad
+
+
+def test_on_error_raise_is_the_default(arrays):
+    uris, _, _ = arrays
+    with Pipeline(_cfg()) as p:
+        p.push(Sample(uris["bad"], b) for b in _bad_boxes())
+        p.pop()
+        for _ in range(3):  # each batch fails on its own; the pipeline goes on
+            with pytest.raises(damacy.DecodeError, match=r"chunk \[0, 0, 0\]"):
+                p.pop()
+
+
+@pytest.mark.parametrize("policy", ["fill", "skip"])
+def test_on_error_values_against_numpy(arrays, policy, caplog):
+    uris, img, _ = arrays
+    boxes = _bad_boxes()
+    with caplog.at_level(logging.WARNING, logger="damacy"), Pipeline(_cfg(), on_error=policy) as p:
+        p.push(Sample(uris["bad"], b) for b in boxes)
+        got = []
+        for _ in range(3 if policy == "skip" else 4):
+            t, samples = p.pop_with_samples()
+            got.append((t, samples))
+        with pytest.raises(damacy.TryAgain):
+            p.pop(timeout_s=0.2)
+        stats = p.stats()["on_error"]
+    for g, (t, samples) in enumerate(got):
+        rows = boxes[4 * g : 4 * g + 4]
+        for r, box in enumerate(rows):
+            if not _touches_bad_chunk(box):
+                expected, name = _crop(img, box), box
+            elif policy == "fill":
+                expected, name = np.full((4, 4, 4), FILL), box
+            else:  # the next good row of the batch, wrapping around
+                good = [i for i, b in enumerate(rows) if not _touches_bad_chunk(b)]
+                j = next((i for i in good if i > r), good[0])
+                expected, name = _crop(img, rows[j]), rows[j]
+            np.testing.assert_array_equal(t[r].numpy(), expected.astype(np.float32), err_msg=f"batch {g} row {r}")
+            assert samples[r].aabb == tuple(name)
+    assert stats["failed_batches"] == 3
+    if policy == "skip":
+        assert stats["skipped_samples"] == 7 and stats["dropped_batches"] == 1
+    else:
+        assert stats["filled_samples"] == 7
+    logged = [r for r in caplog.records if r.name == "damacy" and "on_error" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in logged]  # one bad chunk: one line
+
+
+def test_on_error_does_not_hide_caller_errors(arrays):
+    uris, _, _ = arrays
+    with Pipeline(_cfg(), on_error="skip") as p:
+        p.push(Sample(uris["img"], [(14, 18), (0, 4), (0, 4)]) for _ in range(4))  # outside: out_of_bounds="error"
+        with pytest.raises(damacy.InvalidArgument):
+            p.pop()
+    with pytest.raises(damacy.InvalidArgument):
+        Pipeline(_cfg(), on_error="ignore")
