@@ -135,3 +135,92 @@ def test_on_error_does_not_hide_caller_errors(arrays):
             p.pop()
     with pytest.raises(damacy.InvalidArgument):
         Pipeline(_cfg(), on_error="ignore")
+
+
+# --------------------------------------------------------------------------------------
+# padding
+# --------------------------------------------------------------------------------------
+
+
+def _padded_oracle(a: np.ndarray, box, mode: str) -> np.ndarray:
+    """numpy.pad of the whole array by enough to hold `box`, then the box cut out."""
+    pad = [(max(0, -b), max(0, e - n)) for (b, e), n in zip(box, a.shape)]
+    big = np.pad(a, pad, mode=mode) if mode != "constant" else np.pad(a, pad, constant_values=FILL)
+    return big[tuple(slice(b + p0, e + p0) for (b, e), (p0, _) in zip(box, pad))]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge", "constant"])
+def test_padding_modes_against_numpy_pad(arrays, mode):
+    uris, img, _ = arrays
+    rng = np.random.default_rng(3)
+    k = (6, 20, 5)  # dim 1 is larger than the array (16): both sides padded
+    boxes = []
+    for _ in range(24):
+        boxes.append([(int(rng.integers(-40, 50)), 0) for _ in k])
+        boxes[-1] = [(b, b + kk) for (b, _), kk in zip(boxes[-1], k)]
+    boxes[0] = [(2, 8), (-2, 18), (3, 8)]
+    boxes[1] = [(0, 6), (0, 20), (11, 16)]  # inside along dims 0 and 2
+    cfg = _cfg(samples_per_batch=4, sample_shape=k, out_of_bounds="fill")
+    with Pipeline(cfg, padding=mode) as p:
+        p.push(Sample(uris["img"], b) for b in boxes)
+        for g in range(len(boxes) // 4):
+            t, samples = p.pop_with_samples()
+            for r in range(4):
+                box = boxes[4 * g + r]
+                assert samples[r].aabb == tuple(box)
+                np.testing.assert_array_equal(t[r].numpy(), _padded_oracle(img, box, mode).astype(np.float32),
+                                              err_msg=f"{mode} {box}")
+
+
+def test_padding_needs_fill(arrays):
+    with pytest.raises(damacy.InvalidArgument, match="out_of_bounds"):
+        Pipeline(_cfg(), padding="reflect")
+    with pytest.raises(damacy.InvalidArgument):
+        Pipeline(_cfg(out_of_bounds="fill"), padding="wrap")
+
+
+# --------------------------------------------------------------------------------------
+# damacy.data: on_error, padding in CropDataset
+# --------------------------------------------------------------------------------------
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from damacy.data import Augment, CropDataset, GridCrops, LabelCrops, RandomCrops  # noqa: E402
+
+
+@pytest.mark.parametrize("policy", ["skip", "fill"])
+def test_dataset_on_error_keeps_keys_aligned(arrays, policy):
+    uris, img, lbl = arrays
+    ds = CropDataset([{"image": uris["bad"], "label": uris["lbl"]}], RandomCrops((4, 4, 4), seed=1, num_samples=64),
+                     samples_per_batch=8, dtype={"image": "f32", "label": "i64"}, return_meta=True, on_error=policy,
+                     config=Config(n_io_threads=2))
+    n_bad = n_batches = 0
+    for batch, meta in DataLoader(ds, batch_size=None):
+        n_batches += 1
+        for r in range(batch["image"].shape[0]):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            limg, llbl = _crop(img, box), _crop(lbl, box)
+            np.testing.assert_array_equal(batch["label"][r].numpy(), llbl)  # labels always real
+            if _touches_bad_chunk(box):
+                assert policy == "fill" and r in meta["bad"].tolist()
+                np.testing.assert_array_equal(batch["image"][r].numpy(), np.full((4, 4, 4), FILL, np.float32))
+            else:
+                np.testing.assert_array_equal(batch["image"][r].numpy(), limg.astype(np.float32))
+        n_bad += len(meta["bad"])
+    assert n_bad > 0
+    key = "skipped_samples" if policy == "skip" else "filled_samples"
+    assert ds.stats()["on_error"][key] == n_bad
+    assert n_batches + ds.stats()["on_error"].get("dropped_batches", 0) == 8
+
+
+def test_dataset_grid_reflect_padding(arrays):
+    uris, img, _ = arrays
+    ds = CropDataset(uris["img"], GridCrops((6, 6, 6), stride=(4, 4, 4), edge="pad"), samples_per_batch=4,
+                     padding="reflect", return_meta=True, config=Config(n_io_threads=2))
+    seen = 0
+    for batch, meta in DataLoader(ds, batch_size=None):
+        for r in range(batch.shape[0]):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            np.testing.assert_array_equal(batch[r].numpy(), _padded_oracle(img, box, "reflect").astype(np.float32))
+            seen += any(e > 16 for _, e in box)
+    assert seen > 0

@@ -46,12 +46,14 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from . import _policy
 from .config import Config, is_dtype
 from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
 from .pipeline import Pipeline
 from .sample import Sample
+from .transforms import Augment
 
-__all__ = ["CropDataset", "RandomCrops", "GridCrops", "Stitcher", "stitch", "to_device", "array_shape", "level_uri"]
+__all__ = ["Augment", "CropDataset", "RandomCrops", "GridCrops", "LabelCrops", "Stitcher", "stitch", "to_device", "array_shape", "level_uri"]
 
 Box = tuple[tuple[int, int], ...]
 
@@ -194,6 +196,231 @@ class _RandomEpoch(_EpochPlan):
         return a, starts, box
 
 
+class LabelCrops:
+    """Crops centred on voxels of chosen label classes (MONAI's RandCropByPosNegLabel habit):
+    each sample picks an array (by weight), then a class by `class_weights` (relative; the
+    classes an array lacks are left out), then a voxel of that class, which becomes the
+    crop's centre (start = centre - sample_shape // 2, so crops reach outside arrays near
+    their borders: the pipeline pads them, `CropDataset(padding=...)`).
+
+    `label_key`: the entry key (dict) or position (tuple) of the label array; None for
+    entries that are one label array. `class_weights`: {class: weight}, e.g. ``{1: 1, 0: 1}``
+    for half foreground, half background; ``foreground_ratio=r`` is shorthand for
+    ``{0: 1 - r, "foreground": r}`` where "foreground" means every class but 0.
+
+    The index: per array, built on first need (lazily, in the process that samples: call
+    `CropDataset.build_index()` before a DataLoader so workers inherit it), the label is
+    read once, block by block (blocks of `index_block` voxels, default the array's chunk
+    shape), keeping per block each class's voxel count and up to `per_block` of its voxels
+    (drawn at random, seeded by the array and block). A draw picks a block by its count of
+    the class, then one of the kept voxels: the centre lies on the class exactly. Memory:
+    per block and class, one count and `per_block` positions.
+
+    Sample ``i`` of an epoch is a pure function of (seed, epoch, i) and the labels.
+    """
+
+    _BLOCK = 512
+    pads = True
+
+    def __init__(self, sample_shape: Sequence[int], *, seed: int = 0, num_samples: int | None = None,
+                 label_key: Any = "label", class_weights: Mapping[Any, float] | None = None,
+                 foreground_ratio: float | None = None, index_block: Sequence[int] | None = None,
+                 per_block: int = 8) -> None:
+        self.sample_shape = _shape_tuple(sample_shape, "LabelCrops sample_shape")
+        self.seed = operator.index(seed)
+        if num_samples is not None:
+            num_samples = operator.index(num_samples)
+            if num_samples < 1:
+                raise InvalidArgument(f"LabelCrops num_samples: expected at least 1 (or None: endless), found {num_samples}")
+        self.num_samples = num_samples
+        self.label_key = label_key
+        if (class_weights is None) == (foreground_ratio is None):
+            raise InvalidArgument("LabelCrops: give exactly one of class_weights and foreground_ratio")
+        if foreground_ratio is not None:
+            r = float(foreground_ratio)
+            if not 0.0 <= r <= 1.0:
+                raise InvalidArgument(f"LabelCrops foreground_ratio: expected a value in [0, 1], found {foreground_ratio!r}")
+            class_weights = {0: 1.0 - r, "foreground": r}
+        weights = {}
+        for c, w in dict(class_weights).items():  # type: ignore[arg-type]
+            if c != "foreground":
+                c = operator.index(c)
+            w = float(w)
+            if not (w >= 0 and math.isfinite(w)):
+                raise InvalidArgument(f"LabelCrops class_weights: expected finite weights >= 0, found {class_weights!r}")
+            weights[c] = w
+        if not any(weights.values()):
+            raise InvalidArgument(f"LabelCrops class_weights: all weights are 0 ({class_weights!r})")
+        self.class_weights = weights
+        self.index_block = None if index_block is None else _shape_tuple(index_block, "LabelCrops index_block")
+        self.per_block = operator.index(per_block)
+        if self.per_block < 1:
+            raise InvalidArgument(f"LabelCrops per_block: expected at least 1, found {per_block}")
+        self._index: dict[str, _LabelIndex] = {}
+        self.config: Config | None = None  # the dataset's (threads, storage options) for reading labels
+
+    def __repr__(self) -> str:
+        return (f"LabelCrops(sample_shape={self.sample_shape}, seed={self.seed}, num_samples={self.num_samples}, "
+                f"label_key={self.label_key!r}, class_weights={self.class_weights}, index_block={self.index_block}, "
+                f"per_block={self.per_block})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()  # the built indexes travel to DataLoader workers
+
+    def index(self, uri: str) -> _LabelIndex:
+        """The label index of `uri` (built on first call)."""
+        idx = self._index.get(uri)
+        if idx is None:
+            idx = _LabelIndex.build(uri, self.index_block, self.per_block, self.config)
+            self._index[uri] = idx
+        return idx
+
+    def _plan(self, uris: Sequence[str], shapes: Sequence[tuple[int, ...]], weights: Sequence[float] | None, epoch: int) -> _EpochPlan:
+        for uri, shape in zip(uris, shapes):
+            if len(shape) != len(self.sample_shape):
+                raise RankMismatch(f"{uri}: array has rank {len(shape)} ({shape}), sample_shape {self.sample_shape} has rank {len(self.sample_shape)}")
+        if weights is None:
+            weights = [float(math.prod(s)) for s in shapes]
+        return _LabelEpoch(self, list(uris), weights, epoch)
+
+
+class _LabelIndex:
+    """Per block of a label array: the count of each class and up to `per_block` of its
+    voxels (array coordinates)."""
+
+    def __init__(self, shape: tuple[int, ...], counts: dict[int, list[tuple[int, int]]], voxels: dict[tuple[int, int], list[tuple[int, ...]]]) -> None:
+        self.shape = shape
+        self.blocks = counts  # class -> [(block id, count), ...]
+        self.voxels = voxels  # (class, block id) -> kept voxels
+        self._cum = {c: list(itertools.accumulate(n for _, n in v)) for c, v in counts.items()}
+
+    def classes(self) -> list[int]:
+        return sorted(self.blocks)
+
+    def total(self, c: int) -> int:
+        cum = self._cum.get(c)
+        return cum[-1] if cum else 0
+
+    def draw(self, c: int, rng: random.Random) -> tuple[int, ...]:
+        cum = self._cum[c]
+        k = min(bisect.bisect_right(cum, rng.randrange(cum[-1])), len(cum) - 1)
+        kept = self.voxels[(c, self.blocks[c][k][0])]
+        return kept[rng.randrange(len(kept))]
+
+    @classmethod
+    def build(cls, uri: str, block: tuple[int, ...] | None, per_block: int, config: Config | None) -> _LabelIndex:
+        from . import array_info
+
+        info = array_info(uri, usage=False)
+        shape = tuple(info["shape"])
+        if block is None:
+            block = tuple(info.get("chunk_shape") or shape)
+        if len(block) != len(shape):
+            raise RankMismatch(f"LabelCrops index_block {block}: rank differs from the label {uri} of shape {shape}")
+        block = tuple(min(b, n) for b, n in zip(block, shape))
+        grid = [-(-n // b) for n, b in zip(shape, block)]
+        n_blocks = math.prod(grid)
+        B = max(1, min(16, n_blocks))
+        base = config or Config()
+        cfg = base.replace(samples_per_batch=B, sample_shape=block, dtype="i64", device="cpu", decode="cpu",
+                           out_of_bounds="fill", lookahead_samples=max(base.lookahead_samples, B), arrays=[])
+        counts: dict[int, list[tuple[int, int]]] = {}
+        voxels: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+
+        def box(bid: int) -> list[tuple[int, int]]:
+            idx, k = [], bid
+            for g in reversed(grid):
+                k, r = divmod(k, g)
+                idx.append(r)
+            idx.reverse()
+            return [(i * b, i * b + b) for i, b in zip(idx, block)]
+
+        def samples() -> Iterator[Sample]:
+            for bid in range(n_blocks):
+                yield Sample(uri, box(bid))
+            for _ in range((-n_blocks) % B):
+                yield Sample(uri, box(n_blocks - 1))
+
+        with Pipeline(cfg) as p:
+            p.push(samples())
+            bid = 0
+            while bid < n_blocks:
+                t = p.pop()
+                for row in range(min(B, n_blocks - bid)):
+                    b = box(bid)
+                    inside = tuple(slice(0, min(e, n) - s) for (s, e), n in zip(b, shape))
+                    lbl = t[row][inside]
+                    values, n_of = torch.unique(lbl, return_counts=True)
+                    key = hashlib.blake2b(f"damacy.LabelCrops.index:{uri}:{bid}".encode(), digest_size=8).digest()
+                    g = torch.Generator().manual_seed(int.from_bytes(key, "little") >> 1)
+                    for v, m in zip(values.tolist(), n_of.tolist()):
+                        counts.setdefault(v, []).append((bid, m))
+                        where = (lbl == v).nonzero()
+                        pick = torch.randperm(where.shape[0], generator=g)[:per_block]
+                        origin = torch.tensor([s for s, _ in b], dtype=torch.int64)
+                        voxels[(v, bid)] = [tuple(x) for x in (where[pick] + origin).tolist()]
+                    bid += 1
+        return cls(shape, counts, voxels)
+
+
+class _LabelEpoch(_EpochPlan):
+    def __init__(self, sampler: LabelCrops, uris: list[str], weights: Sequence[float], epoch: int) -> None:
+        self.n_samples = sampler.num_samples
+        self._sampler = sampler
+        self._uris = uris
+        self._cum = list(itertools.accumulate(float(w) for w in weights))
+        self._epoch = epoch
+        self._blocks: dict[int, list[tuple[int, tuple[int, ...], int]]] = {}
+
+    def _classes(self, idx: _LabelIndex) -> tuple[list[int], list[float]]:
+        """The classes to draw from in one array and their weights ("foreground": every
+        class but 0, in proportion to its voxels)."""
+        cw = self._sampler.class_weights
+        classes, weights = [], []
+        fg = [c for c in idx.classes() if c != 0 and c not in cw]
+        fg_total = sum(idx.total(c) for c in fg)
+        for c in idx.classes():
+            w = cw.get(c)
+            if w is None and c in fg and "foreground" in cw and fg_total:
+                w = cw["foreground"] * idx.total(c) / fg_total
+            if w:
+                classes.append(c)
+                weights.append(w)
+        return classes, weights
+
+    def _block(self, b: int) -> list[tuple[int, tuple[int, ...], int]]:
+        block = self._blocks.get(b)
+        if block is None:
+            s = self._sampler
+            key = hashlib.blake2b(f"damacy.LabelCrops:{s.seed}:{self._epoch}:{b}".encode(), digest_size=8).digest()
+            rng = random.Random(int.from_bytes(key, "little"))
+            total, cum = self._cum[-1], self._cum
+            block = []
+            for _ in range(s._BLOCK):
+                a = min(bisect.bisect_right(cum, rng.random() * total), len(cum) - 1)
+                idx = s.index(self._uris[a])
+                classes, weights = self._classes(idx)
+                if not classes:
+                    raise InvalidArgument(f"LabelCrops: {self._uris[a]} holds none of the classes {list(s.class_weights)} "
+                                          f"(it holds {idx.classes()}); give the array weight 0")
+                c = classes[min(bisect.bisect_right(list(itertools.accumulate(weights)), rng.random() * sum(weights)), len(classes) - 1)]
+                centre = idx.draw(c, rng)
+                block.append((a, tuple(x - k // 2 for x, k in zip(centre, s.sample_shape)), c))
+            if len(self._blocks) >= 4:
+                self._blocks.pop(next(iter(self._blocks)))
+            self._blocks[b] = block
+        return block
+
+    def sample(self, i: int) -> tuple[int, tuple[int, ...], Box]:
+        a, starts, _ = self._block(i // self._sampler._BLOCK)[i % self._sampler._BLOCK]
+        box = tuple((b, b + k) for b, k in zip(starts, self._sampler.sample_shape))
+        return a, starts, box
+
+    def sample_class(self, i: int) -> int:
+        """The class sample `i` was centred on."""
+        return self._block(i // self._sampler._BLOCK)[i % self._sampler._BLOCK][2]
+
+
 class GridCrops:
     """A grid of crops tiling every array, for inference: every voxel lies in at least one
     crop, and each crop carries the region it *owns* (meta ``"own"``), so that the owned
@@ -329,12 +556,14 @@ class _Streams:
     only by the process that made them (a forked child must never join its parent's
     threads)."""
 
-    def __init__(self, configs: Sequence[Config]) -> None:
+    def __init__(self, configs: Sequence[Config], on_error: str = "raise", padding: str = "constant") -> None:
         self.pid = os.getpid()
         self.pipes: list[Pipeline] = []
+        # The dataset applies "skip" itself (alike to every key): its pipelines fill.
+        policy = "fill" if on_error != "raise" else "raise"
         try:
             for cfg in configs:
-                self.pipes.append(Pipeline(cfg))
+                self.pipes.append(Pipeline(cfg, on_error=policy, padding=padding))
         except BaseException:
             self.close()
             raise
@@ -398,6 +627,17 @@ class CropDataset(IterableDataset):
       when the dataset is made, else 0 and 1.
     `level`: the arrays are OME-NGFF multiscale groups; read this level of each (``uri`` becomes
       ``uri#level=N``, see `level_uri`). A uri may also select its own level.
+    `on_error`: "raise" (default), "skip" or "fill" (see `damacy.Pipeline`): a sample that
+      fails with a data error is replaced, in every key alike, by the next good sample of
+      its batch ("skip"; a batch with none is not yielded), or read as the fill value in the
+      key that failed ("fill"). Counted in `stats()` (this process) and, with
+      ``return_meta``, listed per batch in meta ``"bad"`` (rows, LongTensor).
+    `padding`: "constant" (the fill value, default), "reflect" or "edge" (numpy.pad's modes)
+      for the part of a box outside its array (GridCrops(edge="pad"), `LabelCrops`).
+    `transform`: a callable, or a list of them applied in order, on each batch before it is
+      yielded (in the process that assembles it: a DataLoader worker, or the main process
+      on ``device``). A `damacy.data.Augment` gets the samples' indices and the epoch too,
+      which makes it deterministic per (seed, epoch, sample).
 
     Held batches pin pipeline buffers (``n_batch_buffers`` per key): copy batches you keep
     with ``num_workers=0``, or PoolStarved is raised. Iterating under a DataLoader with a
@@ -419,11 +659,27 @@ class CropDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         level: int | None = None,
+        on_error: str = "raise",
+        padding: str = "constant",
+        transform: Any = None,
     ) -> None:
         super().__init__()
-        if not isinstance(sampler, (RandomCrops, GridCrops)):
-            raise TypeError(f"CropDataset sampler: expected RandomCrops or GridCrops, found {type(sampler).__name__}")
+        if not isinstance(sampler, (RandomCrops, GridCrops, LabelCrops)):
+            raise TypeError(f"CropDataset sampler: expected RandomCrops, GridCrops or LabelCrops, found {type(sampler).__name__}")
         self.sampler = sampler
+        self.on_error = _policy.check_on_error(on_error)
+        self.padding = _policy.check_padding(padding, "fill")
+        if transform is None:
+            transforms: list[Any] = []
+        elif callable(transform):
+            transforms = [transform]
+        else:
+            transforms = list(transform)
+        for t in transforms:
+            if not callable(t):
+                raise InvalidArgument(f"CropDataset transform: expected a callable or a list of callables, found {t!r}")
+        self.transforms = transforms
+        self._error_counts = {"failed_batches": 0, "bad_samples": 0, "dropped_batches": 0}
         self._kind, self._keys, self._uris = self._entries(arrays)
         if level is not None:
             self._uris = [[level_uri(u, level) for u in entry] for entry in self._uris]
@@ -520,7 +776,7 @@ class CropDataset(IterableDataset):
                 sample_shape=self.sampler.sample_shape,
                 dtype=dt,
                 device=self.device,
-                out_of_bounds="fill" if self.sampler.pads else "error",
+                out_of_bounds="fill" if self.sampler.pads or self.padding != "constant" else "error",
                 lookahead_samples=max(base.lookahead_samples, B),
             )
             # (decode="auto" with an integer dtype decodes on the CPU: Rust's one rule.)
@@ -539,9 +795,28 @@ class CropDataset(IterableDataset):
         if cached is not None and cached[0] == epoch:
             return cached[1]
         first_uris = [entry[0] for entry in self._uris]
+        if isinstance(self.sampler, LabelCrops):
+            first_uris = [entry[self._label_position()] for entry in self._uris]
+            if self.sampler.config is None:
+                self.sampler.config = self._configs[0]
         plan = self.sampler._plan(first_uris, self.shapes, self.weights, epoch)
         self._plan_cache = (epoch, plan)
         return plan
+
+    def _label_position(self) -> int:
+        key = self.sampler.label_key  # type: ignore[union-attr]
+        if self._kind == "tensor":
+            return 0
+        if key not in self._keys:
+            raise InvalidArgument(f"LabelCrops label_key {key!r}: not a key of the entries ({self._keys})")
+        return self._keys.index(key)
+
+    def build_index(self) -> None:
+        """Builds LabelCrops' index of every array now (in this process), so that DataLoader
+        workers inherit it instead of each building its own. Nothing for other samplers."""
+        if isinstance(self.sampler, LabelCrops):
+            for entry in self._uris:
+                self.sampler.index(entry[self._label_position()])
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -709,28 +984,64 @@ class CropDataset(IterableDataset):
             for _ in range(B - len(rng)):
                 yield sample
 
+    def stats(self) -> dict[str, Any]:
+        """What `on_error` did in this process (with DataLoader workers: see meta "bad")."""
+        c = self._error_counts
+        key = "skipped_samples" if self.on_error == "skip" else "filled_samples"
+        out: dict[str, Any] = {"policy": self.on_error, "failed_batches": c["failed_batches"], key: c["bad_samples"]}
+        if self.on_error == "skip":
+            out["dropped_batches"] = c["dropped_batches"]
+        return {"on_error": out}
+
     def _batches(self, plan: _EpochPlan, js: Any, configs: Sequence[Config], *, in_worker: bool, worker: tuple[int, int]) -> Iterator[Any]:
-        streams = _Streams(configs)
+        streams = _Streams(configs, self.on_error, self.padding)
+        tracked = self.on_error != "raise" or self.padding != "constant"
         try:
             for k, pipe in enumerate(streams.pipes):
                 pipe.push(self._samples(plan, js, k))
             for j in js():
                 rng = self._sample_range(j, plan.n_samples)
-                tensors, samples = [], []
+                n = len(rng)
+                tensors, samples, bad_rows = [], [], set()
                 for pipe in streams.pipes:
-                    t, s = pipe.pop_with_samples() if self.return_meta else (pipe.pop(), [])
-                    if len(rng) < self.samples_per_batch:
-                        t, s = t[: len(rng)], s[: len(rng)]
+                    if tracked:
+                        t, pushed, bad = pipe._pop_tracked(None)
+                        s = [p.sample for p in pushed]
+                        bad_rows.update(r for r in bad if r < n)
+                    else:
+                        t, s = pipe.pop_with_samples() if self.return_meta else (pipe.pop(), [])
+                    if n < self.samples_per_batch:
+                        t, s = t[:n], s[:n]
                     tensors.append(t)
                     samples.append(s)
+                src = list(range(n))
+                if bad_rows:
+                    self._error_counts["failed_batches"] += 1
+                    self._error_counts["bad_samples"] += len(bad_rows)
+                if bad_rows and self.on_error == "skip":
+                    replaced = _policy.replace_bad_rows(tensors, sorted(bad_rows), n)
+                    if replaced is None:
+                        self._error_counts["dropped_batches"] += 1
+                        if in_worker:
+                            self._worker_progress = (worker[0], worker[1], j + worker[1])
+                        else:
+                            self._position = j + 1
+                        continue
+                    src = replaced
+                    samples = [[s[i] for i in src] if s else s for s in samples]
                 if self._kind == "dict":
                     batch: Any = dict(zip(self._keys, tensors))
                 elif self._kind == "tuple":
                     batch = tuple(tensors)
                 else:
                     batch = tensors[0]
+                if self.transforms:
+                    batch = self._transform(batch, plan, rng, src)
                 if self.return_meta:
-                    batch = (batch, self._meta(plan, j, rng, samples))
+                    meta = self._meta(plan, j, rng, samples, src)
+                    if tracked:
+                        meta["bad"] = torch.tensor(sorted(bad_rows), dtype=torch.int64)
+                    batch = (batch, meta)
                 # The state counts this batch as yielded once the consumer has it.
                 if in_worker:
                     self._worker_progress = (worker[0], worker[1], j + worker[1])
@@ -740,9 +1051,16 @@ class CropDataset(IterableDataset):
         finally:
             streams.close()
 
-    def _meta(self, plan: _EpochPlan, j: int, rng: range, samples: list[list[Sample]]) -> dict[str, Any]:
+    def _transform(self, batch: Any, plan: _EpochPlan, rng: range, src: list[int]) -> Any:
+        index = torch.tensor([rng[i] for i in src], dtype=torch.int64)
+        for t in self.transforms:
+            batch = t(batch, index=index, epoch=self._epoch) if isinstance(t, Augment) else t(batch)
+        return batch
+
+    def _meta(self, plan: _EpochPlan, j: int, rng: range, samples: list[list[Sample]], src: list[int] | None = None) -> dict[str, Any]:
         arrays, owns = [], []
-        for i in rng:
+        indices = list(rng) if src is None else [rng[i] for i in src]
+        for i in indices:
             a, _, own = plan.sample(i)
             arrays.append(a)
             owns.append(own)
@@ -756,7 +1074,7 @@ class CropDataset(IterableDataset):
         return {
             "epoch": self._epoch,
             "batch": self.rank + j * self.world_size,
-            "index": torch.tensor(list(rng), dtype=torch.int64),
+            "index": torch.tensor(indices, dtype=torch.int64),
             "array": torch.tensor(arrays, dtype=torch.int64),
             "box": torch.tensor([s.aabb for s in samples[0]], dtype=torch.int64).reshape(len(rng), -1, 2),
             "own": torch.tensor(owns, dtype=torch.int64).reshape(len(rng), -1, 2),
