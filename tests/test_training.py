@@ -224,3 +224,77 @@ def test_dataset_grid_reflect_padding(arrays):
             np.testing.assert_array_equal(batch[r].numpy(), _padded_oracle(img, box, "reflect").astype(np.float32))
             seen += any(e > 16 for _, e in box)
     assert seen > 0
+
+
+# --------------------------------------------------------------------------------------
+# transforms
+# --------------------------------------------------------------------------------------
+
+
+def _np_augment(x: np.ndarray, d: dict, aug: Augment, intensity: bool) -> np.ndarray:
+    y = np.flip(x, d["flip"]) if d["flip"] else x
+    if d["k"]:
+        y = np.rot90(y, d["k"], aug.rot90_plane)
+    y = y.astype(np.float32) if intensity else y
+    if intensity:
+        y = y * np.float32(d["scale"]) + np.float32(d["shift"])
+        if aug.noise_std:
+            g = torch.Generator().manual_seed(d["noise_seed"])
+            y = y + torch.empty(y.shape).normal_(0.0, aug.noise_std, generator=g).numpy()
+    return np.ascontiguousarray(y)
+
+
+def test_augment_against_numpy_and_consistent(arrays):
+    uris, img, lbl = arrays
+    aug = Augment(seed=5, flip_axes=(-3, -2, -1), rot90_plane=(-2, -1), scale=(0.5, 2.0), shift=(-10, 10), noise_std=3.0)
+    ds = CropDataset([{"image": uris["img"], "label": uris["lbl"]}], RandomCrops((4, 6, 6), seed=2, num_samples=40),
+                     samples_per_batch=8, dtype={"image": "f32", "label": "u8"}, transform=aug, return_meta=True,
+                     config=Config(n_io_threads=2))
+    draws = []
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        for batch, meta in DataLoader(ds, batch_size=None):
+            params = aug.params(meta["index"], epoch)
+            draws += [(d["flip"], d["k"]) for d in params]
+            for r, d in enumerate(params):
+                box = [tuple(x) for x in meta["box"][r].tolist()]
+                expected_img = _np_augment(_crop(img, box), d, aug, True)
+                expected_lbl = _np_augment(_crop(lbl, box), d, aug, False)
+                np.testing.assert_allclose(batch["image"][r].numpy(), expected_img, rtol=1e-6, atol=1e-3)
+                np.testing.assert_array_equal(batch["label"][r].numpy(), expected_lbl)  # geometry only
+    assert len(set(draws)) > 10  # flips and turns actually vary
+
+
+def test_augment_is_deterministic_per_seed_and_sample():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)  # [B, C, Y, X]: channels ride along
+    aug = Augment(seed=1, scale=(0.9, 1.1), noise_std=0.5)
+    a = aug(x, index=[10, 11], epoch=3)
+    assert torch.equal(a, aug(x, index=[10, 11], epoch=3))
+    # sample 11 augmented alone, in another batch position, is the same
+    assert torch.equal(aug(x[1:], index=[11], epoch=3)[0], a[1])
+    assert not torch.equal(a, Augment(seed=2, scale=(0.9, 1.1), noise_std=0.5)(x, index=[10, 11], epoch=3))
+    assert not torch.equal(a, aug(x, index=[10, 11], epoch=4))
+    # integer tensors get geometry only, also inside tuples
+    y = torch.arange(2 * 5 * 5).view(2, 5, 5)
+    f, l = Augment(seed=1, scale=(2, 3))((x[:, 0], y), index=[0, 1])
+    for r, d in enumerate(Augment(seed=1, scale=(2, 3)).params([0, 1])):
+        np.testing.assert_array_equal(l[r].numpy(), _np_augment(y[r].numpy(), d, Augment(), False))
+    with pytest.raises(damacy.InvalidArgument, match="square"):
+        Augment(seed=0, p_flip=0.0)(torch.zeros(4, 3, 5), index=[0, 1, 2, 3])
+
+
+def test_transform_hook_sees_every_batch(arrays):
+    uris, img, _ = arrays
+    calls = []
+
+    def hook(batch):
+        calls.append(batch.shape)
+        return batch * 2
+
+    ds = CropDataset(uris["img"], RandomCrops((4, 4, 4), seed=0, num_samples=12), samples_per_batch=4,
+                     transform=[hook, lambda b: b + 1], return_meta=True, config=Config(n_io_threads=2))
+    for batch, meta in DataLoader(ds, batch_size=None):
+        for r in range(batch.shape[0]):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            np.testing.assert_array_equal(batch[r].numpy(), _crop(img, box).astype(np.float32) * 2 + 1)
+    assert len(calls) == 3

@@ -48,7 +48,7 @@ def _bound(value: Any, dim: int, which: str) -> int:
             f"sample aabb dim {dim}: {which} must be an integer, found {type(value).__name__} {value!r}"
         ) from None
     if v > _MAX_COORD or v < -_MAX_COORD - 1:
-        raise InvalidArgument(f"sample aabb dim {dim}: {which} {v} is outside the signed 64-bit range")
+        raise InvalidArgument(f"sample aabb dim {dim}: {which} {v} is outside -2**63 .. 2**63 - 1")
     return v
 
 
