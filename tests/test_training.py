@@ -298,3 +298,64 @@ def test_transform_hook_sees_every_batch(arrays):
             box = [tuple(x) for x in meta["box"][r].tolist()]
             np.testing.assert_array_equal(batch[r].numpy(), _crop(img, box).astype(np.float32) * 2 + 1)
     assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------------------
+# label-aware sampling
+# --------------------------------------------------------------------------------------
+
+
+def test_label_crops_ratio_and_centres(arrays):
+    uris, img, lbl = arrays
+    k = (5, 6, 6)
+    n = 3000
+    sampler = LabelCrops(k, seed=4, num_samples=n, class_weights={2: 3, 0: 1}, index_block=(4, 8, 8))
+    ds = CropDataset([{"image": uris["img"], "label": uris["lbl"]}], sampler, samples_per_batch=8,
+                     padding="edge", dtype={"image": "f32", "label": "u8"}, return_meta=True, config=Config(n_io_threads=2))
+    ds.build_index()
+    classes = []
+    for i in range(n):
+        _, box = ds.sample_at(i)
+        centre = tuple(b + kk // 2 for (b, _), kk in zip(box, k))
+        classes.append(int(lbl[centre]))  # numpy: the label at the centre
+    classes = np.array(classes)
+    assert set(classes.tolist()) <= {0, 2}  # centres lie on a requested class
+    frac = (classes == 2).mean()
+    assert abs(frac - 0.75) < 4 * np.sqrt(0.75 * 0.25 / n), frac
+    # the same seed draws the same crops, another seed others
+    again = CropDataset([{"image": uris["img"], "label": uris["lbl"]}],
+                        LabelCrops(k, seed=4, num_samples=n, class_weights={2: 3, 0: 1}, index_block=(4, 8, 8)),
+                        samples_per_batch=8, padding="edge")
+    other = CropDataset([{"image": uris["img"], "label": uris["lbl"]}],
+                        LabelCrops(k, seed=5, num_samples=n, class_weights={2: 3, 0: 1}, index_block=(4, 8, 8)),
+                        samples_per_batch=8, padding="edge")
+    assert [again.sample_at(i) for i in range(50)] == [ds.sample_at(i) for i in range(50)]
+    assert [other.sample_at(i) for i in range(50)] != [ds.sample_at(i) for i in range(50)]
+    # the batches hold those crops, padded as numpy.pad(mode="edge"), in workers too
+    ds2 = CropDataset([{"image": uris["img"], "label": uris["lbl"]}],
+                      LabelCrops(k, seed=4, num_samples=48, foreground_ratio=0.5), samples_per_batch=8,
+                      padding="edge", dtype={"image": "f32", "label": "u8"}, return_meta=True, config=Config(n_io_threads=2))
+    ds2.build_index()
+    outside = 0
+    for batch, meta in DataLoader(ds2, batch_size=None, num_workers=1):
+        for r in range(batch["image"].shape[0]):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            outside += any(b < 0 or e > 16 for b, e in box)
+            np.testing.assert_array_equal(batch["image"][r].numpy(), _padded_oracle(img, box, "edge").astype(np.float32))
+            np.testing.assert_array_equal(batch["label"][r].numpy(), _padded_oracle(lbl, box, "edge"))
+            centre = tuple(b + kk // 2 for (b, _), kk in zip(box, k))
+            assert batch["label"][r][tuple(kk // 2 for kk in k)].item() == lbl[centre]
+    assert outside > 0
+
+
+def test_label_crops_index_counts_match_numpy(arrays):
+    uris, _, lbl = arrays
+    s = LabelCrops((4, 4, 4), class_weights={1: 1}, index_block=(3, 8, 5), per_block=4)  # blocks cross the edges
+    idx = s.index(uris["lbl"])
+    for c in (0, 1, 2):
+        assert idx.total(c) == int((lbl == c).sum())
+        for bid, _ in idx.blocks[c]:
+            for v in idx.voxels[(c, bid)]:
+                assert lbl[v] == c
+    with pytest.raises(damacy.InvalidArgument):
+        LabelCrops((4, 4, 4))
