@@ -359,3 +359,48 @@ def test_label_crops_index_counts_match_numpy(arrays):
                 assert lbl[v] == c
     with pytest.raises(damacy.InvalidArgument):
         LabelCrops((4, 4, 4))
+
+
+# --------------------------------------------------------------------------------------
+# channels
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def channel_arrays(tmp_path_factory, arrays):
+    uris, img, lbl = arrays
+    root = tmp_path_factory.mktemp("damacy-channels")
+    first = np.stack([img, 1000 - img]).astype(np.uint16)                  # [c, z, y, x]
+    last = np.stack([img, img // 2, img % 7], axis=-1).astype(np.uint16)  # [z, y, x, c]
+    unnamed = first.copy()                                              # no dimension_names: leading
+
+    def write(name, values, chunks, names):
+        arr = zarr.create_array(str(root / name), shape=values.shape, chunks=chunks, dtype=values.dtype,
+                                compressors=ZstdCodec(level=1), zarr_format=3, dimension_names=names)
+        arr[...] = values
+        return str(root / name)
+
+    out = {"first": write("first.zarr", first, (1, 8, 8, 8), ["c", "z", "y", "x"]),
+           "last": write("last.zarr", last, (8, 8, 8, 3), ["z", "y", "x", "channel"]),
+           "unnamed": write("unnamed.zarr", unnamed, (2, 8, 8, 8), None),
+           "label": uris["lbl"]}
+    return out, {"first": first, "last": np.moveaxis(last, -1, 0), "unnamed": unnamed}, lbl
+
+
+def test_channels_beside_a_label_without(channel_arrays):
+    uris, chan_first, lbl = channel_arrays
+    aug = Augment(seed=3, flip_axes=(-3, -2, -1))
+    ds = CropDataset([uris], RandomCrops((4, 6, 6), seed=9, num_samples=16), samples_per_batch=4,
+                     dtype={"first": "f32", "last": "f32", "unnamed": "f32", "label": "u8"}, return_meta=True,
+                     transform=aug, config=Config(n_io_threads=2))
+    for batch, meta in DataLoader(ds, batch_size=None):
+        assert batch["first"].shape == (4, 2, 4, 6, 6) and batch["last"].shape == (4, 3, 4, 6, 6)
+        assert batch["label"].shape == (4, 4, 6, 6) and batch["last"].is_contiguous()
+        assert meta["box"].shape == (4, 3, 2)
+        for r, d in enumerate(aug.params(meta["index"])):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            spatial = (slice(None),) + tuple(slice(b, e) for b, e in box)
+            for key in ("first", "last", "unnamed"):
+                np.testing.assert_array_equal(batch[key][r].numpy(), _np_augment(chan_first[key][spatial], d, aug, True),
+                                              err_msg=key)
+            np.testing.assert_array_equal(batch["label"][r].numpy(), _np_augment(_crop(lbl, box), d, aug, False))

@@ -85,6 +85,32 @@ def level_uri(uri: str | os.PathLike[str], level: int) -> str:
     return f"{uri}#level={level}"
 
 
+_CHANNEL_NAMES = frozenset({"c", "channel", "channels"})
+
+
+def _channel_axes(uri: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(channel axes, their extents, the spatial shape) of the array at `uri` for crops of
+    `rank` dims: the axes beyond `rank`, named by Zarr v3 dimension_names when present
+    ("c", "channel", "channels"), else the leading ones."""
+    from . import array_info
+
+    info = array_info(uri, usage=False)
+    shape = tuple(info["shape"])
+    extra = len(shape) - rank
+    if extra <= 0:
+        return (), (), shape
+    names = [str(n).lower() if n is not None else "" for n in (info.get("dimension_names") or [])]
+    named = tuple(d for d, n in enumerate(names) if n in _CHANNEL_NAMES)
+    if len(names) == len(shape) and named:
+        if len(named) != extra:
+            raise RankMismatch(f"{uri}: dimension_names {info['dimension_names']} name {len(named)} channel axes, "
+                               f"the array has {extra} axes beyond the crops' {rank}")
+        axes = named
+    else:
+        axes = tuple(range(extra))
+    return axes, tuple(shape[a] for a in axes), tuple(n for d, n in enumerate(shape) if d not in axes)
+
+
 def _uri(value: Any) -> str:
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
@@ -687,12 +713,25 @@ class CropDataset(IterableDataset):
         if self.samples_per_batch < 1:
             raise InvalidArgument(f"CropDataset samples_per_batch: expected at least 1, found {samples_per_batch}")
         # Shapes: array metadata only (no native threads before DataLoader forks its workers).
+        # Channels: axes beyond the sampler's rank, named by Zarr v3 dimension_names ("c",
+        # "channel", "channels") or else the leading ones, are read whole and put first.
         self.shapes: list[tuple[int, ...]] = []
+        self._channels: list[tuple[tuple[int, ...], tuple[int, ...]] | None] = [None] * len(self._keys)
+        crop_rank = len(sampler.sample_shape)
         for entry in self._uris:
-            shapes = [array_shape(u) for u in entry]
+            shapes = []
+            for k, u in enumerate(entry):
+                axes, extents, spatial = _channel_axes(u, crop_rank)
+                seen = self._channels[k]
+                if seen is None:
+                    self._channels[k] = (axes, extents)
+                elif seen != (axes, extents):
+                    raise InvalidArgument(f"CropDataset: {u} has channel axes {axes} of extents {extents}; the key's "
+                                          f"first array has {seen[0]} of {seen[1]} (a batch has one shape per key)")
+                shapes.append(spatial)
             if any(s != shapes[0] for s in shapes):
                 detail = ", ".join(f"{u}: {s}" for u, s in zip(entry, shapes))
-                raise InvalidArgument(f"CropDataset: the arrays of one entry must have the same shape ({detail})")
+                raise InvalidArgument(f"CropDataset: the arrays of one entry must have the same shape (channels aside) ({detail})")
             self.shapes.append(shapes[0])
         if weights is not None:
             weights = [float(w) for w in weights]
@@ -770,10 +809,10 @@ class CropDataset(IterableDataset):
                 raise InvalidArgument(f"CropDataset dtype: expected one str, or one per array of an entry, found {dtype!r}")
         B = self.samples_per_batch
         out = []
-        for dt in dtypes:
+        for k, dt in enumerate(dtypes):
             fields = dict(
                 samples_per_batch=B,
-                sample_shape=self.sampler.sample_shape,
+                sample_shape=self._read_box(k, [(0, s) for s in self.sampler.sample_shape], shape_only=True),
                 dtype=dt,
                 device=self.device,
                 out_of_bounds="fill" if self.sampler.pads or self.padding != "constant" else "error",
@@ -970,6 +1009,26 @@ class CropDataset(IterableDataset):
         hi = lo + self.samples_per_batch
         return range(lo, hi if n_samples is None else min(hi, n_samples))
 
+    def _read_box(self, key: int, box: list[tuple[int, int]], shape_only: bool = False) -> Any:
+        """The box key `key` reads for the spatial `box`: its channel axes whole."""
+        ch = self._channels[key]
+        if ch is not None and ch[0]:
+            box = list(box)
+            for a, n in zip(ch[0], ch[1]):
+                box.insert(a, (0, n))
+        return [e - b for b, e in box] if shape_only else box
+
+    def _channel_first(self, key: int, t: torch.Tensor) -> torch.Tensor:
+        ch = self._channels[key]
+        if ch is None or not ch[0] or list(ch[0]) == list(range(len(ch[0]))):
+            return t
+        return t.movedim([1 + a for a in ch[0]], list(range(1, 1 + len(ch[0])))).contiguous()
+
+    def _spatial_box(self, key: int, aabb: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        ch = self._channels[key]
+        axes = set(ch[0]) if ch is not None else set()
+        return [r for d, r in enumerate(aabb) if d not in axes]
+
     def _samples(self, plan: _EpochPlan, js: Any, key: int) -> Iterator[Sample]:
         """The samples for `key` of the batches `js`; a short last batch is padded with
         repeats of its last sample (read, then sliced away)."""
@@ -979,7 +1038,7 @@ class CropDataset(IterableDataset):
             rng = self._sample_range(j, plan.n_samples)
             for i in rng:
                 a, starts, _ = plan.sample(i)
-                sample = Sample(self._uris[a][key], [(b, b + s) for b, s in zip(starts, S)])
+                sample = Sample(self._uris[a][key], self._read_box(key, [(b, b + s) for b, s in zip(starts, S)]))
                 yield sample
             for _ in range(B - len(rng)):
                 yield sample
@@ -1012,6 +1071,7 @@ class CropDataset(IterableDataset):
                         t, s = pipe.pop_with_samples() if self.return_meta else (pipe.pop(), [])
                     if n < self.samples_per_batch:
                         t, s = t[:n], s[:n]
+                    t = self._channel_first(len(tensors), t)
                     tensors.append(t)
                     samples.append(s)
                 src = list(range(n))
@@ -1076,7 +1136,7 @@ class CropDataset(IterableDataset):
             "batch": self.rank + j * self.world_size,
             "index": torch.tensor(indices, dtype=torch.int64),
             "array": torch.tensor(arrays, dtype=torch.int64),
-            "box": torch.tensor([s.aabb for s in samples[0]], dtype=torch.int64).reshape(len(rng), -1, 2),
+            "box": torch.tensor([self._spatial_box(0, s.aabb) for s in samples[0]], dtype=torch.int64).reshape(len(rng), -1, 2),
             "own": torch.tensor(owns, dtype=torch.int64).reshape(len(rng), -1, 2),
             "uri": uri,
         }
