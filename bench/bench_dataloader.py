@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="n_io_threads: the budget shared by the workers")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--label", action="store_true", help="also read a second (u8) array per sample")
+    p.add_argument("--label-dtype", default="u8", help="the label key's output dtype (u8, i32, i64)")
     p.add_argument("--repeat", type=int, default=2, help="timed passes per setting (best is reported)")
     p.add_argument("--step-ms", type=float, default=0.0,
                    help="per batch, the main process sleeps this long (a training step on a GPU: the CPU is free)")
@@ -45,7 +46,7 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.ops.damacy.write_example_volume(str(path), args.shape, args.chunk, args.shard, "zstd", 0)
     arrays = [{"image": str(path), "label": str(path)}] if args.label else [str(path)]
-    dtype = {"image": "f32", "label": "u8"} if args.label else "f32"
+    dtype = {"image": "f32", "label": args.label_dtype} if args.label else "f32"
     ds = CropDataset(arrays, RandomCrops(args.sample, seed=0, num_samples=args.samples), samples_per_batch=args.batch,
                      dtype=dtype, config=damacy.Config(n_io_threads=args.threads))
 
@@ -63,7 +64,7 @@ def main() -> None:
     mb = args.batch * 4 * torch.Size(args.sample).numel() / 1e6
     print(f"{args.samples} samples {tuple(args.sample)} of {tuple(args.shape)} (chunk {tuple(args.chunk)}, shard "
           f"{tuple(args.shard)}, zstd), batch {args.batch} ({mb:.1f} MB f32), n_io_threads {args.threads}"
-          f"{', + u8 label' if args.label else ''}, step {args.step_ms} ms, torch threads {torch.get_num_threads()}")
+          f"{f', + {args.label_dtype} label' if args.label else ''}, step {args.step_ms} ms, torch threads {torch.get_num_threads()}")
     for nw in args.workers:
         dt = min(run(nw) for _ in range(args.repeat))
         print(f"  num_workers={nw}: {dt:.2f} s, {args.samples / dt:.0f} samples/s")

@@ -404,3 +404,31 @@ def test_channels_beside_a_label_without(channel_arrays):
                 np.testing.assert_array_equal(batch[key][r].numpy(), _np_augment(chan_first[key][spatial], d, aug, True),
                                               err_msg=key)
             np.testing.assert_array_equal(batch["label"][r].numpy(), _np_augment(_crop(lbl, box), d, aug, False))
+
+
+# --------------------------------------------------------------------------------------
+# label dtypes
+# --------------------------------------------------------------------------------------
+
+
+def test_label_keys_default_to_the_narrowest_dtype(arrays, tmp_path):
+    uris, img, lbl = arrays
+    wide = np.asarray(lbl, np.int32) * 1000 - 5
+    wide_uri = _write(tmp_path / "wide.zarr", wide, (8, 8, 8))
+    ds = CropDataset([{"image": uris["img"], "label": uris["lbl"], "mask": wide_uri}],
+                     RandomCrops((4, 4, 4), seed=0, num_samples=8), samples_per_batch=4, return_meta=True,
+                     config=Config(n_io_threads=2))
+    assert ds.dtypes == ["f32", "u8", "i32"]
+    for batch, meta in DataLoader(ds, batch_size=None, num_workers=1):
+        assert batch["image"].dtype == torch.float32 and batch["label"].dtype == torch.uint8 and batch["mask"].dtype == torch.int32
+        for r in range(4):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            np.testing.assert_array_equal(batch["label"][r].numpy(), _crop(lbl, box))
+            np.testing.assert_array_equal(batch["mask"][r].numpy(), _crop(wide, box))
+    # an explicit dtype wins; "label" on a float array is an error
+    assert CropDataset([{"image": uris["img"], "label": uris["lbl"]}], RandomCrops((4, 4, 4), num_samples=8),
+                       samples_per_batch=4, dtype={"image": "f32", "label": "i64"}).dtypes == ["f32", "i64"]
+    assert CropDataset(uris["img"], RandomCrops((4, 4, 4), num_samples=8), samples_per_batch=4, dtype="label").dtypes == ["i32"]
+    with pytest.raises(damacy.InvalidArgument, match="label"):
+        CropDataset(_write(tmp_path / "f.zarr", img.astype(np.float32), (8, 8, 8)), RandomCrops((4, 4, 4), num_samples=8),
+                    samples_per_batch=4, dtype="label")

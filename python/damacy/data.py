@@ -87,14 +87,18 @@ def level_uri(uri: str | os.PathLike[str], level: int) -> str:
 
 _CHANNEL_NAMES = frozenset({"c", "channel", "channels"})
 
+#: dict keys whose integer arrays default to dtype "label" (the narrowest that fits).
+_LABEL_KEYS = frozenset({"label", "labels", "mask", "masks", "seg", "segmentation", "target", "targets"})
+#: source data type -> the narrowest output dtype that holds all its values.
+_LABEL_DTYPES = {"bool": "u8", "uint8": "u8", "int8": "i32", "int16": "i32", "uint16": "i32", "int32": "i32",
+                 "uint32": "i64", "int64": "i64", "uint64": "i64"}
 
-def _channel_axes(uri: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(channel axes, their extents, the spatial shape) of the array at `uri` for crops of
-    `rank` dims: the axes beyond `rank`, named by Zarr v3 dimension_names when present
-    ("c", "channel", "channels"), else the leading ones."""
-    from . import array_info
 
-    info = array_info(uri, usage=False)
+def _channel_axes(info: Mapping[str, Any], rank: int, leading: bool) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(channel axes, their extents, the spatial shape) of an array (its `array_info`) for
+    crops of `rank` dims: the axes beyond `rank` when Zarr v3 dimension_names name them ("c",
+    "channel", "channels"), else the leading ones if `leading` (another array of the entry
+    has the crops' rank); otherwise none (the sampler reports the rank mismatch)."""
     shape = tuple(info["shape"])
     extra = len(shape) - rank
     if extra <= 0:
@@ -103,11 +107,13 @@ def _channel_axes(uri: str, rank: int) -> tuple[tuple[int, ...], tuple[int, ...]
     named = tuple(d for d, n in enumerate(names) if n in _CHANNEL_NAMES)
     if len(names) == len(shape) and named:
         if len(named) != extra:
-            raise RankMismatch(f"{uri}: dimension_names {info['dimension_names']} name {len(named)} channel axes, "
+            raise RankMismatch(f"{info.get('uri')}: dimension_names {info['dimension_names']} name {len(named)} channel axes, "
                                f"the array has {extra} axes beyond the crops' {rank}")
         axes = named
-    else:
+    elif leading:
         axes = tuple(range(extra))
+    else:
+        return (), (), shape
     return axes, tuple(shape[a] for a in axes), tuple(n for d, n in enumerate(shape) if d not in axes)
 
 
@@ -633,7 +639,11 @@ class CropDataset(IterableDataset):
     `samples_per_batch`: B, the batch tensors' first dimension.
     `weights`: one per entry, relative sampling weights (RandomCrops only).
     `dtype`: output dtype, one for all keys or a dict/tuple per key: "f32", "bf16", or for
-      labels "u8", "i32", "i64" (integer casts: docs/data.md), or the torch dtypes of those.
+      labels "u8", "i32", "i64" (integer casts: docs/data.md), or the torch dtypes of those;
+      "label": the narrowest of u8/i32/i64 that holds the arrays' integer type (1 byte per
+      voxel for uint8/bool labels: through DataLoader workers, 8x less than i64; widen on
+      the device with ``.long()``). Default: "f32", except "label" for a dict key named
+      label(s), mask(s), seg, segmentation or target(s) whose arrays are integers or bool.
     `device`: "cpu" or "cuda[:N]": where batches are assembled when iterating in this
       process. DataLoader workers always assemble on the CPU (see the module docstring).
     `config`: a `damacy.Config` for the other knobs (threads, caches, budgets, timeouts);
@@ -677,7 +687,7 @@ class CropDataset(IterableDataset):
         *,
         samples_per_batch: int,
         weights: Sequence[float] | None = None,
-        dtype: str | Mapping[Any, str] | Sequence[str] = "f32",
+        dtype: str | Mapping[Any, str] | Sequence[str] | None = None,
         device: str = "cpu",
         config: Config | None = None,
         drop_last: bool = False,
@@ -718,10 +728,16 @@ class CropDataset(IterableDataset):
         self.shapes: list[tuple[int, ...]] = []
         self._channels: list[tuple[tuple[int, ...], tuple[int, ...]] | None] = [None] * len(self._keys)
         crop_rank = len(sampler.sample_shape)
+        self._data_types: list[set[str]] = [set() for _ in self._keys]
+        from . import array_info
+
         for entry in self._uris:
             shapes = []
-            for k, u in enumerate(entry):
-                axes, extents, spatial = _channel_axes(u, crop_rank)
+            infos = [array_info(u, usage=False) for u in entry]
+            leading = any(len(i["shape"]) == crop_rank for i in infos)
+            for k, (u, info) in enumerate(zip(entry, infos)):
+                axes, extents, spatial = _channel_axes(info, crop_rank, leading)
+                self._data_types[k].add(str(info.get("data_type", "")))
                 seen = self._channels[k]
                 if seen is None:
                     self._channels[k] = (axes, extents)
@@ -797,7 +813,10 @@ class CropDataset(IterableDataset):
     def _make_configs(self, base: Config, dtype: Any) -> list[Config]:
         if not isinstance(base, Config):
             raise TypeError(f"CropDataset config: expected a damacy.Config, found {type(base).__name__}")
-        if isinstance(dtype, str) or is_dtype(dtype):
+        if dtype is None:  # f32, but "label" for integer arrays under a label-like dict key
+            dtypes = ["label" if self._kind == "dict" and str(k).lower() in _LABEL_KEYS and self._integer_source(i)
+                      else "f32" for i, k in enumerate(self._keys)]
+        elif isinstance(dtype, str) or is_dtype(dtype):
             dtypes = [dtype] * len(self._keys)
         elif isinstance(dtype, Mapping):
             if self._kind != "dict" or set(dtype) != set(self._keys):
@@ -807,6 +826,8 @@ class CropDataset(IterableDataset):
             dtypes = list(dtype)
             if self._kind != "tuple" or len(dtypes) != len(self._keys):
                 raise InvalidArgument(f"CropDataset dtype: expected one str, or one per array of an entry, found {dtype!r}")
+        dtypes = [self._resolve_dtype(k, dt) for k, dt in enumerate(dtypes)]
+        self.dtypes = dtypes
         B = self.samples_per_batch
         out = []
         for k, dt in enumerate(dtypes):
@@ -821,6 +842,21 @@ class CropDataset(IterableDataset):
             # (decode="auto" with an integer dtype decodes on the CPU: Rust's one rule.)
             out.append(base.replace(**fields))
         return out
+
+    def _integer_source(self, key: int) -> bool:
+        return all(_LABEL_DTYPES.get(t) is not None for t in self._data_types[key])
+
+    def _resolve_dtype(self, key: int, dt: Any) -> Any:
+        """ "label": the narrowest integer output dtype holding every source value of the key's
+        arrays (u8, i32 or i64)."""
+        if dt != "label":
+            return dt
+        order = ["u8", "i32", "i64"]
+        picks = [_LABEL_DTYPES.get(t) for t in self._data_types[key]]
+        if any(p is None for p in picks):
+            raise InvalidArgument(f"CropDataset dtype \"label\" (key {self._keys[key]!r}): needs integer or bool arrays, "
+                                  f"found data types {sorted(self._data_types[key])}")
+        return max(picks, key=order.index)
 
     def _worker_configs(self, num_workers: int) -> list[Config]:
         """The configs a DataLoader worker runs: CPU only, a share of the thread budget."""

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Cost of damacy.data.Augment per batch: CropDataset batches with and without augmentation.
+
+The same seeded RandomCrops epoch of an image + u8 label pair is read twice, in this process
+(num_workers=0, so on CUDA the pipeline assembles on the GPU and Augment runs there, on the
+current stream), once plain and once with flips + 90-degree turns + scale/shift + noise.
+Prints samples/s of each and the augmentation's own time per batch (measured around the
+transform, synchronised on CUDA).
+
+    python bench/bench_augment.py                        # CPU, the example volume
+    python bench/bench_augment.py --device cuda --samples 4096 --batch 32 --sample 64 128 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import damacy
+from damacy.data import Augment, CropDataset, RandomCrops
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--path", default=str(Path.home() / ".cache" / "damacy" / "example" / "bench-augment.zarr"))
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 256, 256])
+    p.add_argument("--chunk", type=int, nargs=3, default=[32, 64, 64])
+    p.add_argument("--shard", type=int, nargs=3, default=[64, 128, 128])
+    p.add_argument("--sample", type=int, nargs=3, default=[32, 64, 64])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeat", type=int, default=2, help="timed passes per setting (best is reported)")
+    p.add_argument("--noise", type=float, default=0.1, help="noise_std (0: no noise)")
+    args = p.parse_args()
+
+    path = Path(args.path)
+    if not (path / "zarr.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.ops.damacy.write_example_volume(str(path), args.shape, args.chunk, args.shard, "zstd", 0)
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    aug = Augment(seed=0, flip_axes=(-3, -2, -1), rot90_plane=(-2, -1), scale=(0.9, 1.1), shift=(-0.1, 0.1),
+                  noise_std=args.noise)
+    spent = [0.0, 0]
+
+    def timed(batch, index, epoch):
+        sync()
+        t0 = time.perf_counter()
+        out = aug(batch, index=index, epoch=epoch)
+        sync()
+        spent[0] += time.perf_counter() - t0
+        spent[1] += 1
+        return out
+
+    timed_aug = type("TimedAugment", (Augment,), {"__call__": lambda self, b, index=None, epoch=0: timed(b, index, epoch)})()
+
+    def run(transform) -> float:
+        ds = CropDataset([{"image": str(path), "label": str(path)}], RandomCrops(args.sample, seed=0, num_samples=args.samples),
+                         samples_per_batch=args.batch, dtype={"image": "f32", "label": "u8"}, device=args.device,
+                         transform=transform, config=damacy.Config(n_io_threads=args.threads))
+        sync()
+        t0 = time.perf_counter()
+        n = 0
+        for batch in DataLoader(ds, batch_size=None):
+            n += batch["image"].shape[0]
+            batch["image"].sum()  # the consumer touches the batch
+        sync()
+        assert n == args.samples
+        return time.perf_counter() - t0
+
+    run(None)  # warm-up: page cache, CUDA context, nvCOMP
+    print(f"{args.samples} samples {tuple(args.sample)} of {tuple(args.shape)}, batch {args.batch}, device {args.device}, "
+          f"n_io_threads {args.threads}, noise_std {args.noise}")
+    plain = min(run(None) for _ in range(args.repeat))
+    spent[:] = [0.0, 0]
+    augmented = min(run([timed_aug]) for _ in range(args.repeat))
+    per_batch_ms = spent[0] / max(spent[1], 1) * 1e3
+    print(f"  plain:     {plain:.3f} s, {args.samples / plain:.0f} samples/s")
+    print(f"  augmented: {augmented:.3f} s, {args.samples / augmented:.0f} samples/s "
+          f"({(augmented / plain - 1) * 100:+.1f}%), Augment itself {per_batch_ms:.2f} ms per batch (synchronised)")
+
+
+if __name__ == "__main__":
+    main()
