@@ -432,3 +432,29 @@ def test_label_keys_default_to_the_narrowest_dtype(arrays, tmp_path):
     with pytest.raises(damacy.InvalidArgument, match="label"):
         CropDataset(_write(tmp_path / "f.zarr", img.astype(np.float32), (8, 8, 8)), RandomCrops((4, 4, 4), num_samples=8),
                     samples_per_batch=4, dtype="label")
+
+
+def test_a_raised_error_keeps_no_batch_alive():
+    """_ops.call raised its typed error from a frame holding it: a reference cycle kept the
+    caller's frames (and the batch tensors in them, pinning pipeline buffers) alive until a
+    garbage collection; under load pops failed with PoolStarved (bench_dataloader --label)."""
+    import gc
+    import weakref
+
+    from damacy import _ops
+
+    with Pipeline(Config(samples_per_batch=1, sample_shape=(1,))) as p:
+        def f():
+            t = torch.zeros(1)
+            ref = weakref.ref(t)
+            try:
+                _ops.call(p._native.pop, 0.0)
+            except damacy.TryAgain:
+                pass
+            return ref
+
+        gc.disable()
+        try:
+            assert f()() is None
+        finally:
+            gc.enable()

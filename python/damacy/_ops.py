@@ -129,4 +129,11 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         typed = translate(e)
         if typed is None:
             raise
+    # Raised outside the handler, and forgotten here: a local holding the exception would
+    # make a cycle (this frame -> exception -> traceback -> this frame) that keeps the
+    # caller's frames, and the batch tensors in their locals, alive until the next garbage
+    # collection (pinned pipeline buffers: PoolStarved under load).
+    try:
         raise typed from None
+    finally:
+        del typed

@@ -1144,6 +1144,9 @@ class CropDataset(IterableDataset):
                 else:
                     self._position = j + 1
                 yield batch
+                # Drop this frame's references before the next pops: a held batch pins its
+                # pipeline buffers (n_batch_buffers), the caller's reference is enough.
+                batch = tensors = t = None  # type: ignore[assignment]
         finally:
             streams.close()
 
