@@ -458,3 +458,16 @@ def test_a_raised_error_keeps_no_batch_alive():
             assert f()() is None
         finally:
             gc.enable()
+
+
+def test_example_train_augmented_runs(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    try:
+        import train_augmented
+    finally:
+        sys.path.pop(0)
+    assert train_augmented.main(["--steps", "3", "--workdir", str(tmp_path), "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "step 3/3 loss" in out and "'label': 'u8'" in out
