@@ -5,6 +5,8 @@
 # Stages run even when an earlier one fails; results and logs go to $OUT.
 #   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all)
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
+#   opt-in: "augment" (issue 15: tests/test_training.py on CUDA, examples/train_augmented.py
+#   --device cuda, bench/bench_augment.py with and without augmentation)
 #
 # nvCOMP: damacy binds 6.x or 5.x at run time (cpp/src/nvcomp/nvcomp_loader.h). The two
 # wheels cannot share one --target, so .whl/nvidia_libnvcomp_cu13-*.whl are kept out of
@@ -125,5 +127,17 @@ if has bench; then
   # shellcheck disable=SC2086
   timeout "${T_BENCH:-540}" python3 bench/bench_gpu.py $BENCH_ARGS --out "$OUT/bench_gpu.json" > "$OUT/bench.txt" 2>&1
   log "bench rc=$?"; tail -25 "$OUT/bench.txt" | tee -a "$OUT/summary.txt"
+fi
+if has augment; then
+  log "augment: tests/test_training.py, train_augmented --device cuda, bench_augment"
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_training.py > "$OUT/training.txt" 2>&1
+  log "training tests rc=$?"; tail -3 "$OUT/training.txt" | tee -a "$OUT/summary.txt"
+  timeout 200 python3 examples/train_augmented.py --device cuda --steps 40 --workdir /tmp/damacy-seg > "$OUT/example-augmented.txt" 2>&1
+  log "train_augmented rc=$?"; tail -3 "$OUT/example-augmented.txt" | tee -a "$OUT/summary.txt"
+  for b in 8 32; do
+    timeout 200 python3 bench/bench_augment.py --device cuda --samples 2048 --batch "$b" --threads 8 --repeat 3 \
+      > "$OUT/bench-augment-$b.txt" 2>&1
+    log "bench_augment batch $b rc=$?"; tail -3 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
+  done
 fi
 log "done"

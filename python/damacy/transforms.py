@@ -104,31 +104,24 @@ class Augment:
     # --- application ---------------------------------------------------------------------
 
     def _geometry(self, x: torch.Tensor, draws: list[dict[str, Any]]) -> torch.Tensor:
-        groups: dict[tuple[Any, int], list[int]] = {}
-        for row, d in enumerate(draws):
-            groups.setdefault((d["flip"], d["k"]), []).append(row)
-        if list(groups) == [((), 0)]:
+        if all(not d["flip"] and not d["k"] for d in draws):
             return x
-        if self.rot90_plane is not None:
-            a, b = self.rot90_plane
+        if any(d["k"] for d in draws):
+            a, b = self.rot90_plane  # type: ignore[misc]
             if x.shape[a] != x.shape[b]:
                 raise InvalidArgument(f"Augment rot90_plane {self.rot90_plane}: the axes have extents {x.shape[a]} and {x.shape[b]}; "
                                       "90-degree turns need a square plane (rot90_plane=None turns them off)")
+        # Row by row into one output: flip and rot90 of a row are views or one copy each,
+        # copy_ writes them in place (gathering groups of rows with index_put was 20x slower
+        # on the CPU).
         out = torch.empty_like(x)
-        for (flips, k), rows in groups.items():
-            # Axes within one sample: the batch dim is gone, negative axes stay valid.
-            if len(rows) == x.shape[0]:
-                y = x
-            else:
-                y = x.index_select(0, torch.tensor(rows, dtype=torch.int64, device=x.device))
-            if flips:
-                y = torch.flip(y, flips)
-            if k:
-                y = torch.rot90(y, k, self.rot90_plane)
-            if len(rows) == x.shape[0]:
-                out.copy_(y)
-            else:
-                out[torch.tensor(rows, dtype=torch.int64, device=x.device)] = y
+        for row, d in enumerate(draws):
+            y = x[row]
+            if d["flip"]:
+                y = torch.flip(y, d["flip"])
+            if d["k"]:
+                y = torch.rot90(y, d["k"], self.rot90_plane)
+            out[row].copy_(y)
         return out
 
     def _intensity(self, x: torch.Tensor, draws: list[dict[str, Any]]) -> torch.Tensor:
