@@ -471,3 +471,52 @@ def test_example_train_augmented_runs(tmp_path, capsys):
     assert train_augmented.main(["--steps", "3", "--workdir", str(tmp_path), "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "step 3/3 loss" in out and "'label': 'u8'" in out
+
+
+# --------------------------------------------------------------------------------------
+# CUDA (run on the GPU machine: STAGES=augment bash dev/gpu/device_run.sh)
+# --------------------------------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_augment_and_padding_match_numpy(arrays):
+    """On the GPU: padding gathers and Augment run on the batch's device (stream) and give
+    numpy's values (noise aside: the CUDA generator draws other numbers; its determinism is
+    checked instead)."""
+    uris, img, lbl = arrays
+    aug = Augment(seed=7, flip_axes=(-3, -2, -1), scale=(0.5, 2.0), shift=(-10, 10))
+    ds = CropDataset([{"image": uris["img"], "label": uris["lbl"]}],
+                     LabelCrops((5, 6, 6), seed=1, num_samples=32, foreground_ratio=0.5), samples_per_batch=8,
+                     device="cuda", padding="reflect", transform=aug, return_meta=True,
+                     dtype={"image": "f32", "label": "u8"}, config=Config(n_io_threads=2))
+    for batch, meta in DataLoader(ds, batch_size=None):
+        assert batch["image"].is_cuda and batch["label"].is_cuda
+        for r, d in enumerate(aug.params(meta["index"])):
+            box = [tuple(x) for x in meta["box"][r].tolist()]
+            np.testing.assert_allclose(batch["image"][r].cpu().numpy(),
+                                       _np_augment(_padded_oracle(img, box, "reflect"), d, aug, True), rtol=1e-6, atol=1e-3)
+            np.testing.assert_array_equal(batch["label"][r].cpu().numpy(),
+                                          _np_augment(_padded_oracle(lbl, box, "reflect"), d, aug, False))
+    x = torch.rand(4, 8, 8, device="cuda")
+    noisy = Augment(seed=1, noise_std=1.0)
+    assert torch.equal(noisy(x, index=[1, 2, 3, 4]), noisy(x, index=[1, 2, 3, 4]))
+    assert torch.equal(noisy(x[1:], index=[2, 3, 4]), noisy(x, index=[1, 2, 3, 4])[1:])
+    assert 0.8 < float((noisy(x, index=[1, 2, 3, 4]) - Augment(seed=1)(x, index=[1, 2, 3, 4])).std()) < 1.2
+
+
+@cuda
+def test_cuda_on_error_fill_and_skip(arrays):
+    uris, img, _ = arrays
+    boxes = _bad_boxes()
+    for policy in ("fill", "skip"):
+        with Pipeline(_cfg(device="cuda"), on_error=policy) as p:
+            p.push(Sample(uris["bad"], b) for b in boxes)
+            t, samples = p.pop_with_samples()
+            assert t.is_cuda
+            t, samples = p.pop_with_samples()  # batch 1: one bad sample
+            for r, s in enumerate(samples):
+                want = np.full((4, 4, 4), FILL, np.float32) if _touches_bad_chunk(s.aabb) else _crop(img, s.aabb).astype(np.float32)
+                np.testing.assert_array_equal(t[r].cpu().numpy(), want)
+            assert p.stats()["on_error"]["failed_batches"] == 1
