@@ -202,7 +202,6 @@ def test_box_outside_is_the_default_policy_error():
 
 BAD_AABBS = {
     "step_2": [slice(0, 4, 2), (0, 4), (0, 4)],
-    "negative_start": [(-1, 3), (0, 4), (0, 4)],
     "negative_slice": [slice(-4, None), (0, 4), (0, 4)],
     "empty": [(3, 3), (0, 4), (0, 4)],
     "reversed": [(4, 0), (0, 4), (0, 4)],
@@ -219,6 +218,21 @@ def test_invalid_sample_is_invalid_argument(case, error_arrays):
     with pytest.raises(damacy.DamacyError) as info:
         damacy.Sample(F.uri_of(error_arrays["good"]), BAD_AABBS[case])
     check_error(info.value, damacy.InvalidArgument)
+
+
+def test_negative_start_is_outside_the_array(error_arrays):
+    """A negative start is a box reaching outside the array (issue 15): Sample takes it, the
+    pipeline refuses it under out_of_bounds="error" and reads fill under "fill"."""
+    uri = F.uri_of(error_arrays["good"])
+    s = damacy.Sample(uri, [(-1, 3), (0, 4), (0, 4)])
+    for oob in ("error", "fill"):
+        with damacy.Pipeline(damacy.Config(samples_per_batch=1, sample_shape=(4, 4, 4), out_of_bounds=oob)) as p:
+            p.push(s)
+            if oob == "error":
+                with pytest.raises(damacy.InvalidArgument):
+                    p.pop()
+            else:
+                assert p.pop()[0, 0].eq(0).all()  # the fixture's fill value
 
 
 def test_valid_samples_normalise_and_pickle(error_arrays):
