@@ -520,3 +520,30 @@ def test_cuda_on_error_fill_and_skip(arrays):
                 want = np.full((4, 4, 4), FILL, np.float32) if _touches_bad_chunk(s.aabb) else _crop(img, s.aabb).astype(np.float32)
                 np.testing.assert_array_equal(t[r].cpu().numpy(), want)
             assert p.stats()["on_error"]["failed_batches"] == 1
+
+
+def test_label_crops_index_from_a_coarser_ngff_level(arrays, tmp_path):
+    uris, img, lbl = arrays
+    coarse = np.ascontiguousarray(lbl[::2, ::2, ::2])
+    g = zarr.open_group(str(tmp_path / "lbl.ome.zarr"), mode="w", zarr_format=3)
+    axes = [{"name": n, "type": "space"} for n in "zyx"]
+    g.attrs["ome"] = {"version": "0.5", "multiscales": [{"name": "lbl", "axes": axes, "datasets": [
+        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [2.0**i] * 3}]} for i in range(2)]}]}
+    for i, values in enumerate([lbl, coarse]):
+        a = g.create_array(str(i), shape=values.shape, chunks=(4, 4, 4), dtype="uint8", fill_value=0,
+                           compressors=ZstdCodec(level=1))
+        a[...] = values
+    group = str(tmp_path / "lbl.ome.zarr")
+    k, n = (5, 6, 6), 2000
+    ds = CropDataset([{"image": uris["img"], "label": group + "#level=0"}],
+                     LabelCrops(k, seed=2, num_samples=n, class_weights={2: 1, 0: 1}, index_level=1),
+                     samples_per_batch=8)
+    classes = []
+    for i in range(n):
+        _, box = ds.sample_at(i)
+        centre = [b + kk // 2 for (b, _), kk in zip(box, k)]
+        assert all(c % 2 == 1 for c in centre)  # floor((v + 1/2) * 2) = 2v + 1
+        classes.append(int(coarse[tuple(c // 2 for c in centre)]))  # on the class at level 1
+    classes = np.array(classes)
+    assert set(classes.tolist()) <= {0, 2}
+    assert abs((classes == 2).mean() - 0.5) < 4 * np.sqrt(0.25 / n)

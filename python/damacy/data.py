@@ -246,7 +246,11 @@ class LabelCrops:
     shape), keeping per block each class's voxel count and up to `per_block` of its voxels
     (drawn at random, seeded by the array and block). A draw picks a block by its count of
     the class, then one of the kept voxels: the centre lies on the class exactly. Memory:
-    per block and class, one count and `per_block` positions.
+    per block and class, one count and `per_block` positions. `index_level=N`: the label
+    entries are OME-NGFF multiscale groups (``uri`` or ``uri#level=k``) and the index is
+    built from level N (N-fold fewer voxels to read per downsampling), each kept coarse voxel
+    mapped to the centre of the region it covers at the level read (on the class at the
+    coarse level; exact only where that region is uniform).
 
     Sample ``i`` of an epoch is a pure function of (seed, epoch, i) and the labels.
     """
@@ -257,7 +261,7 @@ class LabelCrops:
     def __init__(self, sample_shape: Sequence[int], *, seed: int = 0, num_samples: int | None = None,
                  label_key: Any = "label", class_weights: Mapping[Any, float] | None = None,
                  foreground_ratio: float | None = None, index_block: Sequence[int] | None = None,
-                 per_block: int = 8) -> None:
+                 per_block: int = 8, index_level: int | None = None) -> None:
         self.sample_shape = _shape_tuple(sample_shape, "LabelCrops sample_shape")
         self.seed = operator.index(seed)
         if num_samples is not None:
@@ -288,13 +292,16 @@ class LabelCrops:
         self.per_block = operator.index(per_block)
         if self.per_block < 1:
             raise InvalidArgument(f"LabelCrops per_block: expected at least 1, found {per_block}")
+        if index_level is not None and (isinstance(index_level, bool) or operator.index(index_level) < 0):
+            raise InvalidArgument(f"LabelCrops index_level: expected an integer >= 0 or None, found {index_level!r}")
+        self.index_level = None if index_level is None else operator.index(index_level)
         self._index: dict[str, _LabelIndex] = {}
         self.config: Config | None = None  # the dataset's (threads, storage options) for reading labels
 
     def __repr__(self) -> str:
         return (f"LabelCrops(sample_shape={self.sample_shape}, seed={self.seed}, num_samples={self.num_samples}, "
                 f"label_key={self.label_key!r}, class_weights={self.class_weights}, index_block={self.index_block}, "
-                f"per_block={self.per_block})")
+                f"per_block={self.per_block}, index_level={self.index_level})")
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__.copy()  # the built indexes travel to DataLoader workers
@@ -303,7 +310,14 @@ class LabelCrops:
         """The label index of `uri` (built on first call)."""
         idx = self._index.get(uri)
         if idx is None:
-            idx = _LabelIndex.build(uri, self.index_block, self.per_block, self.config)
+            if self.index_level is None:
+                idx = _LabelIndex.build(uri, self.index_block, self.per_block, self.config)
+            else:
+                from . import array_info
+
+                coarse = level_uri(uri.split("#level=", 1)[0], self.index_level)
+                idx = _LabelIndex.build(coarse, self.index_block, self.per_block, self.config)
+                idx.to_full(tuple(array_info(uri, usage=False)["shape"]))
             self._index[uri] = idx
         return idx
 
@@ -328,6 +342,18 @@ class _LabelIndex:
 
     def classes(self) -> list[int]:
         return sorted(self.blocks)
+
+    def to_full(self, full: tuple[int, ...]) -> None:
+        """Maps the kept voxels of a coarser level onto the array of shape `full`: coarse
+        voxel v becomes the full-resolution voxel at the centre of the region it covers,
+        ``floor((v + 1/2) * full / coarse)`` (on the class at the coarse level; at full
+        resolution only where the region is uniform)."""
+        if len(full) != len(self.shape):
+            raise RankMismatch(f"LabelCrops index_level: level of shape {self.shape} for an array of shape {full}")
+        ratio = [f / c for f, c in zip(full, self.shape)]
+        self.voxels = {k: [tuple(min(int((x + 0.5) * r), f - 1) for x, r, f in zip(v, ratio, full)) for v in kept]
+                       for k, kept in self.voxels.items()}
+        self.shape = full
 
     def total(self, c: int) -> int:
         cum = self._cum.get(c)
