@@ -547,3 +547,20 @@ def test_label_crops_index_from_a_coarser_ngff_level(arrays, tmp_path):
     classes = np.array(classes)
     assert set(classes.tolist()) <= {0, 2}
     assert abs((classes == 2).mean() - 0.5) < 4 * np.sqrt(0.25 / n)
+
+
+def test_dataset_skip_under_workers_matches_no_workers(arrays):
+    """The replacements are a function of the samples: 2 workers yield what 0 workers do."""
+    uris, _, _ = arrays
+
+    def run(nw):
+        ds = CropDataset([{"image": uris["bad"], "label": uris["lbl"]}], RandomCrops((4, 4, 4), seed=3, num_samples=48),
+                         samples_per_batch=4, dtype={"image": "f32", "label": "u8"}, return_meta=True, on_error="skip",
+                         config=Config(n_io_threads=2))
+        return [(b["image"].clone(), b["label"].clone(), m["bad"].tolist(), m["box"].clone())
+                for b, m in DataLoader(ds, batch_size=None, num_workers=nw)]
+
+    a, b = run(0), run(2)
+    assert len(a) == len(b) and sum(len(x[2]) for x in a) > 0
+    for x, y in zip(a, b):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2] and torch.equal(x[3], y[3])
