@@ -199,6 +199,12 @@ class Recovery:
                 self._log(e)
                 bad.append(i)
                 rows.append(None)
+            except BaseException:
+                # Not the data's error: raised as is; the probe may hold the sample still,
+                # so it is made anew next time.
+                self._probe.close()
+                self._probe = None
+                raise
         if len(bad) == 0:  # the batch failed, each sample reads: a transient error; again
             self._log(err)
         self.bad_samples += len(bad)
