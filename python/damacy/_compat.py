@@ -194,12 +194,16 @@ def coerce_cuda_event_handle(event: object) -> int | None:
         return event
     if hasattr(event, "record_event"):
         return coerce_cuda_event_handle(event.record_event())  # type: ignore[attr-defined]
-    if hasattr(event, "record") and callable(event.record):  # type: ignore[attr-defined]
-        return coerce_cuda_event_handle(event.record())  # type: ignore[attr-defined]
+    # Events before the `.record()` of streams: torch and cupy events have a `record` method
+    # too, and calling it would re-record the caller's event (the original's order did).
     handle = getattr(event, "cuda_event", None)
     if handle is not None:
         return int(handle)
     ptr = getattr(event, "ptr", None)
+    if isinstance(ptr, int) and "Event" in type(event).__name__:
+        return ptr
+    if hasattr(event, "record") and callable(event.record):  # type: ignore[attr-defined]
+        return coerce_cuda_event_handle(event.record())  # type: ignore[attr-defined]
     if isinstance(ptr, int):
         return ptr
     raise TypeError(
@@ -322,6 +326,8 @@ class Batch(torch.Tensor):
             if isinstance(event, torch.cuda.Stream):
                 # The caching allocator reuses the memory only after the stream's queued work.
                 torch.Tensor.record_stream(self, event)
+            elif isinstance(event, torch.cuda.Event):
+                torch.cuda.current_stream(self.device).wait_event(event)
             elif handle is not None:
                 # Later work on the producing stream (where the buffer is reused) waits.
                 _stream_wait_event(torch.cuda.current_stream(self.device).cuda_stream, handle)
@@ -443,16 +449,18 @@ def budget_floor(cfg: Any) -> int:
     return (cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"] + 1) * cc.batch_bytes(cfg._orig[0])
 
 
-def committed_bytes(cfg: Any, stats: dict[str, Any], launched: bool) -> int:
-    """Device bytes counted against max_gpu_memory_bytes: the output buffers made so far,
-    plus (on the GPU decode path, once a batch was launched) the per-batch device staging
-    and decoded buffers. Never above
-    the budget: Pipeline() checked the slots fit, and the config derived staging and decoded
-    from what was left."""
+def committed_bytes(cfg: Any, launched: bool) -> int:
+    """Device bytes committed against max_gpu_memory_bytes (a reservation, as the original's
+    create-time resolver made): the two output slots from the start, plus, on the GPU decode
+    path once a batch was launched, the batch being assembled and its device staging and
+    decoded buffers. Never above the budget: Pipeline() checked the slots fit, the config
+    derived staging and decoded from what was left, and pop() refuses a third unreleased
+    batch (PoolStarved)."""
     o = cfg._orig[0]
-    outputs = int(stats.get("buffers_allocated", 0)) * cc.batch_bytes(o)
-    per_batch = (cfg.staging_bytes + cfg.decoded_bytes) * cfg.device_ahead if launched else 0
-    return min(o["max_gpu_memory_bytes"], outputs + per_batch)
+    slots = cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"] * cc.batch_bytes(o)
+    if not launched:
+        return slots
+    return min(o["max_gpu_memory_bytes"], slots + cfg.device_ahead * cc.batch_bytes(o) + cfg.staging_bytes + cfg.decoded_bytes)
 
 
 def warn_original(cfg: Any) -> None:

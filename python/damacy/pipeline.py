@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import weakref
 from collections import deque
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -150,6 +151,7 @@ class Pipeline:
         self._pop_wait_s = 0.0
         self._pops = 0
         self._stats_base: dict | None = None
+        self._live: list[weakref.ref] = []  # original mode: popped Batches (the two slots)
         self._native = _ops.call(_ops.classes().Pipeline, config.to_json())
         self._pid = os.getpid()
         self._closed = False
@@ -267,9 +269,20 @@ class Pipeline:
         if self._sticky is not None:
             fn, args = self._sticky.__reduce__()[:2]
             raise fn(*args)
+        # The original's two output slots: a batch holds one until it is released or dropped
+        # (on the GPU path the native buffers are not the output tensors, so this is counted
+        # here, for every device).
+        self._live = [r for r in self._live if (b := r()) is not None and not b.released]
+        if len(self._live) >= _compat.cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"]:
+            raise PoolStarved(
+                f"both output slots are held by unreleased batches ({len(self._live)} popped, not released): "
+                "release them (`with batch:` or batch.release()) or drop them, or .clone() what you keep"
+            )
         t0 = time.monotonic()
         try:
-            return self._pop_batch(timeout_s, with_samples=with_samples)
+            out = self._pop_batch(timeout_s, with_samples=with_samples)
+            self._live.append(weakref.ref(out[0] if with_samples else out))
+            return out
         except TryAgain as e:
             raise PoolStarved(
                 "Pipeline.pop() timed out waiting for the next batch. This usually means tensors from previous "
@@ -342,7 +355,7 @@ class Pipeline:
         if self._stats_base is not None:
             data = _compat.subtract(data, self._stats_base)
         if self._original:
-            committed = _compat.committed_bytes(self._config, data, self._gpu_decode and self._batch_id > 0)
+            committed = _compat.committed_bytes(self._config, self._gpu_decode and self._batch_id > 0)
         else:
             committed = int(data.get("buffers_allocated", 0)) * _batch_bytes(self._config)
         extra = _compat.original_stats(data, pop_wait_s=self._pop_wait_s, pops=self._pops, committed=committed)

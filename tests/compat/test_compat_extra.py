@@ -133,3 +133,47 @@ def test_mode_rules_and_errors():
     assert type(e2) is damacy.NotFound and e2.status is Status.NOTFOUND
     assert damacy.NativeCudaError is damacy.CudaError
     assert Config(samples_per_batch=1, sample_shape=(4,), device=0).device == "cuda:0"
+
+
+def test_event_coercion_does_not_re_record_events():
+    class TorchLikeEvent:  # torch.cuda.Event: has record() too, must not be called
+        cuda_event = 7
+
+        def record(self, stream=None):
+            raise AssertionError("re-recorded the caller's event")
+
+    class CupyLikeEvent:
+        ptr = 9
+
+        def record(self, stream=None):
+            raise AssertionError("re-recorded the caller's event")
+
+    assert damacy._coerce_cuda_event_handle(TorchLikeEvent()) == 7
+    assert damacy._coerce_cuda_event_handle(CupyLikeEvent()) == 9
+
+
+@pytest.mark.usefixtures("cuda_ctx")
+@pytest.mark.parametrize("kind", ["stream", "event", "handle"])
+def test_release_with_a_side_stream_copy_keeps_values(tmp_path, kind):
+    """The original's deferred-release pattern: copy on a side stream, release with its
+    stream/event; the copy holds the batch's values while later batches reuse memory."""
+    uri = write(tmp_path, "multishard", "uint16", (32, 32), (8, 8), (8, 8))
+    oracle = F.OracleArray(uri)
+    boxes = F.random_boxes((32, 32), (8, 8), 8, seed=9, grid=[(8, 8)])
+    side = torch.cuda.Stream()
+    with Pipeline(_cfg(samples_per_batch=1)) as p:
+        p.push(Sample(uri, b) for b in boxes)
+        copies = []
+        for batch in p.batches(8):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                copies.append(torch.from_dlpack(batch).clone())
+            if kind == "stream":
+                batch.release(event=side)
+            else:
+                ev = torch.cuda.Event()
+                ev.record(side)
+                batch.release(event=ev if kind == "event" else ev.cuda_event)
+        torch.cuda.synchronize()
+        for i, c in enumerate(copies):
+            F.assert_same(c.cpu(), oracle.read_batch([boxes[i]]), f"batch {i}")
