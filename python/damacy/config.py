@@ -312,6 +312,11 @@ def _signature_and_doc() -> tuple[inspect.Signature, str]:
         ">>> cfg = Config(samples_per_batch=8, sample_shape=(64, 128, 128), dtype=torch.bfloat16)",
         ">>> cfg.sample_shape, cfg.dtype",
         "((64, 128, 128), 'bf16')",
+        "",
+        "Original mode: a Config given any field that only the original nclack/damacy has",
+        "(`max_gpu_memory_bytes`, required there, `max_shards_per_sample`, `enable_gds`, ...)",
+        "takes and reads back the original's fields with their defaults, types and errors, and",
+        "maps them onto the fields above (`Config.default(...)` too); dev/compat.md has the list.",
     ])
     return inspect.Signature(params), doc
 
