@@ -215,7 +215,10 @@ class Config:
         return json.dumps(self._fields)
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, `sample_shape` and `arrays` as tuples."""
+        """Every field, `sample_shape` and `arrays` as tuples (original mode: the original's
+        fields and the extras given; `to_json` has the native fields they map to)."""
+        if self._orig:
+            return {**self._orig[0], **self._orig[1]}
         return {k: self._get(k) for k in self._fields}
 
     def replace(self, **changes: Any) -> Config:
