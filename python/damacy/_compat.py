@@ -327,10 +327,11 @@ class Batch(torch.Tensor):
                 # The caching allocator reuses the memory only after the stream's queued work.
                 torch.Tensor.record_stream(self, event)
             elif isinstance(event, torch.cuda.Event):
-                torch.cuda.current_stream(self.device).wait_event(event)
+                # Later work on the stream the batch was made on (where torch's allocator
+                # reuses its memory) waits for the event.
+                self._producer().wait_event(event)
             elif handle is not None:
-                # Later work on the producing stream (where the buffer is reused) waits.
-                _stream_wait_event(torch.cuda.current_stream(self.device).cuda_stream, handle)
+                _stream_wait_event(self._producer().cuda_stream, handle)
         self._damacy_released = True
         with torch.no_grad():
             torch.Tensor.set_(self)
@@ -344,25 +345,48 @@ class Batch(torch.Tensor):
     def __dlpack__(self, *, stream: Any = None, max_version: tuple[int, int] | None = None,
                    dl_device: Any = None, copy: bool | None = None) -> Any:
         """A DLPack capsule: v0 ``"dltensor"`` by default, v1 ``"dltensor_versioned"`` when
-        ``max_version >= (1, 0)``. ``stream``: the consumer's stream waits for the batch
-        (None, 0, 1, 2: the legacy default stream; -1: no synchronisation). ``copy=True``
+        ``max_version >= (1, 0)``. ``stream``: the consumer's stream (an int handle) waits
+        for the stream the batch was made on (None, 0, 1, 2: the default stream; -1: no
+        synchronisation). ``copy=True``
         raises BufferError; ``dl_device`` is ignored (the batch stays where it is)."""
         del dl_device
         self._check_live()
         if copy:
             raise BufferError("damacy: copy=True not supported (a batch is exported where it is, never copied)")
         _check_max_version(max_version)
-        if not self.is_cuda:
-            stream = None
-        elif stream in (None, 0, 2):
-            stream = 1
+        if self.is_cuda and stream != -1:
+            self._sync_consumer(stream)
         # Exported from an alias (its own TensorImpl on the same storage): release() empties
-        # this tensor, and the capsule must keep the memory it points at.
+        # this tensor, and the capsule must keep the memory it points at. Synchronised above
+        # (torch's exporter would take the stream current now as the producer's).
         alias = torch.Tensor.detach(self)
-        capsule = torch.Tensor.__dlpack__(alias, stream=stream, max_version=max_version, copy=copy)
+        capsule = torch.Tensor.__dlpack__(alias, stream=None if not self.is_cuda else -1, max_version=max_version,
+                                          copy=copy)
         if max_version is not None and max_version[0] >= 1:
             _cap_minor(capsule, max_version)
         return capsule
+
+    def _producer(self) -> torch.cuda.Stream:
+        """The CUDA stream the batch was made on (torch's current stream at pop)."""
+        made_on = int(getattr(self, "_damacy_stream", 0))
+        if made_on:
+            return torch.cuda.ExternalStream(made_on, device=self.device)
+        return torch.cuda.default_stream(self.device)
+
+    def _sync_consumer(self, stream: Any) -> None:
+        """The consumer's stream waits for the stream the batch was made on (`ready_stream`)."""
+        if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int)):
+            raise TypeError(f"stream must be an int or None (got {type(stream).__name__})")
+        dev = self.device
+        producer = self._producer()
+        if stream in (None, 0, 1, 2):  # the legacy / per-thread default streams
+            consumer = torch.cuda.default_stream(dev)
+        else:
+            consumer = torch.cuda.ExternalStream(stream, device=dev)
+        if consumer.cuda_stream != producer.cuda_stream:
+            event = torch.cuda.Event()
+            event.record(producer)
+            consumer.wait_event(event)
 
     def __dlpack_device__(self) -> tuple[int, int]:
         self._check_live()

@@ -165,8 +165,7 @@ def test_release_with_a_side_stream_copy_keeps_values(tmp_path, kind):
         p.push(Sample(uri, b) for b in boxes)
         copies = []
         for batch in p.batches(8):
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side):  # from_dlpack passes `side`: it waits for the batch
                 copies.append(torch.from_dlpack(batch).clone())
             if kind == "stream":
                 batch.release(event=side)
