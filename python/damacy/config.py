@@ -149,6 +149,23 @@ def native_defaults() -> dict[str, Any]:
     return json.loads(_ops.call(_ops.ops().config_defaults))
 
 
+class _DataclassFields:
+    """`__dataclass_fields__` per instance (a Config's fields depend on its mode), and on the
+    class for `dataclasses.fields(Config)`: makes `dataclasses.replace(cfg, ...)` work."""
+
+    def __init__(self, names) -> None:
+        self._names = names
+
+    def __get__(self, obj: Any, cls: Any = None) -> dict[str, dataclasses.Field]:
+        out = {}
+        for name in self._names(obj):
+            f = dataclasses.field()
+            f.name = name
+            f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+            out[name] = f
+        return out
+
+
 class Config:
     """A pipeline configuration. Keyword-only; every field has a default."""
 
@@ -186,18 +203,13 @@ class Config:
         return cls(samples_per_batch=samples_per_batch, sample_shape=sample_shape,
                    max_gpu_memory_bytes=max_gpu_memory_bytes, dtype=dtype, **overrides)
 
-    @property
-    def __dataclass_fields__(self) -> dict[str, dataclasses.Field]:
+    @_DataclassFields
+    def __dataclass_fields__(self) -> list[str]:
         """What `dataclasses.replace` / `fields` / `asdict` see: the original's fields (and the
-        extras given) in original mode, else the native fields."""
-        names = list(self._orig[0]) + list(self._orig[1]) if self._orig else list(self._fields)
-        out = {}
-        for name in names:
-            f = dataclasses.field()
-            f.name = name
-            f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
-            out[name] = f
-        return out
+        extras given) in original mode, else the native fields (on the class: those)."""
+        if self is None:
+            return list(native_defaults())
+        return list(self._orig[0]) + list(self._orig[1]) if self._orig else list(self._fields)
 
     @classmethod
     def from_json(cls, text: str) -> Config:

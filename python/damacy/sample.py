@@ -142,3 +142,19 @@ class Sample:
 
     def __reduce__(self):
         return (Sample, (self.uri, self.aabb))
+
+
+def _dataclass_fields(*names: str) -> dict:
+    import dataclasses
+
+    out = {}
+    for name in names:
+        f = dataclasses.field()
+        f.name = name
+        f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+        out[name] = f
+    return out
+
+
+#: As the original's frozen dataclass: `dataclasses.replace(sample, aabb=...)` works.
+Sample.__dataclass_fields__ = _dataclass_fields("uri", "aabb")  # type: ignore[attr-defined]

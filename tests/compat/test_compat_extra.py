@@ -176,3 +176,12 @@ def test_release_with_a_side_stream_copy_keeps_values(tmp_path, kind):
         torch.cuda.synchronize()
         for i, c in enumerate(copies):
             F.assert_same(c.cpu(), oracle.read_batch([boxes[i]]), f"batch {i}")
+
+
+def test_dataclass_protocol_on_config_and_sample():
+    assert [f.name for f in dataclasses.fields(Config)][:3] == ["samples_per_batch", "sample_shape", "dtype"]
+    native = Config(samples_per_batch=2, sample_shape=(4, 4))
+    assert dataclasses.replace(native, samples_per_batch=4) == native.replace(samples_per_batch=4)
+    assert dataclasses.asdict(_cfg())["max_gpu_memory_bytes"] == 1 << 28
+    s = Sample(uri="a.zarr", aabb=[(0, 4)])
+    assert dataclasses.replace(s, aabb=[slice(None, 8)]) == Sample("a.zarr", [(0, 8)])
