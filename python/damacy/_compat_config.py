@@ -267,7 +267,8 @@ def from_original(o: dict[str, Any], extras: dict[str, Any], native_defaults: di
         # 0 passes here: Pipeline() refuses it, as the original's create did.
         "n_array_meta_cache": max(1, o["n_array_meta_cache"]),
         "n_shard_index_cache": max(1, o["n_shard_index_cache"]),
-        "n_chunk_layout_cache": o["n_chunk_layout_cache"],
+        # n_chunk_layout_cache is not mapped: the original's entries are per array, ours per
+        # stored chunk (the original's 64 would refuse batches its own pipeline read).
         "max_read_op_bytes": o["max_read_op_bytes"],
         # The original's two output slots: holding both makes the next pop PoolStarved.
         "n_batch_buffers": _C["N_BATCH_SLOTS"],

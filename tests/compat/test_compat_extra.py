@@ -5,6 +5,7 @@ do not reach (PoolStarved with both slots held, pop_timeout_s=None, the budget, 
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 import pickle
 import threading
@@ -185,3 +186,11 @@ def test_dataclass_protocol_on_config_and_sample():
     assert dataclasses.asdict(_cfg())["max_gpu_memory_bytes"] == 1 << 28
     s = Sample(uri="a.zarr", aabb=[(0, 4)])
     assert dataclasses.replace(s, aabb=[slice(None, 8)]) == Sample("a.zarr", [(0, 8)])
+
+
+def test_original_chunk_layout_cache_is_per_array_not_per_chunk():
+    # The original's n_chunk_layout_cache counts arrays; a batch touching more chunks than
+    # that must still be read (our per-chunk cache keeps its own size).
+    cfg = _cfg(n_chunk_layout_cache=8)
+    assert cfg.n_chunk_layout_cache == 8  # the original's value reads back
+    assert json.loads(cfg.to_json())["n_chunk_layout_cache"] == json.loads(Config().to_json())["n_chunk_layout_cache"]
