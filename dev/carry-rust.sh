@@ -13,4 +13,9 @@ cp "$target/release/libdamacy.a" "$out/"
 cp -L "$target/cxxbridge/damacy/src/ffi/records.rs.h" "$target/cxxbridge/damacy/src/ffi/api.rs.h" "$out/include/damacy/src/ffi/"
 cp -L "$target/cxxbridge/rust/cxx.h" "$out/include/rust/"
 du -sh "$out" >&2
+
+# Debug sections off and xz'd: the device tool carries at most 64 MiB (the .a is ~140 MB).
+strip --strip-debug "$out/libdamacy.a"
+xz -T2 -6 "$out/libdamacy.a"
+du -sh "$out/libdamacy.a.xz" >&2
 echo "$out"

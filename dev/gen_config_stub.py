@@ -69,12 +69,16 @@ def render() -> str:
         replace.append(f"        {name}: {hint} = ...,")
         props.append(f"    @property\n    def {name}(self) -> {_READ_TYPES.get(hint, hint)}:\n        \"\"\"{doc}.\"\"\"")
     out = [_HEADER]
-    out.append("    def __init__(\n        self,\n        *,\n" + "\n".join(init) + "\n    ) -> None: ...")
+    # `**original`: the original nclack/damacy's fields (original mode, dev/compat.md).
+    out.append("    def __init__(\n        self,\n        *,\n" + "\n".join(init) + "\n        **original: Any,\n    ) -> None: ...")
+    out.append("    @classmethod\n    def default(\n        cls, *, samples_per_batch: int, sample_shape: Sequence[int], "
+               "max_gpu_memory_bytes: int, dtype: Any = ..., **overrides: Any\n    ) -> Config: ...")
     out.append("    @classmethod\n    def from_json(cls, text: str) -> Config: ...")
     out.append("    def to_json(self) -> str: ...")
     out.append("    def as_dict(self) -> dict[str, Any]: ...")
-    out.append("    def replace(\n        self,\n        *,\n" + "\n".join(replace) + "\n    ) -> Config: ...")
+    out.append("    def replace(\n        self,\n        *,\n" + "\n".join(replace) + "\n        **original: Any,\n    ) -> Config: ...")
     out.extend(props)
+    out.append("    def __getattr__(self, name: str) -> Any: ...  # the original's fields in original mode")
     out.append("    def __eq__(self, other: object) -> bool: ...")
     out.append("    def __hash__(self) -> int: ...")
     return "\n".join(out) + "\n"

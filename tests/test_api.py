@@ -76,11 +76,13 @@ def test_sample_validation_and_pickle():
     assert s.shape == (4, 4, 4)
     assert pickle.loads(pickle.dumps(s)) == s
     assert len({s, damacy.Sample("/a.zarr", [(0, 4), (2, 6), (1, 5)])}) == 1
-    for bad in ([3], [(0, 0)], [(2, 1)], [slice(0, 4, 2)], [slice(None, 4)], [], [(0, 1.5)], [(True, 2)]):
+    for bad in ([3], [(0, 0)], [(2, 1)], [slice(0, 4, 2)], [slice(0, None)], [], [(0, 1.5)], [(True, 2)]):
         with pytest.raises(damacy.InvalidArgument):
             damacy.Sample("/a.zarr", bad)
     with pytest.raises(damacy.InvalidArgument):
         damacy.Sample("", [(0, 1)])
+    # An omitted slice start is 0, as in numpy and the original damacy (dev/compat.md).
+    assert damacy.Sample("/a.zarr", [slice(None, 4)]).aabb == ((0, 4),)
     # Negative starts are boxes reaching outside the array (out_of_bounds / padding decide).
     assert damacy.Sample("/a.zarr", [(-3, 1)]).aabb == ((-3, 1),)
 

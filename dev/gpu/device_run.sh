@@ -5,6 +5,8 @@
 # Stages run even when an earlier one fails; results and logs go to $OUT.
 #   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all)
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
+#   PYTEST_FILES: the files the pytest stage runs (default: the GPU, differential, errors,
+#   pipeline, data and v2/NGFF suites)
 #   opt-in: "augment" (issue 15: tests/test_training.py on CUDA, examples/train_augmented.py
 #   --device cuda, bench/bench_augment.py with and without augmentation)
 #
@@ -98,8 +100,9 @@ has nvcomp6 && nvcomp_stage 6
 
 if has pytest; then
   log "pytest (GPU + differential + errors + pipeline)"
-  timeout "${T_PYTEST:-420}" python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu.py tests/test_differential.py \
-    tests/test_errors.py tests/test_pipeline.py tests/test_data.py > "$OUT/pytest.txt" 2>&1
+  # shellcheck disable=SC2086
+  timeout "${T_PYTEST:-420}" python3 -m pytest -q -x -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu.py tests/test_differential.py \
+    tests/test_errors.py tests/test_pipeline.py tests/test_data.py tests/test_v2_ngff.py} > "$OUT/pytest.txt" 2>&1
   log "pytest rc=$?"; tail -5 "$OUT/pytest.txt" | tee -a "$OUT/summary.txt"
 fi
 

@@ -4,7 +4,7 @@
 >>> cfg = damacy.Config(samples_per_batch=8, sample_shape=(64, 128, 128))
 >>> with damacy.Pipeline(cfg) as p:
 ...     p.push(damacy.Sample("/data/vol.zarr", [(0, 64), (0, 128), (0, 128)]) for _ in range(8))
-...     batch = p.pop()   # torch.Tensor [8, 64, 128, 128], float32
+...     batch = p.pop()   # damacy.Batch, a torch.Tensor [8, 64, 128, 128], float32
 
 A thin layer over `torch.ops.damacy` / `torch.classes.damacy` (libdamacy_torch.so, loaded on
 import): no decoding, no I/O, no threads of its own.
@@ -32,6 +32,25 @@ from .errors import (
 )
 from .pipeline import Pipeline, Stats
 from .sample import Sample, as_uri
+from .enums import Dtype, NumaStrategy, Status
+from .errors import NativeCudaError
+from ._compat_config import LatencyModel
+from ._compat import (
+    LOG_DEBUG,
+    LOG_ERROR,
+    LOG_FATAL,
+    LOG_INFO,
+    LOG_TRACE,
+    LOG_WARN,
+    Batch,
+    BatchInfo,
+    Metric,
+    max_concurrency,
+    set_log_level,
+    set_log_quiet,
+)
+from ._compat import coerce_cuda_event_handle as _coerce_cuda_event_handle  # the original's name
+from ._compat import _warned_local_rank_pairs, _warned_multi_gpu_pairs  # noqa: F401 (the original's)
 
 _ops.load()
 
@@ -77,4 +96,22 @@ __all__ = [
     "ShutdownError",
     "PoolStarved",
     "InternalError",
+    # The original nclack/damacy's names (dev/compat.md).
+    "Batch",
+    "BatchInfo",
+    "Metric",
+    "Status",
+    "Dtype",
+    "NumaStrategy",
+    "LatencyModel",
+    "NativeCudaError",
+    "set_log_level",
+    "set_log_quiet",
+    "max_concurrency",
+    "LOG_TRACE",
+    "LOG_DEBUG",
+    "LOG_INFO",
+    "LOG_WARN",
+    "LOG_ERROR",
+    "LOG_FATAL",
 ]

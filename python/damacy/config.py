@@ -10,6 +10,7 @@ generated from both by `dev/gen_config_stub.py`, and a test checks it is up to d
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -148,13 +149,44 @@ def native_defaults() -> dict[str, Any]:
     return json.loads(_ops.call(_ops.ops().config_defaults))
 
 
+class _DataclassFields:
+    """`__dataclass_fields__` per instance (a Config's fields depend on its mode), and on the
+    class for `dataclasses.fields(Config)`: makes `dataclasses.replace(cfg, ...)` work."""
+
+    def __init__(self, names) -> None:
+        self._names = names
+
+    def __get__(self, obj: Any, cls: Any = None) -> dict[str, dataclasses.Field]:
+        out = {}
+        for name in self._names(obj):
+            f = dataclasses.field()
+            f.name = name
+            f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+            out[name] = f
+        return out
+
+
 class Config:
     """A pipeline configuration. Keyword-only; every field has a default."""
 
-    __slots__ = ("_fields",)
+    __slots__ = ("_fields", "_orig")
     _fields: dict[str, Any]
+    #: Original mode (the original nclack/damacy's fields; _compat_config): (its fields,
+    #: this project's fields given beside them); None otherwise.
+    _orig: tuple[dict[str, Any], dict[str, Any]] | None
 
     def __init__(self, **fields: Any) -> None:
+        from . import _compat_config as compat
+
+        if compat.is_original(fields):
+            orig, extras = compat.validate_original(fields)
+            native = compat.from_original(orig, extras, native_defaults())
+            Config.__init__(self, **native)
+            object.__setattr__(self, "_orig", (orig, extras))
+            return
+        object.__setattr__(self, "_orig", None)
+        if "device" in fields and isinstance(fields["device"], int) and not isinstance(fields["device"], bool):
+            fields["device"] = f"cuda:{fields['device']}"  # the original's device index
         if "dtype" in fields:
             fields["dtype"] = dtype_name(fields["dtype"])
         if "device" in fields:
@@ -162,6 +194,22 @@ class Config:
         payload = {k: _jsonable(k, v) for k, v in fields.items()}
         normalised = _ops.call(_ops.ops().validate_config, json.dumps(payload, allow_nan=False))
         object.__setattr__(self, "_fields", json.loads(normalised))
+
+    @classmethod
+    def default(cls, *, samples_per_batch: int, sample_shape: Any, max_gpu_memory_bytes: int,
+                dtype: Any = "f32", **overrides: Any) -> Config:
+        """The original damacy's recommended config (its tuned defaults for networked file
+        systems): an original-mode Config; any field may be overridden by keyword."""
+        return cls(samples_per_batch=samples_per_batch, sample_shape=sample_shape,
+                   max_gpu_memory_bytes=max_gpu_memory_bytes, dtype=dtype, **overrides)
+
+    @_DataclassFields
+    def __dataclass_fields__(self) -> list[str]:
+        """What `dataclasses.replace` / `fields` / `asdict` see: the original's fields (and the
+        extras given) in original mode, else the native fields (on the class: those)."""
+        if self is None:
+            return list(native_defaults())
+        return list(self._orig[0]) + list(self._orig[1]) if self._orig else list(self._fields)
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -179,14 +227,21 @@ class Config:
         return json.dumps(self._fields)
 
     def as_dict(self) -> dict[str, Any]:
-        """Every field, `sample_shape` and `arrays` as tuples."""
+        """Every field, `sample_shape` and `arrays` as tuples (original mode: the original's
+        fields and the extras given; `to_json` has the native fields they map to)."""
+        if self._orig:
+            return {**self._orig[0], **self._orig[1]}
         return {k: self._get(k) for k in self._fields}
 
     def replace(self, **changes: Any) -> Config:
         """A copy with `changes` applied (validated again)."""
+        if self._orig:
+            return Config(**{**self._orig[0], **self._orig[1], **changes})
         return Config(**{**self._fields, **changes})
 
     def _get(self, name: str) -> Any:
+        if self._orig and name in self._orig[0]:
+            return self._orig[0][name]
         value = self._fields[name]
         return tuple(value) if isinstance(value, list) else value
 
@@ -199,29 +254,40 @@ class Config:
             raise AttributeError(f"Config has no field {name!r}") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Config is immutable; use cfg.replace(field=value)")
+        # A FrozenInstanceError (an AttributeError), as the original's frozen dataclass.
+        raise dataclasses.FrozenInstanceError(f"Config is immutable; cannot assign to field {name!r}: use cfg.replace(field=value)")
 
     def __delattr__(self, name: str) -> None:
-        raise AttributeError("Config is immutable")
+        raise dataclasses.FrozenInstanceError("Config is immutable")
 
     def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._fields))
+        extra = set(self._orig[0]) if self._orig else set()
+        return sorted(set(super().__dir__()) | set(self._fields) | extra)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented
-        return self._fields == other._fields
+        return self._fields == other._fields and self._orig == other._orig
 
     def __hash__(self) -> int:
         return hash(json.dumps(self._fields, sort_keys=True))
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        if self._orig:
+            inner = ", ".join(f"{k}={v!r}" for k, v in {**self._orig[0], **self._orig[1]}.items())
+        else:
+            inner = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
         return f"Config({inner})"
 
     def __reduce__(self):
+        if self._orig:  # original mode: rebuilt from its fields
+            return (_from_fields, ({**self._orig[0], **self._orig[1]},))
         # Rebuilt (and validated again) from JSON in the receiving process.
         return (Config.from_json, (self.to_json(),))
+
+
+def _from_fields(fields: dict[str, Any]) -> Config:
+    return Config(**fields)
 
 
 def _python_default(value: Any) -> Any:
@@ -261,6 +327,11 @@ def _signature_and_doc() -> tuple[inspect.Signature, str]:
         ">>> cfg = Config(samples_per_batch=8, sample_shape=(64, 128, 128), dtype=torch.bfloat16)",
         ">>> cfg.sample_shape, cfg.dtype",
         "((64, 128, 128), 'bf16')",
+        "",
+        "Original mode: a Config given any field that only the original nclack/damacy has",
+        "(`max_gpu_memory_bytes`, required there, `max_shards_per_sample`, `enable_gds`, ...)",
+        "takes and reads back the original's fields with their defaults, types and errors, and",
+        "maps them onto the fields above (`Config.default(...)` too); dev/compat.md has the list.",
     ])
     return inspect.Signature(params), doc
 

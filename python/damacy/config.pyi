@@ -47,7 +47,12 @@ class Config:
         arrays: Sequence[str | os.PathLike[str]] = (),
         device_ahead: int = 2,
         storage_options: Mapping[str, str] = {},
+        **original: Any,
     ) -> None: ...
+    @classmethod
+    def default(
+        cls, *, samples_per_batch: int, sample_shape: Sequence[int], max_gpu_memory_bytes: int, dtype: Any = ..., **overrides: Any
+    ) -> Config: ...
     @classmethod
     def from_json(cls, text: str) -> Config: ...
     def to_json(self) -> str: ...
@@ -75,6 +80,7 @@ class Config:
         arrays: Sequence[str | os.PathLike[str]] = ...,
         device_ahead: int = ...,
         storage_options: Mapping[str, str] = ...,
+        **original: Any,
     ) -> Config: ...
     @property
     def samples_per_batch(self) -> int:
@@ -136,5 +142,6 @@ class Config:
     @property
     def storage_options(self) -> Mapping[str, str]:
         """object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout; credentials otherwise from the standard environment variables (docs/remote.md)."""
+    def __getattr__(self, name: str) -> Any: ...  # the original's fields in original mode
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...

@@ -2,10 +2,14 @@
 
 Every failure of the native library is raised as the `DamacyError` subclass named after its
 status. Errors pickle (they survive DataLoader worker processes) and compare by status and
-message.
+message. `DamacyError` is a `RuntimeError` and `.status` a `damacy.Status` (equal to the
+token string too), as in the original nclack/damacy; `NativeCudaError` is its name for
+`CudaError` (dev/compat.md).
 """
 
 from __future__ import annotations
+
+from .enums import Status
 
 __all__ = [
     "STATUSES",
@@ -18,6 +22,7 @@ __all__ = [
     "StorageError",
     "DecodeError",
     "CudaError",
+    "NativeCudaError",
     "OutOfMemory",
     "BudgetExceeded",
     "ShutdownError",
@@ -44,15 +49,18 @@ STATUSES = (
 )
 
 
-class DamacyError(Exception):
-    """A failed damacy operation: `.status` is the token ("Storage", ...), `.what` the message."""
+class DamacyError(RuntimeError):
+    """A failed damacy operation: `.status` is a `Status` (equal to its token, "Storage", ...),
+    `.what` the message."""
 
     #: The status of this class (None for the base class, which takes it as an argument).
     STATUS: str | None = None
 
-    def __init__(self, status: str, what: str) -> None:
+    def __init__(self, status: str | Status, what: str | None = None) -> None:
+        if what is None:  # the original's DamacyError(message): no status given
+            status, what = "Internal", str(status)
         super().__init__(what)
-        self.status = status
+        self.status = Status.of(status)
         self.what = what
 
     def __str__(self) -> str:
@@ -60,7 +68,7 @@ class DamacyError(Exception):
 
     def __repr__(self) -> str:
         if type(self).STATUS is None:
-            return f"{type(self).__name__}({self.status!r}, {self.what!r})"
+            return f"{type(self).__name__}({str(self.status)!r}, {self.what!r})"
         return f"{type(self).__name__}({self.what!r})"
 
     def __reduce__(self):
@@ -129,6 +137,10 @@ class CudaError(_StatusError):
     STATUS = "Cuda"
 
 
+#: The original nclack/damacy's name for CudaError.
+NativeCudaError = CudaError
+
+
 class OutOfMemory(_StatusError):
     """An allocation failed."""
 
@@ -182,5 +194,5 @@ assert tuple(_BY_STATUS) == STATUSES
 
 def from_status(status: str, what: str) -> DamacyError:
     """The typed error for `status` (an unknown status gives a plain DamacyError)."""
-    cls = _BY_STATUS.get(status)
+    cls = _BY_STATUS.get(str(Status.of(status)))
     return cls(what) if cls is not None else DamacyError(status, what)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
+import weakref
 from collections import deque
 from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from . import _ops, _policy
+from . import _compat, _ops, _policy
+from ._compat import Batch
 from .config import Config
-from .errors import ShutdownError, TryAgain
+from .errors import DamacyError, PoolStarved, ShutdownError, TryAgain
 from .sample import Sample
 
 __all__ = ["Pipeline", "Stats"]
@@ -31,13 +34,17 @@ class Stats:
     """Pipeline statistics: the stats JSON object with attribute access.
 
     Nested objects are Stats too; `as_dict()` gives the plain data. The set of fields follows
-    the native library (cache hits and misses, bytes, timings) and may grow.
+    the native library (cache hits and misses, bytes, timings) and may grow. A pipeline's
+    Stats also has the original nclack/damacy's fields as attributes (`plan` ... `pop_wait`
+    as `Metric`s, `array_meta_hits`, `reads_issued`, `batches_emitted`,
+    `gpu_bytes_committed`, ...; dev/compat.md); they are not part of `as_dict()`.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "_extra")
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data))
+        object.__setattr__(self, "_extra", dict(extra or {}))
 
     @classmethod
     def from_json(cls, text: str) -> Stats:
@@ -52,6 +59,8 @@ class Stats:
         try:
             value = self._data[name]
         except KeyError:
+            if name in self._extra:
+                return self._extra[name]
             raise AttributeError(f"Stats has no field {name!r}; fields: {sorted(self._data)}") from None
         return Stats(value) if isinstance(value, dict) else value
 
@@ -69,7 +78,7 @@ class Stats:
         raise AttributeError("Stats is read-only")
 
     def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(self._data))
+        return sorted(set(super().__dir__()) | set(self._data) | set(self._extra))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Stats):
@@ -83,7 +92,15 @@ class Stats:
         return f"Stats({inner})"
 
     def __reduce__(self):
-        return (Stats, (self._data,))
+        return (Stats, (self._data, self._extra))
+
+
+def _batch_bytes(cfg: Config) -> int:
+    itemsize = {"f32": 4, "bf16": 2, "u8": 1, "i32": 4, "i64": 8}
+    n = cfg.samples_per_batch * itemsize.get(json.loads(cfg.to_json())["dtype"], 4)
+    for x in cfg.sample_shape:
+        n *= x
+    return n
 
 
 def _as_sample(item: Any) -> Sample:
@@ -129,7 +146,7 @@ class Pipeline:
             raise TypeError(f"expected a damacy.Config, found {type(config).__name__}")
         self._config = config
         self._on_error = _policy.check_on_error(on_error)
-        self._padding = _policy.check_padding(padding, config.out_of_bounds)
+        self._padding = _policy.check_padding(padding, config.out_of_bounds if padding != "constant" else "fill")
         # What was pushed natively, in order, until its batch is popped (the policies need
         # the samples of a failed or padded batch; empty when neither is on).
         self._tracking = on_error != "raise" or padding != "constant"
@@ -140,9 +157,34 @@ class Pipeline:
         self._sources: deque[Iterator[Any]] = deque()
         self._held: Sample | None = None  # pulled from a source, refused by a full window
         self._source_error: BaseException | None = None  # raised by a source; raised when due
+        # Original mode (a Config with the original damacy's fields; dev/compat.md): its
+        # create-time checks, per-sample limits and sticky errors.
+        self._original = config._orig is not None
+        if self._original:
+            _compat.check_original(config)
+        self._limits = _compat.SampleLimits(config) if self._original else None
+        self._sticky: DamacyError | None = None
+        self._batch_id = 0  # Batch.info.batch_id: pop order
+        self._pop_wait_s = 0.0
+        self._pops = 0
+        self._stats_base: dict | None = None
+        self._live: list[weakref.ref] = []  # original mode: popped Batches (the two slots)
         self._native = _ops.call(_ops.classes().Pipeline, config.to_json())
         self._pid = os.getpid()
         self._closed = False
+        dev = json.loads(config.to_json())["device"]
+        if dev.startswith("cuda"):
+            self._device = int(dev[5:]) if dev.startswith("cuda:") else torch.cuda.current_device()
+        else:
+            self._device = 0  # a CPU pipeline: DLPack's CPU device 0
+        # Whether batches decode on the GPU (staging and decoded buffers then live there).
+        fields = json.loads(config.to_json())
+        self._gpu_decode = (dev.startswith("cuda") and fields["decode"] != "cpu" and fields["dtype"] in ("f32", "bf16")
+                            and bool(_ops.gpu_info().get("nvcomp_available")))
+        if self._original:
+            _compat.warn_original(config)
+            if dev.startswith("cuda"):
+                _compat.warn_device_binding(config.device, self._device)
 
     @property
     def config(self) -> Config:
@@ -152,13 +194,29 @@ class Pipeline:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def device(self) -> int:
+        """The CUDA device index the batches are on (0 for a CPU pipeline)."""
+        self._check_open()
+        return self._device
+
+    @property
+    def pending(self) -> bool:
+        """True while pushed samples wait to enter the native window (sources not exhausted)."""
+        return self._held is not None or bool(self._sources)
+
     # --- push -----------------------------------------------------------------------------
 
     def push(self, samples: Sample | Iterable[Sample]) -> None:
         """Adds a source of samples: a Sample, or any iterable of Samples or (uri, aabb) pairs,
         also an endless generator. Nothing is pulled here; see the class docstring."""
         self._check_open()
-        self._sources.append(iter((samples,)) if isinstance(samples, Sample) else iter(samples))
+        if self._sticky is not None:
+            raise ShutdownError(f"pipeline failed earlier ({type(self._sticky).__name__}: {self._sticky.what}); make a new one")
+        source = iter((samples,)) if isinstance(samples, Sample) else iter(samples)
+        if self._limits is not None:
+            source = map(self._limits.check, map(_as_sample, source))
+        self._sources.append(source)
 
     def _fill(self) -> None:
         """Pulls samples from the sources into the native window until it is full, the
@@ -222,15 +280,18 @@ class Pipeline:
 
     # --- pop ------------------------------------------------------------------------------
 
-    def pop(self, timeout_s: float | None = None) -> torch.Tensor:
-        """The next batch; waits at most `timeout_s` seconds (None: the config's
-        pop_timeout_s). Raises TryAgain on time-out or when nothing was pushed, or the batch's
-        own error (the pipeline goes on with the next batch)."""
+    def pop(self, timeout_s: float | None = None) -> Batch:
+        """The next batch, a `damacy.Batch` (a torch.Tensor; also the original damacy's batch
+        handle); waits at most `timeout_s` seconds (None: the config's pop_timeout_s). Raises
+        TryAgain on time-out or when nothing was pushed, or the batch's own error (the
+        pipeline goes on with the next batch; `on_error` says otherwise). An original-mode
+        pipeline raises PoolStarved on time-out, waits forever with pop_timeout_s=None, and
+        after a batch's error raises that error again from every pop (as the original)."""
         if self._tracking:
             return self._pop_tracked(timeout_s)[0]
         return self._pop(timeout_s, with_samples=False)
 
-    def _pop_tracked(self, timeout_s: float | None, policy: str | None = None) -> tuple[torch.Tensor, list[_policy.Pushed], list[int]]:
+    def _pop_tracked(self, timeout_s: float | None, policy: str | None = None) -> tuple[Batch, list[_policy.Pushed], list[int]]:
         """pop() under the policies: (batch, its pushed samples, rows that were bad). With
         `policy` "fill" (what CropDataset asks, to apply "skip" to all its keys alike) bad
         rows are filled and reported, not replaced."""
@@ -253,12 +314,14 @@ class Pipeline:
                         self._recovery.dropped_batches += 1
                         continue
                     pushed = [pushed[j] for j in src]
+                tensor = Batch.wrap(tensor, self._batch_id)
+                self._batch_id += 1
                 return tensor, pushed, bad
             pushed = [self._pushed.popleft() for _ in range(min(spb, len(self._pushed)))]
             _policy.apply_gathers(tensor, pushed)
             return tensor, pushed, []
 
-    def pop_with_samples(self, timeout_s: float | None = None) -> tuple[torch.Tensor, list[Sample]]:
+    def pop_with_samples(self, timeout_s: float | None = None) -> tuple[Batch, list[Sample]]:
         """pop() plus the samples of the batch, in batch order (as pushed: under "skip" a
         replaced sample's entry names the sample that replaced it)."""
         if self._tracking:
@@ -276,11 +339,48 @@ class Pipeline:
 
     def _pop(self, timeout_s: float | None, *, with_samples: bool) -> Any:
         self._check_open()
+        if not self._original:
+            return self._pop_batch(timeout_s, with_samples=with_samples)
+        if self._sticky is not None:
+            fn, args = self._sticky.__reduce__()[:2]
+            raise fn(*args)
+        # The original's two output slots: a batch holds one until it is released or dropped
+        # (on the GPU path the native buffers are not the output tensors, so this is counted
+        # here, for every device).
+        self._live = [r for r in self._live if (b := r()) is not None and not b.released]
+        if len(self._live) >= _compat.cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"]:
+            raise PoolStarved(
+                f"both output slots are held by unreleased batches ({len(self._live)} popped, not released): "
+                "release them (`with batch:` or batch.release()) or drop them, or .clone() what you keep"
+            )
+        t0 = time.monotonic()
+        try:
+            out = self._pop_batch(timeout_s, with_samples=with_samples)
+            self._live.append(weakref.ref(out[0] if with_samples else out))
+            return out
+        except TryAgain as e:
+            raise PoolStarved(
+                "Pipeline.pop() timed out waiting for the next batch. This usually means tensors from previous "
+                "batches are still being held — drop those references before the next pop(), or .clone() if you "
+                f"need to keep them. ({e.what})"
+            ) from None
+        except (PoolStarved, ShutdownError):
+            raise
+        except DamacyError as e:
+            self._sticky = e  # the original's pipeline is terminal after a batch's error
+            raise
+        finally:
+            self._pop_wait_s += time.monotonic() - t0
+            self._pops += 1
+
+    def _pop_batch(self, timeout_s: float | None, *, with_samples: bool) -> Any:
         self._fill()
         self._raise_source_error_if_due()
         total = self._config.pop_timeout_s if timeout_s is None else float(timeout_s)
+        if total is None:  # original mode: wait forever
+            total = math.inf
         if total != total or total < 0:  # NaN or negative: the config's, as natively
-            total = self._config.pop_timeout_s
+            total = self._config.pop_timeout_s if self._config.pop_timeout_s is not None else math.inf
         deadline = time.monotonic() + total
         fn = self._native.pop_with_samples if with_samples else self._native.pop
         while True:
@@ -299,9 +399,14 @@ class Pipeline:
                 self._batch_failed = True  # the native batch is consumed (its error)
                 raise
         self._fill()  # top up the window so the next batch is prefetched meanwhile
+        if with_samples:
+            out = (Batch.wrap(out[0], self._batch_id), *out[1:])
+        else:
+            out = Batch.wrap(out, self._batch_id)
+        self._batch_id += 1
         return out
 
-    def batches(self, n: int | None = None, timeout_s: float | None = None) -> Iterator[torch.Tensor]:
+    def batches(self, n: int | None = None, timeout_s: float | None = None) -> Iterator[Batch]:
         """Yields `n` batches (None: until the sources are exhausted; a trailing partial batch
         is dropped)."""
         spb = self._config.samples_per_batch
@@ -321,12 +426,28 @@ class Pipeline:
         return int(self._native.pending_samples())
 
     def stats(self) -> Stats:
-        """Statistics (cache hits and misses, bytes, timings) as a Stats object."""
+        """Statistics (cache hits and misses, bytes, timings) as a Stats object, with the
+        original damacy's fields beside them (Stats' docstring)."""
         self._check_open()
         data = json.loads(_ops.call(self._native.stats))
+        if self._stats_base is not None:
+            data = _compat.subtract(data, self._stats_base)
+        if self._original:
+            committed = _compat.committed_bytes(self._config, self._gpu_decode and self._batch_id > 0)
+        else:
+            committed = int(data.get("buffers_allocated", 0)) * _batch_bytes(self._config)
+        extra = _compat.original_stats(data, pop_wait_s=self._pop_wait_s, pops=self._pops, committed=committed)
         if self._recovery is not None:
             data["on_error"] = self._recovery.counts()
-        return Stats(data)
+        return Stats(data, extra)
+
+    def stats_reset(self) -> None:
+        """Zeroes the cumulative counters and timings of `stats()` from now on (the cache hit
+        and miss counts and the buffer counts are live state and stay)."""
+        self._check_open()
+        self._stats_base = json.loads(_ops.call(self._native.stats))
+        self._pop_wait_s = 0.0
+        self._pops = 0
 
     # --- lifetime -------------------------------------------------------------------------
 

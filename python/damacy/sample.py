@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from .errors import InvalidArgument
 
-__all__ = ["Sample", "as_uri"]
+__all__ = ["Sample", "AabbTypeError", "as_uri"]
 
 #: Box coordinates cross to the native library as signed 64-bit integers.
 _MAX_COORD = 2**63 - 1
@@ -52,17 +52,30 @@ def _bound(value: Any, dim: int, which: str) -> int:
     return v
 
 
+class AabbTypeError(InvalidArgument, TypeError):
+    """An aabb axis that is neither a slice nor a (start, stop) pair: an InvalidArgument, and a
+    TypeError as in the original nclack/damacy (dev/compat.md)."""
+
+    def __reduce__(self):
+        return (AabbTypeError, (self.what,))
+
+
 def _range(item: Any, dim: int) -> tuple[int, int]:
+    # Messages of the three shape errors are the original's (its doctests show them).
     if isinstance(item, slice):
         if item.step not in (None, 1):
-            raise InvalidArgument(f"sample aabb dim {dim}: step must be 1, found {item.step!r}")
-        start, stop = _bound(item.start, dim, "start"), _bound(item.stop, dim, "stop")
+            raise InvalidArgument(f"aabb axis {dim}: slice step must be 1 or omitted (got step={item.step})")
+        if item.stop is None:
+            raise InvalidArgument(f"aabb axis {dim}: slice stop is required (got {item!r})")
+        # As in the original and numpy: an omitted start is 0.
+        start = 0 if item.start is None else _bound(item.start, dim, "start")
+        stop = _bound(item.stop, dim, "stop")
     elif isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or not hasattr(item, "__getitem__"):
-        raise InvalidArgument(
-            f"sample aabb dim {dim}: expected a (start, stop) pair or a slice, found {item!r}"
-        )
+        raise AabbTypeError(f"aabb axis {dim}: expected slice or (start, stop) tuple; got {type(item).__name__}")
     elif len(item) != 2:
-        raise InvalidArgument(f"sample aabb dim {dim}: expected a (start, stop) pair, found {len(item)} values")
+        raise AabbTypeError(
+            f"aabb axis {dim}: expected slice or (start, stop) tuple; got {type(item).__name__} of {len(item)} values"
+        )
     else:
         start, stop = _bound(item[0], dim, "start"), _bound(item[1], dim, "stop")
     if stop <= start:
@@ -72,9 +85,10 @@ def _range(item: Any, dim: int) -> tuple[int, int]:
 
 class Sample:
     """A crop request: `uri` (an array folder or URL) and `aabb`, one half-open
-    ``(start, stop)`` per dimension; pairs or slices (step 1) are accepted. A box may reach
-    outside its array on either side (negative starts too): the pipeline's out_of_bounds
-    and padding say what that reads as.
+    ``(start, stop)`` per dimension; pairs or slices (step 1; an omitted start is 0, so
+    ``numpy.s_[:64, 10:138]`` works) are accepted. A box may reach outside its array on
+    either side (negative starts too): the pipeline's out_of_bounds and padding say what
+    that reads as.
 
     >>> Sample("/data/vol.zarr", [(0, 64), slice(10, 138), (0, 128)]).shape
     (64, 128, 128)
@@ -128,3 +142,19 @@ class Sample:
 
     def __reduce__(self):
         return (Sample, (self.uri, self.aabb))
+
+
+def _dataclass_fields(*names: str) -> dict:
+    import dataclasses
+
+    out = {}
+    for name in names:
+        f = dataclasses.field()
+        f.name = name
+        f._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+        out[name] = f
+    return out
+
+
+#: As the original's frozen dataclass: `dataclasses.replace(sample, aabb=...)` works.
+Sample.__dataclass_fields__ = _dataclass_fields("uri", "aabb")  # type: ignore[attr-defined]
