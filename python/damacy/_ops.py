@@ -129,4 +129,11 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         typed = translate(e)
         if typed is None:
             raise
-        raise typed from None
+        try:
+            raise typed from None
+        finally:
+            # The raised error's traceback holds this frame; a local naming the error would
+            # close a reference cycle through it, and through the caller's frames (a pop that
+            # waited a slice kept its returned batch alive until the garbage collector ran,
+            # starving the output buffers).
+            typed = None
