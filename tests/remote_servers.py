@@ -5,7 +5,7 @@ Not a mock of damacy: two real servers speaking the protocols damacy's object st
 - S3: moto's server (``moto.server.ThreadedMotoServer``) on 127.0.0.1; every file under
   ``--root`` is uploaded to bucket ``--bucket`` under the same key.
 - HTTP: a small file server over ``--root`` with what object_store's HTTP store uses: GET
-  and HEAD, single ``Range: bytes=a-b`` requests (206 + Content-Range), ETag (size and
+  and HEAD, single ``Range: bytes=a-b`` (or ``a-``, ``-n``) requests (206 + Content-Range), ETag (size and
   mtime) with ``If-Match`` (412). Paths starting with a fault name misbehave, then serve the
   rest of the path as usual:
     /forbidden/...  403 for every request
@@ -94,10 +94,13 @@ class RangedHandler(BaseHTTPRequestHandler):
         if rng:
             unit, _, spec = rng.partition("=")
             a, _, b = spec.partition("-")
-            if unit.strip() != "bytes" or "," in spec or not a:
+            if unit.strip() != "bytes" or "," in spec or not (a or b):
                 return self._plain(416, "unsupported range")
-            start = int(a)
-            end = min(size, int(b) + 1) if b else size
+            if a:
+                start = int(a)
+                end = min(size, int(b) + 1) if b else size
+            else:  # suffix range: the last b bytes
+                start, end = max(0, size - int(b)), size
             if start >= size or start >= end:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
