@@ -45,7 +45,7 @@ def served(tmp_path_factory):
     arr[...] = data
     os.remove(root / "vol.zarr" / "c" / "1" / "1" / "1")
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "remote_servers.py"), "--root", str(root)],
+        [sys.executable, str(HERE / "remote_servers.py"), "--root", str(root), "--emulators", "gcs,az"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
@@ -226,3 +226,57 @@ def test_recheck_cached_data_is_validated():
         damacy.Config(recheck_cached_data=-1)
     with pytest.raises(damacy.InvalidArgument, match="recheck_cached_data"):
         damacy.Config(recheck_cached_data="sometimes")
+
+
+def _emulator(info, name: str) -> str:
+    """The emulator's endpoint; skips (with why) when it could not start, but fails when CI
+    is set (CI installs them: dev/remote-servers.sh)."""
+    if info.get(name):
+        return info[name]
+    why = f"{name} emulator unavailable: {info.get(name + '_why')} (run dev/remote-servers.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(why + "; CI is set, so this may not be skipped")
+    pytest.skip(why)
+
+
+def gcs_options(endpoint: str) -> dict[str, str]:
+    """object_store's way to an emulator: a service account key naming the base url, no OAuth."""
+    key = {"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""}
+    return {"service_account_key": json.dumps(key)}
+
+
+def az_options(endpoint: str) -> dict[str, str]:
+    """Azurite's development account by its key and endpoint (object_store's use_emulator
+    takes the port from AZURITE_BLOB_STORAGE_URL only; this also checks shared-key signing)."""
+    from remote_servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    return {"account_name": AZURITE_ACCOUNT, "access_key": AZURITE_KEY, "endpoint": f"{endpoint}/{AZURITE_ACCOUNT}",
+            "allow_http": "true"}
+
+
+@pytest.mark.parametrize("where", ["gs", "az"])
+def test_gcs_and_azure_reads_match_zarr_python(served, where):
+    """Random boxes through fake-gcs-server (gs://) and Azurite (az://), compared with
+    zarr-python on the local copy of the same files; the box over the removed shard reads
+    fill."""
+    root, info = served
+    endpoint = _emulator(info, "gcs" if where == "gs" else "az")
+    opts = gcs_options(endpoint) if where == "gs" else az_options(endpoint)
+    oracle = zarr.open_array(str(root / "vol.zarr"), mode="r")
+    size = (6, 10, 14)
+    bxs = boxes(8, size, seed=17)
+    got = read_all(f"{where}://{info['bucket']}/vol.zarr", size, bxs, storage_options=opts)
+    for b, g in zip(bxs, got):
+        want = oracle[tuple(slice(a, z) for a, z in b)].astype(np.float32)
+        np.testing.assert_array_equal(g, want, err_msg=f"{where} {b}")
+    assert (got[-1] == FILL).any(), "the box over the removed shard reads fill"
+
+
+@pytest.mark.parametrize("where", ["gs", "az"])
+def test_gcs_and_azure_missing_objects_are_typed(served, where):
+    root, info = served
+    endpoint = _emulator(info, "gcs" if where == "gs" else "az")
+    opts = gcs_options(endpoint) if where == "gs" else az_options(endpoint)
+    box = [[(0, 4), (0, 4), (0, 4)]]
+    with pytest.raises(damacy.NotFound, match="absent.zarr"):
+        read_all(f"{where}://{info['bucket']}/absent.zarr", (4, 4, 4), box, storage_options=opts)
