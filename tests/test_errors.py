@@ -346,3 +346,36 @@ def test_arrays_named_in_the_config_are_checked_when_the_pipeline_is_made(good):
     with damacy.Pipeline(make_config(arrays=[uri], n_shard_index_cache=12)) as pipe:
         pipe.push(damacy.Sample(uri, b) for b in boxes)
         F.assert_same(pipe.pop(), oracle.read_batch(boxes), "arrays=[...], the minimum shard cache")
+
+
+def test_translated_errors_leave_no_reference_cycle():
+    """A typed error raised through _ops.call must not keep the frames it passed alive: a
+    pop that waited one slice (TryAgain caught inside Pipeline._pop) then kept the batch it
+    returned alive until the garbage collector ran, and the output buffers ran out
+    (PoolStarved) on slow object stores."""
+    import weakref
+
+    from damacy import _ops
+
+    class Held:
+        pass
+
+    def raiser():
+        raise RuntimeError("[TryAgain] not yet")
+
+    def caller():
+        held = Held()
+        try:
+            _ops.call(raiser)
+        except damacy.TryAgain:
+            pass
+        return weakref.ref(held)
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ref = caller()
+        assert ref() is None, "the caller's frame outlived the call (reference cycle)"
+    finally:
+        if enabled:
+            gc.enable()

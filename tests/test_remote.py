@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def served(tmp_path_factory):
     arr[...] = data
     os.remove(root / "vol.zarr" / "c" / "1" / "1" / "1")
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "remote_servers.py"), "--root", str(root)],
+        [sys.executable, str(HERE / "remote_servers.py"), "--root", str(root), "--emulators", "gcs,az"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
@@ -154,3 +155,128 @@ def test_cli_info_reads_remote_metadata(served):
                          capture_output=True, text=True, timeout=60, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["shape"] == list(SHAPE)
+
+
+def _rewrite_shard_on_s3(root: Path, info, key: str, seed: int) -> np.ndarray:
+    """Uploads a shard of another volume (same geometry, other values) over `key`; returns
+    that volume's values."""
+    import boto3
+
+    other = root / f"other-{seed}.zarr"
+    data = np.random.default_rng(seed).integers(0, 4000, size=SHAPE, dtype=np.uint16)
+    arr = zarr.create_array(store=str(other), shape=SHAPE, chunks=INNER, shards=SHARD, dtype="uint16",
+                            compressors=zarr.codecs.ZstdCodec(level=3), fill_value=FILL, zarr_format=3, overwrite=True)
+    arr[...] = data
+    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    s3.upload_file(str(other / key), info["bucket"], f"vol.zarr/{key}")
+    return data
+
+
+@pytest.mark.parametrize("recheck", [True, 2.0, False])
+def test_recheck_cached_data_on_s3(served, recheck, tmp_path):
+    """Decoded-cache hits on S3: True checks the shard (a HEAD) every batch, a number of
+    seconds only once that long after the shard was last confirmed, False never. The shard
+    is rewritten on the server between reads; the box lies in shard c/0/0/0 only."""
+    import boto3
+
+    root, info = served
+    key = "c/0/0/0"
+    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    original = s3.get_object(Bucket=info["bucket"], Key=f"vol.zarr/{key}")["Body"].read()
+    box = [(1, 7), (2, 12), (3, 17)]
+    want_old = zarr.open_array(str(root / "vol.zarr"), mode="r")[tuple(slice(a, z) for a, z in box)].astype(np.float32)
+    uri = f"s3://{info['bucket']}/vol.zarr"
+    cfg = damacy.Config(samples_per_batch=1, sample_shape=(6, 10, 14), n_io_threads=2, decoded_cache_bytes=1 << 24,
+                        recheck_cached_data=recheck, storage_options=s3_options(info))
+    assert cfg.recheck_cached_data == recheck
+    try:
+        with damacy.Pipeline(cfg) as pipe:
+            def read():
+                pipe.push(damacy.Sample(uri, box))
+                return pipe.pop(timeout_s=30).numpy()[0].copy()
+
+            np.testing.assert_array_equal(read(), want_old)
+            t_read = time.monotonic()
+            new = _rewrite_shard_on_s3(tmp_path, info, key, seed=11)
+            want_new = new[tuple(slice(a, z) for a, z in box)].astype(np.float32)
+            assert not np.array_equal(want_new, want_old)
+            if recheck is True:
+                with pytest.raises(damacy.StorageError, match=f"{key}.*changed"):
+                    read()
+                np.testing.assert_array_equal(read(), want_new, err_msg="the new shard is read after the error")
+                return
+            if recheck is False or time.monotonic() - t_read < 1.5:
+                np.testing.assert_array_equal(read(), want_old, err_msg="within the interval: served from the cache, unchecked")
+            if recheck is False:
+                time.sleep(2.1)
+                np.testing.assert_array_equal(read(), want_old, err_msg="never rechecked")
+                return
+            time.sleep(max(0.0, t_read + 2.1 - time.monotonic()))
+            with pytest.raises(damacy.StorageError, match=f"{key}.*changed"):
+                read()
+            np.testing.assert_array_equal(read(), want_new)
+    finally:
+        s3.put_object(Bucket=info["bucket"], Key=f"vol.zarr/{key}", Body=original)
+
+
+def test_recheck_cached_data_is_validated():
+    assert damacy.Config().recheck_cached_data == 1.0
+    assert damacy.Config(recheck_cached_data="open").recheck_cached_data == "open"
+    with pytest.raises(damacy.InvalidArgument, match="recheck_cached_data"):
+        damacy.Config(recheck_cached_data=-1)
+    with pytest.raises(damacy.InvalidArgument, match="recheck_cached_data"):
+        damacy.Config(recheck_cached_data="sometimes")
+
+
+def _emulator(info, name: str) -> str:
+    """The emulator's endpoint; skips (with why) when it could not start, but fails when CI
+    is set (CI installs them: dev/remote-servers.sh)."""
+    if info.get(name):
+        return info[name]
+    why = f"{name} emulator unavailable: {info.get(name + '_why')} (run dev/remote-servers.sh)"
+    if os.environ.get("CI"):
+        pytest.fail(why + "; CI is set, so this may not be skipped")
+    pytest.skip(why)
+
+
+def gcs_options(endpoint: str) -> dict[str, str]:
+    """object_store's way to an emulator: a service account key naming the base url, no OAuth."""
+    key = {"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""}
+    return {"service_account_key": json.dumps(key)}
+
+
+def az_options(endpoint: str) -> dict[str, str]:
+    """Azurite's development account by its key and endpoint (object_store's use_emulator
+    takes the port from AZURITE_BLOB_STORAGE_URL only; this also checks shared-key signing)."""
+    from remote_servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    return {"account_name": AZURITE_ACCOUNT, "access_key": AZURITE_KEY, "endpoint": f"{endpoint}/{AZURITE_ACCOUNT}",
+            "allow_http": "true"}
+
+
+@pytest.mark.parametrize("where", ["gs", "az"])
+def test_gcs_and_azure_reads_match_zarr_python(served, where):
+    """Random boxes through fake-gcs-server (gs://) and Azurite (az://), compared with
+    zarr-python on the local copy of the same files; the box over the removed shard reads
+    fill."""
+    root, info = served
+    endpoint = _emulator(info, "gcs" if where == "gs" else "az")
+    opts = gcs_options(endpoint) if where == "gs" else az_options(endpoint)
+    oracle = zarr.open_array(str(root / "vol.zarr"), mode="r")
+    size = (6, 10, 14)
+    bxs = boxes(8, size, seed=17)
+    got = read_all(f"{where}://{info['bucket']}/vol.zarr", size, bxs, storage_options=opts)
+    for b, g in zip(bxs, got):
+        want = oracle[tuple(slice(a, z) for a, z in b)].astype(np.float32)
+        np.testing.assert_array_equal(g, want, err_msg=f"{where} {b}")
+    assert (got[-1] == FILL).any(), "the box over the removed shard reads fill"
+
+
+@pytest.mark.parametrize("where", ["gs", "az"])
+def test_gcs_and_azure_missing_objects_are_typed(served, where):
+    root, info = served
+    endpoint = _emulator(info, "gcs" if where == "gs" else "az")
+    opts = gcs_options(endpoint) if where == "gs" else az_options(endpoint)
+    box = [[(0, 4), (0, 4), (0, 4)]]
+    with pytest.raises(damacy.NotFound, match="absent.zarr"):
+        read_all(f"{where}://{info['bucket']}/absent.zarr", (4, 4, 4), box, storage_options=opts)

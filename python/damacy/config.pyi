@@ -34,6 +34,7 @@ class Config:
         decode: Literal["auto", "gpu", "cpu"] = 'auto',
         lookahead_samples: int = 64,
         n_io_threads: int = ...,
+        n_remote_io_threads: int = 32,
         n_array_meta_cache: int = 64,
         n_shard_index_cache: int = 4096,
         n_chunk_layout_cache: int = 16384,
@@ -42,6 +43,7 @@ class Config:
         decoded_bytes: int = 4294967296,
         max_read_op_bytes: int = 4194304,
         decoded_cache_bytes: int = 0,
+        recheck_cached_data: bool | float | Literal["open"] = 1.0,
         pop_timeout_s: float = 60.0,
         out_of_bounds: Literal["error", "fill"] = 'error',
         arrays: Sequence[str | os.PathLike[str]] = (),
@@ -67,6 +69,7 @@ class Config:
         decode: Literal["auto", "gpu", "cpu"] = ...,
         lookahead_samples: int = ...,
         n_io_threads: int = ...,
+        n_remote_io_threads: int = ...,
         n_array_meta_cache: int = ...,
         n_shard_index_cache: int = ...,
         n_chunk_layout_cache: int = ...,
@@ -75,6 +78,7 @@ class Config:
         decoded_bytes: int = ...,
         max_read_op_bytes: int = ...,
         decoded_cache_bytes: int = ...,
+        recheck_cached_data: bool | float | Literal["open"] = ...,
         pop_timeout_s: float = ...,
         out_of_bounds: Literal["error", "fill"] = ...,
         arrays: Sequence[str | os.PathLike[str]] = ...,
@@ -104,6 +108,9 @@ class Config:
     def n_io_threads(self) -> int:
         """worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32; at most 1024)."""
     @property
+    def n_remote_io_threads(self) -> int:
+        """worker threads added once, at the first object store sample (s3/gs/az/http): a remote read holds its thread for a round trip, so threads bound the requests in flight (default 32; 0 to 1024; 0: none)."""
+    @property
     def n_array_meta_cache(self) -> int:
         """capacity of the array metadata cache, in entries (arrays; 1 to 2**24)."""
     @property
@@ -127,6 +134,9 @@ class Config:
     @property
     def decoded_cache_bytes(self) -> int:
         """decoded chunks kept across batches on the CPU path, in bytes (0: off); pays off when crops revisit chunks."""
+    @property
+    def recheck_cached_data(self) -> bool | float | Literal["open"]:
+        """when a decoded-cache hit checks that its shard was not rewritten: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: once that long has passed since the shard's generation was last confirmed; docs/remote.md)."""
     @property
     def pop_timeout_s(self) -> float:
         """default pop() timeout, in seconds (> 0)."""

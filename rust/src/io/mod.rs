@@ -8,7 +8,7 @@
 
 mod pool;
 
-pub use pool::{Spawner, WorkerPool};
+pub use pool::{Grower, Spawner, WorkerPool};
 
 use crate::error::Result;
 use crate::plan::staging::ReadOp;

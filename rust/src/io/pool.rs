@@ -1,24 +1,57 @@
-//! The worker pool. A fixed number of threads (`n_io_threads`) take jobs from one crossbeam
-//! channel: metadata and shard-index loads for the prefetcher, and the chunk jobs (read,
-//! decode, assemble) of the batches in flight. Threads are started at construction;
-//! nothing is spawned afterwards. `shutdown` waits a bounded time: a thread stuck in the
-//! kernel (a hung network mount) is detached and exits when its read returns; everything it
-//! touches is reference-counted, so nothing it uses is freed under it.
+//! The worker pool. Threads take jobs from one crossbeam channel: metadata and
+//! shard-index loads for the prefetcher, and the chunk jobs (read, decode, assemble) of the
+//! batches in flight. `n_io_threads` threads are started at construction; a pipeline that
+//! reads an object store grows the pool once by `n_remote_io_threads` (a remote read
+//! blocks its thread for a round trip, so threads bound the requests in flight), through a
+//! [`Grower`]. `shutdown` waits a bounded time: a thread stuck in the kernel (a hung
+//! network mount) is detached and exits when its read returns; everything it touches is
+//! reference-counted, so nothing it uses is freed under it.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{unbounded, Sender};
+use crossbeam::channel::{unbounded, Receiver, Sender};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// A fixed-size pool of worker threads.
-pub struct WorkerPool {
-    tx: Option<Arc<Sender<Job>>>,
-    threads: Vec<JoinHandle<()>>,
+/// The threads of a pool and what starting another needs.
+struct Threads {
+    rx: Receiver<Job>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
     /// Threads still running (each decrements it as it exits).
     alive: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Threads {
+    /// Starts threads until there are `n` (never fewer than one).
+    fn grow_to(&self, n: usize) -> crate::Result<()> {
+        let mut handles = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        for i in handles.len()..n.max(1) {
+            let rx = self.rx.clone();
+            *self.alive.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+            let counted = Alive(Arc::clone(&self.alive));
+            let t = std::thread::Builder::new()
+                .name(format!("damacy-io-{i}"))
+                .spawn(move || {
+                    let _counted = counted;
+                    while let Ok(job) = rx.recv() {
+                        // A job never unwinds past here: a panic is a bug, but it must not
+                        // take the worker (and every later batch) down with it.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| crate::error::err!(OutOfMemory, "cannot start I/O thread {i}: {e}"))?;
+            handles.push(t);
+        }
+        Ok(())
+    }
+}
+
+/// A pool of worker threads.
+pub struct WorkerPool {
+    tx: Option<Arc<Sender<Job>>>,
+    threads: Arc<Threads>,
 }
 
 /// Counts a worker out when its thread ends, however it ends.
@@ -32,6 +65,26 @@ impl Drop for Alive {
     }
 }
 
+/// Grows a [`WorkerPool`] from elsewhere (no effect once the pool shut down).
+#[derive(Clone)]
+pub struct Grower {
+    threads: Weak<Threads>,
+    tx: Weak<Sender<Job>>,
+}
+
+impl Grower {
+    /// Starts threads until the pool has `n`.
+    ///
+    /// # Errors
+    /// OutOfMemory when a thread cannot be spawned.
+    pub fn grow_to(&self, n: usize) -> crate::Result<()> {
+        match (self.threads.upgrade(), self.tx.upgrade()) {
+            (Some(threads), Some(_running)) => threads.grow_to(n),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl WorkerPool {
     /// Starts `n` threads named `damacy-io-<i>`.
     ///
@@ -39,26 +92,14 @@ impl WorkerPool {
     /// OutOfMemory when a thread cannot be spawned.
     pub fn new(n: usize) -> crate::Result<Self> {
         let (tx, rx) = unbounded::<Job>();
-        let mut threads = Vec::with_capacity(n);
-        let alive = Arc::new((Mutex::new(0usize), Condvar::new()));
-        for i in 0..n.max(1) {
-            let rx = rx.clone();
-            *alive.0.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-            let counted = Alive(Arc::clone(&alive));
-            let t = std::thread::Builder::new()
-                .name(format!("damacy-io-{i}"))
-                .spawn(move || {
-                    let _counted = counted;
-                    while let Ok(job) = rx.recv() {
-                        // A job never unwinds past here: a panic is a bug, but it must not
-                        // take the worker (and every later batch) down with it.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
-                })
-                .map_err(|e| crate::error::err!(OutOfMemory, "cannot start I/O thread {i}: {e}"))?;
-            threads.push(t);
-        }
-        Ok(Self { tx: Some(Arc::new(tx)), threads, alive })
+        let threads = Arc::new(Threads { rx, handles: Mutex::new(Vec::with_capacity(n)), alive: Arc::new((Mutex::new(0usize), Condvar::new())) });
+        threads.grow_to(n)?;
+        Ok(Self { tx: Some(Arc::new(tx)), threads })
+    }
+
+    /// A handle that grows this pool from elsewhere.
+    pub fn grower(&self) -> Grower {
+        Grower { threads: Arc::downgrade(&self.threads), tx: self.tx.as_ref().map_or_else(Weak::new, Arc::downgrade) }
     }
 
     /// Queues a job; dropped silently after shutdown.
@@ -76,19 +117,21 @@ impl WorkerPool {
 
     /// Number of threads.
     pub fn threads(&self) -> usize {
-        self.threads.len()
+        self.threads.handles.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Stops accepting jobs and waits at most `timeout` for the threads to finish the jobs
     /// queued (callers make those jobs return early); threads still busy then are detached.
     /// Returns how many were detached. Idempotent.
     pub fn shutdown(&mut self, timeout: Duration) -> usize {
-        if self.tx.is_none() && self.threads.is_empty() {
+        // Taken first: a grower racing with this starts nothing once the sender is gone.
+        let mut handles = std::mem::take(&mut *self.threads.handles.lock().unwrap_or_else(PoisonError::into_inner));
+        if self.tx.is_none() && handles.is_empty() {
             return 0;
         }
         self.tx = None;
         let deadline = Instant::now() + timeout;
-        let (n, cv) = &*self.alive;
+        let (n, cv) = &*self.threads.alive;
         let mut left = n.lock().unwrap_or_else(PoisonError::into_inner);
         while *left > 0 {
             let now = Instant::now();
@@ -99,7 +142,7 @@ impl WorkerPool {
         }
         let stuck = *left;
         drop(left);
-        for t in self.threads.drain(..) {
+        for t in handles.drain(..) {
             if t.is_finished() {
                 let _ = t.join();
             }

@@ -29,6 +29,69 @@ pub enum OutOfBounds {
     Fill,
 }
 
+/// When a decoded-cache hit checks that its object (shard, or chunk object) is still the
+/// generation the chunk was decoded from (`recheck_cached_data`, after tensorstore's option
+/// of that name). The check is one `head` per object per batch: a `stat` locally, a HEAD
+/// request (a round trip) on an object store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Recheck {
+    /// `true`: every batch that hits checks (a rewrite is noticed at the next batch).
+    Always,
+    /// `false`, or `"open"` (what tensorstore calls data cached since the open: a
+    /// pipeline's cache starts empty when it is made, so the two are the same here): never;
+    /// a rewritten object may be served from the cache for as long as its chunks stay there.
+    Never {
+        /// Given as `"open"` (kept so the config reads back as written).
+        open: bool,
+    },
+    /// A number of seconds: hits check once that long has passed since the object's
+    /// generation was last confirmed (read, or checked); within it, hits are served
+    /// unchecked, so a rewrite is noticed at most this late.
+    After(f64),
+}
+
+impl Recheck {
+    /// The interval after which a hit checks (`None`: never; zero: always).
+    pub fn interval(self) -> Option<std::time::Duration> {
+        match self {
+            Recheck::Always => Some(std::time::Duration::ZERO),
+            Recheck::Never { .. } => None,
+            Recheck::After(s) => Some(std::time::Duration::from_secs_f64(s)),
+        }
+    }
+}
+
+impl Serialize for Recheck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {
+            Recheck::Always => s.serialize_bool(true),
+            Recheck::Never { open: false } => s.serialize_bool(false),
+            Recheck::Never { open: true } => s.serialize_str("open"),
+            Recheck::After(x) => s.serialize_f64(x),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Recheck {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Seconds(f64),
+            Text(String),
+        }
+        let bad = || serde::de::Error::custom("expected true, false, \"open\" or a number of seconds (0 to 1e9)");
+        match Raw::deserialize(d).map_err(|_| bad())? {
+            Raw::Bool(true) => Ok(Recheck::Always),
+            Raw::Bool(false) => Ok(Recheck::Never { open: false }),
+            Raw::Text(t) if t == "open" => Ok(Recheck::Never { open: true }),
+            Raw::Seconds(x) if x.is_finite() && (0.0..=1e9).contains(&x) => Ok(Recheck::After(x)),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// Largest byte size of any one buffer a config may ask for (128 TiB).
 pub(crate) const MAX_BUFFER_BYTES: u64 = 1 << 47;
 
@@ -60,6 +123,10 @@ pub struct Config {
     pub lookahead_samples: u32,
     /// Worker threads for metadata, reads, decode and assembly (1 to 1024).
     pub n_io_threads: u32,
+    /// Worker threads added (once, at the first object store sample: `s3://`, `gs://`,
+    /// `az://`, `http(s)://`) to the `n_io_threads`: a remote read holds its thread for a
+    /// network round trip, so threads bound the requests in flight (0 to 1024; 0: none).
+    pub n_remote_io_threads: u32,
     /// Capacity of the array metadata cache (entries, 1 to 2^24).
     pub n_array_meta_cache: u32,
     /// Capacity of the shard index cache (entries, 1 to 2^24).
@@ -78,6 +145,13 @@ pub struct Config {
     /// Decoded chunks kept across batches on the CPU path, in bytes (0: off). Pays off when
     /// crops revisit chunks (data that fits in RAM, several epochs).
     pub decoded_cache_bytes: u64,
+    /// When a decoded-cache hit checks that its shard (or chunk object) was not rewritten:
+    /// `true` (every batch: one `head` per object per batch, a round trip on object
+    /// stores), `false` or `"open"` (never: served from the cache until evicted), or a
+    /// number of seconds (default 1.0: once that long has passed since the object's
+    /// generation was last confirmed; a rewrite is noticed at most that late). A check that
+    /// finds the object changed fails that batch (Storage); later batches read the new data.
+    pub recheck_cached_data: Recheck,
     /// Default `pop` timeout in seconds.
     pub pop_timeout_s: f64,
     /// "error" or "fill": what a box reaching outside the array does.
@@ -108,6 +182,7 @@ impl Default for Config {
             decode: Decode::Auto,
             lookahead_samples: 64,
             n_io_threads: threads.clamp(2, 32) as u32,
+            n_remote_io_threads: 32,
             n_array_meta_cache: 64,
             n_shard_index_cache: 4096,
             n_chunk_layout_cache: 16384,
@@ -116,6 +191,7 @@ impl Default for Config {
             decoded_bytes: 4 << 30,
             max_read_op_bytes: 4 << 20,
             decoded_cache_bytes: 0,
+            recheck_cached_data: Recheck::After(1.0),
             pop_timeout_s: 60.0,
             out_of_bounds: OutOfBounds::Error,
             arrays: Vec::new(),
@@ -198,6 +274,7 @@ impl Config {
         }
         for (field, v, max) in [
             ("n_io_threads", self.n_io_threads, MAX_IO_THREADS),
+            ("n_remote_io_threads", self.n_remote_io_threads, MAX_IO_THREADS),
             ("n_array_meta_cache", self.n_array_meta_cache, MAX_CACHE_ENTRIES),
             ("n_shard_index_cache", self.n_shard_index_cache, MAX_CACHE_ENTRIES),
             ("n_chunk_layout_cache", self.n_chunk_layout_cache, MAX_CACHE_ENTRIES),
@@ -331,6 +408,22 @@ mod tests {
     }
 
     #[test]
+    fn recheck_cached_data_takes_tensorstore_values() {
+        assert_eq!(Config::default().recheck_cached_data, Recheck::After(1.0));
+        for (json, want) in [("true", Recheck::Always), ("false", Recheck::Never { open: false }), ("\"open\"", Recheck::Never { open: true }), ("2.5", Recheck::After(2.5)), ("0", Recheck::After(0.0))] {
+            let c = Config::from_json(&format!(r#"{{"recheck_cached_data": {json}}}"#)).unwrap();
+            assert_eq!(c.recheck_cached_data, want, "{json}");
+            assert_eq!(Config::from_json(&c.to_json()).unwrap(), c, "{json} round trips");
+        }
+        assert_eq!(Recheck::Always.interval(), Some(std::time::Duration::ZERO));
+        assert_eq!(Recheck::Never { open: true }.interval(), None);
+        for bad in ["-1", "\"always\"", "[1]", "1e10", "null"] {
+            let e = Config::from_json(&format!(r#"{{"recheck_cached_data": {bad}}}"#)).unwrap_err();
+            assert!(e.message().contains("recheck_cached_data") && e.message().contains("open"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn json_round_trip_keeps_every_field() {
         let c = Config::from_json(r#"{"samples_per_batch": 3, "sample_shape": [4, 5], "dtype": "bf16", "out_of_bounds": "fill"}"#).unwrap();
         assert_eq!(c.samples_per_batch, 3);
@@ -340,7 +433,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(json["out_of_bounds"], "fill");
         assert_eq!(json["dtype"], "bf16");
-        assert_eq!(json.as_object().unwrap().len(), 20, "every field");
+        assert_eq!(json.as_object().unwrap().len(), 22, "every field");
     }
 
     #[test]
@@ -397,7 +490,7 @@ mod tests {
 
     #[test]
     fn counts_that_size_resources_are_capped() {
-        for (field, max) in [("n_io_threads", MAX_IO_THREADS), ("n_array_meta_cache", MAX_CACHE_ENTRIES), ("n_shard_index_cache", MAX_CACHE_ENTRIES), ("n_chunk_layout_cache", MAX_CACHE_ENTRIES)] {
+        for (field, max) in [("n_io_threads", MAX_IO_THREADS), ("n_remote_io_threads", MAX_IO_THREADS), ("n_array_meta_cache", MAX_CACHE_ENTRIES), ("n_shard_index_cache", MAX_CACHE_ENTRIES), ("n_chunk_layout_cache", MAX_CACHE_ENTRIES)] {
             Config::from_json(&format!(r#"{{"{field}": {max}}}"#)).unwrap();
             for bad in [u64::from(max) + 1, u64::from(u32::MAX)] {
                 let e = Config::from_json(&format!(r#"{{"{field}": {bad}}}"#)).unwrap_err();

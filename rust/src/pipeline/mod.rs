@@ -5,7 +5,8 @@
 //! push order.
 //!
 //! Owns: the config, the prefetcher (caches), the worker pool, the output buffer pool and
-//! the stats. Resources are fixed at construction: `n_io_threads` threads, at most
+//! the stats. Resources are fixed at construction: `n_io_threads` threads (plus
+//! `n_remote_io_threads`, started once at the first object store sample), at most
 //! `n_batch_buffers` output buffers (the first allocated at construction, so a batch that
 //! cannot be allocated fails `Pipeline::new` with OutOfMemory), cache capacities. A failed
 //! batch is returned as its error by the `pop` that reaches it; the pipeline then continues
@@ -21,7 +22,7 @@ mod config;
 mod run;
 mod stats;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
-pub use config::{Config, Decode, OutDtype, OutOfBounds};
+pub use config::{Config, Decode, OutDtype, OutOfBounds, Recheck};
 /// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
 pub use crate::plan::Array;
 pub use crate::prefetch::MultiscaleInfo;
@@ -85,11 +86,51 @@ struct Shared {
     running: AtomicUsize,
     /// Decoded chunks kept across batches (CPU path; `decoded_cache_bytes`).
     decoded: Mutex<crate::cache::decoded::DecodedCache>,
+    /// When each object with decoded-cache entries was last confirmed at its generation
+    /// (read, or checked): hits within `recheck_cached_data` seconds of it are not checked.
+    validated: Mutex<Validated>,
 }
+
+/// (store id, object key) → the generation last confirmed and when.
+type Validated = HashMap<(Arc<str>, Arc<str>), (crate::store::Generation, Instant)>;
+
+/// Most objects `Shared::validated` remembers (entries older than the interval are dropped
+/// first, then all).
+const MAX_VALIDATED: usize = 1 << 16;
 
 impl Shared {
     fn window(&self) -> MutexGuard<'_, Window> {
         self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The recheck interval when it is a positive number of seconds (the only case that
+    /// needs `validated`).
+    fn recheck_interval(&self) -> Option<Duration> {
+        self.cfg.recheck_cached_data.interval().filter(|d| !d.is_zero())
+    }
+
+    /// `key` of store `store` was seen at `generation` just now.
+    fn validated_now(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation) {
+        let Some(interval) = self.recheck_interval() else { return };
+        let mut v = self.validated.lock().unwrap_or_else(PoisonError::into_inner);
+        if v.len() >= MAX_VALIDATED {
+            v.retain(|_, (_, at)| at.elapsed() < interval);
+            if v.len() >= MAX_VALIDATED {
+                v.clear();
+            }
+        }
+        v.insert((Arc::clone(store), Arc::clone(key)), (generation.clone(), Instant::now()));
+    }
+
+    /// `true` when a decoded-cache hit on `key` (cached at `generation`) must check the
+    /// object now.
+    fn must_recheck(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation) -> bool {
+        let Some(interval) = self.cfg.recheck_cached_data.interval() else { return false };
+        if interval.is_zero() {
+            return true;
+        }
+        let v = self.validated.lock().unwrap_or_else(PoisonError::into_inner);
+        !v.get(&(Arc::clone(store), Arc::clone(key))).is_some_and(|(g, at)| g == generation && at.elapsed() < interval)
     }
 
     fn finish(&self, batch: &InFlight) {
@@ -128,6 +169,10 @@ pub struct Pipeline {
     jobs: Mutex<Option<Sender<BatchJob>>>,
     scheduler: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
     pool: Arc<Mutex<Option<WorkerPool>>>,
+    /// Grows the pool by `n_remote_io_threads` at the first object store sample.
+    grower: crate::io::Grower,
+    /// Set once the pool was grown for object stores.
+    remote_grown: AtomicBool,
 }
 
 impl Pipeline {
@@ -159,10 +204,12 @@ impl Pipeline {
             pool.spawner(),
         );
         prefetch.check_arrays(&cfg.arrays)?;
+        let grower = pool.grower();
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
             decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
+            validated: Mutex::new(HashMap::new()),
             buffers,
             prefetch,
             stats: Stats::default(),
@@ -187,7 +234,25 @@ impl Pipeline {
                 .map_err(|e| err!(OutOfMemory, "cannot start the scheduler thread: {e}"))?;
             (t, done)
         };
-        Ok(Self { shared, jobs: Mutex::new(Some(tx)), scheduler: Mutex::new(Some(scheduler)), pool })
+        let this = Self { shared, jobs: Mutex::new(Some(tx)), scheduler: Mutex::new(Some(scheduler)), pool, grower, remote_grown: AtomicBool::new(false) };
+        if let Some(uri) = this.shared.cfg.arrays.iter().find(|u| crate::store::is_remote_uri(u)) {
+            this.reading_remote(uri)?;
+        }
+        Ok(this)
+    }
+
+    /// Grows the pool (once) for reads from an object store: each blocks a thread for a
+    /// round trip, so `n_io_threads` alone would allow that many requests in flight.
+    fn reading_remote(&self, uri: &str) -> Result<()> {
+        let cfg = &self.shared.cfg;
+        if cfg.n_remote_io_threads == 0 || self.remote_grown.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let n = cfg.n_io_threads as usize + cfg.n_remote_io_threads as usize;
+        self.grower.grow_to(n).map_err(|e| err!(OutOfMemory, "{uri}: cannot start the {} threads of n_remote_io_threads: {}", cfg.n_remote_io_threads, e.message()))?;
+        // Metadata loads may then take half the grown pool, as they take half of it before.
+        self.shared.prefetch.raise_max_inflight(n.div_ceil(2));
+        Ok(())
     }
 
     /// Offers one sample; `Ok(false)` when the lookahead window is full.
@@ -212,6 +277,9 @@ impl Pipeline {
         } else {
             None
         };
+        if error.is_none() && !self.remote_grown.load(Ordering::Acquire) && crate::store::is_remote_uri(uri) {
+            self.reading_remote(uri)?;
+        }
         let mut w = self.shared.window();
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(Shutdown, "push on a closed pipeline"));

@@ -127,15 +127,23 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
             Ok(())
         });
     }
-    // Generation checks of the shards served from the decoded cache: a job each, failing the
-    // batch (and invalidating the index) when the shard changed or vanished.
+    // Generation checks of the shards served from the decoded cache (as
+    // `recheck_cached_data` says: every batch, never, or once its interval has passed since
+    // the shard was last confirmed): a job each, failing the batch (and invalidating the
+    // index) when the shard changed or vanished.
     for ((array_at, key), (generation, first)) in checks {
+        if !shared.must_recheck(&plan.arrays[array_at as usize].id, &key, &generation) {
+            continue;
+        }
         let (plan, what_plan) = (Arc::clone(&plan), Arc::clone(&plan));
         spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
             let array = &plan.arrays[array_at as usize];
             let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
             match found {
-                Some(info) if info.generation == generation => Ok(()),
+                Some(info) if info.generation == generation => {
+                    shared.validated_now(&array.id, &key, &generation);
+                    Ok(())
+                }
                 found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
             }
         });
@@ -232,6 +240,8 @@ fn decode_and_assemble(shared: &Shared, op: &ChunkOp, array: &Array, encoded: Op
         codec.decode_into(encoded, &mut buf)?;
         assemble_from(&buf);
         if let Some(key) = key {
+            // Just read at this generation: hits need no check for the recheck interval.
+            shared.validated_now(&key.store, &key.key, &key.generation);
             shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf));
         }
         return Ok(());

@@ -92,7 +92,7 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
 fn a_shard_rewritten_in_place_is_noticed_with_the_decoded_cache_on() {
     let a = volume("stale-cache-a", &[16, 16, 16], 6);
     let b = volume("stale-cache-b", &[16, 16, 16], 7);
-    let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, ..config() }).unwrap();
+    let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, recheck_cached_data: super::Recheck::Always, ..config() }).unwrap();
     let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
     let before = batch(&p, ua, 0).unwrap();
     assert_eq!(batch(&p, ua, 0).unwrap(), before, "served from the decoded cache");
@@ -155,5 +155,49 @@ fn configs_whose_sizes_overflow_are_refused() {
         let cfg = Config { samples_per_batch: 1, sample_shape: shape.clone(), out_of_bounds: super::config::OutOfBounds::Fill, ..Config::default() };
         let e = Pipeline::new(cfg).err().unwrap();
         assert_eq!(e.status(), Status::InvalidArgument, "{shape:?}: {e}");
+    }
+}
+
+#[test]
+fn the_pool_grows_once_for_object_store_samples() {
+    let threads = |p: &Pipeline| p.pool.lock().unwrap().as_ref().unwrap().threads();
+    let dir = volume("grow", &[], 1);
+    let p = Pipeline::new(Config { n_remote_io_threads: 5, ..config() }).unwrap();
+    assert_eq!(threads(&p), 2);
+    batch(&p, &uri("file", &dir), 0).unwrap();
+    assert_eq!(threads(&p), 2, "local samples do not grow the pool");
+    // Nothing listens there: the batch fails, but the pool has grown at the push.
+    assert!(p.push("http://127.0.0.1:9/absent.zarr", &[0, 0, 0], &[8, 8, 8]).unwrap());
+    assert_eq!(threads(&p), 7);
+    assert!(p.push("s3://b/absent.zarr", &[0, 0, 0], &[8, 8, 8]).unwrap());
+    assert_eq!(threads(&p), 7, "once");
+    let off = Pipeline::new(Config { n_remote_io_threads: 0, ..config() }).unwrap();
+    assert!(off.push("http://127.0.0.1:9/absent.zarr", &[0, 0, 0], &[8, 8, 8]).unwrap());
+    assert_eq!(threads(&off), 2, "0: no growth");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn recheck_cached_data_bounds_how_late_a_rewrite_is_noticed() {
+    for (recheck, name) in [(super::Recheck::Never { open: false }, "never"), (super::Recheck::After(0.5), "after")] {
+        let a = volume(&format!("recheck-{name}-a"), &[16, 16, 16], 6);
+        let b = volume(&format!("recheck-{name}-b"), &[16, 16, 16], 7);
+        let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, recheck_cached_data: recheck, ..config() }).unwrap();
+        let ua = a.to_str().unwrap();
+        let before = batch(&p, ua, 0).unwrap();
+        std::fs::write(a.join("c/0/0/0"), std::fs::read(b.join("c/0/0/0")).unwrap()).unwrap();
+        assert_eq!(batch(&p, ua, 0).unwrap(), before, "{name}: within the interval, the cached chunks are served unchecked");
+        std::thread::sleep(Duration::from_millis(600));
+        match recheck {
+            super::Recheck::After(_) => {
+                let e = batch(&p, ua, 0).unwrap_err();
+                assert!(e.message().contains("c/0/0/0") && e.message().contains("changed"), "{e}");
+                assert_eq!(batch(&p, ua, 0).unwrap(), batch(&pipeline(), b.to_str().unwrap(), 0).unwrap(), "the new shard was read");
+            }
+            _ => assert_eq!(batch(&p, ua, 0).unwrap(), before, "never rechecked"),
+        }
+        for d in [a, b] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
     }
 }

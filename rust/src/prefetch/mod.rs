@@ -192,6 +192,8 @@ impl State {
 }
 
 struct Inner {
+    /// Background tasks at most (`opts.max_inflight`, raised by [`Prefetcher::raise_max_inflight`]).
+    max_inflight: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     changed: Condvar,
     opts: Options,
@@ -303,7 +305,14 @@ impl Prefetcher {
             next_id: 0,
             counters: Counters::default(),
         };
-        Self(Arc::new(Inner { state: Mutex::new(state), changed: Condvar::new(), opts, spawner }))
+        Self(Arc::new(Inner { max_inflight: std::sync::atomic::AtomicUsize::new(opts.max_inflight), state: Mutex::new(state), changed: Condvar::new(), opts, spawner }))
+    }
+
+    /// Lets up to `n` background tasks run (never lowers the limit).
+    pub fn raise_max_inflight(&self, n: usize) {
+        self.0.max_inflight.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.0.lock();
+        pump(&self.0, &mut st);
     }
 
     /// Starts resolving one sample; returns its ticket id.
@@ -544,7 +553,7 @@ impl Inner {
 /// to the end of the pool's queue per sample would put every sample behind the chunk jobs
 /// of the batches in flight.
 fn pump(inner: &Arc<Inner>, st: &mut State) {
-    while st.running < inner.opts.max_inflight.max(1) && st.starting < st.queue.len() && st.hold == 0 && !st.closed {
+    while st.running < inner.max_inflight.load(std::sync::atomic::Ordering::Relaxed).max(1) && st.starting < st.queue.len() && st.hold == 0 && !st.closed {
         st.running += 1;
         st.starting += 1;
         let task_inner = Arc::clone(inner);

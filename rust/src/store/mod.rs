@@ -160,6 +160,12 @@ pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> 
     }
 }
 
+/// `true` when `uri` names an object store array (`s3://`, `gs://`, `az://`, `abfs[s]://`,
+/// `http[s]://`): reads there cost a network round trip each.
+pub fn is_remote_uri(uri: &str) -> bool {
+    scheme(uri).is_some_and(|s| object::SCHEMES.contains(&s.as_str()))
+}
+
 /// The scheme of `uri` when it has one (`scheme:` with at least two letters, so a path is
 /// never mistaken for one), lower-cased.
 fn scheme(uri: &str) -> Option<String> {
