@@ -718,10 +718,9 @@ def _rewrite_case(how: str, cache: bool):
             raise AssertionError(f"fixture: rewritten shard {len(new_bytes)} bytes, old {f.stat().st_size}")
         boxes = [BOX, ((4, 8), (4, 8), (4, 8)), ((0, 4), (4, 8), (0, 4)), ((2, 6), (2, 6), (2, 6))]
         p = ctx.pipeline(samples_per_batch=len(boxes), lookahead_samples=16,
-                         decoded_cache_bytes=(1 << 20) if cache else 0,
-                         # Every hit checks its shard (the default 1 s interval would serve
-                         # the old chunks for up to a second: docs/remote.md).
-                         **({"recheck_cached_data": True} if cache else {}))
+                         # The default recheck_cached_data: its interval is for object
+                         # stores; a local hit checks its shard every batch (docs/remote.md).
+                         decoded_cache_bytes=(1 << 20) if cache else 0)
         p.push(_d().Sample(str(path), b) for b in boxes)
         ctx.same(p.pop(), np.stack([old[tuple(slice(a, b) for a, b in bx)] for bx in boxes]), "first read")
         time.sleep(0.02)
@@ -759,11 +758,11 @@ def _rewrite_case(how: str, cache: bool):
 register("shard_rewritten_in_place", "9 rewrite", "values", _rewrite_case("in_place", False),
          "an uncompressed shard rewritten in place (same size, reversed chunk order, new values) after a first read")
 register("shard_rewritten_in_place_decoded_cache", "9 rewrite", "values", _rewrite_case("in_place", True),
-         "as shard_rewritten_in_place with decoded_cache_bytes = 1 MiB, recheck_cached_data = True")
+         "as shard_rewritten_in_place with decoded_cache_bytes = 1 MiB (default recheck_cached_data)")
 register("shard_replaced_by_rename", "9 rewrite", "values", _rewrite_case("rename", False),
          "the shard replaced by rename (new inode) after a first read")
 register("shard_replaced_by_rename_decoded_cache", "9 rewrite", "values", _rewrite_case("rename", True),
-         "as shard_replaced_by_rename with decoded_cache_bytes = 1 MiB, recheck_cached_data = True")
+         "as shard_replaced_by_rename with decoded_cache_bytes = 1 MiB (default recheck_cached_data)")
 
 
 @case("9 rewrite", "values")

@@ -148,8 +148,9 @@ pub struct Config {
     /// When a decoded-cache hit checks that its shard (or chunk object) was not rewritten:
     /// `true` (every batch: one `head` per object per batch, a round trip on object
     /// stores), `false` or `"open"` (never: served from the cache until evicted), or a
-    /// number of seconds (default 1.0: once that long has passed since the object's
-    /// generation was last confirmed; a rewrite is noticed at most that late). A check that
+    /// number of seconds (default 1.0: on object stores, once that long has passed since the
+    /// object's generation was last confirmed, so a rewrite is noticed at most that late;
+    /// local files are checked every batch, a `stat` being cheap). A check that
     /// finds the object changed fails that batch (Storage); later batches read the new data.
     pub recheck_cached_data: Recheck,
     /// Default `pop` timeout in seconds.

@@ -123,10 +123,11 @@ impl Shared {
     }
 
     /// `true` when a decoded-cache hit on `key` (cached at `generation`) must check the
-    /// object now.
-    fn must_recheck(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation) -> bool {
+    /// object now. The interval applies to object stores (`remote`) only: a local hit is
+    /// checked every batch unless rechecks are off.
+    fn must_recheck(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation, remote: bool) -> bool {
         let Some(interval) = self.cfg.recheck_cached_data.interval() else { return false };
-        if interval.is_zero() {
+        if interval.is_zero() || !remote {
             return true;
         }
         let v = self.validated.lock().unwrap_or_else(PoisonError::into_inner);

@@ -132,7 +132,8 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
     // the shard was last confirmed): a job each, failing the batch (and invalidating the
     // index) when the shard changed or vanished.
     for ((array_at, key), (generation, first)) in checks {
-        if !shared.must_recheck(&plan.arrays[array_at as usize].id, &key, &generation) {
+        let array = &plan.arrays[array_at as usize];
+        if !shared.must_recheck(&array.id, &key, &generation, array.store.is_remote()) {
             continue;
         }
         let (plan, what_plan) = (Arc::clone(&plan), Arc::clone(&plan));

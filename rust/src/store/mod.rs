@@ -109,6 +109,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Storage when listing fails.
     fn du(&self) -> Result<(u64, u64)>;
 
+    /// `true` for object stores, where a metadata check (HEAD) costs a network round trip:
+    /// `recheck_cached_data`'s interval applies only there (a local `stat` costs microseconds,
+    /// so local cache hits are checked every batch unless rechecks are off).
+    fn is_remote(&self) -> bool {
+        false
+    }
+
     /// `uri/key`, for messages.
     fn describe(&self, key: &str) -> String {
         format!("{}/{key}", self.uri().trim_end_matches('/'))

@@ -387,6 +387,10 @@ fn http_status(e: &object_store::Error, text: &str) -> Option<u16> {
 }
 
 impl Store for ObjectStoreBackend {
+    fn is_remote(&self) -> bool {
+        true
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
