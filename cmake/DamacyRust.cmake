@@ -37,8 +37,10 @@ else()
       "-DDAMACY_RUST_LIB=<libdamacy.a> -DDAMACY_RUST_INCLUDE=<cxxbridge folder> built elsewhere")
   endif()
   # Development builds share the repo's target/ with a plain `cargo build`. Wheel builds
-  # (scikit-build-core) get their own: they export SOURCE_DATE_EPOCH (and may set CC/CXX),
-  # which the C codecs' build scripts track, so sharing would rebuild them on every switch.
+  # (scikit-build-core) get their own by default. scikit-build-core exports SOURCE_DATE_EPOCH,
+  # which the C codecs' build scripts (cc-rs) track, so cargo runs without it: a wheel build
+  # pointed at the repo's target/ (DAMACY_CARGO_TARGET_DIR, as tests/test_install.py does)
+  # then reuses it instead of rebuilding the C codecs on every switch.
   if(SKBUILD)
     set(_damacy_cargo_target_default "${PROJECT_BINARY_DIR}/cargo-target")
   else()
@@ -49,7 +51,7 @@ else()
   set(_damacy_rust_lib "${DAMACY_CARGO_TARGET_DIR}/release/libdamacy.a")
   set(_damacy_rust_inc "${DAMACY_CARGO_TARGET_DIR}/cxxbridge")
   add_custom_target(damacy_cargo
-    COMMAND ${CMAKE_COMMAND} -E env "CARGO_TARGET_DIR=${DAMACY_CARGO_TARGET_DIR}"
+    COMMAND ${CMAKE_COMMAND} -E env --unset=SOURCE_DATE_EPOCH "CARGO_TARGET_DIR=${DAMACY_CARGO_TARGET_DIR}"
             "${DAMACY_CARGO}" build --release -p damacy
     WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}"
     BYPRODUCTS "${_damacy_rust_lib}"
