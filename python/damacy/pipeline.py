@@ -155,7 +155,7 @@ class Pipeline:
                 sample = self._next_sample()
                 if sample is None:
                     return
-            if not _ops.call(push, sample.uri, sample.starts, sample.stops):
+            if not _ops.call(push, sample.uri, sample.starts, sample.stops, drain=False):
                 self._held = sample
                 return
 
