@@ -6,9 +6,11 @@ what it requires, `nvidia/` included): the same as a user's venv after `pip inst
 without downloading 3 GB. pip then builds damacy in its isolated build environment
 (scikit-build-core from the index) through build_backend/damacy_build.py.
 
-The wheel build reuses a persistent cargo target (DAMACY_CARGO_TARGET_DIR=target/wheel-ci) and
-scikit-build-core's persistent build-wheel/ folder, so in CI it is incremental; the full fresh
-install time is measured once in dev/perf.md. The fail-fast cases (no cargo, no torch) stop
+The wheel build reuses the checkout's cargo target (DAMACY_CARGO_TARGET_DIR=<repo>/target, which
+dev/build.sh has just built in CI; cargo runs without scikit-build-core's SOURCE_DATE_EPOCH, so
+nothing is rebuilt) and scikit-build-core's persistent build-wheel/ folder, so in CI it
+costs the C++/CUDA compile at most; the full fresh install time is measured once in
+dev/perf.md. The fail-fast cases (no cargo, no torch) stop
 before anything is compiled.
 """
 
@@ -180,7 +182,7 @@ def test_pip_wheel_and_install_with_build_isolation(tmp_path):
     """`pip wheel . --no-deps` in a fresh torch-only venv, isolation on; the wheel installs,
     imports, says what it built, and reads an array the same as numpy's reading of it."""
     py = make_venv(tmp_path / "venv", torch=True)
-    target = os.environ.get("DAMACY_CARGO_TARGET_DIR", str(ROOT / "target" / "wheel-ci"))
+    target = os.environ.get("DAMACY_CARGO_TARGET_DIR", str(ROOT / "target"))
     env = _env(DAMACY_CARGO_TARGET_DIR=target)
     t0 = time.monotonic()
     r = _pip(py, "wheel", ".", "--no-deps", "-v", "-w", str(tmp_path / "wheels"), env=env, timeout=3600)

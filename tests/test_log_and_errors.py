@@ -190,3 +190,14 @@ def test_version_check_messages():
         _compat.check("2.10.0", {})
     with pytest.raises(ImportError, match=r"needs Python >= 3\.10"):
         _compat.check("2.11.0", {}, python=(3, 9))
+
+
+@pytest.mark.skipif(not (damacy.gpu_info()["cuda_built"] and damacy.gpu_info()["nvcomp_available"]
+                         and not torch.cuda.is_available()),
+                    reason="needs the CUDA build with nvCOMP on a machine without a usable GPU")
+def test_device_runner_without_a_gpu_is_cuda_error():
+    """The CUDA build on a machine without a usable driver/GPU (this dev VM): the device
+    runner's first torch CUDA call fails; it was a raw torch.AcceleratorError."""
+    with pytest.raises(damacy.CudaError, match=r"^starting the device runner on cuda:0: ") as info:
+        damacy.Pipeline(_cfg())
+    assert not isinstance(info.value, torch.AcceleratorError)
