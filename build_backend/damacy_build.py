@@ -250,6 +250,10 @@ def _settings(config_settings: dict | None, *, announce: bool) -> dict:
     else:
         cargo = find_cargo()
         defines["DAMACY_CARGO"] = cargo
+        # scikit-build-core exports SOURCE_DATE_EPOCH, and CC/CXX from sysconfig when unset;
+        # cargo runs without those it added, so a shared target/ is not rebuilt for them.
+        defines["DAMACY_CARGO_UNSET_ENV"] = ";".join(
+            ["SOURCE_DATE_EPOCH"] + [v for v in ("CC", "CXX") if v not in os.environ])
         if os.environ.get("DAMACY_CARGO_TARGET_DIR"):
             defines["DAMACY_CARGO_TARGET_DIR"] = os.path.abspath(os.environ["DAMACY_CARGO_TARGET_DIR"])
         rust = cargo
