@@ -37,8 +37,12 @@ else()
       "-DDAMACY_RUST_LIB=<libdamacy.a> -DDAMACY_RUST_INCLUDE=<cxxbridge folder> built elsewhere")
   endif()
   # Development builds share the repo's target/ with a plain `cargo build`. Wheel builds
-  # (scikit-build-core) get their own: they export SOURCE_DATE_EPOCH (and may set CC/CXX),
-  # which the C codecs' build scripts track, so sharing would rebuild them on every switch.
+  # (scikit-build-core) get their own by default. scikit-build-core exports SOURCE_DATE_EPOCH
+  # and CC/CXX (from sysconfig), which the C codecs' build scripts (cc-rs) track, so cargo
+  # runs without the variables named in DAMACY_CARGO_UNSET_ENV (the build backend lists
+  # CC/CXX there only when the user had not set them): a wheel build pointed at the repo's
+  # target/ (DAMACY_CARGO_TARGET_DIR, as tests/test_install.py does) then reuses it instead
+  # of rebuilding the C codecs on every switch.
   if(SKBUILD)
     set(_damacy_cargo_target_default "${PROJECT_BINARY_DIR}/cargo-target")
   else()
@@ -46,10 +50,16 @@ else()
   endif()
   set(DAMACY_CARGO_TARGET_DIR "${_damacy_cargo_target_default}" CACHE PATH
     "CARGO_TARGET_DIR for the staticlib")
+  set(DAMACY_CARGO_UNSET_ENV "SOURCE_DATE_EPOCH" CACHE STRING
+    "Environment variables cargo runs without (a ;-list)")
+  set(_damacy_cargo_unset "")
+  foreach(_v IN LISTS DAMACY_CARGO_UNSET_ENV)
+    list(APPEND _damacy_cargo_unset "--unset=${_v}")
+  endforeach()
   set(_damacy_rust_lib "${DAMACY_CARGO_TARGET_DIR}/release/libdamacy.a")
   set(_damacy_rust_inc "${DAMACY_CARGO_TARGET_DIR}/cxxbridge")
   add_custom_target(damacy_cargo
-    COMMAND ${CMAKE_COMMAND} -E env "CARGO_TARGET_DIR=${DAMACY_CARGO_TARGET_DIR}"
+    COMMAND ${CMAKE_COMMAND} -E env ${_damacy_cargo_unset} "CARGO_TARGET_DIR=${DAMACY_CARGO_TARGET_DIR}"
             "${DAMACY_CARGO}" build --release -p damacy
     WORKING_DIRECTORY "${PROJECT_SOURCE_DIR}"
     BYPRODUCTS "${_damacy_rust_lib}"

@@ -36,6 +36,9 @@ bash dev/build.sh
 echo "== ctest"
 ctest --test-dir build --output-on-failure
 
+# tests/test_install.py is in here too: `pip wheel .` with build isolation in a fresh venv
+# that sees only torch (slow: reuses target/ via DAMACY_CARGO_TARGET_DIR, compiles the
+# extension in build-wheel/; `-m "not slow"` skips it), and the no-cargo/no-torch messages.
 # tests/test_downstream.py is in here: it configures, builds and runs examples/downstream and
 # the docs/cpp.md quick start against the installed CMake package (build/install, made by
 # dev/build.sh) and compares their checksums with the Python API's.

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Creates (once) and prints the path of the project venv: ~/.cache/damacy/venv-<hash of
-# requirements-dev.txt>. CI clones afresh each time; the venv outlives the clone.
+# requirements-dev.txt's requirement lines (comments and blank lines do not count, so editing
+# a comment does not make a new venv)>. CI clones afresh each time; the venv outlives the clone.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 req="$root/requirements-dev.txt"
-key="$(sha256sum "$req" | cut -c1-16)"
+key="$(sed -e 's/[[:space:]]*#.*$//' -e '/^[[:space:]]*$/d' "$req" | sha256sum | cut -c1-16)"
 venv="${DAMACY_VENV:-$HOME/.cache/damacy/venv-$key}"
 if [ ! -f "$venv/.complete" ]; then
   echo "damacy: creating venv $venv (first run: downloads torch, ~3 GB)" >&2

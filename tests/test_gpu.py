@@ -414,3 +414,20 @@ def test_decode_auto_and_cpu_on_cuda_equal_gpu_decode(name, fixture_arrays):
             assert s_cpu.staged_bytes == 0, f"{label}: decode=\"cpu\" staged bytes for the device"
             if s_gpu.staged_bytes:
                 assert s_auto.staged_bytes > 0, f"{label}: decode=\"auto\" did not take the GPU path"
+
+
+def test_cuda_failure_is_cuda_error_naming_what_failed():
+    """A CUDA failure inside the device path reaches Python as damacy.CudaError naming the
+    step, not torch.AcceleratorError (issue 13): a device index past the last GPU fails
+    where the device runner starts; the pipeline on cuda:0 still works afterwards."""
+    bad = f"cuda:{torch.cuda.device_count()}"
+    cfg = damacy.Config(samples_per_batch=1, sample_shape=(4, 4, 4), device=bad, decode="gpu")
+    with pytest.raises(damacy.CudaError) as info:
+        with damacy.Pipeline(cfg) as p:
+            p.push([damacy.Sample("/nonexistent.zarr", [(0, 4)] * 3)])
+            p.pop(timeout_s=POP_TIMEOUT_S)
+    assert bad in str(info.value), str(info.value)
+    assert not isinstance(info.value, torch.AcceleratorError)
+    ok = damacy.Config(samples_per_batch=1, sample_shape=(4, 4, 4), device=DEVICE, decode="gpu")
+    with damacy.Pipeline(ok):
+        pass

@@ -6,7 +6,6 @@
 #include "damacy/pipeline.h"
 
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -15,6 +14,8 @@
 #include <c10/util/Exception.h>
 
 #include "bridge.h"
+#include "log_sink.h"
+#include "torch_errors.h"
 #if DAMACY_WITH_CUDA
 #include "device/device_batch.h"
 #endif
@@ -91,11 +92,7 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
   if (device.is_cpu()) return cpu;
   // Placeholder until the device path (cpp/src/cuda, nvCOMP) exists: CPU decode, then a
   // synchronous copy on the current stream; the CPU buffer goes back to the pool right after.
-  try {
-    return cpu.to(device);
-  } catch (const c10::Error& e) {
-    throw CudaError(std::string("copying the batch to ") + device.str() + ": " + e.what_without_backtrace());
-  }
+  return detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
 }
 
 }  // namespace
@@ -145,7 +142,7 @@ struct Pipeline::Impl {
     const bool from_batch = runner->next_is_batch();
     detail::DeviceRunner::Taken taken;
     try {
-      taken = runner->take();
+      taken = detail::on_device("finishing a batch on " + device.str(), [&] { return runner->take(); });
     } catch (...) {
       // A batch Rust handed over reaches the caller as this error; a failed pop was
       // never Rust's to count.
@@ -179,10 +176,9 @@ Config resolve_decode(const Config& config, const at::Device& device) {
   why = "this damacy build has no CUDA support (rebuild with a CUDA compiler, DAMACY_CUDA=ON)";
 #endif
   Config resolved = config.resolved(why);
-  static bool logged = false;
-  if (!why.empty() && !logged) {
-    logged = true;
-    std::fprintf(stderr, "damacy: decoding on the CPU (decode=\"auto\"): %s\n", why.c_str());
+  // One record per pipeline that falls back (Python: a warning on the "damacy" logger).
+  if (!why.empty() && !resolved.decodes_on_device()) {
+    detail::log(LogLevel::Warning, "decoding on the CPU (decode=\"auto\"): " + why);
   }
   return resolved;
 }
@@ -195,7 +191,10 @@ Pipeline::Pipeline(const Config& requested) {
   auto rust = detail::call([&] { return ffi::pipeline_new(config.raw()); });
   impl_ = std::make_unique<Impl>(Impl{config, device, std::move(rust)});
 #if DAMACY_WITH_CUDA
-  if (device.is_cuda() && config.decodes_on_device()) impl_->runner = std::make_unique<detail::DeviceRunner>(device);
+  if (device.is_cuda() && config.decodes_on_device()) {
+    impl_->runner = detail::on_device("starting the device runner on " + device.str(),
+                                      [&] { return std::make_unique<detail::DeviceRunner>(device); });
+  }
 #endif
 }
 

@@ -7,6 +7,7 @@
 
 #include "damacy/damacy.h"
 #include "harness.h"
+#include "torch_errors.h"  // private (cpp/src): torch's device errors as damacy errors
 
 namespace {
 
@@ -144,6 +145,59 @@ TEST(status_tokens_match_rust) {
   for (std::size_t i = 0; i < rust.size() && i < damacy::kAllStatuses.size(); ++i) {
     CHECK_EQ(rust[i], std::string(damacy::token(damacy::kAllStatuses[i])));
   }
+}
+
+// A pipeline that falls back from GPU to CPU decode (decode="auto" on a device this build
+// cannot decode on) logs one Warning into the sink, never to stderr; set_log_level filters.
+TEST(log_fallback_warning_goes_to_the_sink) {
+  const char* cfg = R"({"samples_per_batch": 2, "sample_shape": [4, 4, 4], "device": "cuda:0", "decode": "auto"})";
+  (void)damacy::take_log_records();
+  damacy::set_log_level(20);
+  {
+    damacy::Pipeline p(cfg);
+    const auto records = damacy::take_log_records();
+    CHECK_EQ(records.size(), 1u);
+    if (!records.empty()) {
+      CHECK(records[0].level == damacy::LogLevel::Warning);
+      CHECK(contains(records[0].message, "decoding on the CPU (decode=\"auto\")"));
+    }
+    CHECK(damacy::take_log_records().empty());  // taken
+  }
+  damacy::set_log_level(40);  // Error and above only
+  {
+    damacy::Pipeline p(cfg);
+    CHECK(damacy::take_log_records().empty());
+  }
+  damacy::set_log_level(20);
+}
+
+// torch's exceptions from device work become CudaError / OutOfMemory naming what failed
+// (one line; torch's hint lines dropped); damacy's own errors pass through.
+TEST(torch_device_errors_map_to_cuda_error) {
+  using damacy::detail::on_device;
+  CHECK_THROWS(damacy::CudaError,
+               on_device("finishing a batch on cuda:0",
+                         []() -> int {
+                           throw c10::AcceleratorError({__func__, __FILE__, __LINE__}, 700,
+                                                       "CUDA error: an illegal memory access was encountered\n"
+                                                       "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.");
+                         }),
+               {
+                 CHECK_EQ(std::string(e.message()),
+                          std::string("finishing a batch on cuda:0: CUDA error: an illegal memory access was "
+                                      "encountered (CUDA error 700)"));
+               });
+  CHECK_THROWS(damacy::OutOfMemory,
+               on_device("launching a batch on cuda:0",
+                         [] { throw c10::OutOfMemoryError({__func__, __FILE__, __LINE__}, "CUDA out of memory."); }),
+               CHECK(contains(e.message(), "launching a batch on cuda:0: CUDA out of memory.")));
+  CHECK_THROWS(damacy::CudaError,
+               on_device("starting the device runner on cuda:7",
+                         [] { throw c10::Error({__func__, __FILE__, __LINE__}, "Invalid device index 7"); }),
+               CHECK(contains(e.message(), "starting the device runner on cuda:7: Invalid device index 7")));
+  CHECK_THROWS(damacy::DecodeError, on_device("x", [] { throw damacy::DecodeError("chunk c/0"); }),
+               CHECK_EQ(std::string(e.message()), std::string("chunk c/0")));
+  CHECK_EQ(on_device("x", [] { return 7; }), 7);
 }
 
 int main(int argc, char** argv) { return harness::main(argc, argv); }

@@ -3,7 +3,11 @@
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
 # headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
-#   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all)
+#   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench pipwheel" (default: all)
+#   pipwheel: `pip wheel .` with build isolation, as a user (issue 13): the backend must find
+#   this machine's torch and nvcc and build CUDA; needs .whl/scikit_build_core-*.whl and
+#   pathspec-*.whl (no network here: the isolated build env installs from .whl), the
+#   carried staticlib stands in for cargo. The installed wheel then runs tests/test_gpu.py.
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
 #   PYTEST_FILES: the files the pytest stage runs (default: the GPU, differential, errors,
 #   pipeline, data and v2/NGFF suites)
@@ -24,7 +28,7 @@
 set -uo pipefail
 OUT="${OUT:-/tmp/damacy-out}"
 mkdir -p "$OUT"
-STAGES="${STAGES:-build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench}"
+STAGES="${STAGES:-build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench pipwheel}"
 BENCH_ARGS="${BENCH_ARGS:---quick}"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -142,5 +146,31 @@ if has augment; then
       > "$OUT/bench-augment-$b.txt" 2>&1
     log "bench_augment batch $b rc=$?"; tail -3 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
   done
+fi
+if has pipwheel; then
+  if ! ls .whl/scikit_build_core-*.whl >/dev/null 2>&1; then
+    log "pipwheel: skipped (no .whl/scikit_build_core-*.whl carried)"
+  else
+    log "pipwheel: pip wheel . (build isolation on, build requirements from .whl)"
+    [ -f .carry/rust/libdamacy.a ] || xz -dk .carry/rust/libdamacy.a.xz
+    rm -rf /tmp/damacy-wheel /tmp/wheel-site
+    t0=$SECONDS
+    DAMACY_RUST_LIB="$PWD/.carry/rust/libdamacy.a" DAMACY_RUST_INCLUDE="$PWD/.carry/rust/include" \
+      PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl" \
+      python3 -m pip wheel . --no-deps -v -w /tmp/damacy-wheel > "$OUT/pipwheel.txt" 2>&1
+    log "pipwheel rc=$? in $((SECONDS - t0)) s"
+    grep -E "^ *damacy: " "$OUT/pipwheel.txt" | tee -a "$OUT/summary.txt"
+    whl="$(ls /tmp/damacy-wheel/damacy-*.whl 2>/dev/null | head -1)"
+    if [ -n "$whl" ]; then
+      python3 -m pip install -q --no-index --no-deps --target /tmp/wheel-site "$whl"
+      cat /tmp/wheel-site/damacy/damacy_build_info.json | tee -a "$OUT/summary.txt"
+      # The installed package, not python/ nor build-gpu/: from /tmp, without DAMACY_LIBRARY.
+      (cd /tmp && env -u DAMACY_LIBRARY PYTHONPATH="/tmp/wheel-site:/tmp/site" python3 -c \
+        "import damacy; assert damacy.__file__.startswith('/tmp/wheel-site'), damacy.__file__; print(damacy.gpu_info())") 2>&1 | tee -a "$OUT/summary.txt"
+      env -u DAMACY_LIBRARY PYTHONPATH="/tmp/wheel-site:/tmp/site" timeout 420 python3 -m pytest -q -x -rs \
+        -p no:cacheprovider --rootdir=/tmp --confcutdir="$PWD/tests" "$PWD/tests/test_gpu.py" > "$OUT/pipwheel-pytest.txt" 2>&1
+      log "pipwheel pytest tests/test_gpu.py (installed wheel) rc=$?"; tail -3 "$OUT/pipwheel-pytest.txt" | tee -a "$OUT/summary.txt"
+    fi
+  fi
 fi
 log "done"

@@ -12,6 +12,7 @@ import): no decoding, no I/O, no threads of its own.
 
 from . import _ops, errors
 from ._cmake import cmake_prefix
+from ._log import set_log_level
 from ._version import __version__
 from .config import Config
 from .errors import (
@@ -81,6 +82,7 @@ __all__ = [
     "array_info",
     "gpu_info",
     "cmake_prefix",
+    "set_log_level",
     "errors",
     "DamacyError",
     "TryAgain",

@@ -346,7 +346,8 @@ def _log_to_stderr(quiet: bool) -> None:
     """Shows the "damacy" logger's records on stderr unless the application configured
     logging itself (a handler on the root or the "damacy" logger)."""
     logger = logging.getLogger("damacy")
-    if logger.handlers or logging.getLogger().handlers:
+    own = [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]
+    if own or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("damacy: %(message)s"))
@@ -364,6 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         print(f"damacy {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda or 'none'})")
+        from damacy import _ops, _supported
+
+        try:
+            info = _supported.build_info(_ops.library_path())
+        except ImportError:
+            info = {}
+        if info:
+            nvcc = f", nvcc {info['nvcc_version']}" if info.get("nvcc_version") else ""
+            print(f"built: {info.get('build', '?').upper()} (torch {info.get('torch_version', '?')}{nvcc})")
         return 0
     if args.cmake_prefix:
         from damacy._cmake import cmake_prefix

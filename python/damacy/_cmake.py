@@ -35,5 +35,5 @@ def cmake_prefix() -> str:
     raise FileNotFoundError(
         f"damacy: no CMake package found; looked for:\n  {looked}\n"
         "A development checkout makes build/install with `bash dev/build.sh`; a wheel "
-        "(`pip install --no-build-isolation .`) carries it in the package folder."
+        "(`pip install .`) carries it in the package folder."
     )

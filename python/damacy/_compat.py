@@ -21,6 +21,7 @@ import torch
 
 from . import _compat_config as cc
 from .enums import Dtype
+from . import _log
 from .errors import BudgetExceeded, InvalidArgument
 
 __all__ = [
@@ -43,10 +44,12 @@ def _level(level: int) -> int:
 
 def set_log_level(level: int) -> None:
     """The original's threshold for its C-side stderr sink (LOG_TRACE=0 .. LOG_FATAL=5).
-    This project's messages all go through the ``damacy`` Python logger (it has no stderr
-    sink of its own), so this sets that logger's level (TRACE and DEBUG: DEBUG)."""
-    _log_state["level"] = _level(level)
-    logging.getLogger("damacy").setLevel(_PY_LEVEL[level])
+    This project's messages, native ones included, all go through the ``damacy`` Python
+    logger (it has no stderr sink of its own), so this sets that logger's level and the native
+    library's (TRACE and DEBUG: DEBUG); damacy's own levels and names are taken too."""
+    if isinstance(level, int) and not isinstance(level, bool):
+        _log_state["level"] = _level(level) if level < 10 else level
+    _log.set_log_level(level)
 
 
 def set_log_quiet(quiet: bool) -> None:

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import errors
+from . import _log, _supported, errors
 
-__all__ = ["LIBRARY_NAME", "library_path", "load", "ops", "classes", "call", "translate"]
+__all__ = ["LIBRARY_NAME", "library_path", "load", "ops", "classes", "call", "translate", "translate_device"]
 
 LIBRARY_NAME = "libdamacy_torch.so"
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ def library_path() -> Path:
     raise ImportError(
         f"damacy: the native library {LIBRARY_NAME} was not found; looked at:\n  {looked}\n"
         "Build it with `bash dev/build.sh` (development checkout) or install the package with "
-        "`pip install --no-build-isolation .`, or point DAMACY_LIBRARY at the .so."
+        "`pip install .`, or point DAMACY_LIBRARY at the .so."
     )
 
 
@@ -62,6 +62,7 @@ def load() -> str:
     global _loaded
     if _loaded is None:
         path = library_path()
+        _supported.check(torch.__version__, _supported.build_info(path))
         try:
             torch.ops.load_library(str(path))
         except OSError as e:
@@ -75,6 +76,7 @@ def load() -> str:
         # where the nvidia-libnvcomp-cu13 wheel puts libnvcomp.so.6 (or .so.5 for nvCOMP 5.x).
         global _gpu_info
         _gpu_info = json.loads(torch.ops.damacy.gpu_info(os.pathsep.join(p for p in sys.path if p)))
+        _log.drain(torch.ops.damacy)
     return _loaded
 
 
@@ -121,19 +123,51 @@ def translate(exc: BaseException) -> errors.DamacyError | None:
     return errors.from_status(m.group(1), what)
 
 
-def call(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)`, with a damacy RuntimeError raised as its typed damacy error."""
+def _op_name(fn: Any) -> str:
+    for attr in ("_qualified_op_name", "__name__", "name"):
+        name = getattr(fn, attr, None)
+        if isinstance(name, str) and name:
+            return name.removeprefix("damacy::")
+    return "damacy op"
+
+
+def translate_device(exc: BaseException, what: str) -> errors.DamacyError | None:
+    """The damacy error for a torch device failure that escaped a damacy op (a CUDA error
+    inside a torch call the C++ side did not map): torch.AcceleratorError -> CudaError,
+    torch.OutOfMemoryError -> OutOfMemory, both naming `what` and torch's first line."""
+    first = str(exc).split("\n", 1)[0].strip()
+    accelerator = getattr(torch, "AcceleratorError", None)
+    if accelerator is not None and isinstance(exc, accelerator):
+        return errors.CudaError(f"{what}: {first}")
+    if isinstance(exc, torch.OutOfMemoryError):
+        return errors.OutOfMemory(f"{what}: {first}")
+    return None
+
+
+def call(fn: Callable[..., Any], *args: Any, drain: bool = True) -> Any:
+    """`fn(*args)`, with a damacy RuntimeError raised as its typed damacy error (and a CUDA
+    failure as damacy.CudaError, torch's error kept as the cause); then the native log
+    records go to the "damacy" logger (`drain=False` skips that, for the per-sample push)."""
     try:
-        return fn(*args)
-    except RuntimeError as e:
-        typed = translate(e)
-        if typed is None:
-            raise
-    # Raised outside the handler, and forgotten here: a local holding the exception would
-    # make a cycle (this frame -> exception -> traceback -> this frame) that keeps the
-    # caller's frames, and the batch tensors in their locals, alive until the next garbage
-    # collection (pinned pipeline buffers: PoolStarved under load).
-    try:
-        raise typed from None
+        typed: BaseException | None = None
+        cause: BaseException | None = None
+        try:
+            return fn(*args)
+        except RuntimeError as e:
+            typed = translate(e)
+            if typed is None:
+                typed = translate_device(e, _op_name(fn))
+                if typed is None:
+                    raise
+                cause = e  # torch's error (and its CUDA hints) stays as the cause
+        # Raised outside the handler, and forgotten here: a local holding the exception would
+        # make a cycle (this frame -> exception -> traceback -> this frame) that keeps the
+        # caller's frames, and the batch tensors in their locals, alive until the next garbage
+        # collection (pinned pipeline buffers: PoolStarved under load).
+        try:
+            raise typed from cause
+        finally:
+            del typed, cause
     finally:
-        del typed
+        if drain and _loaded is not None:
+            _log.drain(torch.ops.damacy)

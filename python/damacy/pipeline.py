@@ -232,7 +232,7 @@ class Pipeline:
                     return
             native = self._native_sample(sample) if self._tracking else None
             target = sample if native is None else native.native
-            if not _ops.call(push, target.uri, target.starts, target.stops):
+            if not _ops.call(push, target.uri, target.starts, target.stops, drain=False):
                 self._held = sample
                 return
             if native is not None:

@@ -4,4 +4,5 @@
 #include "damacy/arrays.h"
 #include "damacy/config.h"
 #include "damacy/errors.h"
+#include "damacy/log.h"
 #include "damacy/pipeline.h"

@@ -20,6 +20,7 @@
 #include "damacy/detail/gpu_plan.h"
 #include "damacy/errors.h"
 #include "nvcomp/nvcomp_loader.h"
+#include "torch_errors.h"
 
 namespace damacy::detail {
 namespace {
@@ -159,7 +160,7 @@ void DeviceRunner::enqueue_error(std::exception_ptr error, bool from_batch) noex
 
 void DeviceRunner::enqueue(rust::Box<ffi::Batch> batch) noexcept {
   try {
-    launch(std::move(batch));
+    on_device("launching a batch on " + state_->device.str(), [&] { launch(std::move(batch)); });
   } catch (...) {
     enqueue_error(std::current_exception(), /*from_batch=*/true);
   }

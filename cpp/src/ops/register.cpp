@@ -53,6 +53,19 @@ std::tuple<at::Tensor, std::vector<std::string>, std::vector<std::int64_t>> pop_
 
 std::string gpu_info_op(std::string search_path) { return gpu_info_json(search_path); }
 
+// The kept log records as (levels, messages); python/damacy/_log.py emits them on logging.
+std::tuple<std::vector<std::int64_t>, std::vector<std::string>> take_log_records_op() {
+  std::vector<std::int64_t> levels;
+  std::vector<std::string> messages;
+  for (LogRecord& r : take_log_records()) {
+    levels.push_back(static_cast<std::int64_t>(r.level));
+    messages.push_back(std::move(r.message));
+  }
+  return {std::move(levels), std::move(messages)};
+}
+
+void set_log_level_op(std::int64_t level) { set_log_level(static_cast<int>(level)); }
+
 std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
   std::vector<std::uint64_t> out;
   out.reserve(v.size());
@@ -105,6 +118,8 @@ TORCH_LIBRARY(damacy, m) {
   m.def("array_info(str uri, bool usage) -> str", &damacy::array_info_op);
   m.def("statuses() -> str[]", &damacy::statuses_op);
   m.def("gpu_info(str search_path) -> str", &damacy::gpu_info_op);
+  m.def("take_log_records() -> (int[], str[])", &damacy::take_log_records_op);
+  m.def("set_log_level(int level) -> ()", &damacy::set_log_level_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);
 }
