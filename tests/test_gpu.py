@@ -318,6 +318,54 @@ def test_corrupt_chunk_on_the_gpu_is_decode_error_and_the_next_batch_works(bad, 
             F.assert_same(b2.cpu(), oracle.read_batch(rev[4 * i:4 * i + 4], "bf16"), f"p2 batch {i}")
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_zstd_content_checksum_is_verified_on_the_gpu(sharded, tmp_path):
+    """zstd chunks written with checksum=True (every frame has a checksum for the GPU to
+    verify): values equal zarr-python's on random boxes. Then one payload byte of chunk 0
+    flipped (incompressible data: raw blocks, so the frame stays well formed and nvCOMP
+    decodes it): DecodeError naming the checksum and the chunk, as the CPU path (libzstd)
+    raises; the next batch, elsewhere, has exact values."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+    import zarr
+
+    data = np.random.default_rng(5 + sharded).integers(0, 2**16, size=(16, 16, 16), dtype=np.uint16)
+    path = tmp_path / "zstd_checksum.zarr"
+    codecs = [BytesCodec(), ZstdCodec(level=1, checksum=True)]
+    if sharded:
+        codecs = [ShardingCodec(chunk_shape=(4, 4, 4), codecs=codecs, index_codecs=[BytesCodec(), Crc32cCodec()])]
+    arr = zarr.create(store=str(path), shape=data.shape, chunks=(8, 8, 8) if sharded else (4, 4, 4),
+                      dtype="uint16", codecs=codecs, fill_value=0, zarr_format=3)
+    arr[...] = data
+    uri = F.uri_of(path)
+    extent = (4, 4, 4)
+    boxes = F.random_boxes(data.shape, extent, 8, seed=31, grid=[(4, 4, 4), (8, 8, 8)])
+    oracle = F.OracleArray(path)
+    with damacy.Pipeline(_small_config(extent, 4)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes)
+        for i in range(2):
+            F.assert_same(pipe.pop().cpu(), oracle.read_batch(boxes[4 * i:4 * i + 4]), f"batch {i}")
+
+    f = path / "c/0/0/0"
+    raw = bytearray(f.read_bytes())
+    start, size = 0, len(raw)
+    if sharded:
+        offs, nbytes, _, _ = F.shard_index(f, "end", 8, True)
+        start, size = int(offs[0]), int(nbytes[0])
+    assert raw[start:start + 4] == b"\x28\xb5\x2f\xfd" and raw[start + 4] & 0x04, "chunk 0: a zstd frame with the checksum flag"
+    raw[start + size // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    far = ((12, 16), (12, 16), (12, 16))
+    for device, decode in [(DEVICE, "gpu"), ("cpu", "cpu")]:
+        with damacy.Pipeline(_small_config(extent, 1, device=device, decode=decode)) as pipe:
+            pipe.push([damacy.Sample(uri, F.ERROR_BOX), damacy.Sample(uri, far)])
+            with pytest.raises(damacy.DamacyError) as info:
+                pipe.pop()
+            _check_decode_error(info.value, ["zstd_checksum.zarr", "[0, 0, 0]"])
+            if device == DEVICE:
+                assert "checksum" in info.value.what, info.value.what
+            F.assert_same(pipe.pop()[0].cpu(), torch.from_numpy(data[12:, 12:, 12:].astype(np.float32)), f"after the bad chunk ({device})")
+
+
 def test_damage_elsewhere_does_not_matter_on_the_gpu(error_arrays):
     far = ((8, 12), (8, 12), (8, 12))
     for name in ["corrupt_zstd", "corrupt_zstd_sharded", "corrupt_blosc", "bad_chunk_crc_sharded"]:

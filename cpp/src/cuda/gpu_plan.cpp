@@ -19,9 +19,11 @@ using u128 = unsigned __int128;
 #define DAMACY_SAME_FIELD(A, B, f)                                                     \
   static_assert(offsetof(A, f) == offsetof(B, f) && sizeof(A::f) == sizeof(B::f), \
                 #A "::" #f " differs from its device view")
+using ffi::GpuChecksumOp;
 using ffi::GpuCopyOp;
 using ffi::GpuDecodeOp;
 using ffi::GpuUnshuffleOp;
+using detail::ChecksumOpView;
 using detail::CopyOpView;
 using detail::DecodeOpView;
 using detail::UnshuffleOpView;
@@ -41,6 +43,9 @@ DAMACY_SAME_FIELD(GpuDecodeOp, DecodeOpView, src_offset);
 DAMACY_SAME_FIELD(GpuDecodeOp, DecodeOpView, src_len);
 DAMACY_SAME_FIELD(GpuDecodeOp, DecodeOpView, dst_offset);
 DAMACY_SAME_FIELD(GpuDecodeOp, DecodeOpView, dst_len);
+static_assert(sizeof(GpuChecksumOp) == sizeof(ChecksumOpView) && alignof(GpuChecksumOp) == alignof(ChecksumOpView));
+DAMACY_SAME_FIELD(GpuChecksumOp, ChecksumOpView, decode_op);
+DAMACY_SAME_FIELD(GpuChecksumOp, ChecksumOpView, expected);
 static_assert(sizeof(GpuUnshuffleOp) == sizeof(UnshuffleOpView) && alignof(GpuUnshuffleOp) == alignof(UnshuffleOpView));
 DAMACY_SAME_FIELD(GpuUnshuffleOp, UnshuffleOpView, offset);
 DAMACY_SAME_FIELD(GpuUnshuffleOp, UnshuffleOpView, len);
@@ -202,6 +207,19 @@ std::string check_decode_ops(const ffi::GpuDecodeOp* ops, size_t n, uint64_t sta
     if (op.codec == detail::kCodecCopy && op.src_len != op.dst_len) {
       return who + ": raw chunk of " + std::to_string(op.src_len) + " bytes, expected " +
              std::to_string(op.dst_len);
+    }
+  }
+  return {};
+}
+
+std::string check_checksum_ops(const ffi::GpuChecksumOp* ops, size_t n,
+                               const ffi::GpuDecodeOp* decode, size_t n_decode) {
+  for (size_t i = 0; i < n; ++i) {
+    const GpuChecksumOp& op = ops[i];
+    if (op.decode_op >= n_decode || decode[op.decode_op].codec != detail::kCodecZstd) {
+      return "checksum op " + std::to_string(i) + " of " + std::to_string(n) + ": decode op " +
+             std::to_string(op.decode_op) + " is not one of the " + std::to_string(n_decode) +
+             " decode ops with codec 1 (zstd)";
     }
   }
   return {};

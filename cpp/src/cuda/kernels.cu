@@ -1,5 +1,5 @@
-// CUDA kernels of the GPU batch path: assemble (copy + cast + fill), blosc unshuffle, and the
-// raw-chunk copy. The per-thread work lives in kernels_impl.cuh (shared with the host-side
+// CUDA kernels of the GPU batch path: assemble (copy + cast + fill), blosc unshuffle, the
+// raw-chunk copy, the decode status check and the zstd content checksum (XXH64). The per-thread work lives in kernels_impl.cuh (shared with the host-side
 // emulation in kernels_test.cu); this file owns the grids, shared memory and launches.
 #include <algorithm>
 #include <climits>
@@ -11,6 +11,7 @@ namespace damacy::gpu {
 namespace {
 
 using detail::AsmPlan;
+using detail::ChecksumOpView;
 using detail::CopyOpView;
 using detail::DecodeOpView;
 using detail::SampleGeom;
@@ -112,6 +113,20 @@ __global__ void decode_status_kernel(const int32_t* __restrict__ statuses,
   }
 }
 
+/// One thread per checksum op: d_result = {mismatches, smallest mismatching op index}.
+__global__ void __launch_bounds__(128)
+    checksum_kernel(const ChecksumOpView* __restrict__ ops, size_t n,
+                    const DecodeOpView* __restrict__ decode, const uint8_t* __restrict__ arena,
+                    uint32_t* __restrict__ result) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    if (!detail::checksum_op_holds(ops[i], decode, arena)) {
+      atomicAdd(result, 1u);
+      atomicMin(result + 1, static_cast<uint32_t>(min(i, size_t(UINT32_MAX - 1))));
+    }
+  }
+}
+
 /// Grid of the per-op kernels: enough CTAs per op for its bytes at ~16 bytes per thread.
 dim3 per_op_grid(int n, uint64_t max_op_bytes) {
   if (max_op_bytes == 0) max_op_bytes = kDefaultMaxOpBytes;
@@ -194,6 +209,17 @@ cudaError_t launch_decode_status_check(const int32_t* d_statuses, const size_t* 
   if (n == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(std::min<size_t>((n + 255) / 256, 1024));
   decode_status_kernel<<<blocks, 256, 0, stream>>>(d_statuses, d_actual, d_expected, n, d_result);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_checksum_check(const ffi::GpuChecksumOp* d_ops, size_t n,
+                                  const ffi::GpuDecodeOp* d_decode_ops, const uint8_t* d_arena,
+                                  uint32_t* d_result, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>((n + 127) / 128, 1024));
+  checksum_kernel<<<blocks, 128, 0, stream>>>(reinterpret_cast<const ChecksumOpView*>(d_ops), n,
+                                              reinterpret_cast<const DecodeOpView*>(d_decode_ops),
+                                              d_arena, d_result);
   return cudaGetLastError();
 }
 

@@ -607,4 +607,103 @@ DAMACY_HD void decode_copy_op(const DecodeOpView& op, const uint8_t* staging, ui
   copy_bytes(staging + op.src_offset, arena + op.dst_offset, len, w, nw);
 }
 
+// ------------------------------------------------------------------------------------------
+// XXH64 (seed 0) of a decoded zstd frame, for its Content_Checksum (RFC 8878 §3.1.1: the
+// lower 32 bits, little endian, after the last block). A port of the xxHash specification
+// (doc/xxhash_spec.md, XXH64): four accumulators over 32-byte stripes, then the tail. One
+// thread hashes one op: XXH64 is a sequential chain per accumulator, so more threads per op
+// would only wait on each other; ops are hashed in parallel.
+
+constexpr uint64_t kXxhP1 = 0x9E3779B185EBCA87ull;
+constexpr uint64_t kXxhP2 = 0xC2B2AE3D27D4EB4Full;
+constexpr uint64_t kXxhP3 = 0x165667B19E3779F9ull;
+constexpr uint64_t kXxhP4 = 0x85EBCA77C2B2AE63ull;
+constexpr uint64_t kXxhP5 = 0x27D4EB2F165667C5ull;
+
+DAMACY_HD uint64_t xxh_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+DAMACY_HD uint64_t xxh_round(uint64_t acc, uint64_t input) {
+  acc += input * kXxhP2;
+  return xxh_rotl(acc, 31) * kXxhP1;
+}
+
+DAMACY_HD uint64_t xxh_merge(uint64_t acc, uint64_t v) {
+  acc ^= xxh_round(0, v);
+  return acc * kXxhP1 + kXxhP4;
+}
+
+/// Little-endian loads; `aligned`: p is 8-byte aligned (device: one wide load).
+DAMACY_HD uint64_t xxh_read64(const uint8_t* p, bool aligned) {
+#if defined(__CUDA_ARCH__)
+  if (aligned) return *reinterpret_cast<const uint64_t*>(p);
+#else
+  (void)aligned;
+#endif
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+DAMACY_HD uint32_t xxh_read32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
+
+/// XXH64 of `len` bytes at `p`, seed 0.
+DAMACY_HD uint64_t xxh64(const uint8_t* p, uint64_t len) {
+  const uint8_t* const end = p + len;
+  const bool aligned = (reinterpret_cast<uintptr_t>(p) & 7) == 0;
+  uint64_t h;
+  if (len >= 32) {
+    uint64_t v1 = kXxhP1 + kXxhP2, v2 = kXxhP2, v3 = 0, v4 = 0 - kXxhP1;
+    const uint8_t* const limit = end - 32;
+    do {
+      // Four independent chains: their loads and multiplies overlap.
+      const uint64_t a = xxh_read64(p, aligned), b = xxh_read64(p + 8, aligned);
+      const uint64_t c = xxh_read64(p + 16, aligned), d = xxh_read64(p + 24, aligned);
+      v1 = xxh_round(v1, a);
+      v2 = xxh_round(v2, b);
+      v3 = xxh_round(v3, c);
+      v4 = xxh_round(v4, d);
+      p += 32;
+    } while (p <= limit);
+    h = xxh_rotl(v1, 1) + xxh_rotl(v2, 7) + xxh_rotl(v3, 12) + xxh_rotl(v4, 18);
+    h = xxh_merge(h, v1);
+    h = xxh_merge(h, v2);
+    h = xxh_merge(h, v3);
+    h = xxh_merge(h, v4);
+  } else {
+    h = kXxhP5;
+  }
+  h += len;
+  while (end - p >= 8) {
+    h ^= xxh_round(0, xxh_read64(p, aligned));
+    h = xxh_rotl(h, 27) * kXxhP1 + kXxhP4;
+    p += 8;
+  }
+  if (end - p >= 4) {
+    h ^= uint64_t(xxh_read32(p)) * kXxhP1;
+    h = xxh_rotl(h, 23) * kXxhP2 + kXxhP3;
+    p += 4;
+  }
+  while (p < end) {
+    h ^= uint64_t(*p) * kXxhP5;
+    h = xxh_rotl(h, 11) * kXxhP1;
+    ++p;
+  }
+  h ^= h >> 33;
+  h *= kXxhP2;
+  h ^= h >> 29;
+  h *= kXxhP3;
+  h ^= h >> 32;
+  return h;
+}
+
+/// Whether checksum op `op` holds: XXH64 of its decode op's decoded bytes in `arena` ends in
+/// `expected`. The ops are trusted (gpu::check_checksum_ops).
+DAMACY_HD bool checksum_op_holds(const ChecksumOpView& op, const DecodeOpView* decode,
+                                 const uint8_t* arena) {
+  const DecodeOpView d = decode[op.decode_op];
+  return static_cast<uint32_t>(xxh64(arena + d.dst_offset, d.dst_len)) == op.expected;
+}
+
 }  // namespace damacy::gpu::detail

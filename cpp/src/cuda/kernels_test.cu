@@ -5,14 +5,17 @@
 // 1. host emulation: runs the kernels' per-thread code (kernels_impl.cuh) over an emulated
 //    grid on the CPU, so the index math and transposes are checked without a GPU;
 // 2. device: launches the real kernels (launch_assemble, launch_{byte,bit,}unshuffle,
-//    launch_decode_copy, launch_decode_status_check) on random batches and compares every
+//    launch_decode_copy, launch_decode_status_check, launch_checksum_check) on random batches and compares every
 //    byte with the references; prints "SKIP: no CUDA device" when there is none;
-// 3. --bench (device only): throughput of assemble and unshuffle on a realistic batch.
+// 3. --bench (device only): throughput of assemble and unshuffle on a realistic batch, and
+//    of the zstd checksum check (frames of 64 and 512 KiB).
 //
 // References: assemble = nested loops over each op's box with independent casts (f16 and
 // bf16 decoded/rounded bit by bit); unshuffle = literal ports of c-blosc 1.21's generic
 // routines (shuffle-generic.h, bitshuffle-generic.c, shuffle.c bit(un)shuffle wrappers),
 // themselves checked by a shuffle -> unshuffle round trip.
+//
+// xxh64 = fixed vectors from libxxhash and libzstd (kXxhVectors).
 //
 // Prints PASS/FAIL counts per suite; exits 1 on any failure, else 0.
 #include <algorithm>
@@ -22,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -578,6 +582,31 @@ std::string op_desc(const GpuUnshuffleOp& op) {
 // ---------------------------------------------------------------------------------------------
 // Host suites.
 
+// XXH64 reference values, seed 0, of xxh_buf(n): computed with libxxhash 0.8.1 (XXH64) and
+// cross-checked, lower 32 bits, against the Content_Checksum libzstd 1.5 writes into a frame of
+// the same bytes (numcodecs.Zstd(checksum=True)); "" and "abc" are xxHash's published values.
+struct XxhVector {
+  uint64_t len;
+  uint64_t hash;
+};
+constexpr XxhVector kXxhVectors[] = {
+    {0, 0xef46db3751d8e999ull},     {1, 0xe934a84adb052768ull},     {3, 0x28823e205e353f69ull},
+    {4, 0x91b65bbe720c34cfull},     {5, 0x31fce8da85d2b801ull},     {7, 0xe2400cdea02ee3c5ull},
+    {8, 0x521fd2878ea69d17ull},     {9, 0x192535de38f73596ull},     {15, 0x4ee77ab371d06e31ull},
+    {16, 0xb1a375c6bd6ba7afull},    {31, 0xb74baa9042b94deeull},    {32, 0x4e13111ced6f735dull},
+    {33, 0xf7b9faf20b3bce63ull},    {63, 0x35f935e6044a08adull},    {64, 0xcd91daec2c21766full},
+    {65, 0x7c795c59456ed577ull},    {100, 0xd61ea92c5ae13676ull},   {127, 0x181ccdafb569956cull},
+    {128, 0x0f9f33b4fe066f05ull},   {1000, 0xb260521730b6d8d9ull},  {4096, 0x04bfc7ca6498362aull},
+    {65537, 0xf465528958097a93ull}, {300000, 0x0f709054db2b544cull},
+};
+
+/// Byte i = (i * 2654435761 >> 13) & 0xff (the generator of kXxhVectors).
+std::vector<uint8_t> xxh_buf(uint64_t n) {
+  std::vector<uint8_t> b(n);
+  for (uint64_t i = 0; i < n; ++i) b[i] = uint8_t((i * 2654435761ull) >> 13);
+  return b;
+}
+
 int host_suites(uint64_t seed, int n_cases) {
   std::mt19937_64 rng(seed);
   Tally fastdiv{"host fastdiv"};
@@ -690,7 +719,21 @@ int host_suites(uint64_t seed, int n_cases) {
   }
   unshuffle.report();
 
-  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail;
+  Tally xxh{"host xxh64 (vs libxxhash/libzstd)"};
+  for (const XxhVector& v : kXxhVectors) {
+    // At offsets 0..8 inside a larger buffer: the aligned and unaligned loads.
+    for (uint64_t off = 0; off < 9; ++off) {
+      std::vector<uint8_t> b(off, 0xa5);
+      const std::vector<uint8_t> x = xxh_buf(v.len);
+      b.insert(b.end(), x.begin(), x.end());
+      const uint64_t got = dd::xxh64(b.data() + off, v.len);
+      xxh.check(got == v.hash, "len " + std::to_string(v.len) + " offset " + std::to_string(off));
+    }
+  }
+  xxh.check(dd::xxh64(reinterpret_cast<const uint8_t*>("abc"), 3) == 0x44bc2cf5ad770999ull, "abc");
+  xxh.report();
+
+  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail + xxh.fail;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -845,8 +888,65 @@ int device_suites(uint64_t seed, int n_cases) {
   }
   status.report();
 
+  // Checksum check: decode ops over an arena holding the reference buffers at assorted
+  // (unaligned too) offsets; some expectations corrupted. Device results equal the vectors.
+  Tally sums{"device zstd checksum check"};
+  for (int i = 0; i < 10; ++i) {
+    std::vector<GpuDecodeOp> dec;
+    std::vector<damacy::ffi::GpuChecksumOp> ops;
+    std::vector<uint8_t> arena;
+    uint32_t bad = 0, first = UINT32_MAX;
+    const size_t n = 1 + rng() % 200;
+    for (size_t k = 0; k < n; ++k) {
+      const XxhVector& v = kXxhVectors[rng() % std::size(kXxhVectors)];
+      arena.resize(arena.size() + rng() % 9, 0x5a);
+      GpuDecodeOp d{};
+      d.codec = rng() % 4 == 0 ? 0 : 1;  // copy ops in between, never checksummed
+      d.dst_offset = arena.size();
+      d.dst_len = d.src_len = v.len;
+      const std::vector<uint8_t> x = xxh_buf(v.len);
+      arena.insert(arena.end(), x.begin(), x.end());
+      dec.push_back(d);
+      if (d.codec != 1) continue;
+      uint32_t expected = uint32_t(v.hash);
+      if (rng() % 7 == 0) {
+        expected ^= 1u << (rng() % 32);
+        ++bad;
+        first = std::min<uint32_t>(first, uint32_t(ops.size()));
+      }
+      ops.push_back({uint32_t(dec.size() - 1), expected});
+    }
+    arena.push_back(0);
+    sums.check(dg::check_checksum_ops(ops.data(), ops.size(), dec.data(), dec.size()).empty(), "check");
+    GpuDecodeOp* d_dec = to_device(dec);
+    auto* d_ops = to_device(ops);
+    uint8_t* d_arena = to_device(arena);
+    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+    CK(dg::launch_checksum_check(d_ops, ops.size(), d_dec, d_arena, d_res, stream));
+    uint32_t res[2];
+    CK(cudaMemcpyAsync(res, d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    sums.check(res[0] == bad && res[1] == first,
+               "case " + std::to_string(i) + ": " + std::to_string(res[0]) + " mismatches (want " +
+                   std::to_string(bad) + "), first " + std::to_string(res[1]) + " (want " + std::to_string(first) + ")");
+    CK(cudaFree(d_dec));
+    CK(cudaFree(d_ops));
+    CK(cudaFree(d_arena));
+    CK(cudaFree(d_res));
+  }
+  {
+    // check_checksum_ops refuses an op naming a copy op or none.
+    std::vector<GpuDecodeOp> dec(2);
+    dec[1].codec = 1;
+    const damacy::ffi::GpuChecksumOp copy_op{0, 0}, past{2, 0}, ok{1, 0};
+    sums.check(!dg::check_checksum_ops(&copy_op, 1, dec.data(), 2).empty(), "names a copy op");
+    sums.check(!dg::check_checksum_ops(&past, 1, dec.data(), 2).empty(), "names op 2 of 2");
+    sums.check(dg::check_checksum_ops(&ok, 1, dec.data(), 2).empty(), "names the zstd op");
+  }
+  sums.report();
+
   CK(cudaStreamDestroy(stream));
-  return assemble.fail + unshuffle.fail + copy.fail + status.fail;
+  return assemble.fail + unshuffle.fail + copy.fail + status.fail + sums.fail;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -948,6 +1048,29 @@ void bench(uint64_t seed) {
                 kind == 1 ? "byte" : "bit", nblocks, ms, 2.0 * nblocks * block / ms / 1e6);
     CK(cudaFree(d_uops));
     CK(cudaFree(d_scratch));
+  }
+  // zstd content checksums: the arena as frames of 64 KiB and of 512 KiB (a 64^3 u16 chunk).
+  for (const uint64_t frame : {uint64_t(64) << 10, uint64_t(512) << 10}) {
+    const uint64_t nframes = arena / frame;
+    std::vector<GpuDecodeOp> dec(nframes);
+    std::vector<damacy::ffi::GpuChecksumOp> sums(nframes);
+    for (uint64_t i = 0; i < nframes; ++i) {
+      dec[i].codec = 1;
+      dec[i].dst_offset = i * frame;
+      dec[i].dst_len = dec[i].src_len = frame;
+      sums[i] = {uint32_t(i), 0};
+    }
+    GpuDecodeOp* d_dops = to_device(dec);
+    auto* d_sums = to_device(sums);
+    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+    const float ms = time_ms(s, 10, [&] {
+      CK(dg::launch_checksum_check(d_sums, nframes, d_dops, d_dec, d_res, s));
+    });
+    std::printf("zstd checksum (XXH64): %" PRIu64 " frames x %" PRIu64 " KiB, %.3f ms, %.1f GB/s total, %.2f GB/s per frame\n",
+                nframes, frame >> 10, ms, double(nframes * frame) / ms / 1e6, double(frame) / ms / 1e6);
+    CK(cudaFree(d_dops));
+    CK(cudaFree(d_sums));
+    CK(cudaFree(d_res));
   }
   CK(cudaFree(d_ops));
   CK(cudaFree(d_prefix));

@@ -19,6 +19,12 @@ struct DecodeOpView {
   uint64_t dst_len;
 };
 
+/// Mirror of ffi::GpuChecksumOp.
+struct ChecksumOpView {
+  uint32_t decode_op;  // index into the batch's decode ops
+  uint32_t expected;   // lower 32 bits of XXH64 (seed 0) of that op's dst_len decoded bytes
+};
+
 /// Mirror of ffi::GpuUnshuffleOp.
 struct UnshuffleOpView {
   uint64_t offset;

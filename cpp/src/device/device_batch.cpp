@@ -72,6 +72,7 @@ struct Queued {
     std::string codec;
   };
   std::vector<Check> checks;
+  bool checksums = false;  // words 2 * checks.size() + {0, 1} of h_result: zstd checksum check
   // Pinned host buffers the device copies from asynchronously (nvCOMP argument arrays):
   // torch's host allocator would hand them out again at once, since our raw copies record
   // no event with it, so they live until the batch is taken.
@@ -195,6 +196,15 @@ DeviceRunner::Taken DeviceRunner::take() {
                         std::string((*q.batch)->decode_op_context(first)));
     }
   }
+  if (q.checksums && r[2 * q.checks.size()] != 0) {
+    const uint32_t* c = r + 2 * q.checks.size();
+    cudaEventDestroy(done);
+    const rust::Slice<const ffi::GpuChecksumOp> sums = (*q.batch)->checksum_ops();
+    const uint32_t first = c[1] < sums.size() ? sums[c[1]].decode_op : 0;
+    throw DecodeError("zstd content checksum mismatch (XXH64 of the decoded bytes, checked on the GPU) in " +
+                      std::to_string(c[0]) + " frame(s); first: " +
+                      std::string((*q.batch)->decode_op_context(first)));
+  }
   // The caller's current stream waits for the batch (an event, not a synchronisation).
   const c10::cuda::CUDAStream user = c10::cuda::getCurrentCUDAStream(st.device.index());
   const cudaError_t wait_rc = cudaStreamWaitEvent(user.stream(), done, 0);
@@ -240,6 +250,7 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   const uint64_t sample_voxels = uint64_t(sample4[0]) * sample4[1] * sample4[2] * sample4[3];
 
   const rust::Slice<const ffi::GpuDecodeOp> dec = batch->decode_ops();
+  const rust::Slice<const ffi::GpuChecksumOp> sums = batch->checksum_ops();
   const rust::Slice<const ffi::GpuUnshuffleOp> unsh = batch->unshuffle_ops();
   const rust::Slice<const ffi::GpuCopyOp> copies = batch->copy_ops();
   const uint64_t decoded_bytes = batch->decoded_bytes();
@@ -248,6 +259,7 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   for (const auto& op : dec) staged = std::max<uint64_t>(staged, op.src_offset + op.src_len);
 
   for (const std::string& msg : {gpu::check_decode_ops(dec.data(), dec.size(), slab.size(), decoded_bytes),
+                                 gpu::check_checksum_ops(sums.data(), sums.size(), dec.data(), dec.size()),
                                  gpu::check_unshuffle_ops(unsh.data(), unsh.size(), decoded_bytes),
                                  gpu::check_copy_ops(copies.data(), copies.size(), decoded_bytes,
                                                      static_cast<uint32_t>(shape[0]), sample4)}) {
@@ -303,11 +315,13 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
     checks.push_back({std::move(args), codec});
   }
   // Decode statuses into pinned memory; `take` reads them after the batch's event, so a
-  // corrupt chunk fails its own batch without a synchronisation here.
+  // corrupt chunk fails its own batch without a synchronisation here. Then the zstd content
+  // checksums (frames with the flag only: no checksum ops, no launch), before unshuffling.
   q.h_result = h_result;
-  if (!checks.empty()) {
-    std::vector<int32_t> init(2 * checks.size(), 0);
-    for (size_t i = 0; i < checks.size(); ++i) init[2 * i + 1] = -1;  // UINT32_MAX
+  const size_t n_words = 2 * checks.size() + (sums.size() ? 2 : 0);
+  if (n_words) {
+    std::vector<int32_t> init(n_words, 0);
+    for (size_t i = 1; i < n_words; i += 2) init[i] = -1;  // UINT32_MAX
     check_cuda(cudaMemcpyAsync(d_result.data_ptr(), init.data(), init.size() * 4, cudaMemcpyHostToDevice, stream), "status init");
     for (size_t i = 0; i < checks.size(); ++i) {
       const auto& a = checks[i].args;
@@ -318,7 +332,16 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
       // the op index (kept) and the batch's own context strings.
       q.checks.push_back({a.op_index, nvcomp::codec_name(checks[i].codec)});
     }
-    check_cuda(cudaMemcpyAsync(h_result.data_ptr(), d_result.data_ptr(), 2 * checks.size() * 4, cudaMemcpyDeviceToHost, stream), "status D2H");
+    if (sums.size()) {
+      at::Tensor d_sums = upload(sums.data(), sums.size(), st.device, stream);
+      check_cuda(gpu::launch_checksum_check(reinterpret_cast<const ffi::GpuChecksumOp*>(d_sums.data_ptr()), sums.size(),
+                                            reinterpret_cast<const ffi::GpuDecodeOp*>(d_dec.data_ptr()), d_arena_p,
+                                            reinterpret_cast<uint32_t*>(d_result.data_ptr<int32_t>() + 2 * checks.size()), stream),
+                 "zstd checksum check");
+      keep.push_back(d_sums);
+      q.checksums = true;
+    }
+    check_cuda(cudaMemcpyAsync(h_result.data_ptr(), d_result.data_ptr(), n_words * 4, cudaMemcpyDeviceToHost, stream), "status D2H");
     keep.push_back(d_result);
   }
 

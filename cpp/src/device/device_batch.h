@@ -3,7 +3,8 @@
 // A device batch arrives from Rust as staged compressed bytes in a host slab plus three op
 // lists (decode, unshuffle, copy/fill). `DeviceRunner::run` turns it into the output tensor
 // on the pipeline's device: H2D of the staged bytes, nvCOMP batched decompression per
-// codec, blosc unshuffle, one assemble launch, all on the runner's own stream, so the next
+// codec, the zstd content checksums (XXH64, frames with the flag), blosc unshuffle, one
+// assemble launch, all on the runner's own stream, so the next
 // batch decodes while the caller computes on the current one. `take` joins the caller's
 // current stream to that work through an event (never the legacy default stream) and reads
 // the decode status first, so a corrupt chunk fails its own batch. The Rust batch (and so

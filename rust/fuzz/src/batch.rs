@@ -464,6 +464,11 @@ fn check_device_ops(b: &mut damacy::pipeline::Batch, meta: Option<&ArrayMeta>, s
         assert!(op.src_offset.checked_add(op.src_len).is_some_and(|e| e <= staging), "{op:?} outside the {staging}-byte staging slab");
         assert!(op.dst_offset.checked_add(op.dst_len).is_some_and(|e| e <= arena), "{op:?} outside the {arena}-byte arena");
     }
+    let decode = b.decode_ops();
+    for op in b.checksum_ops() {
+        let d = decode.get(op.decode_op as usize);
+        assert!(d.is_some_and(|d| d.codec == damacy::ffi::records::DecodeCodec::Zstd.repr), "{op:?} names no zstd decode op");
+    }
     for op in b.unshuffle_ops() {
         assert!(op.offset.checked_add(op.len).is_some_and(|e| e <= arena), "{op:?} outside the {arena}-byte arena");
         assert!(op.typesize > 0);

@@ -198,9 +198,12 @@ pub fn zstd_frame(data: &[u8]) {
     let decoded_len = u32::from_le_bytes(data[..4].try_into().unwrap());
     let frame = &data[4..];
     match zstd_frame::check_frame(frame, u64::from(decoded_len)) {
-        Ok(()) => {
+        Ok(sum) => {
             let size = zstd::zstd_safe::find_frame_compressed_size(frame);
             assert_eq!(size, Ok(frame.len()), "libzstd disagrees on the frame's extent");
+            // The checksum returned is the flagged frame's last 4 bytes.
+            let flagged = frame[4] & 0x04 != 0;
+            assert_eq!(sum, flagged.then(|| u32::from_le_bytes(frame[frame.len() - 4..].try_into().unwrap())));
             if decoded_len <= 1 << 20 {
                 if let Ok(out) = zstd::bulk::decompress(frame, decoded_len as usize) {
                     assert!(out.len() <= decoded_len as usize);

@@ -1,7 +1,9 @@
 //! The device side of decoding, on the host: which codec chains the GPU decodes
 //! ([`DeviceRoute`]), and the preparation of one staged chunk for it ([`prepare`]): the
 //! trailing crc32c is verified and stripped, a zstd frame's structure is checked, a blosc
-//! chunk is split into its streams, and the ops the extension runs are emitted. nvCOMP treats
+//! chunk is split into its streams, and the ops the extension runs are emitted (a zstd frame's
+//! content checksum, which nvCOMP ignores, becomes a checksum op verified on the GPU after
+//! decompression). nvCOMP treats
 //! malformed input as undefined behaviour (a fault poisons the CUDA context), so nothing
 //! reaches it unchecked.
 
@@ -69,6 +71,8 @@ const BIT_SHUFFLE: u32 = ShuffleKind::Bit.repr;
 pub enum DeviceOp {
     /// Decompress (or copy) a staged range into the decoded arena.
     Decode(GpuDecodeOp),
+    /// The zstd Content_Checksum (XXH64's lower 32 bits) of the decode op just before it.
+    Checksum(u32),
     /// Unshuffle a decoded block in place.
     Unshuffle(GpuUnshuffleOp),
 }
@@ -102,8 +106,9 @@ pub fn prepare(route: DeviceRoute, staged: &[u8], at: u64, decoded_len: u64, dst
             out.push(DeviceOp::Decode(GpuDecodeOp { codec: COPY, src_offset: at, src_len: len, dst_offset: dst, dst_len: len }));
         }
         DeviceCodec::Zstd => {
-            zstd_frame::check_frame(bytes, decoded_len)?;
+            let sum = zstd_frame::check_frame(bytes, decoded_len)?;
             out.push(DeviceOp::Decode(GpuDecodeOp { codec: ZSTD, src_offset: at, src_len: len, dst_offset: dst, dst_len: decoded_len }));
+            out.extend(sum.map(DeviceOp::Checksum));
         }
         DeviceCodec::Blosc => prepare_blosc(bytes, at, decoded_len, dst, blocks, out)?,
         DeviceCodec::Cpu => return Err(err!(Internal, "internal: a CPU-decoded chunk was staged for the device")),
@@ -147,11 +152,14 @@ fn prepare_blosc(bytes: &[u8], at: u64, decoded_len: u64, dst: u64, blocks: Opti
         for s in frame.streams(b, block)? {
             let c = if s.cbytes == s.nbytes { COPY } else { codec };
             let payload = &block[s.offset as usize..(s.offset + s.cbytes) as usize];
-            if c == ZSTD {
-                zstd_frame::check_frame(payload, u64::from(s.nbytes)).map_err(|e| e.context(format_args!("blosc block {b}")))?;
-            }
+            let sum = if c == ZSTD {
+                zstd_frame::check_frame(payload, u64::from(s.nbytes)).map_err(|e| e.context(format_args!("blosc block {b}")))?
+            } else {
+                None
+            };
             let src_offset = at + from as u64 + u64::from(s.offset);
             out.push(DeviceOp::Decode(GpuDecodeOp { codec: c, src_offset, src_len: u64::from(s.cbytes), dst_offset: s_at, dst_len: u64::from(s.nbytes) }));
+            out.extend(sum.map(DeviceOp::Checksum));
             s_at += u64::from(s.nbytes);
         }
         let bsize = s_at - block_at;
@@ -229,5 +237,23 @@ mod tests {
         let mut staged = frame.clone();
         staged.extend(crc32c::crc32c(&frame).to_le_bytes());
         assert!(prepare(r, &staged, 64, 99, 0, None, &mut ops).unwrap_err().message().contains("content size"));
+    }
+
+    /// A frame with the checksum flag gets a checksum op (its last 4 bytes) right after its
+    /// decode op; one without gets none.
+    #[test]
+    fn flagged_zstd_frames_carry_their_checksum() {
+        let r = DeviceRoute { codec: DeviceCodec::Zstd, crc: false };
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.include_checksum(true).unwrap();
+        let frame = c.compress(b"abc").unwrap();
+        let mut ops = Vec::new();
+        prepare(r, &frame, 0, 3, 0, None, &mut ops).unwrap();
+        // XXH64("abc", 0) = 0x44bc2cf5ad770999 (xxHash's reference value).
+        assert!(matches!(ops[..], [DeviceOp::Decode(GpuDecodeOp { codec: ZSTD, .. }), DeviceOp::Checksum(0xad77_0999)]), "{ops:?}");
+        c.include_checksum(false).unwrap();
+        let mut ops = Vec::new();
+        prepare(r, &c.compress(b"abc").unwrap(), 0, 3, 0, None, &mut ops).unwrap();
+        assert!(matches!(ops[..], [DeviceOp::Decode(_)]), "{ops:?}");
     }
 }

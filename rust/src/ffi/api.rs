@@ -17,6 +17,7 @@ pub mod bridge {
         type OutDtype = crate::ffi::records::OutDtype;
         type Status = crate::ffi::records::Status;
         type GpuDecodeOp = crate::ffi::records::GpuDecodeOp;
+        type GpuChecksumOp = crate::ffi::records::GpuChecksumOp;
         type GpuUnshuffleOp = crate::ffi::records::GpuUnshuffleOp;
         type GpuCopyOp = crate::ffi::records::GpuCopyOp;
         type Stats = crate::ffi::records::Stats;
@@ -113,6 +114,9 @@ pub mod bridge {
         fn decoded_bytes(self: &Batch) -> u64;
         /// GPU path: decompression ops (one nvCOMP batch per codec).
         fn decode_ops(self: &Batch) -> &[GpuDecodeOp];
+        /// GPU path: zstd content checksums to verify after decompression (frames with the
+        /// checksum flag only), before unshuffling.
+        fn checksum_ops(self: &Batch) -> &[GpuChecksumOp];
         /// GPU path: unshuffle ops, after decompression.
         fn unshuffle_ops(self: &Batch) -> &[GpuUnshuffleOp];
         /// GPU path: copy and fill ops into the output, after unshuffling.

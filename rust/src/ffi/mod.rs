@@ -12,7 +12,7 @@
 pub mod api;
 pub mod records;
 
-pub use records::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+pub use records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 
 use crate::error::{Error, Result, Status};
 

@@ -107,6 +107,16 @@ pub mod bridge {
         dst_len: u64,
     }
 
+    /// GPU path: after decompression, XXH64 (seed 0) of decode op `decode_op`'s `dst_len`
+    /// decoded bytes must have `expected` as its lower 32 bits: the zstd frame's
+    /// Content_Checksum, which nvCOMP does not verify. Only frames with the checksum flag
+    /// have one.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct GpuChecksumOp {
+        decode_op: u32,
+        expected: u32,
+    }
+
     /// GPU path: undo blosc's shuffle over one decoded block in place: `len` bytes at
     /// `offset` of the decoded arena (via a scratch copy). `kind`: a `ShuffleKind`.
     #[derive(Debug, Clone, Copy)]
@@ -189,4 +199,4 @@ pub mod bridge {
 }
 
 
-pub use bridge::{CacheCounts, DecodeCodec, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype, Stats, Status};
+pub use bridge::{CacheCounts, DecodeCodec, GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype, Stats, Status};

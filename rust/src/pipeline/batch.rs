@@ -11,7 +11,7 @@ use super::buffers::Lease;
 use super::{OutDtype, Shared};
 use crate::decode::device::DeviceOp;
 use crate::error::{err, Error, Result};
-use crate::ffi::records::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+use crate::ffi::records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
 use crate::io::WorkerPool;
 use crate::prefetch::Resolved;
 
@@ -33,6 +33,8 @@ pub(super) struct DeviceWork {
     pub(super) decoded_bytes: u64,
     /// Decompression ops.
     pub(super) decode_ops: Vec<GpuDecodeOp>,
+    /// Content checksums of decode ops (zstd frames with the flag).
+    pub(super) checksum_ops: Vec<GpuChecksumOp>,
     /// Unshuffle ops.
     pub(super) unshuffle_ops: Vec<GpuUnshuffleOp>,
     /// Copy and fill ops.
@@ -49,13 +51,19 @@ impl DeviceWork {
         self.decode_chunk.get(i).and_then(|&c| self.chunk_names.get(c as usize)).cloned().unwrap_or_else(|| format!("decode op {i}"))
     }
 
-    /// Appends one chunk's device ops.
+    /// Appends one chunk's device ops. A checksum applies to the decode op just before it
+    /// (`decode::device::prepare` emits it so).
     pub(super) fn push(&mut self, chunk: usize, ops: Vec<DeviceOp>) {
         for op in ops {
             match op {
                 DeviceOp::Decode(o) => {
                     self.decode_ops.push(o);
                     self.decode_chunk.push(chunk as u32);
+                }
+                DeviceOp::Checksum(expected) => {
+                    if let Some(last) = self.decode_ops.len().checked_sub(1) {
+                        self.checksum_ops.push(GpuChecksumOp { decode_op: last as u32, expected });
+                    }
                 }
                 DeviceOp::Unshuffle(o) => self.unshuffle_ops.push(o),
             }
@@ -217,6 +225,10 @@ impl Batch {
     /// Decode ops (device path).
     pub fn decode_ops(&self) -> &[GpuDecodeOp] {
         self.device.as_ref().map_or(&[], |d| &d.decode_ops)
+    }
+    /// Content checksums to verify after decompression (device path).
+    pub fn checksum_ops(&self) -> &[GpuChecksumOp] {
+        self.device.as_ref().map_or(&[], |d| &d.checksum_ops)
     }
     /// Unshuffle ops (device path).
     pub fn unshuffle_ops(&self) -> &[GpuUnshuffleOp] {

@@ -3,6 +3,8 @@
 //! exactly at the end of the buffer. The GPU path runs it before handing a chunk to nvCOMP,
 //! which treats malformed input as undefined behaviour (a fault poisons the CUDA context).
 //! It reads headers only (a few bytes per 128 KiB block), never the compressed payload.
+//! nvCOMP does not verify a frame's content checksum either: [`check_frame`] returns it, and
+//! the device path checks it against XXH64 of the decoded bytes on the GPU.
 
 use crate::error::{err, Result};
 
@@ -12,12 +14,14 @@ const MAX_BLOCK: u32 = 128 << 10;
 const MAX_WINDOW_LOG: u32 = 31;
 
 /// Checks that `frame` is exactly one well-formed zstd frame whose content size, when the
-/// header states it, equals `decoded_len`.
+/// header states it, equals `decoded_len`. Returns the frame's Content_Checksum (the lower
+/// 32 bits of XXH64, seed 0, of the decoded content: its last 4 bytes, little endian) when
+/// the header's Content_Checksum_flag is set.
 ///
 /// # Errors
 /// Decode naming what is wrong (magic, reserved bit, content size, block type or size,
 /// trailing or missing bytes).
-pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
+pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<Option<u32>> {
     let byte = |at: usize| frame.get(at).copied().ok_or_else(|| err!(Decode, "zstd frame truncated at byte {at} of {}", frame.len()));
     let le = |at: usize, n: usize| -> Result<u64> {
         let b = frame.get(at..at + n).ok_or_else(|| err!(Decode, "zstd frame truncated at byte {at} of {}", frame.len()))?;
@@ -85,13 +89,17 @@ pub fn check_frame(frame: &[u8], decoded_len: u64) -> Result<()> {
             break;
         }
     }
-    if checksum {
+    let content_checksum = if checksum {
+        let c = le(at, 4)? as u32;
         at += 4;
-    }
+        Some(c)
+    } else {
+        None
+    };
     if at != frame.len() {
         return Err(err!(Decode, "zstd frame: {} bytes after parsing, chunk has {}", at, frame.len()));
     }
-    Ok(())
+    Ok(content_checksum)
 }
 
 #[cfg(test)]
@@ -110,9 +118,25 @@ mod tests {
                 let mut c = zstd::bulk::Compressor::new(level).unwrap();
                 c.include_checksum(n % 2 == 0).unwrap();
                 let f = c.compress(&d).unwrap();
-                check_frame(&f, n as u64).unwrap_or_else(|e| panic!("n={n} level={level}: {e}"));
+                let sum = check_frame(&f, n as u64).unwrap_or_else(|e| panic!("n={n} level={level}: {e}"));
+                // With the flag, the last 4 bytes; libzstd wrote XXH64's lower 32 bits there.
+                let tail = u32::from_le_bytes(f[f.len() - 4..].try_into().unwrap());
+                assert_eq!(sum, (n % 2 == 0).then_some(tail), "n={n} level={level}");
             }
         }
+    }
+
+    /// The checksum returned is the frame's, known independently: XXH64("abc", seed 0) is
+    /// 0x44bc2cf5ad770999 (the xxHash reference), so a frame of "abc" ends in 0xad770999.
+    #[test]
+    fn returns_the_content_checksum_when_flagged() {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_checksum(true).unwrap();
+        let f = c.compress(b"abc").unwrap();
+        assert_eq!(check_frame(&f, 3).unwrap(), Some(0xad77_0999));
+        assert!(check_frame(&f[..f.len() - 1], 3).is_err(), "checksum cut short");
+        c.include_checksum(false).unwrap();
+        assert_eq!(check_frame(&c.compress(b"abc").unwrap(), 3).unwrap(), None);
     }
 
     #[test]
@@ -147,7 +171,7 @@ mod tests {
         let header = (16u32 << 3) | (1 << 1) | 1;
         rle[6..9].copy_from_slice(&header.to_le_bytes()[..3]);
         assert!(check_frame(&rle, 15).unwrap_err().message().contains("more than the chunk"), "16 bytes into a 15-byte chunk");
-        check_frame(&rle, 16).unwrap();
+        assert_eq!(check_frame(&rle, 16).unwrap(), None);
         assert_eq!(zstd::bulk::decompress(&rle, 16).unwrap(), [0x1a; 16]);
     }
 }

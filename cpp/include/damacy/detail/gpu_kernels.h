@@ -8,7 +8,7 @@
 // address on the device, which poisons the whole CUDA context.
 //
 // Order within one batch: decode (nvCOMP per codec + launch_decode_copy for codec 0) into the
-// arena -> copy the shuffled ranges to a scratch buffer -> launch_unshuffle (scratch -> arena)
+// arena -> launch_checksum_check (zstd content checksums) -> copy the shuffled ranges to a scratch buffer -> launch_unshuffle (scratch -> arena)
 // -> launch_assemble (arena -> output tensor).
 #pragma once
 
@@ -18,6 +18,7 @@
 
 namespace damacy::ffi {
 struct GpuDecodeOp;
+struct GpuChecksumOp;
 struct GpuUnshuffleOp;
 struct GpuCopyOp;
 }  // namespace damacy::ffi
@@ -74,5 +75,15 @@ cudaError_t launch_decode_copy(const ffi::GpuDecodeOp* d_ops, int n, const uint8
 cudaError_t launch_decode_status_check(const int32_t* d_statuses, const size_t* d_actual,
                                        const size_t* d_expected, size_t n, uint32_t* d_result,
                                        cudaStream_t stream);
+
+/// Verifies zstd content checksums after decompression: for each of the `n` checksum ops,
+/// XXH64 (seed 0) of its decode op's dst_len bytes at d_arena + dst_offset must have the op's
+/// `expected` as its lower 32 bits. Counts the mismatches into d_result[0] and the smallest
+/// mismatching checksum-op index into d_result[1]; the caller sets d_result to {0,
+/// UINT32_MAX} first, as for launch_decode_status_check. One thread hashes one op (cost:
+/// docs in dev/perf.md). d_decode_ops: the batch's decode ops as checked on the host.
+cudaError_t launch_checksum_check(const ffi::GpuChecksumOp* d_ops, size_t n,
+                                  const ffi::GpuDecodeOp* d_decode_ops, const uint8_t* d_arena,
+                                  uint32_t* d_result, cudaStream_t stream);
 
 }  // namespace damacy::gpu

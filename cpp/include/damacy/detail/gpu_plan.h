@@ -17,6 +17,7 @@
 
 namespace damacy::ffi {
 struct GpuDecodeOp;
+struct GpuChecksumOp;
 struct GpuUnshuffleOp;
 struct GpuCopyOp;
 }  // namespace damacy::ffi
@@ -48,6 +49,10 @@ std::string check_unshuffle_ops(const ffi::GpuUnshuffleOp* ops, size_t n,
 /// destination inside the arena (codec 0: src_len == dst_len).
 std::string check_decode_ops(const ffi::GpuDecodeOp* ops, size_t n, uint64_t staging_bytes,
                              uint64_t decoded_bytes);
+
+/// "" when every checksum op names a zstd decode op (index < n_decode).
+std::string check_checksum_ops(const ffi::GpuChecksumOp* ops, size_t n,
+                               const ffi::GpuDecodeOp* decode, size_t n_decode);
 
 /// Number of decode ops with this codec.
 size_t count_decode_ops(const ffi::GpuDecodeOp* ops, size_t n, uint32_t codec);
