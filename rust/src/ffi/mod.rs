@@ -9,10 +9,8 @@
 //! function returns `Result` and runs under [`guard`]; the error's message starts with the
 //! stable status token `"[Status] "` that C++ and Python turn back into a typed error.
 
-pub mod api;
-pub mod records;
-
-pub use records::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+pub(crate) mod api;
+pub(crate) mod records;
 
 use crate::error::{Error, Result, Status};
 

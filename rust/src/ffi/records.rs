@@ -189,4 +189,5 @@ pub mod bridge {
 }
 
 
-pub use bridge::{CacheCounts, DecodeCodec, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype, Stats, Status};
+pub use bridge::{GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, Stats, Status};
+pub(crate) use bridge::{CacheCounts, DecodeCodec, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype};

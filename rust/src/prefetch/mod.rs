@@ -41,7 +41,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-pub use load::{load_array, load_array_with, load_chunk_frame, load_shard, multiscale_levels, open_node, LevelInfo, MultiscaleInfo, Opened};
+pub use load::{load_array, multiscale_levels};
+pub(crate) use load::MultiscaleInfo;
+pub(crate) use load::{load_array_with, load_chunk_frame, load_shard, open_node, Opened};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
 use crate::decode::DeviceCodec;
@@ -51,9 +53,9 @@ use crate::plan::{cells, chunk_source, clip, shards_of, Array, ChunkSource, Shar
 use crate::zarr::blosc::BloscFrame;
 
 /// A shard file: its array's store (uri) and its key.
-pub type ShardKey = (Arc<str>, String);
+pub(crate) type ShardKey = (Arc<str>, String);
 /// A stored chunk: object, offset, generation.
-pub type ChunkKey = crate::cache::decoded::ChunkKey;
+pub(crate) type ChunkKey = crate::cache::decoded::ChunkKey;
 
 /// Where a sample's ticket stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +223,7 @@ pub struct PrefetchStats {
 }
 
 /// A shard of a batch: its array's identity and its grid coordinates.
-pub type BatchShardKey = (Arc<str>, Vec<u64>);
+pub(crate) type BatchShardKey = (Arc<str>, Vec<u64>);
 
 /// The pinned, resolved inputs of one batch.
 pub struct Resolved {
@@ -254,7 +256,7 @@ impl Drop for Resolved {
 }
 
 /// Blosc framing by stored chunk, borrowed from a [`Resolved`].
-pub type LayoutMap<'a> = HashMap<&'a ChunkKey, &'a Arc<BloscFrame>, ahash::RandomState>;
+pub(crate) type LayoutMap<'a> = HashMap<&'a ChunkKey, &'a Arc<BloscFrame>, ahash::RandomState>;
 
 impl Resolved {
     /// The framing of every blosc chunk of the batch (device path; empty otherwise).

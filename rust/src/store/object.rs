@@ -54,11 +54,11 @@ use crate::error::{err, Error, Result};
 pub type StorageOptions = BTreeMap<String, String>;
 
 /// Option: most requests one store has in flight at once (default 64).
-pub const MAX_IN_FLIGHT: &str = "max_requests_in_flight";
+pub(crate) const MAX_IN_FLIGHT: &str = "max_requests_in_flight";
 /// Option: retries of a failed request (5xx, connection errors, timeouts; default 3).
-pub const MAX_RETRIES: &str = "max_retries";
+pub(crate) const MAX_RETRIES: &str = "max_retries";
 /// Option: no retry starts later than this after the first attempt (default "60s").
-pub const RETRY_TIMEOUT: &str = "retry_timeout";
+pub(crate) const RETRY_TIMEOUT: &str = "retry_timeout";
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_RETRIES: usize = 3;
