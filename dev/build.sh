@@ -3,7 +3,8 @@
 #   venv (dev/venv.sh) -> cargo build --release -> cmake configure + build into build/ ->
 #   `import damacy` works in that venv from any directory.
 # Env: JOBS (default: nproc, at most 2 here), DAMACY_BUILD_DIR (default build),
-#      DAMACY_CMAKE_ARGS (extra configure arguments).
+#      DAMACY_CMAKE_ARGS (extra configure arguments), DAMACY_PRESET (a CMakePresets.json
+#      configure preset instead of the one picked below).
 #
 # How `import damacy` finds this checkout: a `damacy-dev.pth` in the venv's site-packages
 # names <repo>/python (the venv is shared by every checkout using it: the last build wins),
@@ -22,28 +23,29 @@ build="${DAMACY_BUILD_DIR:-build}"
 echo "== cargo build --release -p damacy" >&2
 cargo build --release -p damacy -j "$jobs"
 
-# CUDA: a system nvcc if there is one, else the venv's PyPI nvcc (nvidia-cuda-nvcc, CUDA 13),
-# so the CUDA build compiles here and in CI though nothing runs it. DAMACY_CUDA=OFF skips it.
-cuda_args=()
-if [ "${DAMACY_CUDA:-AUTO}" = "OFF" ]; then
-  cuda_args=(-DDAMACY_CUDA=OFF)
-elif ! command -v nvcc >/dev/null 2>&1; then
-  cu13="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13"
-  if [ -x "$cu13/bin/nvcc" ]; then
-    cuda_args=(-DCMAKE_CUDA_COMPILER="$cu13/bin/nvcc" -DCMAKE_CUDA_FLAGS="-L$cu13/lib" -DDAMACY_CUDA=ON)
-  fi
+# The configure preset (CMakePresets.json): a system nvcc if there is one ("cuda"), else the
+# venv's PyPI nvcc (nvidia-cuda-nvcc, CUDA 13: "ci-cuda-compile"), so the CUDA build compiles
+# here and in CI though nothing runs it; no nvcc at all, or DAMACY_CUDA=OFF: "cpu".
+# DAMACY_PRESET picks one outright.
+export DAMACY_PYTHON="$py"
+DAMACY_TORCH_PREFIX="$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+DAMACY_CU13="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13"
+export DAMACY_TORCH_PREFIX DAMACY_CU13
+if [ -n "${DAMACY_PRESET:-}" ]; then
+  preset="$DAMACY_PRESET"
+elif [ "${DAMACY_CUDA:-AUTO}" = "OFF" ]; then
+  preset=cpu
+elif command -v nvcc >/dev/null 2>&1; then
+  preset=cuda
+elif [ -x "$DAMACY_CU13/bin/nvcc" ]; then
+  preset=ci-cuda-compile
+else
+  preset=cpu
 fi
 
-echo "== cmake configure ($build)" >&2
-torch_prefix="$("$py" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+echo "== cmake configure ($build, preset $preset)" >&2
 # shellcheck disable=SC2086
-cmake -S . -B "$build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$torch_prefix" \
-  -DDAMACY_PYTHON="$py" \
-  -DDAMACY_BUILD_TESTS=ON \
-  "${cuda_args[@]}" \
-  ${DAMACY_CMAKE_ARGS:-} >/dev/null
+cmake --preset "$preset" -B "$build" ${DAMACY_CMAKE_ARGS:-} >/dev/null
 
 echo "== cmake build" >&2
 cmake --build "$build" -j "$jobs"

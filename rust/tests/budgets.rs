@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use damacy::pipeline::{Config, Pipeline};
+use damacy::{Config, Pipeline};
 use damacy::Status;
 use proptest::prelude::*;
 
@@ -16,7 +16,7 @@ fn volume() -> &'static str {
     static DIR: OnceLock<String> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("damacy-budgets-{}", std::process::id()));
-        damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "blosc-zstd", 4).unwrap();
+        damacy::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "blosc-zstd", 4).unwrap();
         dir.to_str().unwrap().to_string()
     })
 }

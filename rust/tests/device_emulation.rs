@@ -4,9 +4,9 @@
 //! (3×2×2 shards of 2×2×2 chunks), zstd and blosc(zstd, shuffle) with one and with four
 //! blocks per chunk; boxes partly outside.
 
-use damacy::pipeline::{Config, Pipeline};
+use damacy::{Config, Pipeline};
 
-fn emulate(b: &mut damacy::pipeline::Batch, spb: usize, sample: &[u64]) -> Vec<f32> {
+fn emulate(b: &mut damacy::Batch, spb: usize, sample: &[u64]) -> Vec<f32> {
     let staging = b.staging().to_vec();
     let mut arena = vec![0u8; b.decoded_bytes() as usize];
     for op in b.decode_ops() {
@@ -96,7 +96,7 @@ fn device_plan_equals_cpu_path() {
     // blosc-zstd:1024: four blocks of two z-planes per 8×16×16 chunk, so crops skip blocks.
     for codec in ["zstd", "blosc-zstd", "blosc-zstd:1024"] {
         let path = base.join(codec);
-        damacy::example::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
+        damacy::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[16, 32, 32], codec, 3).unwrap();
         let uri = path.to_str().unwrap();
         let (cpu, _) = run(uri, "cpu", &boxes, &sample, 4, 4096);
         let (gpu, stats) = run(uri, "cuda:0", &boxes, &sample, 4, 4096);

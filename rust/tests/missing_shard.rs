@@ -2,15 +2,15 @@
 //! the sample is ready, and its voxels become the fill value with neighbours intact.
 //! Geometry: shape=[32,32,32] uint16, inner=[8,8,8], shard=[16,16,16]: 2×2×2 shards.
 
-use damacy::io::WorkerPool;
-use damacy::pipeline::{Config, Pipeline};
-use damacy::plan::ShardLookup;
-use damacy::prefetch::{Options, Phase, Prefetcher};
+use damacy::testing::io::WorkerPool;
+use damacy::{Config, Pipeline};
+use damacy::testing::plan::ShardLookup;
+use damacy::testing::prefetch::{Options, Phase, Prefetcher};
 use std::time::Duration;
 
 fn volume(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("damacy-missing-{tag}-{}", std::process::id()));
-    damacy::example::write_example_volume(dir.to_str().unwrap(), &[32, 32, 32], &[8, 8, 8], &[16, 16, 16], "zstd", 5).unwrap();
+    damacy::write_example_volume(dir.to_str().unwrap(), &[32, 32, 32], &[8, 8, 8], &[16, 16, 16], "zstd", 5).unwrap();
     dir
 }
 

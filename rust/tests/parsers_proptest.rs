@@ -10,8 +10,8 @@
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
-use damacy::decode::ChunkCodec;
-use damacy::zarr::{ArrayMeta, CodecSpec, KeyEncoding, ShardIndex};
+use damacy::testing::decode::ChunkCodec;
+use damacy::testing::zarr::{ArrayMeta, CodecSpec, KeyEncoding, ShardIndex};
 use proptest::prelude::*;
 use zarrs::array::codec::{Crc32cCodec, GzipCodec, ShardingCodecBuilder, ShardingIndexLocation, TransposeCodec, TransposeOrder, ZstdCodec};
 use zarrs::array::{data_type, ArrayBuilder, ArrayShardedReadableExt, ArrayShardedReadableExtCache, BytesToBytesCodecTraits, ChunkKeySeparator, FillValueMetadata};

@@ -2,7 +2,7 @@
 //! (independent of zarrs' writer): shape=[10,12], shard=[4,8], inner=[2,4]: 3×2 shards of
 //! 2×2 inner chunks; shard (2,1) is absent (fill), inner chunk 1 of shard (0,0) is absent.
 
-use damacy::pipeline::{Config, Pipeline};
+use damacy::{Config, Pipeline};
 use damacy::Status;
 
 const SHAPE: [u64; 2] = [10, 12];

@@ -6,13 +6,13 @@
 
 use std::time::Duration;
 
-use damacy::io::WorkerPool;
-use damacy::prefetch::{Options, Phase, Prefetcher};
+use damacy::testing::io::WorkerPool;
+use damacy::testing::prefetch::{Options, Phase, Prefetcher};
 use damacy::Status;
 
 fn volume(tag: &str, codec: &str) -> String {
     let dir = std::env::temp_dir().join(format!("damacy-prefetch-{tag}-{}", std::process::id()));
-    damacy::example::write_example_volume(dir.to_str().unwrap(), &[64, 32, 32], &[8, 8, 8], &[16, 16, 16], codec, 3).unwrap();
+    damacy::write_example_volume(dir.to_str().unwrap(), &[64, 32, 32], &[8, 8, 8], &[16, 16, 16], codec, 3).unwrap();
     dir.to_str().unwrap().to_string()
 }
 
@@ -123,7 +123,7 @@ fn load_errors_fail_the_sample_typed() {
 
 #[test]
 fn arrays_named_in_the_config_are_checked_when_the_pipeline_is_made() {
-    use damacy::pipeline::{Config, Pipeline};
+    use damacy::{Config, Pipeline};
     let uri = volume("construct", "zstd");
     let cfg = |extra: &str| Config::from_json(&format!(r#"{{"samples_per_batch": 4, "sample_shape": [16, 32, 32], "arrays": ["{uri}"]{extra}}}"#)).unwrap();
     // 4 samples × up to 8 shards, capped by the array's 16.

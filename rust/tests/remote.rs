@@ -16,8 +16,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use damacy::pipeline::{Config, Pipeline};
-use damacy::store::{self, RangeRead, ReadOutcome, StorageOptions};
+use damacy::{Config, Pipeline};
+use damacy::testing::store::{self, RangeRead, ReadOutcome, StorageOptions};
 use damacy::Status;
 
 struct Servers {
@@ -65,9 +65,9 @@ fn servers() -> Option<&'static Servers> {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let vol = root.join("vol.zarr");
-        damacy::example::write_example_volume(vol.to_str().unwrap(), &[40, 48, 56], &[8, 16, 16], &[16, 32, 32], "zstd", 11).unwrap();
+        damacy::write_example_volume(vol.to_str().unwrap(), &[40, 48, 56], &[8, 16, 16], &[16, 32, 32], "zstd", 11).unwrap();
         std::fs::remove_file(vol.join("c/1/1/1")).unwrap();
-        damacy::example::write_example_volume(root.join("blosc.zarr").to_str().unwrap(), &[40, 48, 56], &[16, 16, 16], &[], "blosc-zstd", 11).unwrap();
+        damacy::write_example_volume(root.join("blosc.zarr").to_str().unwrap(), &[40, 48, 56], &[16, 16, 16], &[], "blosc-zstd", 11).unwrap();
         let mut child = Command::new(&py)
             .arg(repo().join("tests/remote_servers.py"))
             .arg("--root")

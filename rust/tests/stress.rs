@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use damacy::pipeline::{Config, Pipeline};
+use damacy::{Config, Pipeline};
 use damacy::Status;
 
 fn boxes(n: usize, seed: u64) -> Vec<[i64; 3]> {
@@ -38,7 +38,7 @@ fn reference(uri: &str, b: &[i64; 3]) -> Vec<u32> {
 #[test]
 fn concurrent_push_and_pop_with_small_caches() {
     let dir = std::env::temp_dir().join(format!("damacy-stress-{}", std::process::id()));
-    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 11).unwrap();
+    damacy::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 11).unwrap();
     let uri: Arc<str> = dir.to_str().unwrap().into();
     let all = boxes(96, 5);
     let refs: Vec<Vec<u32>> = all.iter().map(|b| reference(&uri, b)).collect();
@@ -100,13 +100,29 @@ fn concurrent_push_and_pop_with_small_caches() {
         assert_eq!(stats["samples_pushed"].as_u64().unwrap(), all.len() as u64);
         p.close();
     }
-    // Close from a third thread while one thread pushes and another pops: both stop with
-    // Shutdown, nothing hangs.
+    close_while_pushing_and_popping(&uri, &all);
+    // Close with work in flight returns promptly.
+    let cfg = Config::from_json(r#"{"samples_per_batch": 8, "sample_shape": [5, 9, 7], "n_io_threads": 2, "lookahead_samples": 64}"#).unwrap();
+    let p = Pipeline::new(cfg).unwrap();
+    for b in &all[..64] {
+        let stops: Vec<i64> = b.iter().zip(SAMPLE).map(|(s, e)| s + e).collect();
+        assert!(p.push(&uri, b, &stops).unwrap());
+    }
+    let t = std::time::Instant::now();
+    p.close();
+    assert!(t.elapsed() < Duration::from_secs(5), "close took {:?}", t.elapsed());
+    assert_eq!(p.pop(1.0).unwrap_err().status(), Status::Shutdown);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Close from a third thread while one thread pushes and another pops: both stop with
+/// Shutdown, nothing hangs.
+fn close_while_pushing_and_popping(uri: &Arc<str>, all: &[[i64; 3]]) {
     for delay_ms in [0u64, 5, 30] {
         let cfg = Config::from_json(r#"{"samples_per_batch": 2, "sample_shape": [5, 9, 7], "n_io_threads": 2, "n_shard_index_cache": 16, "lookahead_samples": 6}"#).unwrap();
         let p = Arc::new(Pipeline::new(cfg).unwrap());
         let pusher = {
-            let (p, uri, all) = (Arc::clone(&p), Arc::clone(&uri), all.clone());
+            let (p, uri, all) = (Arc::clone(&p), Arc::clone(uri), all.to_vec());
             std::thread::spawn(move || loop {
                 for b in &all {
                     let stops: Vec<i64> = b.iter().zip(SAMPLE).map(|(s, e)| s + e).collect();
@@ -137,24 +153,12 @@ fn concurrent_push_and_pop_with_small_caches() {
         assert_eq!(popper.join().unwrap(), Status::Shutdown);
         assert!(t.elapsed() < Duration::from_secs(5), "close took {:?}", t.elapsed());
     }
-    // Close with work in flight returns promptly.
-    let cfg = Config::from_json(r#"{"samples_per_batch": 8, "sample_shape": [5, 9, 7], "n_io_threads": 2, "lookahead_samples": 64}"#).unwrap();
-    let p = Pipeline::new(cfg).unwrap();
-    for b in &all[..64] {
-        let stops: Vec<i64> = b.iter().zip(SAMPLE).map(|(s, e)| s + e).collect();
-        assert!(p.push(&uri, b, &stops).unwrap());
-    }
-    let t = std::time::Instant::now();
-    p.close();
-    assert!(t.elapsed() < Duration::from_secs(5), "close took {:?}", t.elapsed());
-    assert_eq!(p.pop(1.0).unwrap_err().status(), Status::Shutdown);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn holding_every_batch_starves_the_pool_with_a_typed_error() {
     let dir = std::env::temp_dir().join(format!("damacy-starve-{}", std::process::id()));
-    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 1).unwrap();
+    damacy::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 1).unwrap();
     let uri = dir.to_str().unwrap();
     let cfg = Config::from_json(r#"{"samples_per_batch": 1, "sample_shape": [5, 9, 7], "n_batch_buffers": 2, "lookahead_samples": 4}"#).unwrap();
     let p = Pipeline::new(cfg).unwrap();
@@ -174,7 +178,7 @@ fn holding_every_batch_starves_the_pool_with_a_typed_error() {
 #[test]
 fn decoded_cache_gives_the_same_values_and_hits_on_revisits() {
     let dir = std::env::temp_dir().join(format!("damacy-decoded-cache-{}", std::process::id()));
-    damacy::example::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 2).unwrap();
+    damacy::write_example_volume(dir.to_str().unwrap(), &[24, 40, 40], &[4, 8, 8], &[8, 16, 16], "zstd", 2).unwrap();
     let uri = dir.to_str().unwrap();
     let all = boxes(48, 9);
     let read_all = |cache: u64| -> (Vec<Vec<u32>>, serde_json::Value) {

@@ -7,8 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use damacy::pipeline::{Config, Pipeline};
-use damacy::prefetch::{load_array, multiscale_levels};
+use damacy::{Config, Pipeline};
+use damacy::testing::prefetch::{load_array, multiscale_levels};
 use damacy::Status;
 
 const SHAPE: [u64; 3] = [20, 30, 40];

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use arbitrary::Arbitrary;
-use damacy::pipeline::{Config, Pipeline};
-use damacy::store::mem;
-use damacy::zarr::{ArrayMeta, KeyEncoding};
+use damacy::{Config, Pipeline};
+use damacy::testing::store::mem;
+use damacy::testing::zarr::{ArrayMeta, KeyEncoding};
 use damacy::Status;
 use serde_json::{json, Value};
 
@@ -204,7 +204,7 @@ impl Knobs {
             chain.push(json!({"name": "transpose", "configuration": {"order": order}}));
         }
         chain.push(endian);
-        let typesize = damacy::zarr::SourceDtype::from_name(self.data_type()).map_or(1, damacy::zarr::SourceDtype::size);
+        let typesize = damacy::testing::zarr::SourceDtype::from_name(self.data_type()).map_or(1, damacy::testing::zarr::SourceDtype::size);
         match self.codecs & 7 {
             1 => chain.push(json!({"name": "zstd", "configuration": {"level": 1, "checksum": false}})),
             2 => chain.push(json!({"name": "zstd", "configuration": {"level": 1, "checksum": true}})),
@@ -385,7 +385,7 @@ pub fn config(sample_shape: &[u64], device: bool) -> Config {
         samples_per_batch: SAMPLES_PER_BATCH,
         sample_shape: sample_shape.to_vec(),
         device: if device { "cuda:0".into() } else { "cpu".into() },
-        decode: if device { damacy::pipeline::Decode::Gpu } else { damacy::pipeline::Decode::Cpu },
+        decode: if device { damacy::Decode::Gpu } else { damacy::Decode::Cpu },
         lookahead_samples: SAMPLES_PER_BATCH,
         n_io_threads: 1,
         n_array_meta_cache: 4,
@@ -423,7 +423,7 @@ pub fn run(input: &BatchInput) -> Option<Status> {
     let before = reset_peak();
     let mut ps = pipelines().lock().unwrap_or_else(PoisonError::into_inner);
     let p = ps.entry((sample.clone(), device, fill)).or_insert_with(|| {
-        let cfg = Config { out_of_bounds: if fill { damacy::pipeline::OutOfBounds::Fill } else { damacy::pipeline::OutOfBounds::Error }, ..config(&sample, device) };
+        let cfg = Config { out_of_bounds: if fill { damacy::OutOfBounds::Fill } else { damacy::OutOfBounds::Error }, ..config(&sample, device) };
         Pipeline::new(cfg).expect("pipeline")
     });
     for s in 0..SAMPLES_PER_BATCH as usize {
@@ -457,7 +457,7 @@ pub fn run(input: &BatchInput) -> Option<Status> {
 }
 
 /// The device ops stay inside the buffers the extension gives them.
-fn check_device_ops(b: &mut damacy::pipeline::Batch, meta: Option<&ArrayMeta>, sample: &[u64]) {
+fn check_device_ops(b: &mut damacy::Batch, meta: Option<&ArrayMeta>, sample: &[u64]) {
     let staging = b.staging().len() as u64;
     let arena = b.decoded_bytes();
     for op in b.decode_ops() {

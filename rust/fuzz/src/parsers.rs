@@ -1,7 +1,7 @@
 //! The single-parser targets: `zarr_json`, `shard_index`, `blosc_frame`, `zstd_frame`.
 
-use damacy::zarr::blosc::{BloscFrame, HEAD_PROBE};
-use damacy::zarr::{zstd_frame, ArrayMeta, KeyEncoding, ShardIndex, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
+use damacy::testing::zarr::blosc::{BloscFrame, HEAD_PROBE};
+use damacy::testing::zarr::{zstd_frame, ArrayMeta, KeyEncoding, ShardIndex, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
 use damacy::Status;
 use serde_json::{json, Value};
 

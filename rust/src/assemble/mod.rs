@@ -24,7 +24,7 @@ use crate::zarr::SourceDtype;
 
 /// A batch's output memory, written concurrently by workers at disjoint voxels.
 #[derive(Debug, Clone, Copy)]
-pub struct OutBuffer {
+pub(crate) struct OutBuffer {
     ptr: *mut u8,
     len: usize,
     /// Output dtype.
@@ -46,7 +46,7 @@ impl OutBuffer {
     /// # Safety
     /// `ptr..ptr+len` must stay valid and unaliased by other writers for as long as the
     /// view is used, and concurrent users must write disjoint voxels.
-    pub unsafe fn new(ptr: *mut u8, len: usize, dtype: OutDtype, sample_voxels: usize) -> Self {
+    pub(crate) unsafe fn new(ptr: *mut u8, len: usize, dtype: OutDtype, sample_voxels: usize) -> Self {
         Self { ptr, len, dtype, sample_voxels }
     }
 
@@ -245,7 +245,7 @@ fn for_each_row(extent: &[u64], src_shape: &[u64], src_start: &[u64], dst_shape:
 ///
 /// # Safety
 /// The destination voxels must not be accessed concurrently (planner invariant).
-pub unsafe fn copy_region(src: &[u8], src_dtype: SourceDtype, chunk_shape: &[u64], copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) {
+pub(crate) unsafe fn copy_region(src: &[u8], src_dtype: SourceDtype, chunk_shape: &[u64], copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) {
     let cast = row_cast(src_dtype, out.dtype);
     let es = src_dtype.size();
     let row = *copy.extent.last().unwrap_or(&1) as usize;
@@ -261,7 +261,7 @@ pub unsafe fn copy_region(src: &[u8], src_dtype: SourceDtype, chunk_shape: &[u64
 ///
 /// # Safety
 /// As [`copy_region`].
-pub unsafe fn fill_region(fill: &[u8], src_dtype: SourceDtype, sample: u32, region: &Region, out: &OutBuffer, sample_shape: &[u64]) {
+pub(crate) unsafe fn fill_region(fill: &[u8], src_dtype: SourceDtype, sample: u32, region: &Region, out: &OutBuffer, sample_shape: &[u64]) {
     let mut one = [0u8; 8]; // the widest output element (i64)
     let osize = out.dtype.size();
     row_cast(src_dtype, out.dtype)(fill, &mut one[..osize]);
@@ -281,7 +281,7 @@ pub unsafe fn fill_region(fill: &[u8], src_dtype: SourceDtype, sample: u32, regi
 ///
 /// # Safety
 /// As [`copy_region`].
-pub unsafe fn fill_copy(fill: &[u8], src_dtype: SourceDtype, copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) {
+pub(crate) unsafe fn fill_copy(fill: &[u8], src_dtype: SourceDtype, copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) {
     let region = Region { start: copy.sample_start.clone(), extent: copy.extent.clone() };
     // SAFETY: forwarded contract.
     unsafe { fill_region(fill, src_dtype, copy.sample, &region, out, sample_shape) }

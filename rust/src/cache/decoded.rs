@@ -26,7 +26,7 @@ pub struct ChunkKey {
 
 /// A byte-bounded LRU map from chunk to decoded bytes. Not synchronised.
 #[derive(Default)]
-pub struct DecodedCache {
+pub(crate) struct DecodedCache {
     capacity: u64,
     bytes: u64,
     clock: u64,
@@ -37,17 +37,17 @@ pub struct DecodedCache {
 
 impl DecodedCache {
     /// A cache of at most `capacity` decoded bytes (0: never stores anything).
-    pub fn new(capacity: u64) -> Self {
+    pub(crate) fn new(capacity: u64) -> Self {
         Self { capacity, ..Self::default() }
     }
 
     /// `true` when the cache can hold anything.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.capacity > 0
     }
 
     /// The decoded bytes of `key`, marking it recently used.
-    pub fn get(&mut self, key: &ChunkKey) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn get(&mut self, key: &ChunkKey) -> Option<Arc<Vec<u8>>> {
         if !self.enabled() {
             return None;
         }
@@ -70,7 +70,7 @@ impl DecodedCache {
 
     /// Stores `value` for `key`, evicting least recently used entries to stay within the
     /// capacity; a value larger than the capacity is not stored.
-    pub fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>) {
+    pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>) {
         let size = value.len() as u64;
         if size > self.capacity || self.entries.contains_key(&key) {
             return;
@@ -89,12 +89,13 @@ impl DecodedCache {
     }
 
     /// Hits, misses, evictions.
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.stats
     }
 
     /// Decoded bytes held.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 }

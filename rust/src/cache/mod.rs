@@ -12,7 +12,7 @@
 //! Owns its slots; calls nothing. Not synchronised: the pipeline keeps each cache behind a
 //! mutex.
 
-pub mod decoded;
+pub(crate) mod decoded;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// Addresses one cache entry: the slot and the generation the slot had when handed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Handle {
+pub(crate) struct Handle {
     slot: u32,
     generation: u32,
 }
@@ -48,7 +48,7 @@ pub struct CacheStats {
 
 /// The outcome of [`Cache::acquire`]; either way the entry is pinned once for the caller.
 #[derive(Debug)]
-pub enum Acquired<V> {
+pub(crate) enum Acquired<V> {
     /// The value is present.
     Hit(Handle, Arc<V>),
     /// A slot was reserved for the key: load the value, then [`Cache::fill`] it, or
@@ -59,7 +59,7 @@ pub enum Acquired<V> {
 }
 
 /// A fixed-capacity, generation-checked, pin-aware LRU cache.
-pub struct Cache<K, V> {
+pub(crate) struct Cache<K, V> {
     /// Made on demand, never more than `capacity`.
     slots: Vec<Slot<K, V>>,
     capacity: usize,
@@ -74,24 +74,24 @@ pub struct Cache<K, V> {
 
 impl<K: Clone + Eq + Hash, V> Cache<K, V> {
     /// A cache of `capacity` entries (1 to 2^32 - 1; clamped). Allocates nothing up front.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, u32::MAX as usize);
         Self { slots: Vec::new(), capacity, index: HashMap::default(), lru: BTreeMap::new(), free: Vec::new(), clock: 0, stats: CacheStats::default() }
     }
 
     /// Capacity in entries.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// Hit, miss and eviction counts so far.
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.stats
     }
 
     /// Finds `key` (pinning it) or reserves a slot for it, evicting the least recently used
     /// unpinned entry.
-    pub fn acquire(&mut self, key: &K) -> Acquired<V> {
+    pub(crate) fn acquire(&mut self, key: &K) -> Acquired<V> {
         self.clock += 1;
         if let Some(&i) = self.index.get(key) {
             let slot = &mut self.slots[i as usize];
@@ -146,20 +146,21 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
     }
 
     /// Stores the loaded value of a reserved entry; ignored for a stale handle.
-    pub fn fill(&mut self, h: Handle, value: Arc<V>) {
+    pub(crate) fn fill(&mut self, h: Handle, value: Arc<V>) {
         if self.slot(h).is_some() {
             self.slots[h.slot as usize].value = Some(value);
         }
     }
 
     /// The value behind `h`; `None` when the handle is stale or the entry is not filled.
-    pub fn get(&self, h: Handle) -> Option<&Arc<V>> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, h: Handle) -> Option<&Arc<V>> {
         self.slot(h).and_then(|s| s.value.as_ref())
     }
 
     /// Unpins once. An entry left unfilled and unpinned is dropped, so a failed load is
     /// retried by the next lookup.
-    pub fn release(&mut self, h: Handle) {
+    pub(crate) fn release(&mut self, h: Handle) {
         if self.slot(h).is_none() {
             return;
         }
@@ -190,7 +191,7 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
 
     /// Forgets `key`: later lookups miss (and load it again). Holders of pins keep the old
     /// value until they release it; its slot is then freed.
-    pub fn invalidate(&mut self, key: &K) {
+    pub(crate) fn invalidate(&mut self, key: &K) {
         let Some(i) = self.index.remove(key) else { return };
         let slot = &mut self.slots[i as usize];
         if slot.pins == 0 {
@@ -207,7 +208,7 @@ impl<K: Clone + Eq + Hash, V> Cache<K, V> {
     }
 
     /// Number of pinned entries.
-    pub fn pinned(&self) -> usize {
+    pub(crate) fn pinned(&self) -> usize {
         self.slots.iter().filter(|s| s.pins > 0).count()
     }
 }

@@ -33,7 +33,7 @@ use crate::zarr::{ArrayMeta, CodecSpec, Endian};
 /// Largest stored size of a chunk that decodes to `decoded` bytes: what any chain of
 /// compressors can expand incompressible data to, with room to spare. A shard index entry or
 /// chunk file larger than this is malformed (and never read).
-pub fn max_encoded_len(decoded: u64) -> u64 {
+pub(crate) fn max_encoded_len(decoded: u64) -> u64 {
     decoded.saturating_add(decoded / 2).saturating_add(64 << 10)
 }
 
@@ -99,7 +99,7 @@ fn zarrs_data_type(name: &str) -> Result<DataType> {
 ///
 /// # Errors
 /// Decode when the data is shorter than the checksum or the checksum does not match.
-pub fn strip_crc32c(data: &[u8]) -> Result<&[u8]> {
+pub(crate) fn strip_crc32c(data: &[u8]) -> Result<&[u8]> {
     let split = data.len().checked_sub(4).ok_or_else(|| err!(Decode, "crc32c: chunk of {} bytes has no checksum", data.len()))?;
     let (body, sum) = data.split_at(split);
     let stored = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);

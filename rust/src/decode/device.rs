@@ -68,7 +68,7 @@ const BIT_SHUFFLE: u32 = ShuffleKind::Bit.repr;
 
 /// One op for the device.
 #[derive(Debug, Clone, Copy)]
-pub enum DeviceOp {
+pub(crate) enum DeviceOp {
     /// Decompress (or copy) a staged range into the decoded arena.
     Decode(GpuDecodeOp),
     /// The zstd Content_Checksum (XXH64's lower 32 bits) of the decode op just before it.
@@ -80,7 +80,7 @@ pub enum DeviceOp {
 /// The blosc blocks of a chunk a batch decodes, when its framing came from the cache: the
 /// framing, which blocks, and the chunk offset where the staged bytes start.
 #[derive(Debug, Clone, Copy)]
-pub struct BlockChoice<'a> {
+pub(crate) struct BlockChoice<'a> {
     /// The chunk's framing.
     pub frame: &'a BloscFrame,
     /// Per block: decode it.
@@ -95,7 +95,7 @@ pub struct BlockChoice<'a> {
 /// # Errors
 /// Decode naming what is wrong (checksum, frame, header, block, stream); the caller adds the
 /// uri and the chunk.
-pub fn prepare(route: DeviceRoute, staged: &[u8], at: u64, decoded_len: u64, dst: u64, blocks: Option<BlockChoice<'_>>, out: &mut Vec<DeviceOp>) -> Result<()> {
+pub(crate) fn prepare(route: DeviceRoute, staged: &[u8], at: u64, decoded_len: u64, dst: u64, blocks: Option<BlockChoice<'_>>, out: &mut Vec<DeviceOp>) -> Result<()> {
     let bytes = if route.crc { super::strip_crc32c(staged)? } else { staged };
     let len = bytes.len() as u64;
     match route.codec {
@@ -176,7 +176,7 @@ fn prepare_blosc(bytes: &[u8], at: u64, decoded_len: u64, dst: u64, blocks: Opti
 }
 
 /// The op that copies a chunk decoded on the CPU (staged raw at `at`) into the arena.
-pub fn staged_raw(at: u64, len: u64, dst: u64) -> DeviceOp {
+pub(crate) fn staged_raw(at: u64, len: u64, dst: u64) -> DeviceOp {
     DeviceOp::Decode(GpuDecodeOp { codec: COPY, src_offset: at, src_len: len, dst_offset: dst, dst_len: len })
 }
 

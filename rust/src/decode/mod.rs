@@ -7,11 +7,12 @@
 //! Calls: `zarr` (typed codec chains, framing parsers). Called by `prefetch` (builds the
 //! decoder when an array is opened) and `pipeline` (runs it in worker jobs).
 
-pub mod cpu;
-pub mod device;
+pub(crate) mod cpu;
+pub(crate) mod device;
 
-pub use cpu::{max_encoded_len, strip_crc32c, ChunkCodec};
-pub use device::{DeviceCodec, DeviceRoute};
+pub use cpu::ChunkCodec;
+pub(crate) use cpu::{max_encoded_len, strip_crc32c};
+pub(crate) use device::{DeviceCodec, DeviceRoute};
 
 use crate::error::Result;
 use crate::zarr::ArrayMeta;

@@ -7,7 +7,7 @@
 use crate::error::{Result, Status};
 use crate::ffi::guard;
 use crate::pipeline;
-pub use crate::pipeline::{Batch, Config, Pipeline};
+pub(crate) use crate::pipeline::{Batch, Config, Pipeline};
 
 #[allow(missing_docs, unreachable_pub)] // documented on the bridge items and on `pipeline`
 #[cxx::bridge(namespace = "damacy::ffi")]
@@ -139,7 +139,7 @@ pub mod bridge {
     }
 }
 
-pub use bridge::{ArrayInfo, SampleRecord};
+pub(crate) use bridge::{ArrayInfo, SampleRecord};
 
 /// The serde name of a unit enum value (the config's spelling).
 fn serde_name<T: serde::Serialize>(v: &T) -> String {

@@ -9,10 +9,12 @@
 //! function returns `Result` and runs under [`guard`]; the error's message starts with the
 //! stable status token `"[Status] "` that C++ and Python turn back into a typed error.
 
-pub mod api;
-pub mod records;
+// A panic here aborts the host process (cxx), so the contract is enforced where clippy can:
+// no `unwrap`/`expect` anywhere in the bridge (clippy runs with -D warnings in CI).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
-pub use records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+pub(crate) mod api;
+pub(crate) mod records;
 
 use crate::error::{Error, Result, Status};
 

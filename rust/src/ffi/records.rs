@@ -199,4 +199,5 @@ pub mod bridge {
 }
 
 
-pub use bridge::{CacheCounts, DecodeCodec, GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype, Stats, Status};
+pub use bridge::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, Stats, Status};
+pub(crate) use bridge::{CacheCounts, DecodeCodec, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype};

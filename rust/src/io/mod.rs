@@ -8,7 +8,8 @@
 
 mod pool;
 
-pub use pool::{Grower, Spawner, WorkerPool};
+pub use pool::WorkerPool;
+pub(crate) use pool::{Grower, Spawner};
 
 use crate::error::Result;
 use crate::plan::staging::ReadOp;
@@ -16,7 +17,7 @@ use crate::store::{Generation, ObjectInfo, RangeRead, ReadOutcome, Store};
 
 /// What a read op found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Read {
+pub(crate) enum Read {
     /// The staging range holds the bytes.
     Done,
     /// The object is another generation than the one planned with: nothing usable was read.
@@ -32,7 +33,7 @@ pub enum Read {
 ///
 /// # Errors
 /// Storage when the object is short or the read fails (naming object and range).
-pub fn read_op(store: &dyn Store, op: &ReadOp, buf: &mut [u8]) -> Result<Read> {
+pub(crate) fn read_op(store: &dyn Store, op: &ReadOp, buf: &mut [u8]) -> Result<Read> {
     let mut ranges = [RangeRead { offset: op.offset, buf }];
     Ok(match store.read_ranges(&op.key, op.generation.as_ref(), &mut ranges)? {
         ReadOutcome::Done(_) => Read::Done,
@@ -46,12 +47,12 @@ pub fn read_op(store: &dyn Store, op: &ReadOp, buf: &mut [u8]) -> Result<Read> {
 ///
 /// # Errors
 /// Storage when it is larger than `max_len` (a corrupt chunk) or the read fails.
-pub fn read_whole(store: &dyn Store, key: &str, max_len: u64) -> Result<Option<(Vec<u8>, ObjectInfo)>> {
+pub(crate) fn read_whole(store: &dyn Store, key: &str, max_len: u64) -> Result<Option<(Vec<u8>, ObjectInfo)>> {
     store.get(key, max_len)
 }
 
 /// The message of a read that found its shard rewritten.
-pub fn changed_message(store: &dyn Store, key: &str, expected: Option<&Generation>, found: &Generation) -> String {
+pub(crate) fn changed_message(store: &dyn Store, key: &str, expected: Option<&Generation>, found: &Generation) -> String {
     format!(
         "{}: the shard changed while the pipeline was reading it (generation {found}, its index was read at {}); its index is read again for later batches",
         store.describe(key),
@@ -60,6 +61,6 @@ pub fn changed_message(store: &dyn Store, key: &str, expected: Option<&Generatio
 }
 
 /// The message of a read that found its shard gone.
-pub fn vanished_message(store: &dyn Store, key: &str) -> String {
+pub(crate) fn vanished_message(store: &dyn Store, key: &str) -> String {
     format!("{}: the shard vanished since its index was read; later batches read it as absent (fill)", store.describe(key))
 }

@@ -33,8 +33,8 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 pub use batch::Batch;
 pub use config::{Config, Decode, OutDtype, OutOfBounds, Recheck};
 /// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
-pub use crate::plan::Array;
-pub use crate::prefetch::MultiscaleInfo;
+pub(crate) use crate::plan::Array;
+pub(crate) use crate::prefetch::MultiscaleInfo;
 
 use crate::error::{err, Result};
 use crate::io::WorkerPool;
@@ -45,7 +45,7 @@ use buffers::BufferPool;
 use stats::Stats;
 
 /// How long `close` waits for the scheduler and the workers before detaching them.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct BatchJob {
     seq: u64,
@@ -476,7 +476,7 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
 ///
 /// # Errors
 /// NotFound, InvalidArgument, DtypeMismatch, Storage from reading the metadata or listing.
-pub fn open_array(uri: &str, usage: bool) -> Result<(Arc<plan::Array>, (u64, u64))> {
+pub(crate) fn open_array(uri: &str, usage: bool) -> Result<(Arc<plan::Array>, (u64, u64))> {
     let array = prefetch::load_array(uri)?;
     let du = if usage { array.store.du()? } else { (0, 0) };
     Ok((Arc::new(array), du))
@@ -487,7 +487,7 @@ pub fn open_array(uri: &str, usage: bool) -> Result<(Arc<plan::Array>, (u64, u64
 ///
 /// # Errors
 /// As [`open_array`], and those of opening any level of a multiscale group.
-pub fn open_node(uri: &str, usage: bool) -> Result<Node> {
+pub(crate) fn open_node(uri: &str, usage: bool) -> Result<Node> {
     Ok(match prefetch::open_node(uri)? {
         prefetch::Opened::Array(array) => {
             let du = if usage { array.store.du()? } else { (0, 0) };
@@ -498,7 +498,7 @@ pub fn open_node(uri: &str, usage: bool) -> Result<Node> {
 }
 
 /// What [`open_node`] found.
-pub enum Node {
+pub(crate) enum Node {
     /// An array and its (objects, bytes) stored (zeros without `usage`).
     Array(Arc<plan::Array>, (u64, u64)),
     /// A multiscale group's levels.

@@ -12,7 +12,7 @@ use crate::zarr::blosc::BloscFrame;
 use crate::zarr::{ArrayMeta, SourceDtype};
 
 /// The assemble kernel's code of a source dtype (`GpuCopyOp::src_dtype`).
-pub fn dtype_code(d: SourceDtype) -> u32 {
+pub(crate) fn dtype_code(d: SourceDtype) -> u32 {
     let code = match d {
         SourceDtype::Bool => SrcDtype::Bool,
         SourceDtype::U8 => SrcDtype::U8,
@@ -53,7 +53,7 @@ fn fill_bits(meta: &ArrayMeta) -> u64 {
 ///
 /// # Errors
 /// InvalidArgument for a rank above 4 or an extent above 2^32 - 1.
-pub fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>> {
+pub(crate) fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopyOp>> {
     let mut ops = Vec::new();
     for (i, op) in plan.chunk_ops.iter().enumerate() {
         let meta = &plan.array_of(op).meta;
@@ -90,7 +90,7 @@ pub fn copy_ops(plan: &BatchPlan, staging: &StagingLayout) -> Result<Vec<GpuCopy
 
 /// The blocks of one blosc chunk that a batch decodes, from its cached framing.
 #[derive(Debug)]
-pub struct Blocks {
+pub(crate) struct Blocks {
     /// The chunk's framing.
     pub frame: Arc<BloscFrame>,
     /// Per block: decode it.
@@ -105,7 +105,7 @@ pub struct Blocks {
 impl Blocks {
     /// The blocks holding the elements `op`'s copies read: per copy, every block between
     /// its first and last element in C order.
-    pub fn needed(frame: Arc<BloscFrame>, op: &ChunkOp, meta: &ArrayMeta, crc: bool) -> Self {
+    pub(crate) fn needed(frame: Arc<BloscFrame>, op: &ChunkOp, meta: &ArrayMeta, crc: bool) -> Self {
         let n = frame.blocks.len();
         let mut needed = vec![false; n];
         let shape = meta.chunk_shape();

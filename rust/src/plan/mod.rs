@@ -22,8 +22,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub mod device;
-pub mod staging;
+pub(crate) mod device;
+pub(crate) mod staging;
 
 use crate::decode::{max_encoded_len, ArrayDecoder};
 use crate::error::{err, Result};
@@ -32,7 +32,7 @@ use crate::zarr::{ArrayMeta, ShardIndex};
 
 /// Most chunk ops one batch may plan (a sample of tiny chunks fails with BudgetExceeded
 /// instead of enumerating millions of them).
-pub const MAX_CHUNK_OPS: u64 = 1 << 20;
+pub(crate) const MAX_CHUNK_OPS: u64 = 1 << 20;
 
 /// An opened array: where it is, what it is, how its chunks decode. Built once per array by
 /// the prefetcher and shared by every batch reading it.
@@ -68,23 +68,17 @@ pub struct Shard {
 
 /// A box in some coordinate frame: `start` and `extent` per dimension.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Region {
+pub(crate) struct Region {
     /// First voxel.
     pub start: Vec<u64>,
     /// Size per dimension (all positive).
     pub extent: Vec<u64>,
 }
 
-impl Region {
-    /// Voxels in the region.
-    pub fn voxels(&self) -> u64 {
-        self.extent.iter().product()
-    }
-}
 
 /// One copy from a decoded chunk into a sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Copy {
+pub(crate) struct Copy {
     /// Sample index within the batch.
     pub sample: u32,
     /// Start inside the decoded chunk.
@@ -97,7 +91,7 @@ pub struct Copy {
 
 /// Where a chunk's encoded bytes are (keys are relative to the op's array's store).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChunkSource {
+pub(crate) enum ChunkSource {
     /// `nbytes` at `offset` of a shard file of generation `generation`.
     Range {
         /// Shard key.
@@ -117,7 +111,7 @@ pub enum ChunkSource {
 
 /// Read, decode and scatter one chunk.
 #[derive(Debug, Clone)]
-pub struct ChunkOp {
+pub(crate) struct ChunkOp {
     /// Index into [`BatchPlan::arrays`].
     pub array: u32,
     /// Inner chunk coordinates in the array's chunk grid (for messages).
@@ -130,7 +124,7 @@ pub struct ChunkOp {
 
 /// Fill part of a sample with its array's fill value.
 #[derive(Debug, Clone)]
-pub struct FillOp {
+pub(crate) struct FillOp {
     /// Index into [`BatchPlan::arrays`].
     pub array: u32,
     /// Sample index.
@@ -140,7 +134,7 @@ pub struct FillOp {
 }
 
 /// The resolved inputs of one sample.
-pub struct ResolvedSample<'a> {
+pub(crate) struct ResolvedSample<'a> {
     /// The array.
     pub array: &'a Arc<Array>,
     /// `(start, stop)` per dimension.
@@ -156,7 +150,7 @@ pub trait ShardLookup {
 
 /// The plan of one batch.
 #[derive(Debug, Default)]
-pub struct BatchPlan {
+pub(crate) struct BatchPlan {
     /// Distinct arrays of the batch (chunk and fill ops index into this).
     pub arrays: Vec<Arc<Array>>,
     /// Chunk ops.
@@ -171,7 +165,7 @@ pub struct BatchPlan {
 
 impl BatchPlan {
     /// The array of chunk op `op`.
-    pub fn array_of(&self, op: &ChunkOp) -> &Array {
+    pub(crate) fn array_of(&self, op: &ChunkOp) -> &Array {
         &self.arrays[op.array as usize]
     }
 }
@@ -180,7 +174,7 @@ impl BatchPlan {
 ///
 /// # Errors
 /// RankMismatch, InvalidArgument (naming the array's shape).
-pub fn check_sample(uri: &str, meta: &ArrayMeta, aabb: &[(i64, i64)], out_of_bounds_fill: bool) -> Result<()> {
+pub(crate) fn check_sample(uri: &str, meta: &ArrayMeta, aabb: &[(i64, i64)], out_of_bounds_fill: bool) -> Result<()> {
     if aabb.len() != meta.rank() {
         return Err(err!(RankMismatch, "{uri}: box has rank {} but the array has rank {} (shape {:?})", aabb.len(), meta.rank(), meta.shape));
     }
@@ -195,7 +189,7 @@ pub fn check_sample(uri: &str, meta: &ArrayMeta, aabb: &[(i64, i64)], out_of_bou
 }
 
 /// The part of `aabb` inside an array of `shape`, or `None` when they do not overlap.
-pub fn clip(aabb: &[(i64, i64)], shape: &[u64]) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn clip(aabb: &[(i64, i64)], shape: &[u64]) -> Option<Vec<(u64, u64)>> {
     aabb.iter()
         .zip(shape)
         .map(|(&(a, b), &n)| {
@@ -207,7 +201,7 @@ pub fn clip(aabb: &[(i64, i64)], shape: &[u64]) -> Option<Vec<(u64, u64)>> {
 }
 
 /// Grid cells (of `cell` shape) overlapped by `bounds`, in C order.
-pub fn cells(bounds: &[(u64, u64)], cell: &[u64]) -> Vec<Vec<u64>> {
+pub(crate) fn cells(bounds: &[(u64, u64)], cell: &[u64]) -> Vec<Vec<u64>> {
     let lo: Vec<u64> = bounds.iter().zip(cell).map(|(b, c)| b.0 / c).collect();
     let hi: Vec<u64> = bounds.iter().zip(cell).map(|(b, c)| (b.1 - 1) / c).collect();
     let mut out = Vec::new();
@@ -231,7 +225,7 @@ pub fn cells(bounds: &[(u64, u64)], cell: &[u64]) -> Vec<Vec<u64>> {
 
 /// The parts of `aabb` outside `inside` (sample-relative regions), as disjoint boxes:
 /// slab by slab, one below and one above per dimension.
-pub fn outside_regions(aabb: &[(i64, i64)], inside: Option<&[(u64, u64)]>) -> Vec<Region> {
+pub(crate) fn outside_regions(aabb: &[(i64, i64)], inside: Option<&[(u64, u64)]>) -> Vec<Region> {
     let extent: Vec<u64> = aabb.iter().map(|&(a, b)| (b - a) as u64).collect();
     let Some(inside) = inside else {
         return vec![Region { start: vec![0; aabb.len()], extent }];
@@ -267,7 +261,7 @@ pub fn outside_regions(aabb: &[(i64, i64)], inside: Option<&[(u64, u64)]>) -> Ve
 
 /// Shard grid coordinates touched by the in-bounds part of `aabb` (empty when sharding is
 /// off or the box lies outside).
-pub fn shards_of(meta: &ArrayMeta, aabb: &[(i64, i64)]) -> Vec<Vec<u64>> {
+pub(crate) fn shards_of(meta: &ArrayMeta, aabb: &[(i64, i64)]) -> Vec<Vec<u64>> {
     match (&meta.sharding, clip(aabb, &meta.shape)) {
         (Some(_), Some(inside)) => cells(&inside, &meta.grid_shape),
         _ => Vec::new(),
@@ -282,7 +276,7 @@ pub(crate) fn ravel(coords: &[u64], shape: &[u64]) -> usize {
 
 /// Cells of `cell` shape overlapped by `bounds`, counted without enumerating them
 /// (saturating).
-pub fn count_cells(bounds: &[(u64, u64)], cell: &[u64]) -> u64 {
+pub(crate) fn count_cells(bounds: &[(u64, u64)], cell: &[u64]) -> u64 {
     bounds.iter().zip(cell).map(|(b, c)| (b.1 - 1) / c - b.0 / c + 1).fold(1u64, u64::saturating_mul)
 }
 
@@ -291,7 +285,7 @@ pub fn count_cells(bounds: &[(u64, u64)], cell: &[u64]) -> u64 {
 /// # Errors
 /// InvalidArgument/RankMismatch from [`check_sample`]; InvalidArgument when a needed shard
 /// index was not resolved (an internal error).
-pub fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_of_bounds_fill: bool) -> Result<BatchPlan> {
+pub(crate) fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_of_bounds_fill: bool) -> Result<BatchPlan> {
     let mut plan = BatchPlan::default();
     let mut array_ids: HashMap<*const Array, u32> = HashMap::new();
     let mut chunk_ids: HashMap<(u32, Vec<u64>), usize> = HashMap::new();
@@ -354,7 +348,7 @@ pub fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLookup, out_
 /// Storage when the shard index gives the chunk more bytes than any encoding of it takes
 /// (naming the shard and the chunk); InvalidArgument when the shard index was not resolved
 /// (an internal error).
-pub fn chunk_source(array: &Array, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
+pub(crate) fn chunk_source(array: &Array, coords: &[u64], shards: &dyn ShardLookup) -> Result<ChunkSource> {
     let meta = &array.meta;
     let Some(sharding) = &meta.sharding else {
         return Ok(ChunkSource::File(array.key(coords).into()));

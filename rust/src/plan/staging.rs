@@ -9,7 +9,7 @@ use crate::store::Generation;
 
 /// One positioned read into the staging buffer: a range of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadOp {
+pub(crate) struct ReadOp {
     /// The array whose store holds the object (index into the plan's arrays).
     pub array: u32,
     /// Object key.
@@ -28,7 +28,7 @@ pub struct ReadOp {
 
 /// Where each chunk's bytes are staged and decoded.
 #[derive(Debug, Clone, Default)]
-pub struct StagingLayout {
+pub(crate) struct StagingLayout {
     /// Coalesced reads of shard-file ranges.
     pub reads: Vec<ReadOp>,
     /// Per chunk op: `(staging offset, staged length)`; `None` for absent chunks and for
@@ -51,7 +51,7 @@ type Range<'a> = (u32, &'a Arc<str>, &'a Option<Generation>, u64, u64, usize);
 /// read by one op, up to `max_read_op_bytes` per op (a single larger range is still read
 /// whole). Whole-file chunks and CPU-decoded chunks get a decoded-size staging slot after
 /// the reads (`cpu_slot` tells which chunk ops need one, and how large).
-pub fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
+pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
     let n = plan.chunk_ops.len();
     let mut out = StagingLayout { staged: vec![None; n], decoded: vec![None; n], ..Default::default() };
     for (i, op) in plan.chunk_ops.iter().enumerate() {

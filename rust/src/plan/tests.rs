@@ -2,7 +2,6 @@ use super::*;
 use proptest::prelude::*;
 
 use crate::store::Generation;
-use crate::zarr::ChunkRange;
 
 /// An opened array of `zarr.json` text, in a store that is never read.
 pub(crate) fn array(json: &str) -> Arc<Array> {
@@ -149,7 +148,6 @@ fn an_unresolved_shard_is_an_error_not_a_panic() {
     let arr = array(&meta_json(&[8], &[4], Some(&[2])));
     let a = [(0, 2)];
     assert!(plan_batch(&[ResolvedSample { array: &arr, aabb: &a }], &NoShards, false).is_err());
-    let _ = ChunkRange { offset: 0, nbytes: 0 };
 }
 
 #[test]

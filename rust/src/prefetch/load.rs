@@ -35,7 +35,7 @@ pub fn load_array(uri: &str) -> Result<Array> {
 ///
 /// # Errors
 /// As [`load_array`].
-pub fn load_array_with(uri: &str, storage: &store::StorageOptions) -> Result<Array> {
+pub(crate) fn load_array_with(uri: &str, storage: &store::StorageOptions) -> Result<Array> {
     match resolve(uri, storage)? {
         Resolved::Array(a) => Ok(*a),
         Resolved::Multiscale { multiscale, .. } => Err(err!(
@@ -201,7 +201,7 @@ pub struct MultiscaleInfo {
 }
 
 /// What `uri` names: an array (with its metadata), or a multiscale group (with its levels).
-pub enum Opened {
+pub(crate) enum Opened {
     /// An array.
     Array(Box<Array>),
     /// An OME-NGFF multiscale group, no level selected.
@@ -213,7 +213,7 @@ pub enum Opened {
 ///
 /// # Errors
 /// As [`load_array`], and those of opening any level.
-pub fn open_node(uri: &str) -> Result<Opened> {
+pub(crate) fn open_node(uri: &str) -> Result<Opened> {
     match resolve(uri, &store::StorageOptions::new())? {
         Resolved::Array(a) => Ok(Opened::Array(a)),
         Resolved::Multiscale { store, multiscale } => {
@@ -244,7 +244,7 @@ pub fn multiscale_levels(uri: &str) -> Result<MultiscaleInfo> {
 ///
 /// # Errors
 /// Storage for a short, corrupt, truncated or changing shard (the message names it).
-pub fn load_shard(array: &Array, coords: &[u64]) -> Result<Option<Shard>> {
+pub(crate) fn load_shard(array: &Array, coords: &[u64]) -> Result<Option<Shard>> {
     let Some(sharding) = &array.meta.sharding else { return Ok(None) };
     let key = array.key(coords);
     let name = || array.store.describe(&key);
@@ -272,7 +272,7 @@ pub fn load_shard(array: &Array, coords: &[u64]) -> Result<Option<Shard>> {
 /// # Errors
 /// Storage when the object is gone, short or changed; Decode for a malformed header
 /// (messages name the object and offset).
-pub fn load_chunk_frame(array: &Array, key: &str, offset: u64, nbytes: u64, crc: bool, generation: &Generation) -> Result<BloscFrame> {
+pub(crate) fn load_chunk_frame(array: &Array, key: &str, offset: u64, nbytes: u64, crc: bool, generation: &Generation) -> Result<BloscFrame> {
     let ctx = || format!("{} at byte {offset}", array.store.describe(key));
     let len = nbytes.checked_sub(if crc { 4 } else { 0 }).ok_or_else(|| err!(Decode, "{}: chunk of {nbytes} bytes has no room for its checksum", ctx()))?;
     let read = |n: usize| -> Result<Vec<u8>> {

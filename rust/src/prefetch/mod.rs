@@ -41,7 +41,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-pub use load::{load_array, load_array_with, load_chunk_frame, load_shard, multiscale_levels, open_node, LevelInfo, MultiscaleInfo, Opened};
+pub use load::{load_array, multiscale_levels};
+pub(crate) use load::MultiscaleInfo;
+pub(crate) use load::{load_array_with, load_chunk_frame, load_shard, open_node, Opened};
 
 use crate::cache::{Acquired, Cache, CacheStats, Handle};
 use crate::decode::DeviceCodec;
@@ -51,9 +53,9 @@ use crate::plan::{cells, chunk_source, clip, shards_of, Array, ChunkSource, Shar
 use crate::zarr::blosc::BloscFrame;
 
 /// A shard file: its array's store (uri) and its key.
-pub type ShardKey = (Arc<str>, String);
+pub(crate) type ShardKey = (Arc<str>, String);
 /// A stored chunk: object, offset, generation.
-pub type ChunkKey = crate::cache::decoded::ChunkKey;
+pub(crate) type ChunkKey = crate::cache::decoded::ChunkKey;
 
 /// Where a sample's ticket stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +225,7 @@ pub struct PrefetchStats {
 }
 
 /// A shard of a batch: its array's identity and its grid coordinates.
-pub type BatchShardKey = (Arc<str>, Vec<u64>);
+pub(crate) type BatchShardKey = (Arc<str>, Vec<u64>);
 
 /// The pinned, resolved inputs of one batch.
 pub struct Resolved {
@@ -256,7 +258,7 @@ impl Drop for Resolved {
 }
 
 /// Blosc framing by stored chunk, borrowed from a [`Resolved`].
-pub type LayoutMap<'a> = HashMap<&'a ChunkKey, &'a Arc<BloscFrame>, ahash::RandomState>;
+pub(crate) type LayoutMap<'a> = HashMap<&'a ChunkKey, &'a Arc<BloscFrame>, ahash::RandomState>;
 
 impl Resolved {
     /// The framing of every blosc chunk of the batch (device path; empty otherwise).
@@ -698,21 +700,52 @@ fn check_capacity(opts: &Options, array: &Array, uri: &str) -> Result<()> {
     Ok(())
 }
 
-/// What one step of a ticket's state machine needs to load, found under the lock.
-enum Load {
-    Meta(Handle),
-    Shard(Handle, Vec<u64>),
-    Layout(Handle),
+/// What the next step of a ticket needs: one entry of one of the three caches.
+enum Want {
+    /// `array_meta[uri]`.
+    Meta,
+    /// `shard_index[(array, shard key)]`: the shard at these grid coordinates.
+    Shard(Arc<Array>, Vec<u64>),
+    /// `chunk_layout[keys[i].0]`: the framing of a stored chunk.
+    Layout(Arc<Array>, Arc<Vec<LayoutKey>>, usize),
+}
+
+/// An entry of one of the three caches.
+enum Entry {
+    Meta(Arc<Array>),
+    Shard(Arc<Option<Shard>>),
+    Layout(Arc<BloscFrame>),
 }
 
 /// The outcome of acquiring one key.
 enum Got<V> {
-    Have(Arc<V>),
+    Have(V),
     Load(Handle),
-    Full(&'static str),
+    Full(CacheKind),
 }
 
-fn acquire<K: Clone + Eq + std::hash::Hash, V>(cache: &mut Cache<K, V>, key: &K, kind: CacheKind, handles: &mut Vec<(CacheKind, Handle)>, knob: &'static str) -> Got<V> {
+impl<V> Got<V> {
+    fn map<W>(self, f: impl FnOnce(V) -> W) -> Got<W> {
+        match self {
+            Got::Have(v) => Got::Have(f(v)),
+            Got::Load(h) => Got::Load(h),
+            Got::Full(k) => Got::Full(k),
+        }
+    }
+}
+
+impl CacheKind {
+    /// The config knob that sizes this cache.
+    fn knob(self) -> &'static str {
+        match self {
+            CacheKind::ArrayMeta => "n_array_meta_cache",
+            CacheKind::ShardIndex => "n_shard_index_cache",
+            CacheKind::ChunkLayout => "n_chunk_layout_cache",
+        }
+    }
+}
+
+fn acquire<K: Clone + Eq + std::hash::Hash, V>(cache: &mut Cache<K, V>, key: &K, kind: CacheKind, handles: &mut Vec<(CacheKind, Handle)>) -> Got<Arc<V>> {
     match cache.acquire(key) {
         Acquired::Hit(h, v) => {
             handles.push((kind, h));
@@ -722,7 +755,7 @@ fn acquire<K: Clone + Eq + std::hash::Hash, V>(cache: &mut Cache<K, V>, key: &K,
             handles.push((kind, h));
             Got::Load(h)
         }
-        Acquired::Full => Got::Full(knob),
+        Acquired::Full => Got::Full(kind),
     }
 }
 
@@ -764,155 +797,48 @@ fn advance_guarded(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>)
 
 /// Drives ticket `id` as far as it goes: to READY, FAILED, or (background tasks only)
 /// DEFERRED when a cache is full. `blocking` is the scheduler resolving its next batch.
+///
+/// Each step is the same over the three caches: the ticket's stage names the entry it
+/// wants ([`next_step`]); [`acquire_entry`] pins it; a hit is accepted into the ticket at
+/// once, a miss is loaded without the lock ([`load_entry`]) and then filled and accepted
+/// ([`finish_load`]); a full cache defers the sample or waits for room ([`on_full`]).
 fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
     let opts = &inner.opts;
     let mut holding = false;
     let mut st = inner.lock();
-    loop {
-        if st.closed {
-            break;
-        }
-        let State { array_meta, shard_index, chunk_layout, tickets, .. } = &mut *st;
-        let Some(t) = tickets.get_mut(&id) else { break };
-        if t.phase == Phase::Failed {
-            break;
-        }
-        // One step: find what to load next, or finish.
-        let got: Got<()> = match t.stage {
-            Stage::Meta => match acquire(array_meta, &t.uri, CacheKind::ArrayMeta, &mut t.handles, "n_array_meta_cache") {
-                Got::Have(m) => match check_capacity(opts, &m, &t.uri) {
-                    Ok(()) => {
-                        t.meta = Some(m);
-                        t.stage = Stage::Shards(0);
-                        continue;
-                    }
-                    Err(e) => {
-                        st.fail(id, e);
-                        break;
-                    }
-                },
-                Got::Load(h) => {
-                    let uri = t.uri.clone();
-                    drop(st);
-                    let loaded = load_array_with(&uri, &opts.storage).map(Box::new);
-                    st = inner.lock();
-                    finish_load(&mut st, opts, id, Load::Meta(h), loaded.map(Loaded::Meta));
-                    continue;
+    while !st.closed {
+        let want = match next_step(&mut st, id) {
+            Next::Want(want) => want,
+            Next::LayoutKeys(array, aabb, shards) => {
+                drop(st);
+                let keys = Arc::new(layout_keys(opts, &array, &aabb, &shards));
+                st = inner.lock();
+                if let Some(t) = st.tickets.get_mut(&id) {
+                    t.layout_keys.get_or_insert(keys);
                 }
-                Got::Full(k) => Got::Full(k),
-            },
-            Stage::Shards(i) => {
-                let Some(array) = t.meta.clone() else {
-                    st.fail(id, err!(Internal, "internal: shards resolved before the array"));
-                    break;
-                };
-                let keys = match &t.shard_keys {
-                    Some(k) => Arc::clone(k),
-                    None => {
-                        let k = Arc::new(if t.aabb.len() == array.meta.rank() { shards_of(&array.meta, &t.aabb) } else { Vec::new() });
-                        t.shard_keys = Some(Arc::clone(&k));
-                        k
-                    }
-                };
-                let Some(coords) = keys.get(i) else {
-                    t.stage = Stage::Layouts(0);
-                    continue;
-                };
-                if t.shards.contains_key(coords) {
-                    t.stage = Stage::Shards(i + 1);
-                    continue;
-                }
-                let key = (Arc::clone(&array.id), array.key(coords));
-                match acquire(shard_index, &key, CacheKind::ShardIndex, &mut t.handles, "n_shard_index_cache") {
-                    Got::Have(idx) => {
-                        t.shards.insert(coords.clone(), idx);
-                        t.stage = Stage::Shards(i + 1);
-                        continue;
-                    }
-                    Got::Load(h) => {
-                        let uri = t.uri.clone();
-                        let coords = coords.clone();
-                        drop(st);
-                        let loaded = load_shard(&array, &coords).map_err(|e| e.context(&uri));
-                        st = inner.lock();
-                        finish_load(&mut st, opts, id, Load::Shard(h, coords), loaded.map(Loaded::Shard));
-                        continue;
-                    }
-                    Got::Full(k) => Got::Full(k),
-                }
+                continue;
             }
-            Stage::Layouts(i) => {
-                let Some(array) = t.meta.clone() else {
-                    st.fail(id, err!(Internal, "internal: layouts resolved before the array"));
-                    break;
-                };
-                let Some(keys) = t.layout_keys.clone() else {
-                    let (aabb, shards) = (t.aabb.clone(), t.shards.clone());
-                    drop(st);
-                    let keys = Arc::new(layout_keys(opts, &array, &aabb, &shards));
-                    st = inner.lock();
-                    if let Some(t) = st.tickets.get_mut(&id) {
-                        t.layout_keys.get_or_insert(keys);
-                    }
-                    continue;
-                };
-                let Some((key, nbytes, crc)) = keys.get(i) else {
-                    t.stage = Stage::Done;
-                    t.phase = Phase::Ready;
-                    break;
-                };
-                match acquire(chunk_layout, key, CacheKind::ChunkLayout, &mut t.handles, "n_chunk_layout_cache") {
-                    Got::Have(frame) => {
-                        t.layouts.push(frame);
-                        t.stage = Stage::Layouts(i + 1);
-                        continue;
-                    }
-                    Got::Load(h) => {
-                        let uri = t.uri.clone();
-                        drop(st);
-                        let loaded = load_chunk_frame(&array, &key.key, key.offset, *nbytes, *crc, &key.generation).map_err(|e| e.context(&uri));
-                        st = inner.lock();
-                        finish_load(&mut st, opts, id, Load::Layout(h), loaded.map(Loaded::Layout));
-                        continue;
-                    }
-                    Got::Full(k) => Got::Full(k),
-                }
-            }
-            Stage::Done => {
-                t.phase = Phase::Ready;
-                break;
-            }
+            Next::Again => continue,
+            Next::Stop => break,
         };
-        let Got::Full(knob) = got else { continue };
-        // A cache is full.
-        let Some(block) = blocking else {
-            if let Some(t) = st.tickets.get_mut(&id) {
-                t.phase = Phase::Deferred;
+        match acquire_entry(&mut st, id, &want) {
+            Some(Got::Have(entry)) => accept(&mut st, opts, id, &want, entry),
+            Some(Got::Load(h)) => {
+                let uri = st.tickets.get(&id).map(|t| t.uri.clone()).unwrap_or_default();
+                drop(st);
+                let loaded = load_entry(opts, &uri, &want);
+                st = inner.lock();
+                finish_load(&mut st, opts, id, h, &want, loaded);
             }
-            st.counters.deferrals += 1;
-            break;
-        };
-        if !holding {
-            holding = true;
-            st.hold += 1;
+            Some(Got::Full(kind)) => {
+                let retry;
+                (st, retry) = on_full(inner, st, id, kind, blocking, &mut holding);
+                if !retry {
+                    break;
+                }
+            }
+            None => break,
         }
-        // Others can still free room: batches in flight, or samples being resolved (they
-        // finish or defer, and a deferred sample can be parked).
-        let resolving = st.tickets.iter().any(|(tid, t)| t.phase == Phase::Running && !block.batch.contains(tid));
-        if (block.others_in_flight)() || resolving {
-            st = inner.changed.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(PoisonError::into_inner).0;
-            continue;
-        }
-        if park_others(&mut st, block.batch) > 0 {
-            continue;
-        }
-        let cap = match knob {
-            "n_array_meta_cache" => st.array_meta.capacity(),
-            "n_shard_index_cache" => st.shard_index.capacity(),
-            _ => st.chunk_layout.capacity(),
-        };
-        st.fail(id, err!(BudgetExceeded, "one batch needs more than {knob} = {cap} cache entries; raise `{knob}`"));
-        break;
     }
     if holding {
         st.hold -= 1;
@@ -928,56 +854,167 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
     inner.changed.notify_all();
 }
 
-enum Loaded {
-    Meta(Box<Array>),
-    Shard(Option<Shard>),
-    Layout(BloscFrame),
+/// What [`advance`] does next with a ticket, decided under the lock.
+enum Next {
+    /// Acquire (and on a miss load) one cache entry.
+    Want(Want),
+    /// Compute the chunks whose layouts the sample needs, off the lock (it heads
+    /// whole-file chunks): the array, the box and the sample's shard indexes.
+    LayoutKeys(Arc<Array>, Vec<(i64, i64)>, HashMap<Vec<u64>, Arc<Option<Shard>>>),
+    /// The stage moved on without a lookup: look again.
+    Again,
+    /// Ready, failed or gone.
+    Stop,
 }
 
-/// Stores a finished load in its cache entry and its ticket, or fails the ticket. A ticket
-/// that vanished meanwhile (pipeline closed) leaves the entry unfilled and released.
-fn finish_load(st: &mut State, opts: &Options, id: u64, what: Load, loaded: Result<Loaded>) {
+/// The ticket's stage → the cache entry it needs next (or the stage's end).
+fn next_step(st: &mut State, id: u64) -> Next {
+    let Some(t) = st.tickets.get_mut(&id) else { return Next::Stop };
+    if t.phase == Phase::Failed {
+        return Next::Stop;
+    }
+    match t.stage {
+        Stage::Meta => Next::Want(Want::Meta),
+        Stage::Shards(i) => {
+            let Some(array) = t.meta.clone() else {
+                st.fail(id, err!(Internal, "internal: shards resolved before the array"));
+                return Next::Stop;
+            };
+            let keys = t.shard_keys.get_or_insert_with(|| Arc::new(if t.aabb.len() == array.meta.rank() { shards_of(&array.meta, &t.aabb) } else { Vec::new() }));
+            let Some(coords) = keys.get(i) else {
+                t.stage = Stage::Layouts(0);
+                return Next::Again;
+            };
+            if t.shards.contains_key(coords) {
+                t.stage = Stage::Shards(i + 1);
+                return Next::Again;
+            }
+            Next::Want(Want::Shard(array, coords.clone()))
+        }
+        Stage::Layouts(i) => {
+            let Some(array) = t.meta.clone() else {
+                st.fail(id, err!(Internal, "internal: layouts resolved before the array"));
+                return Next::Stop;
+            };
+            let Some(keys) = t.layout_keys.clone() else { return Next::LayoutKeys(array, t.aabb.clone(), t.shards.clone()) };
+            if i >= keys.len() {
+                t.stage = Stage::Done;
+                t.phase = Phase::Ready;
+                return Next::Stop;
+            }
+            Next::Want(Want::Layout(array, keys, i))
+        }
+        Stage::Done => {
+            t.phase = Phase::Ready;
+            Next::Stop
+        }
+    }
+}
+
+/// Pins `want`'s entry for ticket `id` in its cache (`None`: the ticket is gone).
+fn acquire_entry(st: &mut State, id: u64, want: &Want) -> Option<Got<Entry>> {
+    let State { array_meta, shard_index, chunk_layout, tickets, .. } = st;
+    let t = tickets.get_mut(&id)?;
+    Some(match want {
+        Want::Meta => acquire(array_meta, &t.uri, CacheKind::ArrayMeta, &mut t.handles).map(Entry::Meta),
+        Want::Shard(array, coords) => acquire(shard_index, &(Arc::clone(&array.id), array.key(coords)), CacheKind::ShardIndex, &mut t.handles).map(Entry::Shard),
+        Want::Layout(_, keys, i) => acquire(chunk_layout, &keys[*i].0, CacheKind::ChunkLayout, &mut t.handles).map(Entry::Layout),
+    })
+}
+
+/// Loads `want`'s entry from its store (called without the lock); errors name `uri`.
+fn load_entry(opts: &Options, uri: &str, want: &Want) -> Result<Entry> {
+    match want {
+        Want::Meta => load_array_with(uri, &opts.storage).map(|a| Entry::Meta(Arc::new(a))),
+        Want::Shard(array, coords) => load_shard(array, coords).map(|s| Entry::Shard(Arc::new(s))).map_err(|e| e.context(uri)),
+        Want::Layout(array, keys, i) => {
+            let (key, nbytes, crc) = &keys[*i];
+            load_chunk_frame(array, &key.key, key.offset, *nbytes, *crc, &key.generation).map(|f| Entry::Layout(Arc::new(f))).map_err(|e| e.context(uri))
+        }
+    }
+}
+
+/// Stores a finished load in its cache entry `h` and accepts it into its ticket, or fails
+/// the ticket. A ticket that vanished meanwhile (pipeline closed) leaves the entry
+/// unfilled and released.
+fn finish_load(st: &mut State, opts: &Options, id: u64, h: Handle, want: &Want, loaded: Result<Entry>) {
     if !st.tickets.contains_key(&id) {
         // Only `close` removes a ticket being resolved, and it released the ticket's
         // handles, this load's included.
         return;
     }
-    let loaded = match loaded {
-        Ok(v) => v,
-        Err(e) => {
-            st.fail(id, e);
-            return;
-        }
-    };
-    let State { array_meta, shard_index, chunk_layout, tickets, .. } = st;
-    let Some(t) = tickets.get_mut(&id) else { return };
-    match (what, loaded) {
-        (Load::Meta(h), Loaded::Meta(m)) => {
-            let m: Arc<Array> = Arc::new(*m);
-            array_meta.fill(h, Arc::clone(&m));
-            match check_capacity(opts, &m, &t.uri) {
-                Ok(()) => {
-                    t.meta = Some(m);
-                    t.stage = Stage::Shards(0);
-                }
-                Err(e) => st.fail(id, e),
+    match loaded {
+        Ok(entry) => {
+            match &entry {
+                Entry::Meta(m) => st.array_meta.fill(h, Arc::clone(m)),
+                Entry::Shard(idx) => st.shard_index.fill(h, Arc::clone(idx)),
+                Entry::Layout(frame) => st.chunk_layout.fill(h, Arc::clone(frame)),
             }
+            accept(st, opts, id, want, entry);
         }
-        (Load::Shard(h, coords), Loaded::Shard(idx)) => {
-            let idx = Arc::new(idx);
-            shard_index.fill(h, Arc::clone(&idx));
-            t.shards.insert(coords, idx);
-        }
-        (Load::Layout(h), Loaded::Layout(frame)) => {
-            let frame = Arc::new(frame);
-            chunk_layout.fill(h, Arc::clone(&frame));
-            t.layouts.push(frame);
-            if let Stage::Layouts(i) = t.stage {
-                t.stage = Stage::Layouts(i + 1);
-            }
-        }
-        _ => st.fail(id, err!(Internal, "internal: a load finished as another kind")),
+        Err(e) => st.fail(id, e),
     }
+}
+
+/// Records the entry ticket `id`'s stage asked for and moves the stage on (an array
+/// first passes the capacity check, or the ticket fails).
+fn accept(st: &mut State, opts: &Options, id: u64, want: &Want, entry: Entry) {
+    let Some(t) = st.tickets.get_mut(&id) else { return };
+    let checked = match (want, entry, t.stage) {
+        (Want::Meta, Entry::Meta(m), Stage::Meta) => check_capacity(opts, &m, &t.uri).map(|()| {
+            t.meta = Some(m);
+            t.stage = Stage::Shards(0);
+        }),
+        (Want::Shard(_, coords), Entry::Shard(idx), Stage::Shards(i)) => {
+            t.shards.insert(coords.clone(), idx);
+            t.stage = Stage::Shards(i + 1);
+            Ok(())
+        }
+        (Want::Layout(..), Entry::Layout(frame), Stage::Layouts(i)) => {
+            t.layouts.push(frame);
+            t.stage = Stage::Layouts(i + 1);
+            Ok(())
+        }
+        _ => Err(err!(Internal, "internal: a load finished as another kind")),
+    };
+    if let Err(e) = checked {
+        st.fail(id, e);
+    }
+}
+
+/// A cache is full. A background task defers its sample (it keeps its pins and is resumed
+/// later). The scheduler resolving its batch waits while others can free room (batches in
+/// flight, or samples being resolved: they finish or defer, and a deferred sample can be
+/// parked), else un-pins later samples, else fails the sample: the batch alone does not
+/// fit. Returns the guard and whether to try again.
+fn on_full<'a>(inner: &'a Inner, mut st: MutexGuard<'a, State>, id: u64, kind: CacheKind, blocking: Option<&Blocking<'_>>, holding: &mut bool) -> (MutexGuard<'a, State>, bool) {
+    let Some(block) = blocking else {
+        if let Some(t) = st.tickets.get_mut(&id) {
+            t.phase = Phase::Deferred;
+        }
+        st.counters.deferrals += 1;
+        return (st, false);
+    };
+    if !*holding {
+        *holding = true;
+        st.hold += 1;
+    }
+    let resolving = st.tickets.iter().any(|(tid, t)| t.phase == Phase::Running && !block.batch.contains(tid));
+    if (block.others_in_flight)() || resolving {
+        st = inner.changed.wait_timeout(st, Duration::from_millis(20)).unwrap_or_else(PoisonError::into_inner).0;
+        return (st, true);
+    }
+    if park_others(&mut st, block.batch) > 0 {
+        return (st, true);
+    }
+    let knob = kind.knob();
+    let cap = match kind {
+        CacheKind::ArrayMeta => st.array_meta.capacity(),
+        CacheKind::ShardIndex => st.shard_index.capacity(),
+        CacheKind::ChunkLayout => st.chunk_layout.capacity(),
+    };
+    st.fail(id, err!(BudgetExceeded, "one batch needs more than {knob} = {cap} cache entries; raise `{knob}`"));
+    (st, false)
 }
 
 #[cfg(test)]

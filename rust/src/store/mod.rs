@@ -18,10 +18,13 @@
 
 mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
-pub mod mem;
+// `insert`/`remove` are the fuzz targets' (`testing::store::mem`); in unit tests only crate-used.
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub(crate) mod mem;
 mod object;
 
-pub use object::{StorageOptions, MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT};
+pub use object::StorageOptions;
+pub(crate) use object::{MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT};
 pub(crate) use object::known_option;
 
 use std::fmt;
@@ -30,7 +33,7 @@ use std::sync::Arc;
 use crate::error::{err, Result};
 
 /// Largest `zarr.json` read (a larger one is an error, not an endless read).
-pub const MAX_METADATA_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_METADATA_BYTES: u64 = 16 << 20;
 
 /// The version of a stored object; equal generations mean equal bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -54,11 +54,11 @@ use crate::error::{err, Error, Result};
 pub type StorageOptions = BTreeMap<String, String>;
 
 /// Option: most requests one store has in flight at once (default 64).
-pub const MAX_IN_FLIGHT: &str = "max_requests_in_flight";
+pub(crate) const MAX_IN_FLIGHT: &str = "max_requests_in_flight";
 /// Option: retries of a failed request (5xx, connection errors, timeouts; default 3).
-pub const MAX_RETRIES: &str = "max_retries";
+pub(crate) const MAX_RETRIES: &str = "max_retries";
 /// Option: no retry starts later than this after the first attempt (default "60s").
-pub const RETRY_TIMEOUT: &str = "retry_timeout";
+pub(crate) const RETRY_TIMEOUT: &str = "retry_timeout";
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_RETRIES: usize = 3;
@@ -160,6 +160,30 @@ fn unknown_key(uri: &str, backend: &str, key: &str) -> Error {
     err!(InvalidArgument, "{uri}: storage option `{key}` is not a {backend} option (object_store's configuration keys, or {MAX_IN_FLIGHT}, {MAX_RETRIES}, {RETRY_TIMEOUT})")
 }
 
+/// The S3, GCS and Azure builders with the user's keys applied (an unknown key is an
+/// InvalidArgument naming the service), then our connect and request timeouts where the
+/// user set none. A macro because object_store has no builder trait: the three builders
+/// only share the method names (`with_config`, `get_config_value`) and a `Client` variant
+/// of their config key enums.
+macro_rules! configured {
+    ($builder:expr, $key:ident, $service:literal, $uri:expr, $theirs:expr) => {
+        'configured: {
+            let mut b = $builder;
+            for (k, v) in $theirs {
+                let Ok(key) = $key::from_str(k) else { break 'configured Err(unknown_key($uri, $service, k)) };
+                b = b.with_config(key, v);
+            }
+            for (key, default) in [(ClientConfigKey::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT), (ClientConfigKey::Timeout, DEFAULT_TIMEOUT)] {
+                let key = $key::Client(key);
+                if b.get_config_value(&key).is_none() {
+                    b = b.with_config(key, default);
+                }
+            }
+            Ok::<_, Error>(b)
+        }
+    };
+}
+
 impl ObjectStoreBackend {
     /// The store for `url` (scheme checked by the caller, one of [`SCHEMES`]).
     pub(super) fn open(uri: &str, url: &url::Url, options: &StorageOptions) -> Result<Self> {
@@ -189,48 +213,18 @@ impl ObjectStoreBackend {
                 if host.is_empty() {
                     return Err(err!(InvalidArgument, "{uri}: expected s3://BUCKET/PREFIX"));
                 }
-                let mut b = AmazonS3Builder::from_env().with_bucket_name(host).with_retry(retry);
-                for (k, v) in theirs {
-                    let key = AmazonS3ConfigKey::from_str(k).map_err(|_| unknown_key(uri, "S3", k))?;
-                    b = b.with_config(key, v);
-                }
-                for (key, default) in [(ClientConfigKey::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT), (ClientConfigKey::Timeout, DEFAULT_TIMEOUT)] {
-                    let key = AmazonS3ConfigKey::Client(key);
-                    if b.get_config_value(&key).is_none() {
-                        b = b.with_config(key, default);
-                    }
-                }
+                let b = configured!(AmazonS3Builder::from_env().with_bucket_name(host).with_retry(retry), AmazonS3ConfigKey, "S3", uri, theirs)?;
                 (Arc::new(b.build().map_err(build_err)?), true)
             }
             "gs" => {
                 if host.is_empty() {
                     return Err(err!(InvalidArgument, "{uri}: expected gs://BUCKET/PREFIX"));
                 }
-                let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(host).with_retry(retry);
-                for (k, v) in theirs {
-                    let key = GoogleConfigKey::from_str(k).map_err(|_| unknown_key(uri, "Google Cloud Storage", k))?;
-                    b = b.with_config(key, v);
-                }
-                for (key, default) in [(ClientConfigKey::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT), (ClientConfigKey::Timeout, DEFAULT_TIMEOUT)] {
-                    let key = GoogleConfigKey::Client(key);
-                    if b.get_config_value(&key).is_none() {
-                        b = b.with_config(key, default);
-                    }
-                }
+                let b = configured!(GoogleCloudStorageBuilder::from_env().with_bucket_name(host).with_retry(retry), GoogleConfigKey, "Google Cloud Storage", uri, theirs)?;
                 (Arc::new(b.build().map_err(build_err)?), true)
             }
             "az" | "abfs" | "abfss" => {
-                let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str()).with_retry(retry);
-                for (k, v) in theirs {
-                    let key = AzureConfigKey::from_str(k).map_err(|_| unknown_key(uri, "Azure", k))?;
-                    b = b.with_config(key, v);
-                }
-                for (key, default) in [(ClientConfigKey::ConnectTimeout, DEFAULT_CONNECT_TIMEOUT), (ClientConfigKey::Timeout, DEFAULT_TIMEOUT)] {
-                    let key = AzureConfigKey::Client(key);
-                    if b.get_config_value(&key).is_none() {
-                        b = b.with_config(key, default);
-                    }
-                }
+                let b = configured!(MicrosoftAzureBuilder::from_env().with_url(url.as_str()).with_retry(retry), AzureConfigKey, "Azure", uri, theirs)?;
                 (Arc::new(b.build().map_err(build_err)?), true)
             }
             _ => {

@@ -6,15 +6,15 @@
 //!
 //! Calls nothing of damacy's but `error`.
 
-pub mod blosc;
+pub(crate) mod blosc;
 mod codecs;
 mod meta;
-pub mod ngff;
+pub(crate) mod ngff;
 mod shard_index;
 mod v2;
-pub mod zstd_frame;
+pub(crate) mod zstd_frame;
 
-pub use codecs::{BloscCname, CodecChain, CodecSpec, Endian};
-pub use meta::{ArrayMeta, KeyEncoding, Sharding, SourceDtype, ZarrFormat, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
-pub use shard_index::{ChunkRange, ShardIndex};
-pub use v2::V2_COMPRESSORS;
+pub use codecs::CodecSpec;
+pub(crate) use codecs::{BloscCname, Endian};
+pub use meta::{ArrayMeta, KeyEncoding, SourceDtype, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
+pub use shard_index::ShardIndex;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::error::{err, Result};
 
 /// Most levels a multiscale may list.
-pub const MAX_LEVELS: usize = 64;
+pub(crate) const MAX_LEVELS: usize = 64;
 
 /// One resolution level of a multiscale image.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ pub struct Multiscale {
 ///
 /// # Errors
 /// InvalidArgument for malformed JSON or a `node_type` other than array or group.
-pub fn group_attributes_v3(bytes: &[u8]) -> Result<Option<Value>> {
+pub(crate) fn group_attributes_v3(bytes: &[u8]) -> Result<Option<Value>> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| err!(InvalidArgument, "malformed zarr.json: {e}"))?;
     match v.get("node_type").and_then(Value::as_str) {
         Some("group") => Ok(Some(v.get("attributes").cloned().unwrap_or_else(|| Value::Object(serde_json::Map::new())))),
@@ -57,7 +57,7 @@ pub fn group_attributes_v3(bytes: &[u8]) -> Result<Option<Value>> {
 ///
 /// # Errors
 /// InvalidArgument when it is not a JSON object.
-pub fn group_attributes_v2(bytes: &[u8]) -> Result<Value> {
+pub(crate) fn group_attributes_v2(bytes: &[u8]) -> Result<Value> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| err!(InvalidArgument, "malformed .zattrs: {e}"))?;
     if !v.is_object() {
         return Err(err!(InvalidArgument, "malformed .zattrs: expected a JSON object"));
@@ -67,7 +67,7 @@ pub fn group_attributes_v2(bytes: &[u8]) -> Result<Value> {
 
 /// The names of the arrays a v3 group's consolidated metadata lists (direct children only),
 /// when it has any.
-pub fn consolidated_arrays(zarr_json: &[u8]) -> Option<Vec<String>> {
+pub(crate) fn consolidated_arrays(zarr_json: &[u8]) -> Option<Vec<String>> {
     let v: Value = serde_json::from_slice(zarr_json).ok()?;
     let nodes = v.get("consolidated_metadata")?.get("metadata")?.as_object()?;
     let mut names: Vec<String> =
@@ -108,7 +108,7 @@ fn valid_path(p: &str) -> bool {
 /// # Errors
 /// InvalidArgument for a malformed `multiscales` (no datasets, a dataset without a valid
 /// relative `path`, more than [`MAX_LEVELS`] levels).
-pub fn multiscale(attrs: &Value) -> Result<Option<Multiscale>> {
+pub(crate) fn multiscale(attrs: &Value) -> Result<Option<Multiscale>> {
     let ome = attrs.get("ome");
     let (list, version) = match (ome.and_then(|o| o.get("multiscales")), attrs.get("multiscales")) {
         (Some(l), _) => (l, ome.and_then(|o| o.get("version")).and_then(Value::as_str)),

@@ -19,7 +19,7 @@ use super::meta::{ArrayMeta, ZarrFormat};
 use crate::error::{err, Result};
 
 /// The Zarr v2 compressors damacy decodes (numcodecs ids).
-pub const V2_COMPRESSORS: [&str; 3] = ["blosc", "zstd", "gzip"];
+pub(crate) const V2_COMPRESSORS: [&str; 3] = ["blosc", "zstd", "gzip"];
 
 impl ArrayMeta {
     /// Parses `.zarray` bytes (Zarr v2).

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use arbitrary::{Arbitrary, Unstructured};
-use damacy::zarr::{ArrayMeta, ShardIndex};
+use damacy::testing::zarr::{ArrayMeta, ShardIndex};
 use damacy_fuzz::batch::{self, BatchInput, Knobs, Record};
 use damacy_fuzz::parsers;
 
@@ -112,7 +112,7 @@ fn main() {
     let scratch = std::env::temp_dir().join(format!("damacy-seeds-{}", std::process::id()));
     for &(name, shape, chunk, shard, codec) in FIXTURES {
         let dir = scratch.join(name);
-        damacy::example::write_example_volume(dir.to_str().unwrap(), shape, chunk, shard, codec, 7).unwrap();
+        damacy::write_example_volume(dir.to_str().unwrap(), shape, chunk, shard, codec, 7).unwrap();
         let objs = objects(&dir);
         let zarr = &objs["zarr.json"];
         corpus.write("zarr_json", name, zarr);
@@ -145,7 +145,7 @@ fn main() {
             if codec == "zstd" {
                 let seed = parsers::encode_zstd(bytes, decoded);
                 parsers::zstd_frame(&seed);
-                assert!(damacy::zarr::zstd_frame::check_frame(bytes, u64::from(decoded)).is_ok(), "{seed_name}");
+                assert!(damacy::testing::zarr::zstd_frame::check_frame(bytes, u64::from(decoded)).is_ok(), "{seed_name}");
                 corpus.write("zstd_frame", &seed_name, &seed);
             } else if i < 2 {
                 parsers::blosc_frame(bytes);
