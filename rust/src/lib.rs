@@ -25,7 +25,7 @@ pub(crate) mod example;
 
 pub use error::{Error, Result, Status};
 pub use ffi::records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, Stats};
-pub use pipeline::{Batch, Config, Decode, OutDtype, OutOfBounds, Pipeline};
+pub use pipeline::{Batch, Config, Decode, OutDtype, OutOfBounds, Pipeline, Recheck};
 #[cfg(feature = "example")]
 pub use example::write_example_volume;
 

@@ -195,12 +195,18 @@ def run_many(names, device="cpu", jobs=2, work: Path | None = None, progress=Non
                 if device != "cpu" and "cuda" not in c.devices:
                     v = Verdict(name, device, "skipped", "cpu only")
                 else:
-                    if server is None or server.proc.poll() is not None:
-                        server = Server(device)
-                    tmp = work / f"{name}-{device.replace(':', '')}"
-                    tmp.mkdir(parents=True, exist_ok=True)
-                    status, hung, wall = server.run(name, device, good, tmp, c.timeout_s)
-                    v = classify(name, device, tmp, status, hung, wall)
+                    try:
+                        if server is None or server.proc.poll() is not None:
+                            server = Server(device)
+                        tmp = work / f"{name}-{device.replace(':', '')}"
+                        tmp.mkdir(parents=True, exist_ok=True)
+                        status, hung, wall = server.run(name, device, good, tmp, c.timeout_s)
+                        v = classify(name, device, tmp, status, hung, wall)
+                    except Exception as e:  # noqa: BLE001 - a harness failure is a verdict, not a lost case
+                        v = Verdict(name, device, "harness", f"the harness failed on this case: {type(e).__name__}: {e}")
+                        if server is not None:
+                            server.close()
+                        server = None
                 with lock:
                     out[i] = v
                     if progress:
@@ -225,7 +231,8 @@ def run_many(names, device="cpu", jobs=2, work: Path | None = None, progress=Non
 
 COLUMNS = [("tried", None), ("typed errors", "typed"), ("correct values", "values"), ("crashes", "crash"),
            ("hangs", "hang"), ("wrong data", "wrong_data"), ("wrong error", "wrong_error"),
-           ("unhealthy after", "unhealthy"), ("RSS over bound", "rss"), ("skipped", "skipped")]
+           ("unhealthy after", "unhealthy"), ("RSS over bound", "rss"), ("harness failures", "harness"),
+           ("skipped", "skipped")]
 
 
 def summary(verdicts: list[Verdict]) -> dict:

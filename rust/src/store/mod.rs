@@ -172,7 +172,7 @@ pub fn open_with(uri: &str, options: &StorageOptions) -> Result<Arc<dyn Store>> 
 
 /// `true` when `uri` names an object store array (`s3://`, `gs://`, `az://`, `abfs[s]://`,
 /// `http[s]://`): reads there cost a network round trip each.
-pub fn is_remote_uri(uri: &str) -> bool {
+pub(crate) fn is_remote_uri(uri: &str) -> bool {
     scheme(uri).is_some_and(|s| object::SCHEMES.contains(&s.as_str()))
 }
 
