@@ -351,3 +351,63 @@ def test_stats_is_a_typed_object_with_the_documented_fields(good):
                   "batch_latency_p50_ms", "batch_latency_p99_ms", "blosc_blocks_skipped"):
         assert field in st, field
     assert st.batches == 4 and st.batch_latency_p99_ms >= st.batch_latency_p50_ms > 0
+
+
+def test_a_typed_error_does_not_keep_the_callers_frame_alive():
+    """Issue 18: `_ops.call` raised the typed error from inside its handler, so error ->
+    traceback -> call's frame -> error was a cycle holding every frame of the traceback (and
+    their locals) until the garbage collector ran. `pop` waits in slices (TryAgain, caught):
+    the batch tensor it then returned stayed alive after the caller dropped it, and a
+    push-after-pop loop ran out of output buffers (PoolStarved). With the collector off,
+    the caller's locals must die with the caller."""
+    import weakref
+
+    from damacy import _ops
+
+    class Big:
+        pass
+
+    def raiser():
+        raise RuntimeError("[TryAgain] not yet")
+
+    def caller():
+        obj = Big()
+        ref = weakref.ref(obj)
+        try:
+            _ops.call(raiser)
+        except damacy.TryAgain:
+            pass
+        return ref
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        ref = caller()
+        assert ref() is None, "the caller's frame outlived the call (a reference cycle through the error)"
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_push_after_pop_keeps_buffers_free(good):
+    """The fair benchmark's pattern (bench/bench_all.py): L batches pushed, then one more
+    after each pop, tensors dropped at once, with the collector off: no PoolStarved, values
+    right."""
+    uri, oracle = good
+    bxs = boxes(12 * B, seed=21)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        with damacy.Pipeline(config(n_batch_buffers=2, pop_timeout_s=POP_TIMEOUT_S)) as pipe:
+            for i in range(2):
+                pipe.push([damacy.Sample(uri, b) for b in bxs[i * B:(i + 1) * B]])
+            for i in range(12):
+                t = pipe.pop(timeout_s=POP_TIMEOUT_S)
+                F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+                del t
+                if i + 2 < 12:
+                    pipe.push([damacy.Sample(uri, b) for b in bxs[(i + 2) * B:(i + 3) * B]])
+    finally:
+        if was:
+            gc.enable()

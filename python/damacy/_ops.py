@@ -129,4 +129,12 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         typed = translate(e)
         if typed is None:
             raise
-        raise typed from None
+    # Raised outside the handler and dropped from this frame: `typed` -> its traceback ->
+    # this frame -> `typed` would be a cycle that keeps every frame of the traceback alive
+    # until the garbage collector runs, and with them the caller's locals: a `pop` that
+    # waited in slices (TryAgain, caught) kept its batch tensor, so its output buffer,
+    # alive after the caller dropped it (PoolStarved under push-after-pop; issue 18).
+    try:
+        raise typed
+    finally:
+        del typed
