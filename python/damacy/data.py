@@ -521,7 +521,7 @@ class CropDataset(IterableDataset):
                 dtype=dt,
                 device=self.device,
                 out_of_bounds="fill" if self.sampler.pads else "error",
-                lookahead_samples=max(base.lookahead_samples, B),
+                lookahead_samples=None if base.lookahead_samples is None else max(base.lookahead_samples, B),
             )
             # (decode="auto" with an integer dtype decodes on the CPU: Rust's one rule.)
             out.append(base.replace(**fields))

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
-pub use config::{Config, Decode, OutDtype, OutOfBounds};
+pub use config::{Config, Decode, DecodedCachePolicy, OutDtype, OutOfBounds, WINDOW_CACHE_BYTES};
 /// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
 pub use crate::plan::Array;
 pub use crate::prefetch::MultiscaleInfo;
@@ -162,7 +162,11 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
-            decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
+            decoded: Mutex::new({
+                // The device path decodes on the GPU: no host-side cache of decoded chunks.
+                let policy = cfg.decoded_cache();
+                crate::cache::decoded::DecodedCache::new(if gpu_mode { 0 } else { policy.bytes }, policy.window_batches)
+            }),
             buffers,
             prefetch,
             stats: Stats::default(),
@@ -216,7 +220,7 @@ impl Pipeline {
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(Shutdown, "push on a closed pipeline"));
         }
-        if w.unpopped >= u64::from(cfg.lookahead_samples) {
+        if w.unpopped >= u64::from(cfg.lookahead()) {
             return Ok(false);
         }
         let aabb: Vec<(i64, i64)> = starts.iter().copied().zip(stops.iter().copied()).collect();
