@@ -411,3 +411,26 @@ def test_push_after_pop_keeps_buffers_free(good):
     finally:
         if was:
             gc.enable()
+
+
+@pytest.mark.parametrize("cache", [None, 0, 1 << 10, 64 << 10])
+def test_window_cache_and_prefix_decode_give_the_oracles_values(good, cache):
+    """Issue 18: chunks shared across batches (decoded_cache_bytes unset: the window cache;
+    1 KiB: a bound of two 512-byte chunks, so entries are evicted all the time; 64 KiB;
+    0: off) and decoded only up to the last byte a crop reads. Thin slices (1 voxel deep)
+    and deeper crops over inner chunks 4x8x8, batches revisiting the same chunks at other
+    depths (cached prefixes too short for a later crop): every batch equals zarr-python's."""
+    uri, oracle = good
+    thin = boxes(6 * B, seed=31, extent=(1, 8, 8))
+    deep = boxes(6 * B, seed=32, extent=(3, 5, 7))
+    kw = {} if cache is None else {"decoded_cache_bytes": cache}
+    for extent, bxs in [((1, 8, 8), thin), ((3, 5, 7), deep), ((1, 8, 8), thin)]:
+        with damacy.Pipeline(config(sample_shape=list(extent), **kw)) as pipe:
+            pipe.push([damacy.Sample(uri, b) for b in bxs])
+            for i in range(len(bxs) // B):
+                F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"cache {cache}, {extent}, batch {i}")
+            s = pipe.stats()
+            if cache == 0:
+                assert s.decoded_cache.hits == 0
+            elif cache is None:
+                assert s.decoded_cache.hits > 0, "later batches read chunks decoded by earlier ones"
