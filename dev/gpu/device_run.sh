@@ -3,7 +3,8 @@
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
 # headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
-#   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all)
+#   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench" (default: all;
+#   also "benchall": bench/bench_all.py --device cuda, BENCHALL_ARGS, T_BENCHALL)
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
 #
 # nvCOMP: damacy binds 6.x or 5.x at run time (cpp/src/nvcomp/nvcomp_loader.h). The two
@@ -125,5 +126,17 @@ if has bench; then
   # shellcheck disable=SC2086
   timeout "${T_BENCH:-540}" python3 bench/bench_gpu.py $BENCH_ARGS --out "$OUT/bench_gpu.json" > "$OUT/bench.txt" 2>&1
   log "bench rc=$?"; tail -25 "$OUT/bench.txt" | tee -a "$OUT/summary.txt"
+fi
+
+# Not in the default STAGES (it takes most of a call): STAGES="build benchall". Every
+# workload class of issue 18, damacy's default config on cuda:0 next to tensorstore and
+# zarr-python; BENCHALL_ARGS default --quick (10 timed batches), "" for the full 100.
+if has benchall; then
+  log "bench_all --device cuda ${BENCHALL_ARGS---quick}"
+  # shellcheck disable=SC2086
+  timeout "${T_BENCHALL:-540}" python3 bench/bench_all.py --device cuda ${BENCHALL_ARGS---quick} --data-dir /tmp/bench-data \
+    --out bench-all-cuda > "$OUT/bench_all.txt" 2>&1
+  log "bench_all rc=$?"; tail -12 "$OUT/bench_all.txt" | tee -a "$OUT/summary.txt"
+  cp bench/results/bench-all-cuda.* "$OUT/" 2>/dev/null || true
 fi
 log "done"
