@@ -140,6 +140,11 @@ impl DecodedCache {
         true
     }
 
+    /// `true` when some prefix of `key` is held (a look-up that needed more missed).
+    pub fn holds(&self, key: &ChunkKey) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// Hits, misses, evictions.
     pub fn stats(&self) -> CacheStats {
         self.stats

@@ -262,6 +262,23 @@ impl ChunkCodec {
         self.array.is_none() && matches!(self.steps.iter().filter(|&&s| s != Step::Crc32c).collect::<Vec<_>>()[..], [Step::Zstd | Step::Blosc])
     }
 
+    /// How many decoded bytes to produce for a crop that reads the first `need` bytes: a
+    /// blosc prefix always pays (only its blocks are decompressed); libzstd's streaming
+    /// decoder, which a stopped stream needs, costs ~2.5× the bulk decoder per byte (measured:
+    /// `prefix_timing`, dev/perf.md), so a zstd prefix is decoded only up to a quarter of the
+    /// chunk and the whole chunk (bulk) beyond.
+    pub fn prefix_len(&self, need: usize) -> usize {
+        if !self.decodes_prefix() || need >= self.decoded_len {
+            return self.decoded_len;
+        }
+        let zstd = self.steps.contains(&Step::Zstd);
+        if zstd && need > self.decoded_len / 4 {
+            self.decoded_len
+        } else {
+            need
+        }
+    }
+
     /// Decodes the first `out.len()` bytes of the chunk (C order), stopping the zstd stream
     /// once they are produced, or decoding only the blosc blocks that hold them. Bytes
     /// after the prefix are not decoded, so damage there goes unnoticed (it never reaches
@@ -602,11 +619,48 @@ mod tests {
                 assert!(out[..] == decoded[..n], "{codecs}: prefix of {n} bytes differs");
             }
         }
+        // How much is decoded: zstd prefixes up to a quarter of the chunk (the streaming
+        // decoder is slower per byte), blosc prefixes of any length.
+        let z = codec_for("uint16", &json!(0), &chains[0], &shape).unwrap();
+        let b = codec_for("uint16", &json!(0), &chains[3], &shape).unwrap();
+        let full = z.decoded_len();
+        assert_eq!((z.prefix_len(100), z.prefix_len(full / 4), z.prefix_len(full / 4 + 2)), (100, full / 4, full));
+        assert_eq!((b.prefix_len(100), b.prefix_len(full - 2), b.prefix_len(full + 5)), (100, full - 2, full));
         // Not a prefix codec: transposed, or two compressors. decode_prefix_into then needs the whole chunk.
         let t = json!([transpose(&[2, 1, 0]), bytes("little"), zstd()]);
         assert!(!codec_for("uint16", &json!(0), &t, &shape).unwrap().decodes_prefix());
         let big = json!([bytes("big"), zstd()]);
         assert!(!codec_for("uint16", &json!(0), &big, &shape).unwrap().decodes_prefix());
+    }
+
+    /// Timing of whole-chunk vs prefix decodes (dev/perf.md, issue 18):
+    /// `cargo test --release --lib prefix_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn prefix_timing() {
+        let shape = [32u64, 128, 128]; // u16, 1 MiB: the thin class's chunks
+        let n = shape.iter().product::<u64>() as usize * 2;
+        let decoded = smooth_chunk(n, 5);
+        for codecs in [json!([bytes("little"), zstd()]), json!([bytes("little"), blosc("zstd", "shuffle", 2)])] {
+            let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+            let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+            let mut out = vec![0u8; n];
+            let reps = 40;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                codec.decode_into(&encoded, &mut out).unwrap();
+            }
+            let whole = t.elapsed().as_secs_f64() / f64::from(reps);
+            for frac in [1u32, 4, 8, 16, 31] {
+                let len = n * frac as usize / 32;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    codec.decode_prefix_into(&encoded, &mut out[..len]).unwrap();
+                }
+                let part = t.elapsed().as_secs_f64() / f64::from(reps);
+                println!("{codecs}: whole {:.0} us, prefix {frac}/32: {:.0} us ({:.2} of whole)", whole * 1e6, part * 1e6, part / whole);
+            }
+        }
     }
 
     #[test]

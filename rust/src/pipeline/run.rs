@@ -241,8 +241,14 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         shared.stats.chunk_cached(t.elapsed());
         return Ok(());
     }
-    let caching = key.is_some() && shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    let (caching, grow) = key.as_ref().map_or((false, false), |k| {
+        let cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        (cache.enabled(), cache.holds(k))
+    });
     if caching {
+        // A chunk whose cached prefix was too short is read a second time: decode it whole,
+        // so a chunk costs at most two decodes however its crops grow.
+        let need = if grow { codec.decoded_len() } else { codec.prefix_len(need) };
         let mut buf = Vec::new();
         buf.try_reserve_exact(need).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
         buf.resize(need, 0);
@@ -253,6 +259,7 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         }
         return Ok(());
     }
+    let need = codec.prefix_len(need);
     DECODED.with_borrow_mut(|buf| {
         if buf.len() < need {
             buf.try_reserve_exact(need - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
@@ -265,7 +272,7 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
 }
 
 /// The decoded bytes `op` needs of its chunk: a prefix when the codec can stop early, else
-/// the whole chunk.
+/// the whole chunk (how much is then decoded: `ChunkCodec::prefix_len`).
 fn chunk_need(array: &Array, op: &ChunkOp) -> usize {
     let codec = &array.decoder.cpu;
     if codec.decodes_prefix() {

@@ -169,9 +169,10 @@ fn batch_of(p: &Pipeline, uri: &str, zs: &[i64]) -> Vec<f32> {
 
 #[test]
 fn chunks_are_shared_across_batches_by_default_and_prefixes_grow() {
-    // Chunks 8³ of a 16³ volume, sharded and not; crops at z = 0 need a prefix of the first
-    // chunk layer only (rows z < 8 of... the whole layer here), at z = 4 they need the second
-    // layer's first half, then z = 6 a longer prefix of it: the cached prefix must not serve it.
+    // Chunks 8³ of a 16³ volume, sharded and not; crops 8×8×8 at y, x = 4 and varying z, so
+    // consecutive batches meet in the same chunks at other depths: a crop from z = 6 needs
+    // rows 6..8 of the first chunk layer (its whole prefix) and rows 0..6 of the second (a
+    // prefix), a later crop from z = 8 all of the second layer (a cached prefix too short).
     for shard in [&[16u64, 16, 16][..], &[][..]] {
         let dir = volume(&format!("share-{}", shard.len()), shard, 11);
         let u = dir.to_str().unwrap();
