@@ -351,3 +351,86 @@ def test_stats_is_a_typed_object_with_the_documented_fields(good):
                   "batch_latency_p50_ms", "batch_latency_p99_ms", "blosc_blocks_skipped"):
         assert field in st, field
     assert st.batches == 4 and st.batch_latency_p99_ms >= st.batch_latency_p50_ms > 0
+
+
+def test_a_typed_error_does_not_keep_the_callers_frame_alive():
+    """Issue 18: `_ops.call` raised the typed error from inside its handler, so error ->
+    traceback -> call's frame -> error was a cycle holding every frame of the traceback (and
+    their locals) until the garbage collector ran. `pop` waits in slices (TryAgain, caught):
+    the batch tensor it then returned stayed alive after the caller dropped it, and a
+    push-after-pop loop ran out of output buffers (PoolStarved). With the collector off,
+    the caller's locals must die with the caller."""
+    import weakref
+
+    from damacy import _ops
+
+    class Big:
+        pass
+
+    def raiser():
+        raise RuntimeError("[TryAgain] not yet")
+
+    def caller():
+        obj = Big()
+        ref = weakref.ref(obj)
+        try:
+            _ops.call(raiser)
+        except damacy.TryAgain:
+            pass
+        return ref
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        ref = caller()
+        assert ref() is None, "the caller's frame outlived the call (a reference cycle through the error)"
+    finally:
+        if was:
+            gc.enable()
+
+
+def test_push_after_pop_keeps_buffers_free(good):
+    """The fair benchmark's pattern (bench/bench_all.py): L batches pushed, then one more
+    after each pop, tensors dropped at once, with the collector off: no PoolStarved, values
+    right."""
+    uri, oracle = good
+    bxs = boxes(12 * B, seed=21)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        with damacy.Pipeline(config(n_batch_buffers=2, pop_timeout_s=POP_TIMEOUT_S)) as pipe:
+            for i in range(2):
+                pipe.push([damacy.Sample(uri, b) for b in bxs[i * B:(i + 1) * B]])
+            for i in range(12):
+                t = pipe.pop(timeout_s=POP_TIMEOUT_S)
+                F.assert_same(t, expect(oracle, bxs, i), f"batch {i}")
+                del t
+                if i + 2 < 12:
+                    pipe.push([damacy.Sample(uri, b) for b in bxs[(i + 2) * B:(i + 3) * B]])
+    finally:
+        if was:
+            gc.enable()
+
+
+@pytest.mark.parametrize("cache", [None, 0, 1 << 10, 64 << 10])
+def test_window_cache_and_prefix_decode_give_the_oracles_values(good, cache):
+    """Issue 18: chunks shared across batches (decoded_cache_bytes unset: the window cache;
+    1 KiB: a bound of two 512-byte chunks, so entries are evicted all the time; 64 KiB;
+    0: off) and decoded only up to the last byte a crop reads. Thin slices (1 voxel deep)
+    and deeper crops over inner chunks 4x8x8, batches revisiting the same chunks at other
+    depths (cached prefixes too short for a later crop): every batch equals zarr-python's."""
+    uri, oracle = good
+    thin = boxes(6 * B, seed=31, extent=(1, 8, 8))
+    deep = boxes(6 * B, seed=32, extent=(3, 5, 7))
+    kw = {} if cache is None else {"decoded_cache_bytes": cache}
+    for extent, bxs in [((1, 8, 8), thin), ((3, 5, 7), deep), ((1, 8, 8), thin)]:
+        with damacy.Pipeline(config(sample_shape=list(extent), **kw)) as pipe:
+            pipe.push([damacy.Sample(uri, b) for b in bxs])
+            for i in range(len(bxs) // B):
+                F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"cache {cache}, {extent}, batch {i}")
+            s = pipe.stats()
+            if cache == 0:
+                assert s.decoded_cache.hits == 0
+            elif cache is None:
+                assert s.decoded_cache.hits > 0, "later batches read chunks decoded by earlier ones"

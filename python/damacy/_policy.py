@@ -168,7 +168,7 @@ class Recovery:
     def _pipeline(self, **changes: Any) -> Any:
         from .pipeline import Pipeline
 
-        cfg = self.config.replace(samples_per_batch=1, lookahead_samples=max(1, min(self.config.lookahead_samples, 64)),
+        cfg = self.config.replace(samples_per_batch=1, lookahead_samples=max(1, min(self.config.lookahead_samples or 64, 64)),
                                   arrays=[], **changes)
         return Pipeline(cfg)
 

@@ -34,7 +34,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "device": ("DeviceLike", 'where output tensors live: "cpu" or "cuda:N" (a torch.device is accepted)'),
     "decode": ('Literal["auto", "gpu", "cpu"]', 'where chunks are decoded: "auto" (the GPU when the device is CUDA, '
                'nvCOMP is found and the output is a float; else the CPU), "gpu" (an error when it cannot be) or "cpu"'),
-    "lookahead_samples": ("int", "samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch)"),
+    "lookahead_samples": ("int | None", "samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch); None: derived, 8 batches clamped to 64..1024 samples (at least one batch)"),
     "n_io_threads": ("int", "worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32; at most 1024)"),
     "n_remote_io_threads": ("int", "worker threads added once, at the first object store sample (s3/gs/az/http): a remote read holds its thread for a round trip, so threads bound the requests in flight (default 32; 0 to 1024; 0: none)"),
     "n_array_meta_cache": ("int", "capacity of the array metadata cache, in entries (arrays; 1 to 2**24)"),
@@ -44,10 +44,10 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "staging_bytes": ("int", "budget for the compressed bytes read for one batch, in bytes"),
     "decoded_bytes": ("int", "budget for the decoded chunk bytes held for one batch, in bytes (both paths)"),
     "max_read_op_bytes": ("int", "largest read after coalescing adjacent byte ranges of one file, in bytes"),
-    "decoded_cache_bytes": ("int", "decoded chunks kept across batches on the CPU path, in bytes (0: off); pays off when crops revisit chunks"),
+    "decoded_cache_bytes": ("int | None", "decoded chunks kept across batches on the CPU path, in bytes; None: chunks shared across the look-ahead window (at most 1 GiB, dropped once the window moved past them); 0: off; N: an LRU of N bytes (pays off when crops revisit chunks)"),
     "recheck_cached_data": ('bool | float | Literal["open"]', "when a decoded-cache hit checks that its shard was not rewritten: True (every batch; "
                             "one HEAD per shard per batch on object stores), False or \"open\" (never: served until evicted), or seconds "
-                            "(default 1.0: once that long has passed since the shard's generation was last confirmed; docs/remote.md)"),
+                            "(default 1.0: on object stores, once that long has passed since the shard's generation was last confirmed; local files every batch; docs/remote.md)"),
     "pop_timeout_s": ("float", "default pop() timeout, in seconds (> 0)"),
     "out_of_bounds": ('Literal["error", "fill"]', 'a box reaching outside its array: "error" fails its batch (InvalidArgument '
                       'naming the shape), "fill" reads the outside as the fill value'),

@@ -32,7 +32,7 @@ class Config:
         dtype: DtypeLike = 'f32',
         device: DeviceLike = 'cpu',
         decode: Literal["auto", "gpu", "cpu"] = 'auto',
-        lookahead_samples: int = 64,
+        lookahead_samples: int | None = None,
         n_io_threads: int = ...,
         n_remote_io_threads: int = 32,
         n_array_meta_cache: int = 64,
@@ -44,6 +44,7 @@ class Config:
         max_read_op_bytes: int = 4194304,
         decoded_cache_bytes: int = 0,
         recheck_cached_data: bool | float | Literal["open"] = 1.0,
+        decoded_cache_bytes: int | None = None,
         pop_timeout_s: float = 60.0,
         out_of_bounds: Literal["error", "fill"] = 'error',
         arrays: Sequence[str | os.PathLike[str]] = (),
@@ -67,7 +68,7 @@ class Config:
         dtype: DtypeLike = ...,
         device: DeviceLike = ...,
         decode: Literal["auto", "gpu", "cpu"] = ...,
-        lookahead_samples: int = ...,
+        lookahead_samples: int | None = ...,
         n_io_threads: int = ...,
         n_remote_io_threads: int = ...,
         n_array_meta_cache: int = ...,
@@ -79,6 +80,7 @@ class Config:
         max_read_op_bytes: int = ...,
         decoded_cache_bytes: int = ...,
         recheck_cached_data: bool | float | Literal["open"] = ...,
+        decoded_cache_bytes: int | None = ...,
         pop_timeout_s: float = ...,
         out_of_bounds: Literal["error", "fill"] = ...,
         arrays: Sequence[str | os.PathLike[str]] = ...,
@@ -102,8 +104,8 @@ class Config:
     def decode(self) -> Literal["auto", "gpu", "cpu"]:
         """where chunks are decoded: "auto" (the GPU when the device is CUDA, nvCOMP is found and the output is a float; else the CPU), "gpu" (an error when it cannot be) or "cpu"."""
     @property
-    def lookahead_samples(self) -> int:
-        """samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch)."""
+    def lookahead_samples(self) -> int | None:
+        """samples that may be pushed ahead of the next pop (the prefetch window; >= samples_per_batch); None: derived, 8 batches clamped to 64..1024 samples (at least one batch)."""
     @property
     def n_io_threads(self) -> int:
         """worker threads for metadata, reads, decode and assembly (default: the CPUs available, clamped to 2..32; at most 1024)."""
@@ -132,8 +134,8 @@ class Config:
     def max_read_op_bytes(self) -> int:
         """largest read after coalescing adjacent byte ranges of one file, in bytes."""
     @property
-    def decoded_cache_bytes(self) -> int:
-        """decoded chunks kept across batches on the CPU path, in bytes (0: off); pays off when crops revisit chunks."""
+    def decoded_cache_bytes(self) -> int | None:
+        """decoded chunks kept across batches on the CPU path, in bytes; None: chunks shared across the look-ahead window (at most 1 GiB, dropped once the window moved past them); 0: off; N: an LRU of N bytes (pays off when crops revisit chunks)."""
     @property
     def recheck_cached_data(self) -> bool | float | Literal["open"]:
         """when a decoded-cache hit checks that its shard was not rewritten: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: once that long has passed since the shard's generation was last confirmed; docs/remote.md)."""

@@ -381,7 +381,8 @@ class _LabelIndex:
         B = max(1, min(16, n_blocks))
         base = config or Config()
         cfg = base.replace(samples_per_batch=B, sample_shape=block, dtype="i64", device="cpu", decode="cpu",
-                           out_of_bounds="fill", lookahead_samples=max(base.lookahead_samples, B), arrays=[])
+                           out_of_bounds="fill", lookahead_samples=None if base.lookahead_samples is None else max(base.lookahead_samples, B),
+                           arrays=[])
         counts: dict[int, list[tuple[int, int]]] = {}
         voxels: dict[tuple[int, int], list[tuple[int, ...]]] = {}
 
@@ -863,7 +864,7 @@ class CropDataset(IterableDataset):
                 dtype=dt,
                 device=self.device,
                 out_of_bounds="fill" if self.sampler.pads or self.padding != "constant" else "error",
-                lookahead_samples=max(base.lookahead_samples, B),
+                lookahead_samples=None if base.lookahead_samples is None else max(base.lookahead_samples, B),
             )
             # (decode="auto" with an integer dtype decodes on the CPU: Rust's one rule.)
             out.append(base.replace(**fields))

@@ -176,7 +176,8 @@ def rle_bomb(max_len: int) -> bytes:
 
 def budget_of(cfg) -> int:
     batch = math.prod(cfg.sample_shape) * cfg.samples_per_batch * {"u8": 1, "bf16": 2, "i64": 8}.get(cfg.dtype, 4)
-    return cfg.staging_bytes + cfg.decoded_bytes + cfg.n_batch_buffers * batch + cfg.decoded_cache_bytes
+    return cfg.staging_bytes + cfg.decoded_bytes + cfg.n_batch_buffers * batch + (
+        (1 << 30) if cfg.decoded_cache_bytes is None else cfg.decoded_cache_bytes)  # unset: the window cache's bound
 
 
 EXT = (4, 4, 4)

@@ -386,7 +386,7 @@ pub fn config(sample_shape: &[u64], device: bool) -> Config {
         sample_shape: sample_shape.to_vec(),
         device: if device { "cuda:0".into() } else { "cpu".into() },
         decode: if device { damacy::Decode::Gpu } else { damacy::Decode::Cpu },
-        lookahead_samples: SAMPLES_PER_BATCH,
+        lookahead_samples: Some(SAMPLES_PER_BATCH),
         n_io_threads: 1,
         n_array_meta_cache: 4,
         n_shard_index_cache: 2048,
@@ -395,7 +395,7 @@ pub fn config(sample_shape: &[u64], device: bool) -> Config {
         staging_bytes: 4 << 20,
         decoded_bytes: 8 << 20,
         max_read_op_bytes: 1 << 20,
-        decoded_cache_bytes: 1 << 20,
+        decoded_cache_bytes: Some(1 << 20),
         pop_timeout_s: 30.0,
         ..Config::default()
     }

@@ -1,5 +1,8 @@
 //! The decoded-chunk cache of the CPU path: decoded chunks kept across batches, bounded by
-//! bytes (`decoded_cache_bytes`, 0 = off), least recently used evicted first. Keyed by where
+//! bytes (`decoded_cache_bytes`, 0 = off), least recently used evicted first. With a
+//! window (`decoded_cache_bytes` unset: chunk sharing across the look-ahead window), an
+//! entry that no batch of the last `window` batches used is dropped first, so the cache
+//! holds about the window's working set, not the byte bound. Keyed by where
 //! the chunk's bytes are stored and which generation of that object they came from, so a
 //! rewritten shard or chunk never hits an entry of its old bytes. Values are shared (`Arc`),
 //! so a batch that got a hit keeps its data even if the entry is evicted meanwhile.
@@ -28,17 +31,21 @@ pub struct ChunkKey {
 #[derive(Default)]
 pub(crate) struct DecodedCache {
     capacity: u64,
+    /// Batches an entry outlives its last use by (`None`: no such limit).
+    window: Option<u64>,
     bytes: u64,
     clock: u64,
-    entries: HashMap<ChunkKey, (Arc<Vec<u8>>, u64)>,
+    /// Value, LRU tick, the latest batch that used it.
+    entries: HashMap<ChunkKey, (Arc<Vec<u8>>, u64, u64)>,
     order: BTreeMap<u64, ChunkKey>,
     stats: CacheStats,
 }
 
 impl DecodedCache {
-    /// A cache of at most `capacity` decoded bytes (0: never stores anything).
-    pub(crate) fn new(capacity: u64) -> Self {
-        Self { capacity, ..Self::default() }
+    /// A cache of at most `capacity` decoded bytes (0: never stores anything); with
+    /// `window`, entries no batch used in the last `window` batches are dropped.
+    pub(crate) fn new(capacity: u64, window: Option<u64>) -> Self {
+        Self { capacity, window, ..Self::default() }
     }
 
     /// `true` when the cache can hold anything.
@@ -46,46 +53,96 @@ impl DecodedCache {
         self.capacity > 0
     }
 
-    /// The decoded bytes of `key`, marking it recently used.
-    pub(crate) fn get(&mut self, key: &ChunkKey) -> Option<Arc<Vec<u8>>> {
+    /// The decoded bytes of `key`, marking it recently used by batch `seq`.
+    pub(crate) fn get(&mut self, key: &ChunkKey, seq: u64) -> Option<Arc<Vec<u8>>> {
+        self.lookup(key, 0, seq, true)
+    }
+
+    /// As [`get`](Self::get) for entries that may be prefixes of a chunk: a hit needs at
+    /// least `need` bytes (a shorter entry counts as a miss).
+    pub(crate) fn get_at_least(&mut self, key: &ChunkKey, need: usize, seq: u64) -> Option<Arc<Vec<u8>>> {
+        self.lookup(key, need, seq, true)
+    }
+
+    /// As [`get_at_least`](Self::get_at_least), but a miss is not counted (a look-up made
+    /// ahead of the one that decides, so each chunk counts one miss at most).
+    pub(crate) fn probe(&mut self, key: &ChunkKey, need: usize, seq: u64) -> Option<Arc<Vec<u8>>> {
+        self.lookup(key, need, seq, false)
+    }
+
+    fn lookup(&mut self, key: &ChunkKey, need: usize, seq: u64, count_miss: bool) -> Option<Arc<Vec<u8>>> {
         if !self.enabled() {
+            return None;
+        }
+        if self.entries.get(key).is_some_and(|e| e.0.len() < need) {
+            self.stats.misses += u64::from(count_miss);
             return None;
         }
         self.clock += 1;
         let clock = self.clock;
         match self.entries.get_mut(key) {
-            Some((v, tick)) => {
+            Some((v, tick, used)) => {
                 self.order.remove(tick);
                 *tick = clock;
+                *used = (*used).max(seq);
                 self.order.insert(clock, key.clone());
                 self.stats.hits += 1;
                 Some(Arc::clone(v))
             }
             None => {
-                self.stats.misses += 1;
+                self.stats.misses += u64::from(count_miss);
                 None
             }
         }
     }
 
-    /// Stores `value` for `key`, evicting least recently used entries to stay within the
-    /// capacity; a value larger than the capacity is not stored.
-    pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>) {
+    /// Stores `value` for `key`, decoded by batch `seq`: first drops the entries the window
+    /// left behind (oldest first, while their last use is more than `window` batches before
+    /// `seq`), then evicts least recently used entries to stay within the capacity; a value
+    /// larger than the capacity is not stored.
+    pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>, seq: u64) {
         let size = value.len() as u64;
-        if size > self.capacity || self.entries.contains_key(&key) {
+        if size > self.capacity || self.entries.get(&key).is_some_and(|e| e.0.len() >= value.len()) {
             return;
         }
+        // A longer prefix of a chunk replaces the shorter one.
+        if let Some((old, tick, _)) = self.entries.remove(&key) {
+            self.order.remove(&tick);
+            self.bytes -= old.len() as u64;
+        }
+        if let Some(window) = self.window {
+            while let Some((_, old)) = self.order.first_key_value() {
+                let stale = self.entries.get(old).is_none_or(|e| e.2.saturating_add(window) < seq);
+                if !stale {
+                    break;
+                }
+                self.evict_oldest();
+            }
+        }
         while self.bytes + size > self.capacity {
-            let Some((_, old)) = self.order.pop_first() else { break };
-            if let Some((v, _)) = self.entries.remove(&old) {
-                self.bytes -= v.len() as u64;
-                self.stats.evictions += 1;
+            if !self.evict_oldest() {
+                break;
             }
         }
         self.clock += 1;
         self.order.insert(self.clock, key.clone());
-        self.entries.insert(key, (value, self.clock));
+        self.entries.insert(key, (value, self.clock, seq));
         self.bytes += size;
+    }
+
+    /// Drops the least recently used entry; `false` when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, old)) = self.order.pop_first() else { return false };
+        if let Some((v, ..)) = self.entries.remove(&old) {
+            self.bytes -= v.len() as u64;
+            self.stats.evictions += 1;
+        }
+        true
+    }
+
+    /// `true` when some prefix of `key` is held (a look-up that needed more missed).
+    pub(crate) fn holds(&self, key: &ChunkKey) -> bool {
+        self.entries.contains_key(key)
     }
 
     /// Hits, misses, evictions.
@@ -104,23 +161,61 @@ impl DecodedCache {
 mod tests {
     use super::*;
 
+    fn k(i: u64) -> ChunkKey {
+        ChunkKey { store: "/s".into(), key: "f".into(), offset: i, generation: Generation::new("g") }
+    }
+
+    #[test]
+    fn a_window_drops_what_the_window_left_behind() {
+        let mut c = DecodedCache::new(1 << 20, Some(2));
+        c.insert(k(0), Arc::new(vec![0; 4]), 0);
+        c.insert(k(1), Arc::new(vec![1; 4]), 1);
+        assert!(c.get(&k(0), 2).is_some(), "used by batch 2: kept while the window may need it");
+        c.insert(k(2), Arc::new(vec![2; 4]), 4);
+        assert!(c.get(&k(1), 4).is_none(), "last used by batch 1, more than 2 batches before 4: dropped");
+        assert!(c.get(&k(0), 4).is_some(), "last used by batch 2: kept");
+        c.insert(k(3), Arc::new(vec![3; 4]), 9);
+        assert!(c.get(&k(0), 9).is_none() && c.get(&k(2), 9).is_none());
+        assert_eq!(c.bytes(), 4, "only the live entry is held");
+        let other_generation = ChunkKey { generation: Generation::new("g2"), ..k(3) };
+        assert!(c.get(&other_generation, 9).is_none(), "a rewritten object never hits its old bytes");
+        // Prefixes: a short entry serves short needs only; a longer one replaces it.
+        let mut p = DecodedCache::new(100, Some(2));
+        p.insert(k(7), Arc::new(vec![7; 4]), 0);
+        assert!(p.get_at_least(&k(7), 4, 0).is_some());
+        assert!(p.get_at_least(&k(7), 5, 0).is_none(), "a 4-byte prefix cannot serve 5 bytes");
+        assert!(p.probe(&k(7), 5, 0).is_none());
+        p.insert(k(7), Arc::new(vec![7; 8]), 0);
+        assert_eq!(p.get_at_least(&k(7), 8, 0).unwrap().len(), 8);
+        assert_eq!(p.bytes(), 8, "the shorter entry was replaced, not added");
+        p.insert(k(7), Arc::new(vec![7; 2]), 0);
+        assert_eq!(p.get_at_least(&k(7), 8, 0).unwrap().len(), 8, "a shorter one does not replace a longer one");
+        // The byte bound holds with a window too.
+        let mut small = DecodedCache::new(8, Some(100));
+        for i in 0..5 {
+            small.insert(k(i), Arc::new(vec![0; 4]), i);
+            assert!(small.bytes() <= 8);
+        }
+    }
+
     #[test]
     fn bounded_by_bytes_lru() {
-        let mut c = DecodedCache::new(10);
-        let k = |i: u64| ChunkKey { store: "/s".into(), key: "f".into(), offset: i, generation: Generation::new("g") };
-        c.insert(k(0), Arc::new(vec![0; 4]));
-        c.insert(k(1), Arc::new(vec![1; 4]));
-        assert!(c.get(&k(0)).is_some(), "touch 0: 1 is now the oldest");
-        c.insert(k(2), Arc::new(vec![2; 4]));
-        assert!(c.get(&k(1)).is_none(), "1 evicted");
-        assert_eq!(c.get(&k(0)).unwrap()[0], 0);
-        assert_eq!(c.get(&k(2)).unwrap()[0], 2);
+        let mut c = DecodedCache::new(10, None);
+        c.insert(k(0), Arc::new(vec![0; 4]), 0);
+        c.insert(k(1), Arc::new(vec![1; 4]), 0);
+        assert!(c.get(&k(0), 0).is_some(), "touch 0: 1 is now the oldest");
+        c.insert(k(2), Arc::new(vec![2; 4]), 0);
+        assert!(c.get(&k(1), 0).is_none(), "1 evicted");
+        assert_eq!(c.get(&k(0), 0).unwrap()[0], 0);
+        assert_eq!(c.get(&k(2), 0).unwrap()[0], 2);
         assert!(c.bytes() <= 10);
-        c.insert(k(3), Arc::new(vec![3; 11]));
-        assert!(c.get(&k(3)).is_none(), "larger than the capacity: not stored");
-        let mut off = DecodedCache::new(0);
-        off.insert(k(0), Arc::new(vec![0; 1]));
-        assert!(off.get(&k(0)).is_none());
+        c.insert(k(3), Arc::new(vec![3; 11]), 0);
+        assert!(c.get(&k(3), 0).is_none(), "larger than the capacity: not stored");
+        c.insert(k(4), Arc::new(vec![4; 1]), 1000);
+        assert!(c.get(&k(0), 1000).is_some(), "no window: age in batches does not matter");
+        let mut off = DecodedCache::new(0, None);
+        off.insert(k(0), Arc::new(vec![0; 1]), 0);
+        assert!(off.get(&k(0), 0).is_none());
         assert_eq!(off.stats().misses, 0, "a disabled cache counts nothing");
     }
 }

@@ -73,6 +73,7 @@ pub struct ChunkCodec {
 
 thread_local! {
     static ZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    static ZSTD_STREAM: std::cell::RefCell<Option<zstd::stream::raw::Decoder<'static>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The zarrs data type of a Zarr v3 data type name damacy reads.
@@ -252,6 +253,145 @@ impl ChunkCodec {
     pub fn decoded_len(&self) -> usize {
         self.decoded_len
     }
+
+    /// `true` when [`decode_prefix_into`](Self::decode_prefix_into) can stop early: the
+    /// chain is one compressor (zstd, or blosc), after an optional crc32c, and the
+    /// array→bytes part is the identity (C order, native endian), so the first `n` decoded
+    /// bytes are the first `n` bytes of the chunk's elements.
+    pub fn decodes_prefix(&self) -> bool {
+        self.array.is_none() && matches!(self.steps.iter().filter(|&&s| s != Step::Crc32c).collect::<Vec<_>>()[..], [Step::Zstd | Step::Blosc])
+    }
+
+    /// How many decoded bytes to produce for a crop that reads the first `need` bytes: a
+    /// blosc prefix always pays (only its blocks are decompressed); libzstd's streaming
+    /// decoder, which a stopped stream needs, costs ~2.5× the bulk decoder per byte (measured:
+    /// `prefix_timing`, dev/perf.md), so a zstd prefix is decoded only up to a quarter of the
+    /// chunk and the whole chunk (bulk) beyond.
+    pub fn prefix_len(&self, need: usize) -> usize {
+        if !self.decodes_prefix() || need >= self.decoded_len {
+            return self.decoded_len;
+        }
+        let zstd = self.steps.contains(&Step::Zstd);
+        if zstd && need > self.decoded_len / 4 {
+            self.decoded_len
+        } else {
+            need
+        }
+    }
+
+    /// Decodes the first `out.len()` bytes of the chunk (C order), stopping the zstd stream
+    /// once they are produced, or decoding only the blosc blocks that hold them. Bytes
+    /// after the prefix are not decoded, so damage there goes unnoticed (it never reaches
+    /// an output); the prefix itself is checked as [`decode_into`](Self::decode_into)
+    /// checks a whole chunk (the stream must produce it; framing and sizes are checked).
+    /// Without [`decodes_prefix`](Self::decodes_prefix), or for the whole chunk, it is
+    /// [`decode_into`](Self::decode_into).
+    ///
+    /// # Errors
+    /// As [`decode_into`](Self::decode_into); InvalidArgument when `out` is longer than a
+    /// chunk.
+    pub fn decode_prefix_into(&self, encoded: &[u8], out: &mut [u8]) -> Result<()> {
+        if out.len() == self.decoded_len || !self.decodes_prefix() {
+            return self.decode_into(encoded, out);
+        }
+        if out.len() > self.decoded_len {
+            return Err(err!(InvalidArgument, "output buffer has {} bytes, a decoded chunk has {}", out.len(), self.decoded_len));
+        }
+        let cap = max_encoded_len(self.decoded_len as u64);
+        if encoded.len() as u64 > cap {
+            return Err(err!(Decode, "stored chunk of {} bytes exceeds the {cap} bytes any encoding of a {}-byte chunk takes (codecs: {})", encoded.len(), self.decoded_len, self.names));
+        }
+        let with_names = |e: crate::error::Error| crate::error::Error::new(e.status(), format!("{} (codecs: {})", e.message(), self.names));
+        let mut src = encoded;
+        if self.steps.first() == Some(&Step::Crc32c) {
+            src = strip_crc32c(src).map_err(with_names)?;
+        }
+        let step = *self.steps.iter().find(|&&s| s != Step::Crc32c).unwrap_or(&Step::Zstd);
+        match step {
+            Step::Zstd => zstd_prefix(src, out, self.decoded_len),
+            _ => blosc_prefix(src, out, self.decoded_len),
+        }
+        .map_err(with_names)?;
+        if self.is_bool {
+            for b in out.iter_mut() {
+                *b = u8::from(*b != 0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first `out.len()` bytes of a zstd stream that decodes to `full` bytes: the stream is
+/// run until they are produced, then dropped (libzstd decodes at most one 128 KiB block past
+/// them). The window is capped at the chunk's size, so a frame asking for a larger window
+/// (memory it would allocate) fails.
+fn zstd_prefix(src: &[u8], out: &mut [u8], full: usize) -> Result<()> {
+    use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+    ZSTD_STREAM.with_borrow_mut(|slot| {
+        let dec = match slot {
+            Some(d) => d,
+            None => slot.insert(zstd::stream::raw::Decoder::new().map_err(|e| err!(OutOfMemory, "zstd context: {e}"))?),
+        };
+        dec.reinit().map_err(|e| err!(Decode, "zstd: {e}"))?;
+        // The window a frame of `full` bytes can need: its content size, rounded up to 2^10..2^31.
+        let log = (usize::BITS - full.max(1 << 10).next_power_of_two().leading_zeros() - 1).clamp(10, 31);
+        dec.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(log)).map_err(|e| err!(Decode, "zstd: {e}"))?;
+        let want = out.len();
+        let mut input = InBuffer::around(src);
+        let mut output = OutBuffer::around(out);
+        loop {
+            let before = (input.pos(), output.pos());
+            let hint = dec.run(&mut input, &mut output).map_err(|e| err!(Decode, "zstd: {e} (at most {full} bytes expected)"))?;
+            if output.pos() == want {
+                return Ok(());
+            }
+            if hint == 0 || (input.pos(), output.pos()) == before {
+                return Err(err!(Decode, "zstd: stream ends after {} bytes, expected {full}", output.pos()));
+            }
+        }
+    })
+}
+
+/// The first `out.len()` bytes of a blosc chunk that decodes to `full` bytes: only the
+/// blocks that hold them are decompressed (`blosc_getitem`, which keeps its state on its
+/// own stack: safe on many threads), after the same framing checks as a whole chunk.
+fn blosc_prefix(src: &[u8], out: &mut [u8], full: usize) -> Result<()> {
+    let frame = BloscFrame::parse(src, src.len() as u64)?;
+    let nbytes = frame.nbytes as usize;
+    if nbytes != full {
+        return Err(err!(Decode, "blosc header: {nbytes} decoded bytes, expected {full}"));
+    }
+    let typesize = frame.typesize.max(1) as usize;
+    let mut declared = 0usize;
+    // SAFETY: `src` is a valid slice of `src.len()` bytes; `declared` is a valid out-pointer.
+    let valid = unsafe { blosc_src::blosc_cbuffer_validate(src.as_ptr().cast(), src.len(), &raw mut declared) };
+    if valid != 0 || declared != nbytes {
+        return Err(err!(Decode, "blosc: the chunk's framing is inconsistent (c-blosc rejects it)"));
+    }
+    let items = out.len().div_ceil(typesize);
+    let blocksize = frame.blocksize.max(1) as usize;
+    for b in 0..out.len().div_ceil(blocksize).min(frame.blocks.len()) {
+        let (start, end) = frame.blocks[b];
+        frame.streams(b, &src[start as usize..end as usize])?;
+    }
+    if items * typesize > nbytes || items * typesize != out.len() {
+        // The prefix is not a whole number of blosc items: decode the whole chunk.
+        let mut whole = vec![0u8; nbytes];
+        blosc_decompress(src, &mut whole)?;
+        out.copy_from_slice(&whole[..out.len()]);
+        return Ok(());
+    }
+    let (Ok(n_items), Ok(_)) = (i32::try_from(items), i32::try_from(nbytes)) else {
+        return Err(err!(Decode, "blosc: {nbytes} bytes exceed c-blosc's 2^31"));
+    };
+    // SAFETY: `src` passed c-blosc's own validation and our parser (cbytes == src.len());
+    // `out` has room for `items × typesize` bytes (checked above), which is what
+    // blosc_getitem writes for items 0..items.
+    let n = unsafe { blosc_src::blosc_getitem(src.as_ptr().cast(), 0, n_items, out.as_mut_ptr().cast()) };
+    if n < 0 || n as usize != out.len() {
+        return Err(err!(Decode, "blosc: decompression failed (code {n})"));
+    }
+    Ok(())
 }
 
 /// Decompresses `src` into `dst`, never writing past it; returns the bytes produced. A
@@ -444,6 +584,116 @@ mod tests {
 
     fn transpose(order: &[usize]) -> Value {
         json!({"name": "transpose", "configuration": {"order": order}})
+    }
+
+    /// Compressible content: smooth ramps plus a little noise, so zstd makes many blocks of
+    /// real sequences (random bytes would be stored raw).
+    fn smooth_chunk(n: usize, seed: u64) -> Vec<u8> {
+        let noise = random_bytes(n, seed);
+        (0..n).map(|i| ((i / 97) as u8).wrapping_add(noise[i] & 3)).collect()
+    }
+
+    #[test]
+    fn a_prefix_equals_the_whole_chunks_start() {
+        let shape = [64u64, 64, 32]; // u16: 256 KiB, two zstd blocks and more
+        let blosc_small = json!({"name": "blosc", "configuration": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle", "typesize": 2, "blocksize": 8192}});
+        let blosc_lz4_bit = json!({"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle", "typesize": 2, "blocksize": 4096}});
+        let chains = [
+            json!([bytes("little"), zstd()]),
+            json!([bytes("little"), json!({"name": "zstd", "configuration": {"level": 3, "checksum": true}})]),
+            json!([bytes("little"), zstd(), crc32c()]),
+            json!([bytes("little"), blosc_small]),
+            json!([bytes("little"), blosc_lz4_bit]),
+            json!([bytes("little"), blosc("zstd", "noshuffle", 2)]),
+        ];
+        for (ci, codecs) in chains.iter().enumerate() {
+            let decoded = smooth_chunk(shape.iter().product::<u64>() as usize * 2, ci as u64 + 1);
+            let encoded = zarrs_encode("uint16", &json!(0), codecs, &shape, &decoded);
+            let codec = codec_for("uint16", &json!(0), codecs, &shape).unwrap();
+            assert!(codec.decodes_prefix(), "{codecs}");
+            let mut lens: Vec<usize> = vec![2, 128 << 10, (128 << 10) + 2, decoded.len() - 2, decoded.len()];
+            lens.extend(random_bytes(8, ci as u64).iter().map(|&r| (usize::from(r) * decoded.len() / 256) & !1));
+            for n in lens.into_iter().filter(|&n| n > 0) {
+                let mut out = vec![0xAAu8; n];
+                codec.decode_prefix_into(&encoded, &mut out).unwrap();
+                assert!(out[..] == decoded[..n], "{codecs}: prefix of {n} bytes differs");
+            }
+        }
+        // How much is decoded: zstd prefixes up to a quarter of the chunk (the streaming
+        // decoder is slower per byte), blosc prefixes of any length.
+        let z = codec_for("uint16", &json!(0), &chains[0], &shape).unwrap();
+        let b = codec_for("uint16", &json!(0), &chains[3], &shape).unwrap();
+        let full = z.decoded_len();
+        assert_eq!((z.prefix_len(100), z.prefix_len(full / 4), z.prefix_len(full / 4 + 2)), (100, full / 4, full));
+        assert_eq!((b.prefix_len(100), b.prefix_len(full - 2), b.prefix_len(full + 5)), (100, full - 2, full));
+        // Not a prefix codec: transposed, or two compressors. decode_prefix_into then needs the whole chunk.
+        let t = json!([transpose(&[2, 1, 0]), bytes("little"), zstd()]);
+        assert!(!codec_for("uint16", &json!(0), &t, &shape).unwrap().decodes_prefix());
+        let big = json!([bytes("big"), zstd()]);
+        assert!(!codec_for("uint16", &json!(0), &big, &shape).unwrap().decodes_prefix());
+    }
+
+    /// Timing of whole-chunk vs prefix decodes (dev/perf.md, issue 18):
+    /// `cargo test --release --lib prefix_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn prefix_timing() {
+        let shape = [32u64, 128, 128]; // u16, 1 MiB: the thin class's chunks
+        let n = shape.iter().product::<u64>() as usize * 2;
+        let decoded = smooth_chunk(n, 5);
+        for codecs in [json!([bytes("little"), zstd()]), json!([bytes("little"), blosc("zstd", "shuffle", 2)])] {
+            let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+            let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+            let mut out = vec![0u8; n];
+            let reps = 40;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                codec.decode_into(&encoded, &mut out).unwrap();
+            }
+            let whole = t.elapsed().as_secs_f64() / f64::from(reps);
+            for frac in [1u32, 4, 8, 16, 31] {
+                let len = n * frac as usize / 32;
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    codec.decode_prefix_into(&encoded, &mut out[..len]).unwrap();
+                }
+                let part = t.elapsed().as_secs_f64() / f64::from(reps);
+                println!("{codecs}: whole {:.0} us, prefix {frac}/32: {:.0} us ({:.2} of whole)", whole * 1e6, part * 1e6, part / whole);
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_short_stream_fails_its_prefix() {
+        let shape = [64u64, 64, 32];
+        let decoded = smooth_chunk(shape.iter().product::<u64>() as usize * 2, 9);
+        let codecs = json!([bytes("little"), zstd()]);
+        let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+        let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+        // A stream of half the chunk: a prefix beyond what it holds is a Decode error.
+        let half = zarrs_encode("uint16", &json!(0), &codecs, &[32, 64, 32], &decoded[..decoded.len() / 2]);
+        let mut out = vec![0u8; decoded.len() / 2 + 2];
+        assert_eq!(codec.decode_prefix_into(&half, &mut out).unwrap_err().status(), Status::Decode);
+        let mut ok = vec![0u8; 1000];
+        codec.decode_prefix_into(&half, &mut ok).unwrap();
+        assert!(ok[..] == decoded[..1000]);
+        // Garbage and truncation fail, never panic.
+        for cut in [0, 4, 12, encoded.len() / 3] {
+            let mut out = vec![0u8; decoded.len() - 2];
+            assert!(codec.decode_prefix_into(&encoded[..cut], &mut out).is_err(), "cut at {cut}");
+        }
+        let mut bad = encoded.clone();
+        for b in &mut bad[..8] {
+            *b ^= 0x5a;
+        }
+        assert_eq!(codec.decode_prefix_into(&bad, &mut vec![0u8; 4096]).unwrap_err().status(), Status::Decode);
+        assert_eq!(codec.decode_prefix_into(&encoded, &mut vec![0u8; decoded.len() + 2]).unwrap_err().status(), Status::InvalidArgument);
+        let blosc = json!([bytes("little"), blosc("zstd", "shuffle", 2)]);
+        let bcodec = codec_for("uint16", &json!(0), &blosc, &shape).unwrap();
+        let bencoded = zarrs_encode("uint16", &json!(0), &blosc, &shape, &decoded);
+        for cut in [0, 8, 16, bencoded.len() / 2] {
+            assert!(bcodec.decode_prefix_into(&bencoded[..cut], &mut vec![0u8; 4096]).is_err(), "blosc cut at {cut}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
-pub use config::{Config, Decode, OutDtype, OutOfBounds, Recheck};
+pub use config::{Config, Decode, DecodedCachePolicy, OutDtype, OutOfBounds, Recheck, WINDOW_CACHE_BYTES};
 /// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
 pub(crate) use crate::plan::Array;
 pub(crate) use crate::prefetch::MultiscaleInfo;
@@ -209,7 +209,11 @@ impl Pipeline {
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
-            decoded: Mutex::new(crate::cache::decoded::DecodedCache::new(cfg.decoded_cache_bytes)),
+            decoded: Mutex::new({
+                // The device path decodes on the GPU: no host-side cache of decoded chunks.
+                let policy = cfg.decoded_cache();
+                crate::cache::decoded::DecodedCache::new(if gpu_mode { 0 } else { policy.bytes }, policy.window_batches)
+            }),
             validated: Mutex::new(HashMap::new()),
             buffers,
             prefetch,
@@ -285,7 +289,7 @@ impl Pipeline {
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(Shutdown, "push on a closed pipeline"));
         }
-        if w.unpopped >= u64::from(cfg.lookahead_samples) {
+        if w.unpopped >= u64::from(cfg.lookahead()) {
             return Ok(false);
         }
         let aabb: Vec<(i64, i64)> = starts.iter().copied().zip(stops.iter().copied()).collect();

@@ -104,7 +104,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
             for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
                 let array = &plan.arrays[op.array as usize];
                 if let Some(k) = range_key(array, &op.source) {
-                    if let Some(v) = cache.get(&k) {
+                    if let Some(v) = cache.probe(&k, chunk_need(array, op), batch.seq) {
                         cached[i] = Some(v);
                         op.source = ChunkSource::Absent;
                         checks.entry((op.array, k.key)).or_insert((k.generation, i));
@@ -167,7 +167,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
                 let ChunkSource::Range { offset, nbytes, .. } = op.source else { continue };
                 let at = (offset - read.offset) as usize;
                 let encoded = &bytes[at..at + nbytes as usize];
-                decode_and_assemble(shared, op, array, Some(encoded), range_key(array, &op.source), &out).map_err(|e| chunk_context(e, batch, op))?;
+                decode_and_assemble(shared, batch.seq, op, array, Some(encoded), range_key(array, &op.source), &out).map_err(|e| chunk_context(e, batch, op))?;
             }
             Ok(())
         });
@@ -194,13 +194,13 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
                 return Ok(());
             }
             let ChunkSource::File(key) = &op.source else {
-                return decode_and_assemble(shared, op, array, None, None, &out);
+                return decode_and_assemble(shared, batch.seq, op, array, None, None, &out);
             };
             let t0 = Instant::now();
             let found = io::read_whole(&*array.store, key, max_encoded_len(meta.decoded_chunk_bytes)).map_err(|e| chunk_context(e, batch, op))?;
             shared.stats.read_op(found.as_ref().map_or(0, |(b, _)| b.len() as u64), t0.elapsed());
             let cache_key = found.as_ref().map(|(_, info)| ChunkKey { store: Arc::clone(&array.id), key: Arc::clone(key), offset: 0, generation: info.generation.clone() });
-            decode_and_assemble(shared, op, array, found.as_ref().map(|(b, _)| b.as_slice()), cache_key, &out).map_err(|e| chunk_context(e, batch, op))
+            decode_and_assemble(shared, batch.seq, op, array, found.as_ref().map(|(b, _)| b.as_slice()), cache_key, &out).map_err(|e| chunk_context(e, batch, op))
         });
     }
     Ok(())
@@ -211,8 +211,11 @@ thread_local! {
 }
 
 /// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies; with a
-/// `key` and the decoded cache on, keeps the decoded chunk for later batches.
-fn decode_and_assemble(shared: &Shared, op: &ChunkOp, array: &Array, encoded: Option<&[u8]>, key: Option<ChunkKey>, out: &OutBuffer) -> Result<()> {
+/// `key` and the decoded cache on, first looks the chunk up (another batch of the window
+/// may have decoded it since this batch was planned; for a whole-object chunk this is the
+/// only look-up, its generation being known once read) and else keeps the decoded chunk
+/// for later batches (batch `seq`).
+fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, encoded: Option<&[u8]>, key: Option<ChunkKey>, out: &OutBuffer) -> Result<()> {
     let meta = &array.meta;
     let sample_shape = &shared.cfg.sample_shape;
     let t1 = Instant::now();
@@ -233,29 +236,76 @@ fn decode_and_assemble(shared: &Shared, op: &ChunkOp, array: &Array, encoded: Op
         shared.stats.chunk_decoded(0, Duration::ZERO, t2 - t1, t2.elapsed());
     };
     let codec = &array.decoder.cpu;
-    let caching = key.is_some() && shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    // Decode less: a C-order chunk whose copies end before its end needs only a prefix
+    // (zstd stops there; blosc decodes the blocks up to it). Cached entries are prefixes
+    // too: one serves this chunk when it is at least `need` bytes long.
+    let need = chunk_need(array, op);
+    let hit = key.as_ref().and_then(|k| shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).get_at_least(k, need, seq));
+    if let Some(decoded) = hit {
+        let t = Instant::now();
+        for c in &op.copies {
+            // SAFETY: exclusive voxels (planner invariant).
+            unsafe { assemble::copy_region(&decoded, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
+        }
+        shared.stats.chunk_cached(t.elapsed());
+        return Ok(());
+    }
+    let (caching, grow) = key.as_ref().map_or((false, false), |k| {
+        let cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
+        (cache.enabled(), cache.holds(k))
+    });
     if caching {
+        // A chunk whose cached prefix was too short is read a second time: decode it whole,
+        // so a chunk costs at most two decodes however its crops grow.
+        let need = if grow { codec.decoded_len() } else { codec.prefix_len(need) };
         let mut buf = Vec::new();
-        buf.try_reserve_exact(codec.decoded_len()).map_err(|_| err!(OutOfMemory, "cannot allocate {} bytes to decode a chunk", codec.decoded_len()))?;
-        buf.resize(codec.decoded_len(), 0);
-        codec.decode_into(encoded, &mut buf)?;
+        buf.try_reserve_exact(need).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
+        buf.resize(need, 0);
+        codec.decode_prefix_into(encoded, &mut buf)?;
         assemble_from(&buf);
         if let Some(key) = key {
             // Just read at this generation: hits need no check for the recheck interval.
             shared.validated_now(&key.store, &key.key, &key.generation);
-            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf));
+            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf), seq);
         }
         return Ok(());
     }
+    let need = codec.prefix_len(need);
     DECODED.with_borrow_mut(|buf| {
-        if buf.len() < codec.decoded_len() {
-            buf.try_reserve_exact(codec.decoded_len() - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {} bytes to decode a chunk", codec.decoded_len()))?;
+        if buf.len() < need {
+            buf.try_reserve_exact(need - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
         }
-        buf.resize(codec.decoded_len(), 0);
-        codec.decode_into(encoded, buf)?;
+        buf.resize(need, 0);
+        codec.decode_prefix_into(encoded, buf)?;
         assemble_from(buf);
         Ok(())
     })
+}
+
+/// The decoded bytes `op` needs of its chunk: a prefix when the codec can stop early, else
+/// the whole chunk (how much is then decoded: `ChunkCodec::prefix_len`).
+fn chunk_need(array: &Array, op: &ChunkOp) -> usize {
+    let codec = &array.decoder.cpu;
+    if codec.decodes_prefix() {
+        prefix_needed(op, array.meta.chunk_shape(), array.meta.dtype.size()).min(codec.decoded_len())
+    } else {
+        codec.decoded_len()
+    }
+}
+
+/// Bytes of a decoded C-order chunk of `chunk_shape` (elements of `es` bytes) up to the
+/// last element any of `op`'s copies reads.
+fn prefix_needed(op: &ChunkOp, chunk_shape: &[u64], es: usize) -> usize {
+    let mut need = 0u64;
+    for c in &op.copies {
+        let mut last = 0u64;
+        for (d, &n) in chunk_shape.iter().enumerate() {
+            let hi = (c.chunk_start[d] + c.extent[d]).saturating_sub(1).min(n.saturating_sub(1));
+            last = last * n + hi;
+        }
+        need = need.max(last + 1);
+    }
+    usize::try_from(need.saturating_mul(es as u64)).unwrap_or(usize::MAX)
 }
 
 /// The staging slab of a batch, written by its jobs at disjoint ranges.

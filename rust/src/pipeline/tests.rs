@@ -14,7 +14,7 @@ fn volume(name: &str, shard: &[u64], seed: u64) -> PathBuf {
 }
 
 fn config() -> Config {
-    Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: 4, pop_timeout_s: 20.0, ..Config::default() }
+    Config { samples_per_batch: 2, sample_shape: vec![8, 8, 8], n_io_threads: 2, lookahead_samples: Some(4), pop_timeout_s: 20.0, ..Config::default() }
 }
 
 fn pipeline() -> Pipeline {
@@ -92,7 +92,7 @@ fn a_shard_rewritten_in_place_is_noticed_and_reread() {
 fn a_shard_rewritten_in_place_is_noticed_with_the_decoded_cache_on() {
     let a = volume("stale-cache-a", &[16, 16, 16], 6);
     let b = volume("stale-cache-b", &[16, 16, 16], 7);
-    let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, recheck_cached_data: super::Recheck::Always, ..config() }).unwrap();
+    let p = Pipeline::new(Config { decoded_cache_bytes: Some(1 << 20), recheck_cached_data: super::Recheck::Always, ..config() }).unwrap();
     let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
     let before = batch(&p, ua, 0).unwrap();
     assert_eq!(batch(&p, ua, 0).unwrap(), before, "served from the decoded cache");
@@ -182,7 +182,7 @@ fn recheck_cached_data_off_serves_cached_chunks_and_an_interval_still_checks_loc
     for (recheck, name) in [(super::Recheck::Never { open: false }, "never"), (super::Recheck::After(0.5), "after")] {
         let a = volume(&format!("recheck-{name}-a"), &[16, 16, 16], 6);
         let b = volume(&format!("recheck-{name}-b"), &[16, 16, 16], 7);
-        let p = Pipeline::new(Config { decoded_cache_bytes: 1 << 20, recheck_cached_data: recheck, ..config() }).unwrap();
+        let p = Pipeline::new(Config { decoded_cache_bytes: Some(1 << 20), recheck_cached_data: recheck, ..config() }).unwrap();
         let ua = a.to_str().unwrap();
         let before = batch(&p, ua, 0).unwrap();
         std::fs::write(a.join("c/0/0/0"), std::fs::read(b.join("c/0/0/0")).unwrap()).unwrap();
@@ -203,5 +203,56 @@ fn recheck_cached_data_off_serves_cached_chunks_and_an_interval_still_checks_loc
         for d in [a, b] {
             std::fs::remove_dir_all(&d).unwrap();
         }
+    }
+}
+
+/// Pops one batch of `boxes` (z ranges over a 16³ volume, crops 8×8×8 at y, x = 4) as f32.
+fn batch_of(p: &Pipeline, uri: &str, zs: &[i64]) -> Vec<f32> {
+    for &z in zs {
+        assert!(p.push(uri, &[z, 4, 4], &[z + 8, 12, 12]).unwrap());
+    }
+    let mut b = p.pop(-1.0).unwrap();
+    b.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn chunks_are_shared_across_batches_by_default_and_prefixes_grow() {
+    // Chunks 8³ of a 16³ volume, sharded and not; crops 8×8×8 at y, x = 4 and varying z, so
+    // consecutive batches meet in the same chunks at other depths: a crop from z = 6 needs
+    // rows 6..8 of the first chunk layer (its whole prefix) and rows 0..6 of the second (a
+    // prefix), a later crop from z = 8 all of the second layer (a cached prefix too short).
+    for shard in [&[16u64, 16, 16][..], &[][..]] {
+        let dir = volume(&format!("share-{}", shard.len()), shard, 11);
+        let u = dir.to_str().unwrap();
+        let shared = pipeline();
+        let off = Pipeline::new(Config { decoded_cache_bytes: Some(0), ..config() }).unwrap();
+        let plan: [&[i64]; 5] = [&[4, 2], &[6, 1], &[8, 4], &[3, 7], &[4, 2]];
+        for zs in plan {
+            assert_eq!(batch_of(&shared, u, zs), batch_of(&off, u, zs), "shard {shard:?}, z {zs:?}: values equal the uncached read");
+        }
+        let s = shared.stats();
+        assert!(s.decoded_cache.hits > 0, "shard {shard:?}: later batches hit chunks decoded by earlier ones: {:?}", s.decoded_cache);
+        assert_eq!(off.stats().decoded_cache.hits, 0);
+        assert!(s.chunks_decoded < off.stats().chunks_decoded, "fewer decodes with sharing: {} vs {}", s.chunks_decoded, off.stats().chunks_decoded);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn an_unsharded_chunk_rewritten_in_place_is_read_anew_with_the_window_cache() {
+    let a = volume("unsharded-a", &[], 12);
+    let b = volume("unsharded-b", &[], 13);
+    let p = pipeline();
+    let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let before = batch(&p, ua, 0).unwrap();
+    assert_eq!(batch(&p, ua, 0).unwrap(), before);
+    for f in ["c/0/0/0", "c/0/0/1", "c/0/1/0", "c/0/1/1", "c/1/0/0", "c/1/0/1", "c/1/1/0", "c/1/1/1"] {
+        std::fs::write(a.join(f), std::fs::read(b.join(f)).unwrap()).unwrap();
+    }
+    let after = batch(&p, ua, 0).unwrap();
+    assert_ne!(before, after, "a cached chunk of the old file never serves the new one");
+    assert_eq!(after, batch(&pipeline(), ub, 0).unwrap());
+    for d in [a, b] {
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
