@@ -54,6 +54,7 @@ impl DecodedCache {
     }
 
     /// The decoded bytes of `key`, marking it recently used by batch `seq`.
+    #[cfg(test)]
     pub(crate) fn get(&mut self, key: &ChunkKey, seq: u64) -> Option<Arc<Vec<u8>>> {
         self.lookup(key, 0, seq, true)
     }

@@ -102,11 +102,11 @@ pub(crate) const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 
 /// Bound of the decoded chunks shared across the look-ahead window when
 /// `decoded_cache_bytes` is unset (1 GiB).
-pub const WINDOW_CACHE_BYTES: u64 = 1 << 30;
+pub(crate) const WINDOW_CACHE_BYTES: u64 = 1 << 30;
 
 /// What the decoded-chunk cache of the CPU path keeps ([`Config::decoded_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodedCachePolicy {
+pub(crate) struct DecodedCachePolicy {
     /// Bytes at most (0: off).
     pub bytes: u64,
     /// `Some(w)`: an entry no batch used in the last `w` batches is dropped (sharing across
@@ -278,7 +278,7 @@ impl Config {
     /// What the CPU path's decoded-chunk cache keeps: with `decoded_cache_bytes` unset, the
     /// chunks of the look-ahead window's batches (plus the batches in flight and held,
     /// `n_batch_buffers`), at most [`WINDOW_CACHE_BYTES`]; else an LRU of that many bytes.
-    pub fn decoded_cache(&self) -> DecodedCachePolicy {
+    pub(crate) fn decoded_cache(&self) -> DecodedCachePolicy {
         match self.decoded_cache_bytes {
             Some(bytes) => DecodedCachePolicy { bytes, window_batches: None },
             None => {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
 pub use batch::Batch;
-pub use config::{Config, Decode, DecodedCachePolicy, OutDtype, OutOfBounds, Recheck, WINDOW_CACHE_BYTES};
+pub use config::{Config, Decode, OutDtype, OutOfBounds, Recheck};
 /// What `open_array` / `open_node` return (for the bridge, which imports nothing below `pipeline`).
 pub(crate) use crate::plan::Array;
 pub(crate) use crate::prefetch::MultiscaleInfo;

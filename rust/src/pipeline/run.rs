@@ -82,6 +82,35 @@ fn check_budgets(shared: &Shared, batch: &InFlight, staged: u64, decoded: u64) -
     Ok(())
 }
 
+/// Shard objects with decoded-cache hits in one batch: (array, key) → the generation the
+/// hits were decoded from and a chunk op to name in errors.
+type Checks = HashMap<(u32, Arc<str>), (Generation, usize), ahash::RandomState>;
+
+/// The generation checks of the shards a CPU batch serves from the decoded cache.
+fn spawn_generation_checks(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, plan: &Arc<BatchPlan>, checks: Checks) {
+    // As `recheck_cached_data` says (every batch, never, or once its interval has passed
+    // since the shard was last confirmed): a job each, failing the batch (and invalidating
+    // the index) when the shard changed or vanished.
+    for ((array_at, key), (generation, first)) in checks {
+        let array = &plan.arrays[array_at as usize];
+        if !shared.must_recheck(&array.id, &key, &generation, array.store.is_remote()) {
+            continue;
+        }
+        let (plan, what_plan) = (Arc::clone(plan), Arc::clone(plan));
+        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
+            let array = &plan.arrays[array_at as usize];
+            let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
+            match found {
+                Some(info) if info.generation == generation => {
+                    shared.validated_now(&array.id, &key, &generation);
+                    Ok(())
+                }
+                found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
+            }
+        });
+    }
+}
+
 /// The CPU path: decode and assemble straight into the batch's output buffer.
 pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
     let cfg = &shared.cfg;
@@ -97,7 +126,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
     // noticed, so each shard object with hits gets one `head` per batch instead (`checks`:
     // object → its cached generation and a chunk to name).
     let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
-    let mut checks: HashMap<(u32, Arc<str>), (Generation, usize), ahash::RandomState> = HashMap::default();
+    let mut checks = Checks::default();
     {
         let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.enabled() {
@@ -127,28 +156,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
             Ok(())
         });
     }
-    // Generation checks of the shards served from the decoded cache (as
-    // `recheck_cached_data` says: every batch, never, or once its interval has passed since
-    // the shard was last confirmed): a job each, failing the batch (and invalidating the
-    // index) when the shard changed or vanished.
-    for ((array_at, key), (generation, first)) in checks {
-        let array = &plan.arrays[array_at as usize];
-        if !shared.must_recheck(&array.id, &key, &generation, array.store.is_remote()) {
-            continue;
-        }
-        let (plan, what_plan) = (Arc::clone(&plan), Arc::clone(&plan));
-        spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
-            let array = &plan.arrays[array_at as usize];
-            let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
-            match found {
-                Some(info) if info.generation == generation => {
-                    shared.validated_now(&array.id, &key, &generation);
-                    Ok(())
-                }
-                found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
-            }
-        });
-    }
+    spawn_generation_checks(shared, pool, batch, &plan, checks);
     // Coalesced ranges: one read, then each chunk it holds is decoded and assembled.
     for read in staging.reads {
         let plan = Arc::clone(&plan);
