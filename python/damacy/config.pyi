@@ -42,9 +42,8 @@ class Config:
         staging_bytes: int = 536870912,
         decoded_bytes: int = 4294967296,
         max_read_op_bytes: int = 4194304,
-        decoded_cache_bytes: int = 0,
-        recheck_cached_data: bool | float | Literal["open"] = 1.0,
         decoded_cache_bytes: int | None = None,
+        recheck_cached_data: bool | float | Literal["open"] = 1.0,
         pop_timeout_s: float = 60.0,
         out_of_bounds: Literal["error", "fill"] = 'error',
         arrays: Sequence[str | os.PathLike[str]] = (),
@@ -78,9 +77,8 @@ class Config:
         staging_bytes: int = ...,
         decoded_bytes: int = ...,
         max_read_op_bytes: int = ...,
-        decoded_cache_bytes: int = ...,
-        recheck_cached_data: bool | float | Literal["open"] = ...,
         decoded_cache_bytes: int | None = ...,
+        recheck_cached_data: bool | float | Literal["open"] = ...,
         pop_timeout_s: float = ...,
         out_of_bounds: Literal["error", "fill"] = ...,
         arrays: Sequence[str | os.PathLike[str]] = ...,
@@ -138,7 +136,7 @@ class Config:
         """decoded chunks kept across batches on the CPU path, in bytes; None: chunks shared across the look-ahead window (at most 1 GiB, dropped once the window moved past them); 0: off; N: an LRU of N bytes (pays off when crops revisit chunks)."""
     @property
     def recheck_cached_data(self) -> bool | float | Literal["open"]:
-        """when a decoded-cache hit checks that its shard was not rewritten: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: once that long has passed since the shard's generation was last confirmed; docs/remote.md)."""
+        """when a decoded-cache hit checks that its shard was not rewritten: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: on object stores, once that long has passed since the shard's generation was last confirmed; local files every batch; docs/remote.md)."""
     @property
     def pop_timeout_s(self) -> float:
         """default pop() timeout, in seconds (> 0)."""
