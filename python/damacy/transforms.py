@@ -129,8 +129,12 @@ class Augment:
             return x
         view = (x.shape[0],) + (1,) * (x.dim() - 1)
         if self.scale is not None or self.shift is not None:
-            s = torch.tensor([d["scale"] for d in draws], dtype=torch.float32).to(x.device, non_blocking=True).view(view)
-            t = torch.tensor([d["shift"] for d in draws], dtype=torch.float32).to(x.device, non_blocking=True).view(view)
+            # From pinned memory: a copy from pageable memory makes the host wait for the
+            # stream, so the caller could not run ahead of the GPU (measured on an H200: the
+            # augmented loader ran at half the plain rate).
+            st = torch.tensor([[d["scale"], d["shift"]] for d in draws], dtype=torch.float32)
+            st = st.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else st
+            s, t = st[:, 0].view(view), st[:, 1].view(view)
             x = (x.float() * s + t).to(x.dtype)
         if self.noise_std > 0:
             noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)

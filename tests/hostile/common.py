@@ -176,8 +176,19 @@ def rle_bomb(max_len: int) -> bytes:
 
 def budget_of(cfg) -> int:
     batch = math.prod(cfg.sample_shape) * cfg.samples_per_batch * {"u8": 1, "bf16": 2, "i64": 8}.get(cfg.dtype, 4)
-    return cfg.staging_bytes + cfg.decoded_bytes + cfg.n_batch_buffers * batch + (
-        (1 << 30) if cfg.decoded_cache_bytes is None else cfg.decoded_cache_bytes)  # unset: the window cache's bound
+    return cfg.staging_bytes + cfg.decoded_bytes + cfg.n_batch_buffers * batch + _decoded_cache_bound(cfg)
+
+
+def _decoded_cache_bound(cfg) -> int:
+    """What the decoded-chunk cache may hold: its bytes when set; unset, the window cache
+    keeps only chunks the batches of the look-ahead window used (each batch decodes at most
+    `decoded_bytes`), and never more than 1 GiB."""
+    if cfg.decoded_cache_bytes is not None:
+        return cfg.decoded_cache_bytes
+    spb = cfg.samples_per_batch
+    lookahead = cfg.lookahead_samples if cfg.lookahead_samples is not None else max(spb, min(1024, max(64, 8 * spb)))
+    window_batches = -(-lookahead // spb) + cfg.n_batch_buffers
+    return min(1 << 30, window_batches * cfg.decoded_bytes)
 
 
 EXT = (4, 4, 4)
