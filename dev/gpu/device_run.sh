@@ -106,7 +106,7 @@ has nvcomp6 && nvcomp_stage 6
 if has pytest; then
   log "pytest (GPU + differential + errors + pipeline)"
   # shellcheck disable=SC2086
-  timeout "${T_PYTEST:-420}" python3 -m pytest -q -x -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu.py tests/test_differential.py \
+  timeout "${T_PYTEST:-420}" python3 -m pytest -q -x -rs -p no:cacheprovider ${PYTEST_FILES:-tests/test_gpu.py tests/test_differential.py \
     tests/test_errors.py tests/test_pipeline.py tests/test_data.py tests/test_v2_ngff.py} > "$OUT/pytest.txt" 2>&1
   log "pytest rc=$?"; tail -5 "$OUT/pytest.txt" | tee -a "$OUT/summary.txt"
 fi
