@@ -66,6 +66,10 @@ pub mod testing {
     pub mod io {
         pub use crate::io::WorkerPool;
     }
+    /// `ffi`: the shared vocabulary of the device op records.
+    pub mod ffi {
+        pub use crate::ffi::records::bridge::DecodeCodec;
+    }
     /// `prefetch`: the per-sample state machine and the array loaders.
     pub mod prefetch {
         pub use crate::prefetch::{load_array, multiscale_levels, Options, Phase, Prefetcher};

@@ -467,7 +467,7 @@ fn check_device_ops(b: &mut damacy::Batch, meta: Option<&ArrayMeta>, sample: &[u
     let decode = b.decode_ops();
     for op in b.checksum_ops() {
         let d = decode.get(op.decode_op as usize);
-        assert!(d.is_some_and(|d| d.codec == damacy::ffi::records::DecodeCodec::Zstd.repr), "{op:?} names no zstd decode op");
+        assert!(d.is_some_and(|d| d.codec == damacy::testing::ffi::DecodeCodec::Zstd.repr), "{op:?} names no zstd decode op");
     }
     for op in b.unshuffle_ops() {
         assert!(op.offset.checked_add(op.len).is_some_and(|e| e <= arena), "{op:?} outside the {arena}-byte arena");

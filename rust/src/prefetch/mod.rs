@@ -105,7 +105,7 @@ struct Ticket {
     layout_keys: Option<Arc<Vec<LayoutKey>>>,
 }
 
-type LayoutKey = (ChunkKey, u64, bool);
+type LayoutKey = (ChunkKey, u64, bool, Vec<u64>);
 /// One sample's layout keys and the framing of each.
 type LayoutList = (Arc<Vec<LayoutKey>>, Vec<Arc<BloscFrame>>);
 
@@ -265,7 +265,7 @@ impl Resolved {
     pub fn layouts(&self) -> LayoutMap<'_> {
         let mut map = LayoutMap::default();
         for (keys, frames) in &self.layout_lists {
-            for ((key, _, _), frame) in keys.iter().zip(frames) {
+            for ((key, ..), frame) in keys.iter().zip(frames) {
                 map.insert(key, frame);
             }
         }
@@ -773,8 +773,8 @@ fn layout_keys(opts: &Options, array: &Array, aabb: &[(i64, i64)], shards: &Hash
     cells(&inside, meta.chunk_shape())
         .into_iter()
         .filter_map(|coords| match chunk_source(array, &coords, &lookup) {
-            Ok(ChunkSource::Range { key: k, offset, nbytes, generation: Some(g) }) => Some((key(k, offset, g), nbytes, crc)),
-            Ok(ChunkSource::File(k)) => array.store.head(&k).ok().flatten().map(|info| (key(k, 0, info.generation), info.size, crc)),
+            Ok(ChunkSource::Range { key: k, offset, nbytes, generation: Some(g) }) => Some((key(k, offset, g), nbytes, crc, coords)),
+            Ok(ChunkSource::File(k)) => array.store.head(&k).ok().flatten().map(|info| (key(k, 0, info.generation), info.size, crc, coords)),
             _ => None,
         })
         .collect()
@@ -928,8 +928,10 @@ fn load_entry(opts: &Options, uri: &str, want: &Want) -> Result<Entry> {
         Want::Meta => load_array_with(uri, &opts.storage).map(|a| Entry::Meta(Arc::new(a))),
         Want::Shard(array, coords) => load_shard(array, coords).map(|s| Entry::Shard(Arc::new(s))).map_err(|e| e.context(uri)),
         Want::Layout(array, keys, i) => {
-            let (key, nbytes, crc) = &keys[*i];
-            load_chunk_frame(array, &key.key, key.offset, *nbytes, *crc, &key.generation).map(|f| Entry::Layout(Arc::new(f))).map_err(|e| e.context(uri))
+            let (key, nbytes, crc, coords) = &keys[*i];
+            load_chunk_frame(array, &key.key, key.offset, *nbytes, *crc, &key.generation)
+                .map(|f| Entry::Layout(Arc::new(f)))
+                .map_err(|e| e.context(format_args!("chunk {coords:?}")).context(uri))
         }
     }
 }
