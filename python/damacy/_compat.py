@@ -8,7 +8,6 @@ max_chunk_uncompressed_bytes).
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 import os
 import threading
@@ -32,7 +31,6 @@ __all__ = [
 # ---- log helpers ---------------------------------------------------------------------------
 
 LOG_TRACE, LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_FATAL = range(6)
-_PY_LEVEL = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR, 5: logging.CRITICAL}
 _log_state = {"level": LOG_INFO, "quiet": False}
 
 
@@ -506,6 +504,16 @@ _warned_multi_gpu_pairs: set[tuple[int, int]] = set()
 _warned_lock = threading.Lock()
 
 
+def _warn_once(seen: set, key: tuple[int, int], message: str) -> None:
+    """`message` as a UserWarning the first time `key` is added to `seen` (per process),
+    pointing at the caller of Pipeline() (as the original's warnings do)."""
+    with _warned_lock:
+        fresh = key not in seen
+        seen.add(key)
+    if fresh:
+        warnings.warn(message, stacklevel=5)
+
+
 def warn_device_binding(cfg_device: Any, bound: int) -> None:
     """The original's two warnings for Config(device=None): LOCAL_RANK disagreeing with the
     bound device, else a multi-GPU host with no explicit device. Each once per process."""
@@ -518,30 +526,18 @@ def warn_device_binding(cfg_device: Any, bound: int) -> None:
         except ValueError:
             local_rank = None
         if local_rank is not None and local_rank != bound:
-            with _warned_lock:
-                fresh = (local_rank, bound) not in _warned_local_rank_pairs
-                _warned_local_rank_pairs.add((local_rank, bound))
-            if fresh:
-                warnings.warn(
-                    f"damacy.Pipeline bound to CUDA device {bound} but LOCAL_RANK={local_rank}. "
-                    f"Did you forget torch.cuda.set_device({local_rank}) before constructing "
-                    f"the pipeline, or pass Config(device={local_rank}) to bind explicitly?",
-                    stacklevel=4,
-                )
+            _warn_once(_warned_local_rank_pairs, (local_rank, bound),
+                       f"damacy.Pipeline bound to CUDA device {bound} but LOCAL_RANK={local_rank}. "
+                       f"Did you forget torch.cuda.set_device({local_rank}) before constructing "
+                       f"the pipeline, or pass Config(device={local_rank}) to bind explicitly?")
             return
     count = _cuda_device_count()
     if count <= 1:
         return
-    with _warned_lock:
-        fresh = (count, bound) not in _warned_multi_gpu_pairs
-        _warned_multi_gpu_pairs.add((count, bound))
-    if fresh:
-        warnings.warn(
-            f"damacy.Pipeline bound to CUDA device {bound} of {count}, but you didn't say which device to use. "
-            "Pass `Config(device=...)` to pick one, or call `torch.cuda.set_device(...)` before constructing "
-            "the Pipeline.",
-            stacklevel=4,
-        )
+    _warn_once(_warned_multi_gpu_pairs, (count, bound),
+               f"damacy.Pipeline bound to CUDA device {bound} of {count}, but you didn't say which device to use. "
+               "Pass `Config(device=...)` to pick one, or call `torch.cuda.set_device(...)` before constructing "
+               "the Pipeline.")
 
 
 class SampleLimits:

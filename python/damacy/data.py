@@ -126,6 +126,16 @@ def _uri(value: Any) -> str:
     return value if "://" in value else os.path.abspath(value)
 
 
+def _num_samples(value: Any, who: str) -> int | None:
+    """A sampler's ``num_samples``: a whole number of at least 1, or None (endless)."""
+    if value is None:
+        return None
+    n = operator.index(value)
+    if n < 1:
+        raise InvalidArgument(f"{who} num_samples: expected at least 1 (or None: endless), found {n}")
+    return n
+
+
 def _shape_tuple(value: Any, what: str) -> tuple[int, ...]:
     try:
         out = tuple(operator.index(v) for v in value)
@@ -168,11 +178,7 @@ class RandomCrops:
     def __init__(self, sample_shape: Sequence[int], seed: int = 0, num_samples: int | None = None) -> None:
         self.sample_shape = _shape_tuple(sample_shape, "RandomCrops sample_shape")
         self.seed = operator.index(seed)
-        if num_samples is not None:
-            num_samples = operator.index(num_samples)
-            if num_samples < 1:
-                raise InvalidArgument(f"RandomCrops num_samples: expected at least 1 (or None: endless), found {num_samples}")
-        self.num_samples = num_samples
+        self.num_samples = _num_samples(num_samples, "RandomCrops")
 
     pads = False  # boxes always lie inside their array
 
@@ -264,11 +270,7 @@ class LabelCrops:
                  per_block: int = 8, index_level: int | None = None) -> None:
         self.sample_shape = _shape_tuple(sample_shape, "LabelCrops sample_shape")
         self.seed = operator.index(seed)
-        if num_samples is not None:
-            num_samples = operator.index(num_samples)
-            if num_samples < 1:
-                raise InvalidArgument(f"LabelCrops num_samples: expected at least 1 (or None: endless), found {num_samples}")
-        self.num_samples = num_samples
+        self.num_samples = _num_samples(num_samples, "LabelCrops")
         self.label_key = label_key
         if (class_weights is None) == (foreground_ratio is None):
             raise InvalidArgument("LabelCrops: give exactly one of class_weights and foreground_ratio")
