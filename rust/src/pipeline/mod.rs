@@ -109,8 +109,13 @@ impl Shared {
         self.cfg.recheck_cached_data.interval().filter(|d| !d.is_zero())
     }
 
-    /// `key` of store `store` was seen at `generation` just now.
-    fn validated_now(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation) {
+    /// `key` of store `store` was seen at `generation` just now. Only object stores
+    /// (`remote`) keep the record: local hits are checked every batch ([`Self::must_recheck`]),
+    /// so recording them would only cost a lock per decoded chunk.
+    fn validated_now(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation, remote: bool) {
+        if !remote {
+            return;
+        }
         let Some(interval) = self.recheck_interval() else { return };
         let mut v = self.validated.lock().unwrap_or_else(PoisonError::into_inner);
         if v.len() >= MAX_VALIDATED {

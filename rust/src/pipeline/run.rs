@@ -102,7 +102,7 @@ fn spawn_generation_checks(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<
             let found = array.store.head(&key).map_err(|e| chunk_context(e, batch, &plan.chunk_ops[first]))?;
             match found {
                 Some(info) if info.generation == generation => {
-                    shared.validated_now(&array.id, &key, &generation);
+                    shared.validated_now(&array.id, &key, &generation, array.store.is_remote());
                     Ok(())
                 }
                 found => Err(chunk_context(stale_shard(shared, array, &key, Some(&generation), found.as_ref().map(|i| &i.generation)), batch, &plan.chunk_ops[first])),
@@ -273,7 +273,7 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         assemble_from(&buf);
         if let Some(key) = key {
             // Just read at this generation: hits need no check for the recheck interval.
-            shared.validated_now(&key.store, &key.key, &key.generation);
+            shared.validated_now(&key.store, &key.key, &key.generation, array.store.is_remote());
             shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf), seq);
         }
         return Ok(());
