@@ -1422,13 +1422,7 @@ def many_fifo_shards(ctx):
     p.close()
 
 
-@case("9 rewrite", "values", xfail=(
-    "documented limitation (README 'What it reads', prefetch/mod.rs Staleness): zarr.json is read once per "
-    "pipeline and not rechecked, as tensorstore's default recheck_cached_metadata='open'. A changed or vanished "
-    "*shard* now also drops the cached metadata (pipeline::tests::a_sharded_array_recreated_with_another_codec_"
-    "is_read_with_its_new_metadata), but this array is unsharded: whole-chunk reads have no generation to check "
-    "against, so the recreated int16 chunks are decoded with the cached uint16 metadata. Fixing it needs a "
-    "zarr.json head per array per batch (tensorstore's recheck_cached_metadata=true)"))
+@case("9 rewrite", "values")
 def array_recreated_after_first_read(ctx):
     """The array is recreated at the same path after a first read (uint16 -> int16, new
     values, same chunk sizes): a later read gives the new values or a typed error, never

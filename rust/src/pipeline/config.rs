@@ -31,7 +31,8 @@ pub enum OutOfBounds {
 
 /// When a decoded-cache hit checks that its object (shard, or chunk object) is still the
 /// generation the chunk was decoded from (`recheck_cached_data`, after tensorstore's option
-/// of that name). The check is one `head` per object per batch: a `stat` locally, a HEAD
+/// of that name). Cached array metadata follows the same rule against its `zarr.json` (or
+/// `.zarray`). The check is one `head` per object per batch: a `stat` locally, a HEAD
 /// request (a round trip) on an object store.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Recheck {

@@ -206,6 +206,7 @@ impl Pipeline {
                 max_inflight: (cfg.n_io_threads as usize).div_ceil(2),
                 layouts: gpu_mode && cfg.n_chunk_layout_cache > 0,
                 storage: Arc::new(cfg.storage_options.clone()),
+                recheck_metadata: cfg.recheck_cached_data.interval(),
             },
             pool.spawner(),
         );

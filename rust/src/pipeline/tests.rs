@@ -149,6 +149,49 @@ fn a_sharded_array_recreated_with_another_codec_is_read_with_its_new_metadata() 
     }
 }
 
+/// Copies every file of the volume `from` over the volume `to` (same chunk grid).
+fn overwrite_volume(from: &Path, to: &Path) {
+    for e in walk(from) {
+        let rel = e.strip_prefix(from).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(to.join(rel), std::fs::read(&e).unwrap()).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).unwrap().flat_map(|e| {
+        let p = e.unwrap().path();
+        if p.is_dir() { walk(&p) } else { vec![p] }
+    }).collect()
+}
+
+#[test]
+fn an_unsharded_array_recreated_in_place_is_read_with_its_new_metadata_unless_rechecks_are_off() {
+    for (recheck, name) in [(super::Recheck::After(1.0), "default"), (super::Recheck::Never { open: false }, "never")] {
+        let a = volume(&format!("recreated-unsharded-{name}-a"), &[], 10);
+        let b = std::env::temp_dir().join(format!("damacy-pipe-recreated-unsharded-{name}-b-{}", std::process::id()));
+        crate::example::write_example_volume(b.to_str().unwrap(), &[16, 16, 16], &[8, 8, 8], &[], "blosc-zstd", 11).unwrap();
+        let p = Pipeline::new(Config { recheck_cached_data: recheck, ..config() }).unwrap();
+        let (ua, ub) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let before = batch(&p, ua, 0).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        overwrite_volume(&b, &a);
+        let want = batch(&pipeline(), ub, 0).unwrap();
+        assert_ne!(before, want);
+        match recheck {
+            super::Recheck::Never { .. } => {
+                // The cached zstd metadata is used on blosc chunks: the decode fails (typed).
+                let e = batch(&p, ua, 0).unwrap_err();
+                assert_eq!(e.status(), Status::Decode, "{e}");
+            }
+            _ => assert_eq!(batch(&p, ua, 0).expect("blosc chunks read with the new metadata"), want),
+        }
+        for d in [a, b] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+}
+
 #[test]
 fn configs_whose_sizes_overflow_are_refused() {
     for shape in [vec![(1u64 << 62) + 16], vec![1 << 40, 1 << 40], vec![u64::MAX]] {

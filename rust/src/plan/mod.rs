@@ -48,6 +48,51 @@ pub struct Array {
     pub meta: ArrayMeta,
     /// Its chunk decoders (CPU, and the device route).
     pub decoder: ArrayDecoder,
+    /// The metadata object it was parsed from, for staleness checks (`None`: not checked,
+    /// e.g. an array built in a test).
+    pub meta_source: Option<MetaSource>,
+}
+
+/// How long a local array's confirmed metadata generation is trusted before a cache hit
+/// `stat`s its `zarr.json` again (unless rechecks are off or always).
+pub(crate) const LOCAL_RECHECK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The object an array's metadata was read from, its generation then, and when that
+/// generation was last confirmed (read, or checked).
+#[derive(Debug)]
+pub struct MetaSource {
+    /// The key in the array's store (`zarr.json` or `.zarray`).
+    pub key: &'static str,
+    /// Its generation when read.
+    pub generation: crate::store::Generation,
+    /// When the generation was last confirmed.
+    pub confirmed: std::sync::Mutex<std::time::Instant>,
+}
+
+impl MetaSource {
+    /// A source just read at `generation`.
+    pub fn new(key: &'static str, generation: crate::store::Generation) -> Self {
+        Self { key, generation, confirmed: std::sync::Mutex::new(std::time::Instant::now()) }
+    }
+
+    /// `true` when a cache hit must check the object: never when `recheck` is `None`;
+    /// always when it is zero; else once `recheck` has passed since the last confirmation
+    /// on an object store (a HEAD request), and [`LOCAL_RECHECK`] on a local one (a `stat`:
+    /// one per array per few milliseconds rather than one per sample).
+    pub fn due(&self, recheck: Option<std::time::Duration>, remote: bool) -> bool {
+        let after = match recheck {
+            None => return false,
+            Some(d) if d.is_zero() => return true,
+            Some(d) if remote => d,
+            Some(d) => d.min(LOCAL_RECHECK),
+        };
+        self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed() >= after
+    }
+
+    /// The generation was just confirmed.
+    pub fn confirm(&self) {
+        *self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+    }
 }
 
 impl Array {

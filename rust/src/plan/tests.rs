@@ -7,7 +7,7 @@ use crate::store::Generation;
 pub(crate) fn array(json: &str) -> Arc<Array> {
     let meta = ArrayMeta::parse(json.as_bytes()).unwrap();
     let store = crate::store::open("/nonexistent").unwrap();
-    Arc::new(Array { uri: "u".into(), id: store.uri().into(), decoder: ArrayDecoder::new(&meta).unwrap(), store, meta })
+    Arc::new(Array { uri: "u".into(), id: store.uri().into(), decoder: ArrayDecoder::new(&meta).unwrap(), store, meta, meta_source: None })
 }
 
 fn meta_json(shape: &[u64], grid: &[u64], inner: Option<&[u64]>) -> String {

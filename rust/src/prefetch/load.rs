@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::decode::ArrayDecoder;
 use crate::error::{err, Result};
-use crate::plan::{Array, Shard};
+use crate::plan::{Array, MetaSource, Shard};
 use serde_json::Value;
 
 use crate::store::{self, Generation, RangeRead, ReadOutcome, Store, MAX_METADATA_BYTES};
@@ -56,7 +56,8 @@ enum Resolved {
 
 /// A metadata document read through a store.
 enum Node {
-    Array(ArrayMeta),
+    /// An array: its metadata and the object it was read from.
+    Array(Box<ArrayMeta>, MetaSource),
     /// A group: its attributes, and its `zarr.json` (v3) for consolidated metadata.
     Group { attrs: Value, zarr_json: Option<Vec<u8>> },
 }
@@ -77,14 +78,14 @@ fn split_level(uri: &str) -> Result<(&str, Option<usize>)> {
 
 fn read_node(store: &dyn Store, uri: &str) -> Result<Option<Node>> {
     let ctx = |e: crate::error::Error| e.context(uri);
-    if let Some((bytes, _)) = store.get("zarr.json", MAX_METADATA_BYTES).map_err(ctx)? {
+    if let Some((bytes, info)) = store.get("zarr.json", MAX_METADATA_BYTES).map_err(ctx)? {
         if let Some(attrs) = ngff::group_attributes_v3(&bytes).map_err(ctx)? {
             return Ok(Some(Node::Group { attrs, zarr_json: Some(bytes) }));
         }
-        return Ok(Some(Node::Array(ArrayMeta::parse(&bytes).map_err(ctx)?)));
+        return Ok(Some(Node::Array(Box::new(ArrayMeta::parse(&bytes).map_err(ctx)?), MetaSource::new("zarr.json", info.generation))));
     }
-    if let Some((bytes, _)) = store.get(".zarray", MAX_METADATA_BYTES).map_err(ctx)? {
-        return Ok(Some(Node::Array(ArrayMeta::parse_v2(&bytes).map_err(ctx)?)));
+    if let Some((bytes, info)) = store.get(".zarray", MAX_METADATA_BYTES).map_err(ctx)? {
+        return Ok(Some(Node::Array(Box::new(ArrayMeta::parse_v2(&bytes).map_err(ctx)?), MetaSource::new(".zarray", info.generation))));
     }
     if store.head(".zgroup").map_err(ctx)?.is_some() {
         let attrs = match store.get(".zattrs", MAX_METADATA_BYTES).map_err(ctx)? {
@@ -96,10 +97,10 @@ fn read_node(store: &dyn Store, uri: &str) -> Result<Option<Node>> {
     Ok(None)
 }
 
-fn array_of(uri: &str, store: Arc<dyn Store>, meta: ArrayMeta) -> Result<Array> {
+fn array_of(uri: &str, store: Arc<dyn Store>, meta: ArrayMeta, source: MetaSource) -> Result<Array> {
     let decoder = ArrayDecoder::new(&meta).map_err(|e| e.context(uri))?;
     let id: Arc<str> = store.uri().into();
-    Ok(Array { uri: uri.to_string(), id, store, meta, decoder })
+    Ok(Array { uri: uri.to_string(), id, store, meta, decoder, meta_source: Some(source) })
 }
 
 fn not_found(uri: &str, store: &dyn Store) -> crate::error::Error {
@@ -117,8 +118,8 @@ fn resolve(uri: &str, storage: &store::StorageOptions) -> Result<Resolved> {
     let store = store::open_with(location, storage)?;
     match (read_node(&*store, uri)?, level) {
         (None, _) => Err(not_found(uri, &*store)),
-        (Some(Node::Array(meta)), None) => Ok(Resolved::Array(Box::new(array_of(uri, store, meta)?))),
-        (Some(Node::Array(_)), Some(_)) => Err(err!(InvalidArgument, "{uri}: `#level=` selects a level of an OME-NGFF multiscale group, but {location} is an array")),
+        (Some(Node::Array(meta, source)), None) => Ok(Resolved::Array(Box::new(array_of(uri, store, *meta, source)?))),
+        (Some(Node::Array(..)), Some(_)) => Err(err!(InvalidArgument, "{uri}: `#level=` selects a level of an OME-NGFF multiscale group, but {location} is an array")),
         (Some(Node::Group { attrs, zarr_json }), level) => {
             let multiscale = ngff::multiscale(&attrs).map_err(|e| e.context(uri))?.ok_or_else(|| {
                 let arrays = match zarr_json.as_deref().and_then(ngff::consolidated_arrays).or_else(|| local_child_arrays(&*store)) {
@@ -134,16 +135,16 @@ fn resolve(uri: &str, storage: &store::StorageOptions) -> Result<Resolved> {
                 .get(level)
                 .ok_or_else(|| err!(InvalidArgument, "{uri}: no level {level} (levels: {})", multiscale.describe_levels()))?
                 .path;
-            let (meta, level_store) = open_level(&*store, path, uri, storage)?;
-            Ok(Resolved::Array(Box::new(array_of(uri, level_store, meta)?)))
+            let (meta, source, level_store) = open_level(&*store, path, uri, storage)?;
+            Ok(Resolved::Array(Box::new(array_of(uri, level_store, meta, source)?)))
         }
     }
 }
 
-fn open_level(group: &dyn Store, path: &str, uri: &str, storage: &store::StorageOptions) -> Result<(ArrayMeta, Arc<dyn Store>)> {
+fn open_level(group: &dyn Store, path: &str, uri: &str, storage: &store::StorageOptions) -> Result<(ArrayMeta, MetaSource, Arc<dyn Store>)> {
     let level_store = child_store(group, path, storage)?;
     match read_node(&*level_store, uri)? {
-        Some(Node::Array(meta)) => Ok((meta, level_store)),
+        Some(Node::Array(meta, source)) => Ok((*meta, source, level_store)),
         Some(Node::Group { .. }) => Err(err!(InvalidArgument, "{uri}: multiscale level {path:?} is a group, not an array")),
         None => Err(err!(NotFound, "{uri}: multiscale level {path:?} not found (no zarr.json nor .zarray at {})", level_store.describe(""))),
     }

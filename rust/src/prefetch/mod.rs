@@ -28,9 +28,11 @@
 //! reads of that shard check it, and a batch that finds the shard rewritten fails with
 //! Storage and calls [`Prefetcher::invalidate_shard`], so later batches read the new index.
 //! The same batch also calls [`Prefetcher::invalidate_array`], so a recreated array's new
-//! `zarr.json` is read too. Otherwise array metadata is read once per pipeline: a changed
-//! `zarr.json` alone, or an unsharded array recreated in place, is not noticed (as
-//! tensorstore's default `recheck_cached_metadata: "open"`; README, "What it reads").
+//! `zarr.json` is read too. Array metadata carries the generation of its `zarr.json` (or
+//! `.zarray`): a sample that finds it in the cache checks it as `recheck_cached_data` says
+//! (a `stat` when a local array is used, at most every 5 ms; a HEAD once the interval has passed on an object
+//! store; never when rechecks are off), and a changed or vanished object is read again, so
+//! an array recreated in place is read with its new metadata (or fails NotFound).
 //!
 //! Calls: `store`/`zarr`/`decode` (through `load`), `cache`, `io` (spawner), `plan`
 //! (geometry, the opened-array record). Called by `pipeline`.
@@ -137,12 +139,16 @@ pub struct Options {
     pub layouts: bool,
     /// Options for the object stores arrays are opened with.
     pub storage: Arc<crate::store::StorageOptions>,
+    /// When a cached array's metadata is checked against its object
+    /// ([`crate::plan::MetaSource::due`]): `None` never, zero at every use, else once this
+    /// long has passed on an object store (a local one: every few milliseconds).
+    pub recheck_metadata: Option<Duration>,
 }
 
 impl Options {
     /// Defaults for tests: one sample per batch, generous caches.
     pub fn new(sample_shape: &[u64]) -> Self {
-        Self { samples_per_batch: 1, sample_shape: sample_shape.to_vec(), n_array_meta: 16, n_shard_index: 1024, n_chunk_layout: 4096, max_inflight: 4, layouts: false, storage: Arc::default() }
+        Self { samples_per_batch: 1, sample_shape: sample_shape.to_vec(), n_array_meta: 16, n_shard_index: 1024, n_chunk_layout: 4096, max_inflight: 4, layouts: false, storage: Arc::default(), recheck_metadata: Some(Duration::from_secs(1)) }
     }
 }
 
@@ -822,6 +828,16 @@ fn advance(inner: &Arc<Inner>, id: u64, blocking: Option<&Blocking<'_>>) {
             Next::Stop => break,
         };
         match acquire_entry(&mut st, id, &want) {
+            Some(Got::Have(Entry::Meta(array))) if array.meta_source.as_ref().is_some_and(|m| m.due(opts.recheck_metadata, array.store.is_remote())) => {
+                drop(st);
+                let fresh = meta_unchanged(&array);
+                st = inner.lock();
+                match fresh {
+                    Ok(true) => accept(&mut st, opts, id, &want, Entry::Meta(array)),
+                    Ok(false) => forget_meta(&mut st, id),
+                    Err(e) => st.fail(id, e),
+                }
+            }
             Some(Got::Have(entry)) => accept(&mut st, opts, id, &want, entry),
             Some(Got::Load(h)) => {
                 let uri = st.tickets.get(&id).map(|t| t.uri.clone()).unwrap_or_default();
@@ -920,6 +936,34 @@ fn acquire_entry(st: &mut State, id: u64, want: &Want) -> Option<Got<Entry>> {
         Want::Shard(array, coords) => acquire(shard_index, &(Arc::clone(&array.id), array.key(coords)), CacheKind::ShardIndex, &mut t.handles).map(Entry::Shard),
         Want::Layout(_, keys, i) => acquire(chunk_layout, &keys[*i].0, CacheKind::ChunkLayout, &mut t.handles).map(Entry::Layout),
     })
+}
+
+/// Whether the metadata object `array` was read from is still at its generation (called
+/// without the lock: a `stat`, or a HEAD request); confirms it when it is.
+///
+/// # Errors
+/// Storage when the check fails (the message names the array).
+fn meta_unchanged(array: &Array) -> Result<bool> {
+    let Some(source) = &array.meta_source else { return Ok(true) };
+    let info = array.store.head(source.key).map_err(|e| e.context(&array.uri))?;
+    let same = info.is_some_and(|i| i.generation == source.generation);
+    if same {
+        source.confirm();
+    }
+    Ok(same)
+}
+
+/// The array metadata ticket `id` just hit in the cache is stale: un-pins it and forgets
+/// it, so the ticket's next step reads the metadata again (batches holding the old entry
+/// keep it until they finish).
+fn forget_meta(st: &mut State, id: u64) {
+    let Some(t) = st.tickets.get_mut(&id) else { return };
+    if let Some((CacheKind::ArrayMeta, h)) = t.handles.last().copied() {
+        t.handles.pop();
+        st.array_meta.release(h);
+    }
+    let uri = t.uri.clone();
+    st.array_meta.invalidate(&uri);
 }
 
 /// Loads `want`'s entry from its store (called without the lock); errors name `uri`.
