@@ -154,9 +154,16 @@ if has pipwheel; then
   else
     log "pipwheel: pip wheel . (build isolation on, build requirements from .whl)"
     [ -f .carry/rust/libdamacy.a ] || xz -dk .carry/rust/libdamacy.a.xz
-    rm -rf /tmp/damacy-wheel /tmp/wheel-site
+    rm -rf /tmp/damacy-wheel /tmp/wheel-site /tmp/cmake-bin
+    # This machine's /opt/torch/.venv/bin/cmake is a pip shim whose `cmake` module is not
+    # installed; scikit-build-core takes the first `cmake` on PATH, finds no version and asks
+    # pip for the cmake wheel (no network). Put the first cmake that runs first on PATH.
+    mkdir -p /tmp/cmake-bin
+    for c in $(which -a cmake); do
+      if "$c" --version >/dev/null 2>&1; then ln -sf "$c" /tmp/cmake-bin/cmake; log "pipwheel: cmake $c"; break; fi
+    done
     t0=$SECONDS
-    DAMACY_RUST_LIB="$PWD/.carry/rust/libdamacy.a" DAMACY_RUST_INCLUDE="$PWD/.carry/rust/include" \
+    PATH="/tmp/cmake-bin:$PATH" DAMACY_RUST_LIB="$PWD/.carry/rust/libdamacy.a" DAMACY_RUST_INCLUDE="$PWD/.carry/rust/include" \
       PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl" \
       python3 -m pip wheel . --no-deps -v -w /tmp/damacy-wheel > "$OUT/pipwheel.txt" 2>&1
     log "pipwheel rc=$? in $((SECONDS - t0)) s"
