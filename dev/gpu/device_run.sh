@@ -73,7 +73,7 @@ export DAMACY_LIBRARY="$PWD/build-gpu/libdamacy_torch.so"
 if has kernels; then
   log "kernels_test"
   build-gpu/kernels/damacy_kernels_test --bench > "$OUT/kernels.txt" 2>&1
-  log "kernels_test rc=$?"; tail -15 "$OUT/kernels.txt" | tee -a "$OUT/summary.txt"
+  log "kernels_test rc=$?"; tail -20 "$OUT/kernels.txt" | tee -a "$OUT/summary.txt"
 fi
 
 # nvcomp_stage N: tests/test_gpu.py against the nvCOMP N.x wheel, alone (see the header).
