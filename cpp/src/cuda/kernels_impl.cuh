@@ -718,8 +718,9 @@ DAMACY_HD uint64_t xxh64(const uint8_t* p, uint64_t len) {
 // 16-byte vectors from base = p rounded down to 16 (vector v = bytes base + 16 v ..+ 16), in
 // tiles of kXxhTileVecs vectors (4 KiB): all 32 lanes load a tile with coalesced 16-byte
 // loads (lane l: vectors i * 32 + l of the tile, i < kXxhLaneVecs) into a shared-memory ring
-// of two tiles (vector v at ring vector v mod 2 kXxhTileVecs), the next tile's loads in
-// flight while lanes 0..3 consume the current one: lane j owns accumulator j and takes word
+// of two tiles (vector v at ring vector v mod 2 kXxhTileVecs); while lanes 0..3 consume
+// tile k (the ring holding tiles k and k + 1), tile k + 2's loads are in flight, into
+// registers (checksum_kernel's step k + 1). Lane j owns accumulator j and takes word
 // j of each stripe starting in tile k (stripes 128 k ..< 128 (k + 1): a stripe starts at
 // head + 32 s, head = p - base < 16), reading its last words from tile k + 1 when the
 // stripe runs into it. Lane 0 then merges the four accumulators and hashes the tail (< 32
