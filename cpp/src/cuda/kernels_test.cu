@@ -15,7 +15,8 @@
 // routines (shuffle-generic.h, bitshuffle-generic.c, shuffle.c bit(un)shuffle wrappers),
 // themselves checked by a shuffle -> unshuffle round trip.
 //
-// xxh64 = fixed vectors from libxxhash and libzstd (kXxhVectors).
+// xxh64 = fixed vectors from libxxhash and libzstd (kXxhVectors, kXxhMoreVectors), for the
+// one-thread form and the checksum kernel's warp form (emulated on the host, then on the device).
 //
 // Prints PASS/FAIL counts per suite; exits 1 on any failure, else 0.
 #include <algorithm>
