@@ -12,6 +12,8 @@
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
 #   PYTEST_FILES: the files the pytest stage runs (default: the GPU, differential, errors,
 #   pipeline, data and v2/NGFF suites)
+#   opt-in: "kernsan" (compute-sanitizer memcheck and racecheck on damacy_kernels_test
+#   --cases 4, after "build"; T_KERNSAN per tool, default 300 s)
 #   opt-in: "augment" (issue 15: tests/test_training.py on CUDA, examples/train_augmented.py
 #   --device cuda, bench/bench_augment.py with and without augmentation)
 #
@@ -73,7 +75,16 @@ export DAMACY_LIBRARY="$PWD/build-gpu/libdamacy_torch.so"
 if has kernels; then
   log "kernels_test"
   build-gpu/kernels/damacy_kernels_test --bench > "$OUT/kernels.txt" 2>&1
-  log "kernels_test rc=$?"; tail -15 "$OUT/kernels.txt" | tee -a "$OUT/summary.txt"
+  log "kernels_test rc=$?"; tail -20 "$OUT/kernels.txt" | tee -a "$OUT/summary.txt"
+fi
+
+if has kernsan; then
+  for tool in memcheck racecheck; do
+    log "compute-sanitizer $tool on kernels_test --cases 4"
+    timeout "${T_KERNSAN:-300}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+      build-gpu/kernels/damacy_kernels_test --cases 4 > "$OUT/kernsan-$tool.txt" 2>&1
+    log "kernsan $tool rc=$?"; grep -E "SUMMARY|^PASS|^FAIL" "$OUT/kernsan-$tool.txt" | tail -3 | tee -a "$OUT/summary.txt"
+  done
 fi
 
 # nvcomp_stage N: tests/test_gpu.py against the nvCOMP N.x wheel, alone (see the header).

@@ -23,6 +23,7 @@ using detail::kAsmTile;
 constexpr int kByteThreads = 256;
 constexpr uint64_t kDefaultMaxOpBytes = 256 << 10;
 constexpr int kMaxGridY = 65535;
+constexpr int kChecksumThreads = 128;  // 4 warps, one checksum op each
 
 /// Largest k in [0, n) with prefix[k] <= v: a 32-ary search by one warp (each step probes 32
 /// entries and ballots), ceil(log32 n) dependent loads instead of log2 n. Warp-uniform.
@@ -113,16 +114,61 @@ __global__ void decode_status_kernel(const int32_t* __restrict__ statuses,
   }
 }
 
-/// One thread per checksum op: d_result = {mismatches, smallest mismatching op index}.
-__global__ void __launch_bounds__(128)
+/// One warp per checksum op (kernels_impl.cuh, "Warp per frame"): d_result = {mismatches,
+/// smallest mismatching op index}.
+__global__ void __launch_bounds__(kChecksumThreads)
     checksum_kernel(const ChecksumOpView* __restrict__ ops, size_t n,
                     const DecodeOpView* __restrict__ decode, const uint8_t* __restrict__ arena,
                     uint32_t* __restrict__ result) {
-  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    if (!detail::checksum_op_holds(ops[i], decode, arena)) {
-      atomicAdd(result, 1u);
-      atomicMin(result + 1, static_cast<uint32_t>(min(i, size_t(UINT32_MAX - 1))));
+  constexpr int kWarps = kChecksumThreads / 32;
+  __shared__ __align__(16) uint64_t rings[kWarps][detail::kXxhRingWords];
+  const uint32_t lane = threadIdx.x & 31;
+  uint64_t* const ring = rings[threadIdx.x / 32];
+  const size_t warps = size_t(gridDim.x) * kWarps;
+  for (size_t i = size_t(blockIdx.x) * kWarps + threadIdx.x / 32; i < n; i += warps) {
+    const ChecksumOpView op = ops[i];
+    const DecodeOpView d = decode[op.decode_op];
+    const uint8_t* const p = arena + d.dst_offset;
+    const detail::XxhWarpFrame f = detail::xxh_warp_frame(p, d.dst_len);
+    uint64_t acc = detail::xxh_acc_init(lane & 3);
+    // Step k: tile k from registers into the ring, tile k + 1's loads issued, tile k - 1
+    // consumed (the ring then holds tiles k - 1 and k) while those loads are in flight.
+    ulonglong2 regs[detail::kXxhLaneVecs];
+    if (f.tiles > 0) {
+#pragma unroll
+      for (int r = 0; r < detail::kXxhLaneVecs; ++r) {
+        const uint64_t v = uint64_t(r) * 32 + lane;
+        if (v < f.vecs) regs[r] = detail::xxh_load_vec(f, v);
+      }
+    }
+    for (uint64_t k = 0; k <= f.tiles && f.tiles > 0; ++k) {
+      if (k < f.tiles) {
+#pragma unroll
+        for (int r = 0; r < detail::kXxhLaneVecs; ++r) {
+          const uint64_t v = k * detail::kXxhTileVecs + uint64_t(r) * 32 + lane;
+          if (v < f.vecs) detail::xxh_ring_put(ring, v, regs[r]);
+        }
+      }
+      __syncwarp();
+      if (k + 1 < f.tiles) {
+#pragma unroll
+        for (int r = 0; r < detail::kXxhLaneVecs; ++r) {
+          const uint64_t v = (k + 1) * detail::kXxhTileVecs + uint64_t(r) * 32 + lane;
+          if (v < f.vecs) regs[r] = detail::xxh_load_vec(f, v);
+        }
+      }
+      if (k > 0 && lane < 4) acc = detail::xxh_consume_tile(acc, ring, f, lane, k - 1);
+      __syncwarp();
+    }
+    const uint64_t v2 = __shfl_sync(0xffffffffu, acc, 1);
+    const uint64_t v3 = __shfl_sync(0xffffffffu, acc, 2);
+    const uint64_t v4 = __shfl_sync(0xffffffffu, acc, 3);
+    if (lane == 0) {
+      const uint64_t h = detail::xxh_warp_finish(f, p, d.dst_len, acc, v2, v3, v4);
+      if (static_cast<uint32_t>(h) != op.expected) {
+        atomicAdd(result, 1u);
+        atomicMin(result + 1, static_cast<uint32_t>(min(i, size_t(UINT32_MAX - 1))));
+      }
     }
   }
 }
@@ -216,8 +262,11 @@ cudaError_t launch_checksum_check(const ffi::GpuChecksumOp* d_ops, size_t n,
                                   const ffi::GpuDecodeOp* d_decode_ops, const uint8_t* d_arena,
                                   uint32_t* d_result, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const unsigned blocks = static_cast<unsigned>(std::min<size_t>((n + 127) / 128, 1024));
-  checksum_kernel<<<blocks, 128, 0, stream>>>(reinterpret_cast<const ChecksumOpView*>(d_ops), n,
+  // A warp per op, up to 8192 CTAs (32768 warps, ~10x what an H200 holds at once); past
+  // that the warps loop over the ops.
+  constexpr size_t kWarps = kChecksumThreads / 32;
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>((n + kWarps - 1) / kWarps, 8192));
+  checksum_kernel<<<blocks, kChecksumThreads, 0, stream>>>(reinterpret_cast<const ChecksumOpView*>(d_ops), n,
                                               reinterpret_cast<const DecodeOpView*>(d_decode_ops),
                                               d_arena, d_result);
   return cudaGetLastError();

@@ -610,9 +610,10 @@ DAMACY_HD void decode_copy_op(const DecodeOpView& op, const uint8_t* staging, ui
 // ------------------------------------------------------------------------------------------
 // XXH64 (seed 0) of a decoded zstd frame, for its Content_Checksum (RFC 8878 §3.1.1: the
 // lower 32 bits, little endian, after the last block). A port of the xxHash specification
-// (doc/xxhash_spec.md, XXH64): four accumulators over 32-byte stripes, then the tail. One
-// thread hashes one op: XXH64 is a sequential chain per accumulator, so more threads per op
-// would only wait on each other; ops are hashed in parallel.
+// (doc/xxhash_spec.md, XXH64): four accumulators over 32-byte stripes, then the tail.
+// xxh64 below is the one-thread form (the host reference of the tests); the kernel hashes a
+// frame with one warp (xxh_warp_* below): each accumulator is a sequential chain over the
+// stripes, so a frame cannot be split, but its bytes can be staged for the chains.
 
 constexpr uint64_t kXxhP1 = 0x9E3779B185EBCA87ull;
 constexpr uint64_t kXxhP2 = 0xC2B2AE3D27D4EB4Full;
@@ -648,33 +649,23 @@ DAMACY_HD uint32_t xxh_read32(const uint8_t* p) {
   return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
 }
 
-/// XXH64 of `len` bytes at `p`, seed 0.
-DAMACY_HD uint64_t xxh64(const uint8_t* p, uint64_t len) {
-  const uint8_t* const end = p + len;
-  const bool aligned = (reinterpret_cast<uintptr_t>(p) & 7) == 0;
-  uint64_t h;
-  if (len >= 32) {
-    uint64_t v1 = kXxhP1 + kXxhP2, v2 = kXxhP2, v3 = 0, v4 = 0 - kXxhP1;
-    const uint8_t* const limit = end - 32;
-    do {
-      // Four independent chains: their loads and multiplies overlap.
-      const uint64_t a = xxh_read64(p, aligned), b = xxh_read64(p + 8, aligned);
-      const uint64_t c = xxh_read64(p + 16, aligned), d = xxh_read64(p + 24, aligned);
-      v1 = xxh_round(v1, a);
-      v2 = xxh_round(v2, b);
-      v3 = xxh_round(v3, c);
-      v4 = xxh_round(v4, d);
-      p += 32;
-    } while (p <= limit);
-    h = xxh_rotl(v1, 1) + xxh_rotl(v2, 7) + xxh_rotl(v3, 12) + xxh_rotl(v4, 18);
-    h = xxh_merge(h, v1);
-    h = xxh_merge(h, v2);
-    h = xxh_merge(h, v3);
-    h = xxh_merge(h, v4);
-  } else {
-    h = kXxhP5;
-  }
-  h += len;
+/// Initial value of accumulator j (0..3), seed 0.
+DAMACY_HD uint64_t xxh_acc_init(uint32_t j) {
+  return j == 0 ? kXxhP1 + kXxhP2 : j == 1 ? kXxhP2 : j == 2 ? 0 : 0 - kXxhP1;
+}
+
+/// The four accumulators after the last stripe -> h (before `h += len`).
+DAMACY_HD uint64_t xxh_converge(uint64_t v1, uint64_t v2, uint64_t v3, uint64_t v4) {
+  uint64_t h = xxh_rotl(v1, 1) + xxh_rotl(v2, 7) + xxh_rotl(v3, 12) + xxh_rotl(v4, 18);
+  h = xxh_merge(h, v1);
+  h = xxh_merge(h, v2);
+  h = xxh_merge(h, v3);
+  return xxh_merge(h, v4);
+}
+
+/// The `rem` (< 32) bytes at `p` after the last stripe, then the avalanche; `h` includes len.
+DAMACY_HD uint64_t xxh_finish(uint64_t h, const uint8_t* p, uint64_t rem, bool aligned) {
+  const uint8_t* const end = p + rem;
   while (end - p >= 8) {
     h ^= xxh_round(0, xxh_read64(p, aligned));
     h = xxh_rotl(h, 27) * kXxhP1 + kXxhP4;
@@ -698,12 +689,193 @@ DAMACY_HD uint64_t xxh64(const uint8_t* p, uint64_t len) {
   return h;
 }
 
-/// Whether checksum op `op` holds: XXH64 of its decode op's decoded bytes in `arena` ends in
-/// `expected`. The ops are trusted (gpu::check_checksum_ops).
-DAMACY_HD bool checksum_op_holds(const ChecksumOpView& op, const DecodeOpView* decode,
-                                 const uint8_t* arena) {
-  const DecodeOpView d = decode[op.decode_op];
-  return static_cast<uint32_t>(xxh64(arena + d.dst_offset, d.dst_len)) == op.expected;
+/// XXH64 of `len` bytes at `p`, seed 0, by one thread.
+DAMACY_HD uint64_t xxh64(const uint8_t* p, uint64_t len) {
+  const uint8_t* const end = p + len;
+  const bool aligned = (reinterpret_cast<uintptr_t>(p) & 7) == 0;
+  uint64_t h;
+  if (len >= 32) {
+    uint64_t v1 = xxh_acc_init(0), v2 = xxh_acc_init(1), v3 = xxh_acc_init(2), v4 = xxh_acc_init(3);
+    const uint8_t* const limit = end - 32;
+    do {
+      // Four independent chains: their loads and multiplies overlap.
+      const uint64_t a = xxh_read64(p, aligned), b = xxh_read64(p + 8, aligned);
+      const uint64_t c = xxh_read64(p + 16, aligned), d = xxh_read64(p + 24, aligned);
+      v1 = xxh_round(v1, a);
+      v2 = xxh_round(v2, b);
+      v3 = xxh_round(v3, c);
+      v4 = xxh_round(v4, d);
+      p += 32;
+    } while (p <= limit);
+    h = xxh_converge(v1, v2, v3, v4);
+  } else {
+    h = kXxhP5;
+  }
+  return xxh_finish(h + len, p, static_cast<uint64_t>(end - p), aligned);
+}
+
+// Warp per frame (checksum_kernel). The frame's stripes [p, p + 32 * stripes) are read as
+// 16-byte vectors from base = p rounded down to 16 (vector v = bytes base + 16 v ..+ 16), in
+// tiles of kXxhTileVecs vectors (4 KiB): all 32 lanes load a tile with coalesced 16-byte
+// loads (lane l: vectors i * 32 + l of the tile, i < kXxhLaneVecs) into a shared-memory ring
+// of two tiles (vector v at ring vector v mod 2 kXxhTileVecs); while lanes 0..3 consume
+// tile k (the ring holding tiles k and k + 1), tile k + 2's loads are in flight, into
+// registers (checksum_kernel's step k + 1). Lane j owns accumulator j and takes word
+// j of each stripe starting in tile k (stripes 128 k ..< 128 (k + 1): a stripe starts at
+// head + 32 s, head = p - base < 16), reading its last words from tile k + 1 when the
+// stripe runs into it. Lane 0 then merges the four accumulators and hashes the tail (< 32
+// bytes) from global memory with xxh_finish, as xxh64 does. The vectors at either end that
+// are partly outside the stripes are read byte by byte (never past the frame), their outside
+// bytes zero: no consumed word uses them.
+
+constexpr int kXxhLaneVecs = 8;                               // vectors per lane per tile
+constexpr uint64_t kXxhTileVecs = 32 * kXxhLaneVecs;          // 256
+constexpr uint64_t kXxhTileBytes = 16 * kXxhTileVecs;         // 4 KiB
+constexpr uint64_t kXxhTileStripes = kXxhTileBytes / 32;      // 128
+constexpr uint32_t kXxhRingWords = 2 * kXxhTileBytes / 8;     // two tiles of u64: 8 KiB
+static_assert((kXxhRingWords & (kXxhRingWords - 1)) == 0, "ring index by mask");
+
+struct XxhWarpFrame {
+  const uint8_t* base;  // p rounded down to 16 bytes
+  uint64_t stripes;     // len / 32
+  uint64_t vecs;        // vectors from base covering the stripes (0 when there are none)
+  uint64_t tiles;       // ceil(vecs / kXxhTileVecs)
+  uint32_t head;        // p - base, < 16
+};
+
+DAMACY_HD XxhWarpFrame xxh_warp_frame(const uint8_t* p, uint64_t len) {
+  XxhWarpFrame f;
+  f.head = static_cast<uint32_t>(reinterpret_cast<uintptr_t>(p) & 15);
+  f.base = p - f.head;
+  f.stripes = len / 32;
+  f.vecs = f.stripes == 0 ? 0 : (f.head + 32 * f.stripes + 15) / 16;
+  f.tiles = (f.vecs + kXxhTileVecs - 1) / kXxhTileVecs;
+  return f;
+}
+
+#if defined(__CUDACC__)
+#define DAMACY_HD_NOINLINE __host__ __device__ __noinline__ inline
+#else
+#define DAMACY_HD_NOINLINE inline
+#endif
+
+/// The bytes of vector `v` at `q` that lie in [head, end) (offsets from base), others zero:
+/// the two partial vectors of a frame (head != 0), byte by byte, kept out of line.
+DAMACY_HD_NOINLINE ulonglong2 xxh_load_partial_vec(const uint8_t* q, uint64_t lo, uint64_t head,
+                                                   uint64_t end) {
+  ulonglong2 r;
+  r.x = 0;
+  r.y = 0;
+  for (uint32_t i = 0; i < 16; ++i) {
+    const uint64_t b = lo + i >= head && lo + i < end ? uint64_t(q[i]) : 0;
+    if (i < 8) {
+      r.x |= b << (8 * i);
+    } else {
+      r.y |= b << (8 * (i - 8));
+    }
+  }
+  return r;
+}
+
+/// Vector `v` (< f.vecs) of the frame: bytes outside the stripes read as zero, never loaded.
+DAMACY_HD ulonglong2 xxh_load_vec(const XxhWarpFrame& f, uint64_t v) {
+  const uint8_t* const q = f.base + 16 * v;
+  const uint64_t lo = 16 * v, end = f.head + 32 * f.stripes;  // offsets from base
+  if (lo >= f.head && lo + 16 <= end) {
+#if defined(__CUDA_ARCH__)
+    return __ldg(reinterpret_cast<const ulonglong2*>(q));
+#else
+    ulonglong2 r;
+    std::memcpy(&r.x, q, 8);
+    std::memcpy(&r.y, q + 8, 8);
+    return r;
+#endif
+  }
+  return xxh_load_partial_vec(q, lo, f.head, end);
+}
+
+/// Vector `x` (frame vector `v`) into the ring.
+DAMACY_HD void xxh_ring_put(uint64_t* ring, uint64_t v, ulonglong2 x) {
+  const uint32_t w = static_cast<uint32_t>(2 * v) & (kXxhRingWords - 1);
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<ulonglong2*>(ring + w) = x;
+#else
+  ring[w] = x.x;
+  ring[w + 1] = x.y;
+#endif
+}
+
+/// Input word at ring word `w` (any value: taken modulo the ring), shifted by `sh` bits
+/// (the frame's head mod 8, in bits) when kShift.
+template <bool kShift>
+DAMACY_HD uint64_t xxh_ring_word(const uint64_t* ring, uint32_t w, uint32_t sh) {
+  constexpr uint32_t mask = kXxhRingWords - 1;
+  if constexpr (kShift) {
+    return (ring[w & mask] >> sh) | (ring[(w + 1) & mask] << (64 - sh));
+  } else {
+    (void)sh;
+    return ring[w & mask];
+  }
+}
+
+constexpr uint32_t kXxhGroup = 8;  // stripes per group of xxh_consume_words
+
+#if defined(__CUDA_ARCH__)
+#define DAMACY_XXH_UNROLL(n) _Pragma(n)
+#else
+#define DAMACY_XXH_UNROLL(n)
+#endif
+
+/// Accumulator over `n` input words at ring words w, w + 4, ... In groups of kXxhGroup: the
+/// next group's words are read (unconditionally: the ring is always there, words past `n`
+/// go unused) and multiplied by P2 before the current group's rounds, so the ring reads and
+/// those multiplies overlap the accumulator's dependent chain.
+template <bool kShift>
+DAMACY_HD uint64_t xxh_consume_words(uint64_t acc, const uint64_t* ring, uint32_t w, uint32_t sh,
+                                     uint32_t n) {
+  uint64_t x[kXxhGroup];
+  DAMACY_XXH_UNROLL("unroll")
+  for (uint32_t i = 0; i < kXxhGroup; ++i) x[i] = xxh_ring_word<kShift>(ring, w + 4 * i, sh) * kXxhP2;
+  uint32_t s = 0;
+  DAMACY_XXH_UNROLL("unroll 1")
+  for (; s + kXxhGroup <= n; s += kXxhGroup) {
+    uint64_t y[kXxhGroup];
+    DAMACY_XXH_UNROLL("unroll")
+    for (uint32_t i = 0; i < kXxhGroup; ++i) {
+      y[i] = xxh_ring_word<kShift>(ring, w + 4 * (s + kXxhGroup + i), sh) * kXxhP2;
+    }
+    DAMACY_XXH_UNROLL("unroll")
+    for (uint32_t i = 0; i < kXxhGroup; ++i) acc = xxh_rotl(acc + x[i], 31) * kXxhP1;  // xxh_round
+    DAMACY_XXH_UNROLL("unroll")
+    for (uint32_t i = 0; i < kXxhGroup; ++i) x[i] = y[i];
+  }
+  DAMACY_XXH_UNROLL("unroll")
+  for (uint32_t i = 0; i < kXxhGroup; ++i) {
+    if (s + i < n) acc = xxh_rotl(acc + x[i], 31) * kXxhP1;
+  }
+  return acc;
+}
+
+/// Accumulator `j` (0..3) over the stripes starting in tile `k`, read from the ring, which
+/// holds tiles k and k + 1 (those that exist).
+DAMACY_HD uint64_t xxh_consume_tile(uint64_t acc, const uint64_t* ring, const XxhWarpFrame& f,
+                                    uint32_t j, uint64_t k) {
+  const uint64_t s0 = k * kXxhTileStripes;
+  const uint32_t n = static_cast<uint32_t>(f.stripes - s0 < kXxhTileStripes ? f.stripes - s0 : kXxhTileStripes);
+  // Word j of stripe s = bytes head + 32 s + 8 j ..+ 8 of base: ring word head / 8 + 4 s + j
+  // (mod the ring), shifted by head mod 8 bytes when that is not 0.
+  const uint32_t w = static_cast<uint32_t>((f.head >> 3) + 4 * s0 + j) & (kXxhRingWords - 1);
+  const uint32_t sh = 8 * (f.head & 7);
+  return sh == 0 ? xxh_consume_words<false>(acc, ring, w, 0, n)
+                 : xxh_consume_words<true>(acc, ring, w, sh, n);
+}
+
+/// XXH64 from the four accumulators (ignored when the frame has no stripe) and the tail.
+DAMACY_HD uint64_t xxh_warp_finish(const XxhWarpFrame& f, const uint8_t* p, uint64_t len,
+                                   uint64_t v1, uint64_t v2, uint64_t v3, uint64_t v4) {
+  const uint64_t h = f.stripes == 0 ? kXxhP5 : xxh_converge(v1, v2, v3, v4);
+  const bool aligned = (reinterpret_cast<uintptr_t>(p) & 7) == 0;
+  return xxh_finish(h + len, p + 32 * f.stripes, len - 32 * f.stripes, aligned);
 }
 
 }  // namespace damacy::gpu::detail

@@ -15,7 +15,8 @@
 // routines (shuffle-generic.h, bitshuffle-generic.c, shuffle.c bit(un)shuffle wrappers),
 // themselves checked by a shuffle -> unshuffle round trip.
 //
-// xxh64 = fixed vectors from libxxhash and libzstd (kXxhVectors).
+// xxh64 = fixed vectors from libxxhash and libzstd (kXxhVectors, kXxhMoreVectors), for the
+// one-thread form and the checksum kernel's warp form (emulated on the host, then on the device).
 //
 // Prints PASS/FAIL counts per suite; exits 1 on any failure, else 0.
 #include <algorithm>
@@ -607,6 +608,38 @@ std::vector<uint8_t> xxh_buf(uint64_t n) {
   return b;
 }
 
+// More lengths, same generator and sources (libxxhash 0.8.1 XXH64 via ctypes, lower 32 bits
+// checked against numcodecs.Zstd(checksum=True) frames): around the warp kernel's 4 KiB tile
+// and 8 KiB ring, and a 1 MiB + 7 frame.
+constexpr XxhVector kXxhMoreVectors[] = {
+    {2047, 0x0dd37b878114ac9eull},  {2048, 0xfffc2d88824db985ull}, {4095, 0xd1e78a282e19d354ull},
+    {4097, 0xb49d5946976a447full},  {8191, 0x8b6b8b359bf9955aull}, {8192, 0x41f6fc7e5fbc91c8ull},
+    {8193, 0x922e4d7809282003ull},  {12345, 0x79ae8df56d600572ull}, {65536, 0xd9df018f076d929dull},
+    {1048583, 0x09eb56443d16247dull},
+};
+
+/// checksum_kernel's warp form of XXH64 on the host: the same steps (xxh_load_vec ->
+/// xxh_ring_put by 32 emulated lanes, xxh_consume_tile by lanes 0..3, xxh_warp_finish), in
+/// the kernel's order (tile k stored, then tile k - 1 consumed), over a ring that starts
+/// as garbage.
+uint64_t emulate_xxh64_warp(const uint8_t* p, uint64_t len, uint64_t garbage) {
+  const dd::XxhWarpFrame f = dd::xxh_warp_frame(p, len);
+  std::vector<uint64_t> ring(dd::kXxhRingWords);
+  for (auto& w : ring) w = garbage = garbage * 6364136223846793005ull + 1442695040888963407ull;
+  uint64_t acc[4];
+  for (uint32_t j = 0; j < 4; ++j) acc[j] = dd::xxh_acc_init(j);
+  for (uint64_t k = 0; k <= f.tiles && f.tiles > 0; ++k) {
+    for (uint32_t lane = 0; lane < 32 && k < f.tiles; ++lane) {
+      for (int r = 0; r < dd::kXxhLaneVecs; ++r) {
+        const uint64_t v = k * dd::kXxhTileVecs + uint64_t(r) * 32 + lane;
+        if (v < f.vecs) dd::xxh_ring_put(ring.data(), v, dd::xxh_load_vec(f, v));
+      }
+    }
+    for (uint32_t j = 0; j < 4 && k > 0; ++j) acc[j] = dd::xxh_consume_tile(acc[j], ring.data(), f, j, k - 1);
+  }
+  return dd::xxh_warp_finish(f, p, len, acc[0], acc[1], acc[2], acc[3]);
+}
+
 int host_suites(uint64_t seed, int n_cases) {
   std::mt19937_64 rng(seed);
   Tally fastdiv{"host fastdiv"};
@@ -733,7 +766,39 @@ int host_suites(uint64_t seed, int n_cases) {
   xxh.check(dd::xxh64(reinterpret_cast<const uint8_t*>("abc"), 3) == 0x44bc2cf5ad770999ull, "abc");
   xxh.report();
 
-  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail + xxh.fail;
+  // The warp form (emulated) and the one-thread form on more lengths, at offsets 0..16 (all
+  // alignments of the 16-byte vectors), the buffer surrounded by other bytes; then random
+  // lengths against the one-thread form.
+  Tally warp{"host xxh64 warp form (emulated)"};
+  auto at_offset = [](uint64_t off, uint64_t len) {
+    std::vector<uint8_t> b(off, 0xa5);
+    const std::vector<uint8_t> x = xxh_buf(len);
+    b.insert(b.end(), x.begin(), x.end());
+    b.resize(b.size() + 40, 0xc3);
+    return b;
+  };
+  auto check_vector = [&](const XxhVector& v) {
+    for (uint64_t off = 0; off < 17; ++off) {
+      const std::vector<uint8_t> b = at_offset(off, v.len);
+      const std::string what = "len " + std::to_string(v.len) + " offset " + std::to_string(off);
+      warp.check(emulate_xxh64_warp(b.data() + off, v.len, rng()) == v.hash, "warp " + what);
+      warp.check(dd::xxh64(b.data() + off, v.len) == v.hash, "one-thread " + what);
+    }
+  };
+  for (const XxhVector& v : kXxhVectors) check_vector(v);
+  for (const XxhVector& v : kXxhMoreVectors) check_vector(v);
+  for (int i = 0; i < 300; ++i) {
+    const uint64_t len = rng() % 4 == 0 ? rng() % 70000 : rng() % 300;
+    const uint64_t off = rng() % 64;
+    std::vector<uint8_t> b(off + len + 40);
+    for (auto& c : b) c = uint8_t(rng());
+    warp.check(emulate_xxh64_warp(b.data() + off, len, rng()) == dd::xxh64(b.data() + off, len),
+               "random len " + std::to_string(len) + " offset " + std::to_string(off));
+  }
+  warp.report();
+
+  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail + xxh.fail +
+         warp.fail;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -945,8 +1010,85 @@ int device_suites(uint64_t seed, int n_cases) {
   }
   sums.report();
 
+  // Many frames in one launch (more ops than resident warps, so warps loop), of the odd
+  // lengths (0, 1, 31, 32, 33, the tile edges, 1 MiB + 7) at every alignment against the
+  // libxxhash vectors, and of random lengths over random bytes against the one-thread form
+  // (checked against the vectors by the host suites); the last frame ends at the arena's
+  // last byte. Some expectations corrupted.
+  Tally many{"device zstd checksum many frames"};
+  for (int round = 0; round < 3; ++round) {
+    std::vector<GpuDecodeOp> dec;
+    std::vector<damacy::ffi::GpuChecksumOp> ops;
+    std::vector<uint8_t> arena;
+    uint32_t bad = 0, first = UINT32_MAX;
+    auto add = [&](const std::vector<uint8_t>& bytes, uint64_t hash) {
+      GpuDecodeOp d{};
+      d.codec = 1;
+      d.dst_offset = arena.size();
+      d.dst_len = d.src_len = bytes.size();
+      arena.insert(arena.end(), bytes.begin(), bytes.end());
+      dec.push_back(d);
+      uint32_t expected = uint32_t(hash);
+      if (rng() % 9 == 0) {
+        expected ^= 1u << (rng() % 32);
+        ++bad;
+        first = std::min<uint32_t>(first, uint32_t(ops.size()));
+      }
+      ops.push_back({uint32_t(dec.size() - 1), expected});
+    };
+    if (round == 0) {
+      for (uint64_t off = 0; off < 17; ++off) {
+        for (const XxhVector& v : {kXxhVectors[0], kXxhVectors[1], kXxhVectors[10], kXxhVectors[11], kXxhVectors[12],
+                                   kXxhMoreVectors[2], kXxhVectors[20], kXxhMoreVectors[3], kXxhMoreVectors[6],
+                                   kXxhMoreVectors[9]}) {
+          arena.resize((arena.size() / 16) * 16 + 16 + off, 0x5a);
+          add(xxh_buf(v.len), v.hash);
+        }
+      }
+    } else {
+      // Round 2: more ops than the launch has warps (launch_checksum_check caps the grid),
+      // so each warp hashes several frames in turn.
+      const size_t n = size_t(std::max(n_cases, 1)) * (round == 1 ? 150 : 1000);  // 6,000 / 40,000 by default
+      for (size_t k = 0; k < n; ++k) {
+        const uint64_t r = rng() % 100;
+        const uint64_t len = round == 2 ? (r < 80 ? rng() % 300 : rng() % 4000)
+                                        : (r < 60 ? rng() % 300 : r < 97 ? rng() % 20000 : rng() % 300000);
+        arena.resize(arena.size() + rng() % 40, 0x5a);
+        std::vector<uint8_t> x(len);
+        for (size_t c = 0; c < len; c += 8) {
+          const uint64_t w = rng();
+          std::memcpy(x.data() + c, &w, std::min<size_t>(8, len - c));
+        }
+        add(x, dd::xxh64(x.data(), len));
+      }
+    }
+    {
+      const std::vector<uint8_t> x = xxh_buf(kXxhMoreVectors[9].len);  // 1 MiB + 7, unaligned, last
+      arena.resize((arena.size() / 16) * 16 + 16 + 3, 0x5a);
+      add(x, kXxhMoreVectors[9].hash);
+    }
+    many.check(dg::check_checksum_ops(ops.data(), ops.size(), dec.data(), dec.size()).empty(), "check");
+    GpuDecodeOp* d_dec = to_device(dec);
+    auto* d_ops = to_device(ops);
+    uint8_t* d_arena = to_device(arena);
+    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+    CK(dg::launch_checksum_check(d_ops, ops.size(), d_dec, d_arena, d_res, stream));
+    uint32_t res[2];
+    CK(cudaMemcpyAsync(res, d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
+    CK(cudaStreamSynchronize(stream));
+    many.check(res[0] == bad && res[1] == first,
+               "round " + std::to_string(round) + " (" + std::to_string(ops.size()) + " frames): " +
+                   std::to_string(res[0]) + " mismatches (want " + std::to_string(bad) + "), first " +
+                   std::to_string(res[1]) + " (want " + std::to_string(first) + ")");
+    CK(cudaFree(d_dec));
+    CK(cudaFree(d_ops));
+    CK(cudaFree(d_arena));
+    CK(cudaFree(d_res));
+  }
+  many.report();
+
   CK(cudaStreamDestroy(stream));
-  return assemble.fail + unshuffle.fail + copy.fail + status.fail + sums.fail;
+  return assemble.fail + unshuffle.fail + copy.fail + status.fail + sums.fail + many.fail;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1049,28 +1191,38 @@ void bench(uint64_t seed) {
     CK(cudaFree(d_uops));
     CK(cudaFree(d_scratch));
   }
-  // zstd content checksums: the arena as frames of 64 KiB and of 512 KiB (a 64^3 u16 chunk).
+  // zstd content checksums: the arena as frames of 64 KiB and of 512 KiB (a 64^3 u16 chunk),
+  // 16-byte aligned, and as frames 16 bytes shorter starting 5 bytes in (the unaligned path).
+  // The arena is all 1s: every frame has the hash of its length of 1s, so the timed launch
+  // also checks (mismatches must be 0).
   for (const uint64_t frame : {uint64_t(64) << 10, uint64_t(512) << 10}) {
-    const uint64_t nframes = arena / frame;
-    std::vector<GpuDecodeOp> dec(nframes);
-    std::vector<damacy::ffi::GpuChecksumOp> sums(nframes);
-    for (uint64_t i = 0; i < nframes; ++i) {
-      dec[i].codec = 1;
-      dec[i].dst_offset = i * frame;
-      dec[i].dst_len = dec[i].src_len = frame;
-      sums[i] = {uint32_t(i), 0};
+    for (const bool unaligned : {false, true}) {
+      const uint64_t nframes = arena / frame;
+      const uint64_t len = unaligned ? frame - 16 : frame;
+      const uint32_t want = uint32_t(dd::xxh64(std::vector<uint8_t>(len, 1).data(), len));
+      std::vector<GpuDecodeOp> dec(nframes);
+      std::vector<damacy::ffi::GpuChecksumOp> sums(nframes);
+      for (uint64_t i = 0; i < nframes; ++i) {
+        dec[i].codec = 1;
+        dec[i].dst_offset = i * frame + (unaligned ? 5 : 0);
+        dec[i].dst_len = dec[i].src_len = len;
+        sums[i] = {uint32_t(i), want};
+      }
+      GpuDecodeOp* d_dops = to_device(dec);
+      auto* d_sums = to_device(sums);
+      uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+      const float ms = time_ms(s, 10, [&] {
+        CK(dg::launch_checksum_check(d_sums, nframes, d_dops, d_dec, d_res, s));
+      });
+      uint32_t res[2];
+      CK(cudaMemcpy(res, d_res, sizeof res, cudaMemcpyDeviceToHost));
+      std::printf("zstd checksum (XXH64): %" PRIu64 " frames x %" PRIu64 " KiB%s, %.3f ms, %.1f GB/s total, %.2f GB/s per frame, %u mismatches (want 0)\n",
+                  nframes, frame >> 10, unaligned ? " - 16 B at +5" : "", ms, double(nframes * len) / ms / 1e6,
+                  double(len) / ms / 1e6, res[0]);
+      CK(cudaFree(d_dops));
+      CK(cudaFree(d_sums));
+      CK(cudaFree(d_res));
     }
-    GpuDecodeOp* d_dops = to_device(dec);
-    auto* d_sums = to_device(sums);
-    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
-    const float ms = time_ms(s, 10, [&] {
-      CK(dg::launch_checksum_check(d_sums, nframes, d_dops, d_dec, d_res, s));
-    });
-    std::printf("zstd checksum (XXH64): %" PRIu64 " frames x %" PRIu64 " KiB, %.3f ms, %.1f GB/s total, %.2f GB/s per frame\n",
-                nframes, frame >> 10, ms, double(nframes * frame) / ms / 1e6, double(frame) / ms / 1e6);
-    CK(cudaFree(d_dops));
-    CK(cudaFree(d_sums));
-    CK(cudaFree(d_res));
   }
   CK(cudaFree(d_ops));
   CK(cudaFree(d_prefix));

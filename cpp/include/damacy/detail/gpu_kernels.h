@@ -80,8 +80,8 @@ cudaError_t launch_decode_status_check(const int32_t* d_statuses, const size_t* 
 /// XXH64 (seed 0) of its decode op's dst_len bytes at d_arena + dst_offset must have the op's
 /// `expected` as its lower 32 bits. Counts the mismatches into d_result[0] and the smallest
 /// mismatching checksum-op index into d_result[1]; the caller sets d_result to {0,
-/// UINT32_MAX} first, as for launch_decode_status_check. One thread hashes one op (cost:
-/// docs in dev/perf.md). d_decode_ops: the batch's decode ops as checked on the host.
+/// UINT32_MAX} first, as for launch_decode_status_check. One warp hashes one op, staging
+/// its bytes through shared memory (cost: dev/perf.md). d_decode_ops: the batch's decode ops as checked on the host.
 cudaError_t launch_checksum_check(const ffi::GpuChecksumOp* d_ops, size_t n,
                                   const ffi::GpuDecodeOp* d_decode_ops, const uint8_t* d_arena,
                                   uint32_t* d_result, cudaStream_t stream);
