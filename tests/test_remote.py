@@ -219,6 +219,51 @@ def test_recheck_cached_data_on_s3(served, recheck, tmp_path):
         s3.put_object(Bucket=info["bucket"], Key=f"vol.zarr/{key}", Body=original)
 
 
+def _upload_array(info, root: Path, name: str, dtype: str, seed: int) -> np.ndarray:
+    """Writes an unsharded zstd array `name` (SHAPE, chunks INNER) locally and uploads its
+    files to the bucket under the same name, replacing what was there; returns its values."""
+    import boto3
+
+    local = root / f"{name}-{seed}"
+    data = np.random.default_rng(seed).integers(-2000 if dtype == "int16" else 0, 4000, size=SHAPE).astype(dtype)
+    arr = zarr.create_array(store=str(local), shape=SHAPE, chunks=INNER, dtype=dtype, compressors=zarr.codecs.ZstdCodec(level=3),
+                            fill_value=0, zarr_format=3, overwrite=True)
+    arr[...] = data
+    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    for f in sorted(local.rglob("*")):
+        if f.is_file():
+            s3.upload_file(str(f), info["bucket"], f"{name}/{f.relative_to(local).as_posix()}")
+    return data
+
+
+@pytest.mark.parametrize("recheck", [0.5, False])
+def test_an_unsharded_array_recreated_on_s3_is_read_with_its_new_metadata(served, recheck, tmp_path):
+    """zarr.json is rechecked (a HEAD) once the recheck interval has passed: an unsharded
+    uint16 array recreated as int16 on the server is then read with its new metadata;
+    with rechecks off the cached metadata stays (the new chunks read as uint16)."""
+    _, info = served
+    name = f"recreated-{str(recheck).lower()}.zarr"
+    old = _upload_array(info, tmp_path, name, "uint16", seed=21)
+    box = [(0, 8), (0, 8), (0, 12)]  # one chunk: c/0/0/0
+    sl = tuple(slice(a, z) for a, z in box)
+    cfg = damacy.Config(samples_per_batch=1, sample_shape=(8, 8, 12), n_io_threads=2, recheck_cached_data=recheck,
+                        storage_options=s3_options(info))
+    with damacy.Pipeline(cfg) as pipe:
+        def read():
+            pipe.push(damacy.Sample(f"s3://{info['bucket']}/{name}", box))
+            return pipe.pop(timeout_s=30).numpy()[0].copy()
+
+        np.testing.assert_array_equal(read(), old[sl].astype(np.float32))
+        new = _upload_array(info, tmp_path, name, "int16", seed=22)
+        assert (new[sl] < 0).any()
+        time.sleep(0.8)
+        got = read()
+        if recheck is False:
+            np.testing.assert_array_equal(got, new[sl].view(np.uint16).astype(np.float32), err_msg="never rechecked: old metadata")
+        else:
+            np.testing.assert_array_equal(got, new[sl].astype(np.float32), err_msg="rechecked after the interval: new metadata")
+
+
 def test_recheck_cached_data_is_validated():
     assert damacy.Config().recheck_cached_data == 1.0
     assert damacy.Config(recheck_cached_data="open").recheck_cached_data == "open"
