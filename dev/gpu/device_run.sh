@@ -166,12 +166,15 @@ if has pipwheel; then
     log "pipwheel: pip wheel . (build isolation on, build requirements from .whl)"
     [ -f .carry/rust/libdamacy.a ] || xz -dk .carry/rust/libdamacy.a.xz
     rm -rf /tmp/damacy-wheel /tmp/wheel-site /tmp/cmake-bin
-    # This machine's /opt/torch/.venv/bin/cmake is a pip shim whose `cmake` module is not
-    # installed; scikit-build-core takes the first `cmake` on PATH, finds no version and asks
-    # pip for the cmake wheel (no network). Put the first cmake that runs first on PATH.
+    # This machine's /opt/torch/.venv/bin/cmake and ninja are the cmake/ninja wheels' Python
+    # shims: inside pip's isolated build env their modules are not importable, so
+    # scikit-build-core finds no version and asks pip for the wheels (no network here). Put
+    # the wheels' real binaries (or the first cmake/ninja that runs) first on PATH.
     mkdir -p /tmp/cmake-bin
-    for c in $(which -a cmake); do
-      if "$c" --version >/dev/null 2>&1; then ln -sf "$c" /tmp/cmake-bin/cmake; log "pipwheel: cmake $c"; break; fi
+    for tool in cmake ninja; do
+      real="$(python3 -c "import $tool, os; d = getattr($tool, 'CMAKE_BIN_DIR', None) or getattr($tool, 'BIN_DIR'); print(os.path.join(d, '$tool'))" 2>/dev/null)"
+      [ -x "$real" ] || real="$(for c in $(which -a $tool); do env -i "$c" --version >/dev/null 2>&1 && echo "$c" && break; done)"
+      [ -n "$real" ] && ln -sf "$real" /tmp/cmake-bin/$tool && log "pipwheel: $tool $real"
     done
     t0=$SECONDS
     PATH="/tmp/cmake-bin:$PATH" DAMACY_RUST_LIB="$PWD/.carry/rust/libdamacy.a" DAMACY_RUST_INCLUDE="$PWD/.carry/rust/include" \
