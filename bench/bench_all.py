@@ -106,6 +106,9 @@ VARIANTS = {
     "default": {},
     "noshare": {"decoded_cache_bytes": 0},
     "la8": {"lookahead_batches": 8},
+    # Every sample pushed up front: the pipeline fills its own (default) look-ahead window,
+    # as damacy.data's samplers do; the other readers keep --lookahead-batches.
+    "own": {"own_window": True},
 }
 
 
