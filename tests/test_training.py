@@ -185,6 +185,7 @@ def test_padding_needs_fill(arrays):
 
 from torch.utils.data import DataLoader  # noqa: E402
 
+import damacy.transforms  # noqa: E402
 from damacy.data import Augment, CropDataset, GridCrops, LabelCrops, RandomCrops  # noqa: E402
 
 
@@ -231,6 +232,28 @@ def test_dataset_grid_reflect_padding(arrays):
 # --------------------------------------------------------------------------------------
 
 
+def _np_lowbias32(h: np.ndarray) -> np.ndarray:
+    h = h.astype(np.uint32)
+    h ^= h >> np.uint32(16)
+    h = (h.astype(np.uint64) * np.uint64(0x21F0AAAD) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    h ^= h >> np.uint32(15)
+    h = (h.astype(np.uint64) * np.uint64(0x735A2D97) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    h ^= h >> np.uint32(15)
+    return h
+
+
+def _np_noise(noise_seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Augment's noise contract (damacy/transforms.py docstring) written out in numpy, float64,
+    element by element: a counter per C-order element, lowbias32, Box-Muller over pairs."""
+    n = int(np.prod(shape))
+    g, b = 2 * (noise_seed % 2**30) + 1, (noise_seed >> 30) % 2**31
+    j = np.arange(n + n % 2, dtype=np.uint64)
+    u = ((_np_lowbias32((j * np.uint64(g) + np.uint64(b)) & np.uint64(0xFFFFFFFF)) >> np.uint32(9)).astype(np.float64) + 0.5) / 2**23
+    r, theta = np.sqrt(-2 * np.log(u[0::2])), 2 * np.pi * u[1::2]
+    z = np.stack([r * np.cos(theta), r * np.sin(theta)], axis=-1).reshape(-1)
+    return z[:n].reshape(shape)
+
+
 def _np_augment(x: np.ndarray, d: dict, aug: Augment, intensity: bool) -> np.ndarray:
     y = np.flip(x, d["flip"]) if d["flip"] else x
     if d["k"]:
@@ -239,8 +262,7 @@ def _np_augment(x: np.ndarray, d: dict, aug: Augment, intensity: bool) -> np.nda
     if intensity:
         y = y * np.float32(d["scale"]) + np.float32(d["shift"])
         if aug.noise_std:
-            g = torch.Generator().manual_seed(d["noise_seed"])
-            y = y + torch.empty(y.shape).normal_(0.0, aug.noise_std, generator=g).numpy()
+            y = y + aug.noise_std * _np_noise(d["noise_seed"], y.shape)
     return np.ascontiguousarray(y)
 
 
@@ -281,6 +303,97 @@ def test_augment_is_deterministic_per_seed_and_sample():
         np.testing.assert_array_equal(l[r].numpy(), _np_augment(y[r].numpy(), d, Augment(), False))
     with pytest.raises(damacy.InvalidArgument, match="square"):
         Augment(seed=0, p_flip=0.0)(torch.zeros(4, 3, 5), index=[0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("piece", [None, 64, 190])
+def test_augment_noise_contract(monkeypatch, piece):
+    """The noise is the documented counter-based draw (numpy above), per sample whatever the
+    batch around it (also when the CPU draws it in pieces), standard normal, and
+    independent between samples and elements."""
+    if piece is not None:
+        monkeypatch.setattr(damacy.transforms, "_CPU_PIECE", piece)
+    aug = Augment(seed=11, flip_axes=None, rot90_plane=None, noise_std=1.0)
+    x = torch.zeros(6, 3, 7, 9)  # odd sample size (189): the last pair drops its sine
+    index = [5, 0, 123456789, 2**40, 7, 8]
+    z = aug(x, index=index, epoch=2)
+    for r, d in enumerate(aug.params(index, 2)):
+        np.testing.assert_allclose(z[r].numpy(), _np_noise(d["noise_seed"], (3, 7, 9)), rtol=0, atol=2e-5)
+    # more than one default CPU piece (2**15 elements) per sample, odd
+    aug2 = Augment(seed=4, flip_axes=None, rot90_plane=None, noise_std=2.0)
+    z = aug2(torch.zeros(2, 3, 101, 111), index=[3, 9])
+    for r, d in enumerate(aug2.params([3, 9])):
+        np.testing.assert_allclose(z[r].numpy(), 2.0 * _np_noise(d["noise_seed"], (3, 101, 111)), rtol=0, atol=4e-5)
+    if piece is not None:
+        return
+    big = Augment(seed=3, noise_std=1.0)(torch.zeros(4, 64, 64, 64), index=[0, 1, 2, 3])
+    flat = big.view(4, -1).double()
+    assert abs(float(flat.mean())) < 0.01 and abs(float(flat.std()) - 1) < 0.01
+    assert 0.012 < float((flat.abs() > 2.5).double().mean()) < 0.0128  # P(|z| > 2.5) = 0.01242
+    corr = torch.corrcoef(flat)  # samples
+    assert float((corr - torch.eye(4, dtype=torch.float64)).abs().max()) < 0.01
+    assert abs(float((flat[:, 1:] * flat[:, :-1]).mean())) < 0.01  # neighbours
+
+
+def _np_batch_reference(batch: dict, aug: Augment, index: list[int], epoch: int) -> dict:
+    """Augment applied sample by sample with numpy: the geometry to every key, the intensity
+    to the floating-point keys."""
+    out = {k: [] for k in batch}
+    for r, d in enumerate(aug.params(index, epoch)):
+        for k, v in batch.items():
+            a = v[r].numpy() if v.dtype != torch.bfloat16 else v[r].float().numpy()
+            out[k].append(_np_augment(a, d, aug, v.is_floating_point()))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_augment_batched_against_per_sample_numpy(case):
+    """Random batches (channels, dtypes, memory formats, flip axes, turn planes): the batched
+    Augment gives numpy's per-sample result in every key, keeps dtype and memory format, and
+    a sample augmented alone equals its row of the batch."""
+    rng = np.random.default_rng(case)
+    n = int(rng.integers(1, 17))
+    plane = int(rng.integers(2, 7))
+    z = int(rng.integers(1, 6))
+    chans = int(rng.integers(1, 4))
+    flip_axes = tuple(int(a) for a in rng.choice([-1, -2, -3], size=int(rng.integers(0, 4)), replace=False))
+    rot = [(-2, -1), (-1, -2), (-3, -1), None][case % 4]
+    shape = (z, plane, plane) if rot != (-3, -1) else (plane, z, plane)
+    aug = Augment(seed=case, flip_axes=flip_axes, p_flip=float(rng.uniform(0.3, 0.7)), rot90_plane=rot,
+                  scale=(0.5, 2.0) if case % 3 else None, shift=(-5, 5) if case % 2 else None,
+                  noise_std=[0.0, 0.5][case % 2])
+    img = torch.from_numpy(rng.normal(size=(n, chans) + shape).astype(np.float32))
+    batch = {"image": img, "label": torch.from_numpy(rng.integers(0, 200, size=(n,) + shape).astype(np.uint8)),
+             "ids": torch.from_numpy(rng.integers(-2**40, 2**40, size=(n,) + shape)),
+             "half": img[:, 0].to(torch.float16), "cl": img.contiguous(memory_format=torch.channels_last_3d),
+             "sliced": torch.cat([img, img], -1)[..., ::2]}
+    index = [int(i) for i in rng.choice(10**6, size=n, replace=False)]
+    epoch = int(rng.integers(0, 5))
+    out = aug(batch, index=index, epoch=epoch)
+    want = _np_batch_reference(batch, aug, index, epoch)
+    for k in batch:
+        got = out[k]
+        assert got.dtype == batch[k].dtype and got.shape == batch[k].shape, k
+        if batch[k].is_floating_point():
+            tol = 2e-2 if got.dtype == torch.float16 else 1e-4
+            np.testing.assert_allclose(got.float().numpy(), want[k].astype(np.float32), rtol=tol, atol=tol, err_msg=k)
+        else:
+            np.testing.assert_array_equal(got.numpy(), want[k], err_msg=k)
+    assert out["cl"].is_contiguous(memory_format=torch.channels_last_3d) and out["image"].is_contiguous()
+    np.testing.assert_array_equal(out["cl"].numpy(), out["image"].numpy())
+    r = int(rng.integers(0, n))
+    alone = aug({k: v[r:r + 1] for k, v in batch.items()}, index=[index[r]], epoch=epoch)
+    for k in batch:
+        assert torch.equal(alone[k][0], out[k][r]), k
+    if any(d["flip"] or d["k"] for d in aug.params(index, epoch)):
+        assert not all(torch.equal(out[k], batch[k]) for k in ("label", "ids"))
+
+
+def test_augment_rejects_tensors_without_the_axes():
+    with pytest.raises(damacy.InvalidArgument, match="at least 3 dims"):
+        Augment(seed=0, flip_axes=(-3,), p_flip=1.0, rot90_plane=None)({"image": torch.zeros(2, 4, 4, 4), "cls": torch.zeros(2, 4)},
+                                                                     index=[0, 1])
+    with pytest.raises(damacy.InvalidArgument, match="batch dim first"):
+        Augment(seed=0)(torch.zeros(3, 4, 4), index=[0, 1])
 
 
 def test_transform_hook_sees_every_batch(arrays):
@@ -504,6 +617,38 @@ def test_cuda_augment_and_padding_match_numpy(arrays):
     assert torch.equal(noisy(x, index=[1, 2, 3, 4]), noisy(x, index=[1, 2, 3, 4]))
     assert torch.equal(noisy(x[1:], index=[2, 3, 4]), noisy(x, index=[1, 2, 3, 4])[1:])
     assert 0.8 < float((noisy(x, index=[1, 2, 3, 4]) - Augment(seed=1)(x, index=[1, 2, 3, 4])).std()) < 1.2
+
+
+@cuda
+@pytest.mark.parametrize("case", range(4))
+def test_cuda_augment_batched_matches_cpu_and_numpy(case):
+    """On the GPU the batched Augment gives the CPU's values (noise included: the same
+    counter-based draw, up to float rounding of log/cos/sin), numpy's per sample, the input's
+    dtypes and memory formats, and a sample's result does not depend on its batch."""
+    rng = np.random.default_rng(100 + case)
+    n = [8, 32, 3, 17][case]
+    aug = Augment(seed=case, flip_axes=(-3, -2, -1), rot90_plane=(-2, -1), scale=(0.5, 2.0), shift=(-5, 5), noise_std=0.5)
+    img = torch.from_numpy(rng.normal(size=(n, 2, 5, 8, 8)).astype(np.float32))
+    batch = {"image": img, "label": torch.from_numpy(rng.integers(0, 9, size=(n, 5, 8, 8)).astype(np.uint8)),
+             "cl": img.contiguous(memory_format=torch.channels_last_3d), "half": img[:, 0].half()}
+    index = [int(i) for i in rng.choice(10**6, size=n, replace=False)]
+    on_cpu = aug(batch, index=index, epoch=case)
+    on_gpu = aug({k: v.cuda() for k, v in batch.items()}, index=index, epoch=case)
+    want = _np_batch_reference(batch, aug, index, case)
+    for k in batch:
+        got = on_gpu[k]
+        assert got.is_cuda and got.dtype == batch[k].dtype and got.stride() == on_cpu[k].stride(), k
+        if k == "label":
+            assert torch.equal(got.cpu(), on_cpu[k])
+            np.testing.assert_array_equal(got.cpu().numpy(), want[k])
+        else:
+            tol = 2e-2 if k == "half" else 1e-4
+            np.testing.assert_allclose(got.cpu().float().numpy(), on_cpu[k].float().numpy(), rtol=tol, atol=tol, err_msg=k)
+            np.testing.assert_allclose(got.cpu().float().numpy(), want[k], rtol=tol, atol=tol, err_msg=k)
+    assert on_gpu["cl"].is_contiguous(memory_format=torch.channels_last_3d)
+    alone = aug({k: v[1:2].cuda() for k, v in batch.items()}, index=index[1:2], epoch=case)
+    for k in batch:
+        assert torch.equal(alone[k][0], on_gpu[k][1]), k
 
 
 @cuda

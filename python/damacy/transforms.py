@@ -6,6 +6,23 @@ intensity scale, shift and Gaussian noise. Every draw is a pure function of (see
 sample index), so a sample is augmented the same whichever worker, rank, batch or resume
 reads it. Geometry goes to every tensor of the batch (image and label alike); intensity
 only to floating-point tensors (or the keys named), so integer labels keep their values.
+
+A batch costs a fixed number of torch ops whatever its size: one gather through a
+per-sample index map for the geometry, one broadcast multiply-add for scale and shift, and
+one counter-based draw for the noise.
+
+The noise contract: the noise of a sample is a pure function of its draw's ``noise_seed``
+and of the element's position, so it is the same in any batch, at any batch position, on
+the CPU and on CUDA (up to float rounding of log/sqrt/cos/sin). With
+``g = 2 * (noise_seed mod 2**30) + 1`` and ``b = (noise_seed >> 30) mod 2**31``, element j
+of the sample (its C-order index after geometry, channel dims included) has the counter
+``c_j = (g * j + b) mod 2**32``, the hash ``h_j = lowbias32(c_j)`` (hash-prospector's
+``[16 21f0aaad 15 735a2d97 15]``) and the uniform ``u_j = (floor(h_j / 2**9) + 0.5) / 2**23``;
+the pair (2m, 2m+1) is Box-Muller of (u_2m, u_2m+1): ``r = sqrt(-2 ln u_2m)``,
+``theta = 2 pi u_2m+1``, ``z_2m = r cos(theta)``, ``z_2m+1 = r sin(theta)`` (an odd sample
+size drops the last z). The noise added is ``noise_std * z_j``. (Until this version the
+noise came from a torch.Generator per sample, seeded with ``noise_seed``: one generator and
+one launch per sample, and other numbers on CUDA than on the CPU.)
 """
 
 from __future__ import annotations
@@ -77,6 +94,7 @@ class Augment:
         if not (math.isfinite(self.noise_std) and self.noise_std >= 0):
             raise InvalidArgument(f"Augment noise_std: expected a finite value >= 0, found {noise_std!r}")
         self.intensity_keys = None if intensity_keys is None else list(intensity_keys)
+        self._maps: dict[tuple[Any, ...], tuple[tuple[int, bool], ...]] = {}
 
     def __repr__(self) -> str:
         return (f"Augment(seed={self.seed}, flip_axes={self.flip_axes}, p_flip={self.p_flip}, rot90_plane={self.rot90_plane}, "
@@ -97,69 +115,239 @@ class Augment:
     def params(self, index: Sequence[int] | torch.Tensor, epoch: int = 0) -> list[dict[str, Any]]:
         """The draws for the samples `index` of `epoch`: per sample ``flip`` (axes flipped),
         ``k`` (quarter turns in `rot90_plane`, as torch.rot90), ``scale``, ``shift`` and
-        ``noise_seed`` (of the torch.Generator on the batch's device that draws its noise)."""
+        ``noise_seed`` (the key of its noise: the module docstring gives the contract)."""
         idx = index.tolist() if isinstance(index, torch.Tensor) else list(index)
         return [self._draw(int(i), operator.index(epoch)) for i in idx]
 
     # --- application ---------------------------------------------------------------------
+    #
+    # Batched: a call costs a fixed number of torch ops whatever the batch size (on CUDA: a
+    # fixed number of kernel launches and one host-to-device copy of the per-sample tables per
+    # tensor layout). Geometry is one gather through a per-sample index map, intensity one
+    # broadcast multiply-add, noise one counter-based draw over the whole batch (`_noise`).
 
-    def _geometry(self, x: torch.Tensor, draws: list[dict[str, Any]]) -> torch.Tensor:
+    def _axis_map(self, flips: tuple[int, ...], k: int, ndim: int) -> tuple[tuple[int, bool], ...]:
+        """For a sample of `ndim` dims (batch dim excluded), flipped on `flips` then turned k
+        times in `rot90_plane` (torch.rot90): per output axis d, the source axis it reads and
+        whether it runs backwards, i.e. ``out[..i_d..] = src[..(n-1-i_d if rev else i_d) at
+        axis src_axis..]``. Memoised: at most 2^len(flip_axes) * 4 entries per ndim."""
+        key = (flips, k, ndim)
+        hit = self._maps.get(key)
+        if hit is not None:
+            return hit
+        src = list(range(ndim))
+        rev = [False] * ndim
+        if k:
+            a, b = (ax % ndim for ax in self.rot90_plane)  # type: ignore[union-attr]
+            # torch.rot90 (as np.rot90), on a square plane: k=1 out[i, j] = t[j, n-1-i],
+            # k=2 out[i, j] = t[n-1-i, n-1-j], k=3 out[i, j] = t[n-1-j, i].
+            # Read per output axis: k=1 output axis a (i) runs backwards along source axis b,
+            # output axis b (j) forwards along a; k=3 the other way round.
+            if k == 1:
+                src[a], rev[a], src[b], rev[b] = b, True, a, False
+            elif k == 2:
+                rev[a] = rev[b] = True
+            else:
+                src[a], rev[a], src[b], rev[b] = b, False, a, True
+        flipped = {ax % ndim for ax in flips}
+        hit = tuple((s, r != (s in flipped)) for s, r in zip(src, rev))
+        self._maps[key] = hit
+        return hit
+
+    def _check_axes(self, x: torch.Tensor) -> None:
+        ndim = x.dim() - 1
+        axes = self.flip_axes + (self.rot90_plane or ())
+        if axes and -min(axes) > ndim:
+            raise InvalidArgument(f"Augment: flip_axes {self.flip_axes} / rot90_plane {self.rot90_plane} need samples of at least "
+                                  f"{-min(axes)} dims, found a tensor of shape {tuple(x.shape)} (batch dim first)")
+
+    def _geometry(self, x: torch.Tensor, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
         if all(not d["flip"] and not d["k"] for d in draws):
             return x
+        self._check_axes(x)
         if any(d["k"] for d in draws):
             a, b = self.rot90_plane  # type: ignore[misc]
             if x.shape[a] != x.shape[b]:
                 raise InvalidArgument(f"Augment rot90_plane {self.rot90_plane}: the axes have extents {x.shape[a]} and {x.shape[b]}; "
                                       "90-degree turns need a square plane (rot90_plane=None turns them off)")
-        # Row by row into one output: flip and rot90 of a row are views or one copy each,
-        # copy_ writes them in place (gathering groups of rows with index_put was 20x slower
-        # on the CPU).
-        out = torch.empty_like(x)
+        # The output keeps x's memory format: the gather writes in x's memory order (perm:
+        # axes outermost first), so the result, permuted back, has x's strides. A tensor that
+        # is not a permutation of a contiguous one (a slice, an expand) is made contiguous
+        # first, as empty_like would.
+        perm = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+        if not x.permute(perm).is_contiguous():
+            x = x.contiguous()
+            perm = list(range(x.dim()))
+        key = (tuple(x.shape), x.stride(), x.device, tuple(perm))
+        offsets = cache.get(key)
+        if offsets is None:
+            offsets = self._offsets(x, draws, perm)
+            cache[key] = offsets
+        flat = x.permute(perm).reshape(-1)  # a view: x.permute(perm) is contiguous
+        out = flat.index_select(0, offsets.view(-1)).view(offsets.shape)
+        return out.permute([perm.index(d) for d in range(x.dim())])
+
+    def _offsets(self, x: torch.Tensor, draws: list[dict[str, Any]], perm: list[int]) -> torch.Tensor:
+        """Per output element of the batch, the position in x's memory it reads: the sum of
+        one term per axis, ``term_d[sample, i] = stride(src axis) * (n-1-i if rev else i)``
+        (+ sample * batch stride), built on the host for all samples (a few KiB), copied to
+        the device once and summed there by broadcasting, laid out in memory order `perm`."""
+        shape, stride, ndim = tuple(x.shape), x.stride(), x.dim() - 1
+        n = len(draws)
+        # int32 offsets (index_select takes both; half the bytes) unless they could overflow
+        dtype = torch.int64 if x.numel() >= 2**31 else torch.int32
+        sign, base = [], []
         for row, d in enumerate(draws):
-            y = x[row]
-            if d["flip"]:
-                y = torch.flip(y, d["flip"])
-            if d["k"]:
-                y = torch.rot90(y, d["k"], self.rot90_plane)
-            out[row].copy_(y)
+            for ax, (src, rev) in enumerate(self._axis_map(d["flip"], d["k"], ndim)):
+                st = stride[src + 1]
+                sign.append(-st if rev else st)
+                base.append((st * (shape[ax + 1] - 1) if rev else 0) + (row * stride[0] if ax == 0 else 0))
+        sign_t = torch.tensor(sign, dtype=torch.int64).view(n, ndim)
+        base_t = torch.tensor(base, dtype=torch.int64).view(n, ndim)
+        table = torch.cat([base_t[:, ax, None] + sign_t[:, ax, None] * torch.arange(shape[ax + 1], dtype=torch.int64)
+                           for ax in range(ndim)], dim=1).to(dtype)
+        terms = _to_device(table, x.device)
+        views, at = [], 0
+        for ax in range(ndim):
+            size = shape[ax + 1]
+            view_shape = [n] + [size if e == ax else 1 for e in range(ndim)]
+            views.append(terms[:, at:at + size].reshape(view_shape).permute(perm))
+            at += size
+        acc = views[0]
+        for v in views[1:-1]:
+            acc = acc + v
+        out = torch.empty([shape[d] for d in perm], dtype=terms.dtype, device=x.device)
+        if len(views) > 1:
+            torch.add(acc, views[-1], out=out)
+        else:
+            out.copy_(acc)
         return out
 
-    def _intensity(self, x: torch.Tensor, draws: list[dict[str, Any]]) -> torch.Tensor:
+    def _noise(self, shape: tuple[int, ...], draws: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
+        """Gaussian noise for a batch of `shape`: noise_std times the normals of the module
+        docstring's contract. On CUDA one counter-based draw over the whole batch; on the
+        CPU the same draw in cache-sized pieces (over the whole batch at once the int64
+        temporaries go to memory and the draw ran ~5x slower than torch's own generator)."""
+        n, per_sample = shape[0], math.prod(shape[1:])
+        if per_sample > 2**32:
+            raise InvalidArgument(f"Augment noise: samples of {per_sample} elements; the noise counter covers 2**32")
+        keys = _to_device(torch.tensor([_noise_key(d["noise_seed"]) for d in draws], dtype=torch.int64), device)
+        if device.type != "cpu":
+            return _normals(keys[:, :1], keys[:, 1:], 0, per_sample, self.noise_std).reshape(shape)
+        z = torch.empty((n, per_sample), dtype=torch.float32)
+        step = min(per_sample + per_sample % 2, _CPU_PIECE)  # even: pieces start at even j
+        rows = max(1, _CPU_PIECE // step)
+        for r in range(0, n, rows):
+            for j in range(0, per_sample, step):
+                k = min(per_sample, j + step)
+                z[r:r + rows, j:k] = _normals(keys[r:r + rows, :1], keys[r:r + rows, 1:], j, k, self.noise_std)
+        return z.view(shape)
+
+    def _intensity(self, x: torch.Tensor, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
         if self.scale is None and self.shift is None and self.noise_std == 0:
             return x
         view = (x.shape[0],) + (1,) * (x.dim() - 1)
+        y = x.float()  # x itself when float32; other dtypes are computed in float32, as before
+        out = torch.empty_like(y)  # x's memory format
         if self.scale is not None or self.shift is not None:
-            # From pinned memory: a copy from pageable memory makes the host wait for the
-            # stream, so the caller could not run ahead of the GPU (measured on an H200: the
-            # augmented loader ran at half the plain rate).
-            st = torch.tensor([[d["scale"], d["shift"]] for d in draws], dtype=torch.float32)
-            st = st.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else st
+            st = cache.get(("scale_shift", x.device))
+            if st is None:
+                st = _to_device(torch.tensor([[d["scale"], d["shift"]] for d in draws], dtype=torch.float32), x.device)
+                cache[("scale_shift", x.device)] = st
             s, t = st[:, 0].view(view), st[:, 1].view(view)
-            x = (x.float() * s + t).to(x.dtype)
+            # x * s, then + t: two roundings, as numpy's float32 `x * s + t` (addcmul fuses
+            # them on some devices and differs in the last bit)
+            if self.scale is not None:
+                torch.mul(y, s, out=out)
+                if self.shift is not None:
+                    out.add_(t)
+            else:
+                torch.add(y, t, out=out)
+            y = out
         if self.noise_std > 0:
-            noise = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-            for row, d in enumerate(draws):
-                g = torch.Generator(device=x.device)
-                g.manual_seed(d["noise_seed"])
-                noise[row].normal_(0.0, self.noise_std, generator=g)
-            x = (x.float() + noise).to(x.dtype)
-        return x
+            key = ("noise", tuple(x.shape), x.device)
+            noise = cache.get(key)
+            if noise is None:
+                noise = self._noise(tuple(x.shape), draws, x.device)
+                cache[key] = noise
+            if y is out:
+                out.add_(noise)
+            else:
+                torch.add(y, noise, out=out)
+        return out.to(x.dtype)
 
-    def _one(self, x: torch.Tensor, key: Any, draws: list[dict[str, Any]]) -> torch.Tensor:
+    def _one(self, x: torch.Tensor, key: Any, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             return x
-        if x.shape[0] != len(draws):
-            raise InvalidArgument(f"Augment: a tensor of {x.shape[0]} samples for {len(draws)} indices")
-        x = self._geometry(x, draws)
+        if x.dim() == 0 or x.shape[0] != len(draws):
+            raise InvalidArgument(f"Augment: a tensor of shape {tuple(x.shape)} for {len(draws)} indices (batch dim first)")
+        x = self._geometry(x, draws, cache)
         wants = x.is_floating_point() if self.intensity_keys is None else key in self.intensity_keys
-        return self._intensity(x, draws) if wants else x
+        return self._intensity(x, draws, cache) if wants else x
 
     def __call__(self, batch: Any, index: Sequence[int] | torch.Tensor | None = None, epoch: int = 0) -> Any:
         first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0] if isinstance(batch, (tuple, list)) else batch
         n = int(first.shape[0])
         draws = self.params(range(n) if index is None else index, epoch)
+        # Per call: index maps, per-sample tables and noise shared by the tensors of the
+        # batch with the same layout (an image and its label share one index map).
+        cache: dict[Any, torch.Tensor] = {}
         if isinstance(batch, Mapping):
-            return {k: self._one(v, k, draws) for k, v in batch.items()}
+            return {k: self._one(v, k, draws, cache) for k, v in batch.items()}
         if isinstance(batch, (tuple, list)):
-            return type(batch)(self._one(v, i, draws) for i, v in enumerate(batch))
-        return self._one(batch, None, draws)
+            return type(batch)(self._one(v, i, draws, cache) for i, v in enumerate(batch))
+        return self._one(batch, None, draws, cache)
+
+
+# --- noise -------------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+# Chris Wellons' hash-prospector 32-bit mixer [16 21f0aaad 15 735a2d97 15] ("lowbias32",
+# improved constants). Both multipliers are below 2**31, so a 32-bit value times one of them
+# stays below 2**63: int64 torch ops compute it exactly on every device, with no overflow.
+_MIX_MUL = (0x21F0AAAD, 0x735A2D97)
+# Elements per piece of the CPU noise draw: its int64 temporaries (~8 bytes each, a few
+# alive at once) stay in the L2 cache.
+_CPU_PIECE = 2**15
+
+
+def _noise_key(noise_seed: int) -> tuple[int, int]:
+    """The contract's (g, b) of a sample: an odd multiplier below 2**31 and an offset below
+    2**31, from 61 of the draw's 63 bits."""
+    return ((noise_seed & 0x3FFFFFFF) << 1) | 1, (noise_seed >> 30) & 0x7FFFFFFF
+
+
+def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float) -> torch.Tensor:
+    """`std` times the contract's normals z_j0..z_j1-1 (module docstring; j0 even) for B
+    samples at once: mul (g) and add (b) are [B, 1] int64 on the device; returns
+    [B, j1 - j0] float32. A fixed number of elementwise ops, whatever B."""
+    pairs = (j1 - j0 + 1) // 2
+    j = torch.arange(j0, j0 + 2 * pairs, dtype=torch.int64, device=mul.device)
+    h = j * mul  # [B, 2 * pairs]; g*j + b < 2**63 (j < 2**32, g and b < 2**31)
+    h += add
+    h &= _MASK32
+    h ^= h >> 16
+    h *= _MIX_MUL[0]
+    h &= _MASK32
+    h ^= h >> 15
+    h *= _MIX_MUL[1]
+    h &= _MASK32
+    h ^= h >> 15
+    # (k + 0.5) / 2**23 with k < 2**23: exact in float32, in (0, 1)
+    u = (h >> 9).to(torch.float32).add_(0.5).mul_(2.0 ** -23).view(-1, pairs, 2)
+    r = u[..., 0].log().mul_(-2.0 * std * std).sqrt_()  # std * sqrt(-2 ln u)
+    theta = u[..., 1].mul(2.0 * math.pi)
+    z = torch.empty(u.shape, dtype=torch.float32, device=mul.device)
+    torch.mul(r, theta.cos(), out=z[..., 0])
+    torch.mul(r, theta.sin_(), out=z[..., 1])
+    z = z.view(-1, 2 * pairs)
+    return z[:, :j1 - j0] if 2 * pairs != j1 - j0 else z
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # From pinned memory: a copy from pageable memory makes the host wait for the stream, so
+    # the caller could not run ahead of the GPU.
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if t.device == device else t.to(device)
+
