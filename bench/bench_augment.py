@@ -37,7 +37,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=int, default=2, help="timed passes per setting (best is reported)")
     p.add_argument("--noise", type=float, default=0.1, help="noise_std (0: no noise)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's; 1 is what a DataLoader worker runs with)")
     args = p.parse_args()
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
 
     path = Path(args.path)
     if not (path / "zarr.json").exists():
@@ -76,7 +80,7 @@ def main() -> None:
 
     run(None)  # warm-up: page cache, CUDA context, nvCOMP
     print(f"{args.samples} samples {tuple(args.sample)} of {tuple(args.shape)}, batch {args.batch}, device {args.device}, "
-          f"n_io_threads {args.threads}, noise_std {args.noise}")
+          f"n_io_threads {args.threads}, noise_std {args.noise}, torch threads {torch.get_num_threads()}")
     plain = min(run(None) for _ in range(args.repeat))
     # The rate with Augment as a user runs it (no synchronisation: it queues on the stream
     # behind the batch's assemble); then a separate pass that synchronises around Augment to

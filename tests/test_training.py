@@ -394,6 +394,10 @@ def test_augment_rejects_tensors_without_the_axes():
                                                                      index=[0, 1])
     with pytest.raises(damacy.InvalidArgument, match="batch dim first"):
         Augment(seed=0)(torch.zeros(3, 4, 4), index=[0, 1])
+    # empty batches and empty samples pass through
+    full = Augment(seed=0, scale=(1, 2), shift=(0, 1), noise_std=1.0)
+    assert full(torch.zeros(0, 4, 4), index=[]).shape == (0, 4, 4)
+    assert full(torch.zeros(2, 0, 4, 4), index=[0, 1]).shape == (2, 0, 4, 4)
 
 
 def test_transform_hook_sees_every_batch(arrays):

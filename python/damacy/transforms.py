@@ -226,21 +226,24 @@ class Augment:
     def _noise(self, shape: tuple[int, ...], draws: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
         """Gaussian noise for a batch of `shape`: noise_std times the normals of the module
         docstring's contract. On CUDA one counter-based draw over the whole batch; on the
-        CPU the same draw in cache-sized pieces (over the whole batch at once the int64
-        temporaries go to memory and the draw ran ~5x slower than torch's own generator)."""
+        CPU the same draw in cache-sized pieces (over a whole batch at once its int64
+        temporaries go to memory: 2-3x slower on the dev VM)."""
         n, per_sample = shape[0], math.prod(shape[1:])
         if per_sample > 2**32:
             raise InvalidArgument(f"Augment noise: samples of {per_sample} elements; the noise counter covers 2**32")
+        if n * per_sample == 0:
+            return torch.zeros(shape, dtype=torch.float32, device=device)
         keys = _to_device(torch.tensor([_noise_key(d["noise_seed"]) for d in draws], dtype=torch.int64), device)
         if device.type != "cpu":
             return _normals(keys[:, :1], keys[:, 1:], 0, per_sample, self.noise_std).reshape(shape)
         z = torch.empty((n, per_sample), dtype=torch.float32)
         step = min(per_sample + per_sample % 2, _CPU_PIECE)  # even: pieces start at even j
         rows = max(1, _CPU_PIECE // step)
+        counter = torch.arange(step, dtype=torch.int64)
         for r in range(0, n, rows):
             for j in range(0, per_sample, step):
                 k = min(per_sample, j + step)
-                z[r:r + rows, j:k] = _normals(keys[r:r + rows, :1], keys[r:r + rows, 1:], j, k, self.noise_std)
+                _normals(keys[r:r + rows, :1], keys[r:r + rows, 1:], j, k, self.noise_std, out=z[r:r + rows, j:k], counter=counter)
         return z.view(shape)
 
     def _intensity(self, x: torch.Tensor, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
@@ -281,6 +284,8 @@ class Augment:
             return x
         if x.dim() == 0 or x.shape[0] != len(draws):
             raise InvalidArgument(f"Augment: a tensor of shape {tuple(x.shape)} for {len(draws)} indices (batch dim first)")
+        if not draws:
+            return x
         x = self._geometry(x, draws, cache)
         wants = x.is_floating_point() if self.intensity_keys is None else key in self.intensity_keys
         return self._intensity(x, draws, cache) if wants else x
@@ -306,9 +311,10 @@ _MASK32 = 0xFFFFFFFF
 # improved constants). Both multipliers are below 2**31, so a 32-bit value times one of them
 # stays below 2**63: int64 torch ops compute it exactly on every device, with no overflow.
 _MIX_MUL = (0x21F0AAAD, 0x735A2D97)
-# Elements per piece of the CPU noise draw: its int64 temporaries (~8 bytes each, a few
-# alive at once) stay in the L2 cache.
-_CPU_PIECE = 2**15
+# Elements per piece of the CPU noise draw: its int64 temporaries (8 bytes each, a few alive
+# at once) stay in the cache. 2**15..2**20 were within noise of each other on the dev VM, one
+# piece per batch of 32 x 32x64x64 was 2-3x slower.
+_CPU_PIECE = 2**17
 
 
 def _noise_key(noise_seed: int) -> tuple[int, int]:
@@ -317,14 +323,17 @@ def _noise_key(noise_seed: int) -> tuple[int, int]:
     return ((noise_seed & 0x3FFFFFFF) << 1) | 1, (noise_seed >> 30) & 0x7FFFFFFF
 
 
-def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float) -> torch.Tensor:
+def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float, out: torch.Tensor | None = None,
+             counter: torch.Tensor | None = None) -> torch.Tensor:
     """`std` times the contract's normals z_j0..z_j1-1 (module docstring; j0 even) for B
     samples at once: mul (g) and add (b) are [B, 1] int64 on the device; returns
-    [B, j1 - j0] float32. A fixed number of elementwise ops, whatever B."""
+    [B, j1 - j0] float32 (written into `out` when given). `counter`: arange(>= j1 - j0),
+    int64, to reuse across calls. A fixed number of elementwise ops, whatever B."""
     pairs = (j1 - j0 + 1) // 2
-    j = torch.arange(j0, j0 + 2 * pairs, dtype=torch.int64, device=mul.device)
-    h = j * mul  # [B, 2 * pairs]; g*j + b < 2**63 (j < 2**32, g and b < 2**31)
-    h += add
+    if counter is None:
+        counter = torch.arange(2 * pairs, dtype=torch.int64, device=mul.device)
+    h = counter[:2 * pairs] * mul  # [B, 2 * pairs]; + j0 * g + b below: < 2**63 (j < 2**32, g and b < 2**31)
+    h += add + j0 * mul if j0 else add
     h &= _MASK32
     h ^= h >> 16
     h *= _MIX_MUL[0]
@@ -337,11 +346,15 @@ def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float)
     u = (h >> 9).to(torch.float32).add_(0.5).mul_(2.0 ** -23).view(-1, pairs, 2)
     r = u[..., 0].log().mul_(-2.0 * std * std).sqrt_()  # std * sqrt(-2 ln u)
     theta = u[..., 1].mul(2.0 * math.pi)
-    z = torch.empty(u.shape, dtype=torch.float32, device=mul.device)
+    even = 2 * pairs == j1 - j0
+    z = out.view(-1, pairs, 2) if out is not None and even else torch.empty(u.shape, dtype=torch.float32, device=mul.device)
     torch.mul(r, theta.cos(), out=z[..., 0])
     torch.mul(r, theta.sin_(), out=z[..., 1])
     z = z.view(-1, 2 * pairs)
-    return z[:, :j1 - j0] if 2 * pairs != j1 - j0 else z
+    z = z if even else z[:, :j1 - j0]
+    if out is not None and not even:
+        out.copy_(z)
+    return z if out is None else out
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
