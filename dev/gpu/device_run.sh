@@ -158,6 +158,10 @@ if has augment; then
       > "$OUT/bench-augment-$b.txt" 2>&1
     log "bench_augment batch $b rc=$?"; tail -3 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
   done
+  # the noise's share: the same at batch 32 without noise (flips, turns, scale/shift only)
+  timeout 200 python3 bench/bench_augment.py --device cuda --samples 2048 --batch 32 --threads 8 --repeat 3 --noise 0 \
+    > "$OUT/bench-augment-32-nonoise.txt" 2>&1
+  log "bench_augment batch 32 noise 0 rc=$?"; tail -3 "$OUT/bench-augment-32-nonoise.txt" | tee -a "$OUT/summary.txt"
 fi
 if has pipwheel; then
   if ! ls .whl/scikit_build_core-*.whl >/dev/null 2>&1; then
