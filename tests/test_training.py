@@ -325,6 +325,13 @@ def test_augment_noise_contract(monkeypatch, piece):
         np.testing.assert_allclose(z[r].numpy(), 2.0 * _np_noise(d["noise_seed"], (3, 101, 111)), rtol=0, atol=4e-5)
     if piece is not None:
         return
+    # the CUDA path's formulation (torch.polar for the pairs), here on the CPU
+    g, b = (torch.tensor([[v] for v in col]) for col in zip(*(damacy.transforms._noise_key(s) for s in (1, 2**62 + 5))))
+    for polar in (False, True):
+        for j0, j1 in ((0, 189), (64, 190), (2, 3)):
+            z = damacy.transforms._normals(g, b, j0, j1, 1.5, polar=polar)
+            for r, seed in enumerate((1, 2**62 + 5)):
+                np.testing.assert_allclose(z[r].numpy(), 1.5 * _np_noise(seed, (j1,))[j0:], rtol=0, atol=3e-5, err_msg=f"{polar} {j0}")
     big = Augment(seed=3, noise_std=1.0)(torch.zeros(4, 64, 64, 64), index=[0, 1, 2, 3])
     flat = big.view(4, -1).double()
     assert abs(float(flat.mean())) < 0.01 and abs(float(flat.std()) - 1) < 0.01

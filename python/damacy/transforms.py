@@ -183,6 +183,8 @@ class Augment:
         if offsets is None:
             offsets = self._offsets(x, draws, perm)
             cache[key] = offsets
+        if perm == sorted(perm):
+            return x.reshape(-1).index_select(0, offsets.view(-1)).view(x.shape)
         flat = x.permute(perm).reshape(-1)  # a view: x.permute(perm) is contiguous
         out = flat.index_select(0, offsets.view(-1)).view(offsets.shape)
         return out.permute([perm.index(d) for d in range(x.dim())])
@@ -211,7 +213,8 @@ class Augment:
         for ax in range(ndim):
             size = shape[ax + 1]
             view_shape = [n] + [size if e == ax else 1 for e in range(ndim)]
-            views.append(terms[:, at:at + size].reshape(view_shape).permute(perm))
+            v = terms[:, at:at + size].reshape(view_shape)
+            views.append(v if perm == sorted(perm) else v.permute(perm))
             at += size
         acc = views[0]
         for v in views[1:-1]:
@@ -235,7 +238,7 @@ class Augment:
             return torch.zeros(shape, dtype=torch.float32, device=device)
         keys = _to_device(torch.tensor([_noise_key(d["noise_seed"]) for d in draws], dtype=torch.int64), device)
         if device.type != "cpu":
-            return _normals(keys[:, :1], keys[:, 1:], 0, per_sample, self.noise_std).reshape(shape)
+            return _normals(keys[:, :1], keys[:, 1:], 0, per_sample, self.noise_std, polar=True).reshape(shape)
         z = torch.empty((n, per_sample), dtype=torch.float32)
         step = min(per_sample + per_sample % 2, _CPU_PIECE)  # even: pieces start at even j
         rows = max(1, _CPU_PIECE // step)
@@ -324,11 +327,13 @@ def _noise_key(noise_seed: int) -> tuple[int, int]:
 
 
 def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float, out: torch.Tensor | None = None,
-             counter: torch.Tensor | None = None) -> torch.Tensor:
+             counter: torch.Tensor | None = None, polar: bool = False) -> torch.Tensor:
     """`std` times the contract's normals z_j0..z_j1-1 (module docstring; j0 even) for B
     samples at once: mul (g) and add (b) are [B, 1] int64 on the device; returns
     [B, j1 - j0] float32 (written into `out` when given). `counter`: arange(>= j1 - j0),
-    int64, to reuse across calls. A fixed number of elementwise ops, whatever B."""
+    int64, to reuse across calls. `polar`: the pairs (r cos, r sin) by one torch.polar
+    (one kernel on CUDA; on the CPU it is not vectorised, 2.5x slower than cos and sin).
+    A fixed number of elementwise ops, whatever B."""
     pairs = (j1 - j0 + 1) // 2
     if counter is None:
         counter = torch.arange(2 * pairs, dtype=torch.int64, device=mul.device)
@@ -348,8 +353,11 @@ def _normals(mul: torch.Tensor, add: torch.Tensor, j0: int, j1: int, std: float,
     theta = u[..., 1].mul(2.0 * math.pi)
     even = 2 * pairs == j1 - j0
     z = out.view(-1, pairs, 2) if out is not None and even else torch.empty(u.shape, dtype=torch.float32, device=mul.device)
-    torch.mul(r, theta.cos(), out=z[..., 0])
-    torch.mul(r, theta.sin_(), out=z[..., 1])
+    if polar:
+        torch.polar(r, theta, out=torch.view_as_complex(z))
+    else:
+        torch.mul(r, theta.cos(), out=z[..., 0])
+        torch.mul(r, theta.sin_(), out=z[..., 1])
     z = z.view(-1, 2 * pairs)
     z = z if even else z[:, :j1 - j0]
     if out is not None and not even:
