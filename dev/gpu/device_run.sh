@@ -8,7 +8,7 @@
 #   this machine's torch and nvcc and build CUDA; needs .whl/scikit_build_core-*.whl and
 #   pathspec-*.whl (no network here: the isolated build env installs from .whl), the
 #   carried staticlib stands in for cargo. The installed wheel then runs tests/test_gpu.py.
-#   opt-in: "benchall" (bench/bench_all.py --device cuda, BENCHALL_ARGS, T_BENCHALL)
+#   opt-in: "benchall" (bench/bench_all.py --device ${BENCHALL_DEVICE:-cuda}, BENCHALL_ARGS, T_BENCHALL)
 #   T_PYTEST, T_HOSTILE, T_SANITIZE, T_BENCH: time limits of those stages, in seconds
 #   PYTEST_FILES: the files the pytest stage runs (default: the GPU, differential, errors,
 #   pipeline, data and v2/NGFF suites)
@@ -204,11 +204,12 @@ fi
 # workload class of issue 18, damacy's default config on cuda:0 next to tensorstore and
 # zarr-python; BENCHALL_ARGS default --quick (10 timed batches), "" for the full 100.
 if has benchall; then
-  log "bench_all --device cuda ${BENCHALL_ARGS---quick}"
+  bdev="${BENCHALL_DEVICE:-cuda}"  # cpu: the CPU path on this machine's 16 cores
+  log "bench_all --device $bdev ${BENCHALL_ARGS---quick}"
   # shellcheck disable=SC2086
-  timeout "${T_BENCHALL:-540}" python3 bench/bench_all.py --device cuda ${BENCHALL_ARGS---quick} --data-dir /tmp/bench-data \
-    --out bench-all-cuda > "$OUT/bench_all.txt" 2>&1
+  timeout "${T_BENCHALL:-540}" python3 bench/bench_all.py --device "$bdev" ${BENCHALL_ARGS---quick} --data-dir /tmp/bench-data \
+    --out "bench-all-$bdev" > "$OUT/bench_all.txt" 2>&1
   log "bench_all rc=$?"; tail -12 "$OUT/bench_all.txt" | tee -a "$OUT/summary.txt"
-  cp bench/results/bench-all-cuda.* "$OUT/" 2>/dev/null || true
+  cp bench/results/bench-all-"$bdev".* "$OUT/" 2>/dev/null || true
 fi
 log "done"
