@@ -106,11 +106,6 @@ impl DeviceStore {
         self.capacity > 0
     }
 
-    /// The pool's size in bytes.
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     /// Plans batch `seq` (batches are planned in increasing `seq`): one [`StoreUse`] per
     /// entry of `wants`. `next_use` gives the first batch after `seq` in the look-ahead
     /// window that reads a chunk (`None`: none does, as far as the window shows).

@@ -104,6 +104,11 @@ pub(crate) const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 /// `decoded_cache_bytes` is unset (1 GiB).
 pub(crate) const WINDOW_CACHE_BYTES: u64 = 1 << 30;
 
+/// The device chunk store's pool when `device_chunk_cache_bytes` is unset: off until the
+/// differential GPU test (tests/test_gpu.py, `device_chunk_cache`) has passed on a GPU
+/// machine; then 1 GiB (`1 << 30`) is the intended default.
+pub(crate) const DEVICE_STORE_DEFAULT_BYTES: u64 = 0;
+
 /// What the decoded-chunk cache of the CPU path keeps ([`Config::decoded_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DecodedCachePolicy {
@@ -166,6 +171,12 @@ pub struct Config {
     /// window too (pays off when crops revisit chunks: data that fits in RAM, several
     /// epochs).
     pub decoded_cache_bytes: Option<u64>,
+    /// Decoded chunks kept in device memory across the batches of the look-ahead window on
+    /// the GPU path, in bytes (one pool, allocated at the first batch that keeps a chunk):
+    /// a chunk that a later batch of the window reads is decoded once and copied from the
+    /// pool by the batches after ([`Config::device_store_bytes`]). Unset (null):
+    /// [`DEVICE_STORE_DEFAULT_BYTES`]. 0: off. Counted in the GPU memory the pipeline uses.
+    pub device_chunk_cache_bytes: Option<u64>,
     /// When a decoded-cache hit checks that its shard (or chunk object) was not rewritten:
     /// `true` (every batch: one `head` per object per batch, a round trip on object
     /// stores), `false` or `"open"` (never: served from the cache until evicted), or a
@@ -213,6 +224,7 @@ impl Default for Config {
             decoded_bytes: 4 << 30,
             max_read_op_bytes: 4 << 20,
             decoded_cache_bytes: None,
+            device_chunk_cache_bytes: None,
             recheck_cached_data: Recheck::After(1.0),
             pop_timeout_s: 60.0,
             out_of_bounds: OutOfBounds::Error,
@@ -273,6 +285,12 @@ impl Config {
     /// 2 batches of 32 in the window gave 3,900 crops/s, 8 batches 4,600).
     pub fn lookahead(&self) -> u32 {
         self.lookahead_samples.unwrap_or_else(|| self.samples_per_batch.saturating_mul(8).clamp(64, 1024).max(self.samples_per_batch))
+    }
+
+    /// The device chunk store's pool in bytes (GPU path; 0: off): `device_chunk_cache_bytes`,
+    /// or [`DEVICE_STORE_DEFAULT_BYTES`] when unset.
+    pub(crate) fn device_store_bytes(&self) -> u64 {
+        self.device_chunk_cache_bytes.unwrap_or(DEVICE_STORE_DEFAULT_BYTES)
     }
 
     /// What the CPU path's decoded-chunk cache keeps: with `decoded_cache_bytes` unset, the
@@ -360,7 +378,7 @@ impl Config {
             return Err(err!(InvalidArgument, "config field `sample_shape`: extent {x} exceeds 2^63 - 1"));
         }
         self.batch_bytes()?;
-        for (knob, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes), ("decoded_cache_bytes", self.decoded_cache_bytes.unwrap_or(0))] {
+        for (knob, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes), ("decoded_cache_bytes", self.decoded_cache_bytes.unwrap_or(0)), ("device_chunk_cache_bytes", self.device_store_bytes())] {
             if v > MAX_BUFFER_BYTES {
                 return Err(err!(InvalidArgument, "config field `{knob}`: {v} exceeds {MAX_BUFFER_BYTES} (2^47) bytes"));
             }
