@@ -494,7 +494,7 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(json["out_of_bounds"], "fill");
         assert_eq!(json["dtype"], "bf16");
-        assert_eq!(json.as_object().unwrap().len(), 22, "every field");
+        assert_eq!(json.as_object().unwrap().len(), 23, "every field");
     }
 
     #[test]
