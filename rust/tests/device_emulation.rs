@@ -190,3 +190,54 @@ fn device_chunk_store_equals_cpu_path() {
     }
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+/// A batch that was to keep chunks in the device store fails before its device work runs
+/// (a corrupt chunk beside them, caught on the host): a later batch planned to fetch them
+/// fails too, naming both batches, or (planned after the failure) decodes them afresh; no
+/// batch ever reads the never-written slots. Geometry: unsharded [40, 50, 60] uint16,
+/// chunks [8, 16, 16] zstd; chunk [0, 0, 0] overwritten with garbage; batch 0 reads it and
+/// chunk [0, 1, 1], which every later batch reads too, as they read [0, 1, 2].
+#[test]
+fn a_failed_keeper_fails_its_consumers_never_serves_unwritten_slots() {
+    let base = std::env::temp_dir().join(format!("damacy-devstore-fail-{}", std::process::id()));
+    let path = base.join("zstd");
+    damacy::write_example_volume(path.to_str().unwrap(), &[40, 50, 60], &[8, 16, 16], &[], "zstd", 3).unwrap();
+    let uri = path.to_str().unwrap();
+    let sample = [1u64, 8, 8];
+    // Even samples read chunk [0, 1, 1], odd ones [0, 1, 2]: batch 1 fetches the first from
+    // batch 0 and keeps the second for batch 2 (so its failure must fail batch 2 too).
+    let good = |i: i64| [i % 8, 18 + i % 5, if i % 2 == 0 { 17 + i % 7 } else { 33 + i % 7 }];
+    let mut boxes = vec![[0i64, 0, 0], good(0)];
+    boxes.extend((1..8).map(good));
+    let goods: Vec<[i64; 3]> = (0..9).map(good).collect();
+    let (cpu, ..) = run_ahead(uri, "cpu", &goods, &sample, 1, 0);
+    let chunk = path.join("c").join("0").join("0").join("0");
+    assert!(chunk.exists(), "{}", chunk.display());
+    std::fs::write(&chunk, b"not a zstd frame at all, and long enough to look like one").unwrap();
+    let cfg = Config::from_json(&format!(
+        r#"{{"samples_per_batch": 2, "sample_shape": {sample:?}, "n_io_threads": 2, "device": "cuda:0", "decode": "gpu", "lookahead_samples": 64, "n_batch_buffers": 2, "device_chunk_cache_bytes": 1048576}}"#
+    ))
+    .unwrap();
+    let p = Pipeline::new(cfg).unwrap();
+    // Batch 0: the corrupt chunk and a good one; batches 1..4: the good chunk, two per batch.
+    let mut all = boxes.clone();
+    all.push(good(8));
+    for b in &all {
+        let stops: Vec<i64> = b.iter().zip(&sample).map(|(s, e)| s + *e as i64).collect();
+        assert!(p.push(uri, b, &stops).unwrap());
+    }
+    let e = p.pop(10.0).unwrap_err();
+    assert_eq!(e.status(), damacy::Status::Decode, "{e}");
+    let mut pool = Vec::new();
+    for i in 1..5 {
+        match p.pop(10.0) {
+            Ok(mut batch) => {
+                let got = emulate_with_pool(&mut batch, 2, &sample, &mut pool);
+                let want: Vec<f32> = cpu[2 * i - 1..2 * i + 1].concat();
+                assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "batch {i} has other values");
+            }
+            Err(e) => assert!(e.message().contains("batch 0 was to decode and keep"), "batch {i}: {e}"),
+        }
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -155,11 +155,18 @@ impl Shared {
         if producers.is_empty() {
             return Ok(b);
         }
-        let f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
-        match producers.iter().find_map(|p| f.get(p).map(|e| (p, e))) {
-            None => Ok(b),
-            Some((p, e)) => Err(e.clone().context(format!("batch {} reads chunks that batch {p} was to decode and keep on the device, and batch {p} failed", b.seq))),
+        let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((p, e)) = producers.iter().find_map(|p| f.get(p).map(|e| (*p, e.clone()))) else { return Ok(b) };
+        let e = e.context(format!("batch {} reads chunks that batch {p} was to decode and keep on the device, and batch {p} failed", b.seq));
+        if !b.store_keep_ops().is_empty() {
+            // This batch's device work does not run either: the same for what it keeps.
+            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(b.seq);
+            f.insert(b.seq, e.clone());
+            while f.len() > MAX_FAILED_KEEPERS {
+                f.pop_first();
+            }
         }
+        Err(e)
     }
 
     fn finish(&self, batch: &InFlight) {
