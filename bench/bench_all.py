@@ -104,8 +104,11 @@ CLASSES = {
 #: damacy configs (`--variants`): "default" sets only what the workload fixes.
 VARIANTS = {
     "default": {},
-    "noshare": {"decoded_cache_bytes": 0},
+    "noshare": {"decoded_cache_bytes": 0, "device_chunk_cache_bytes": 0},
     "la8": {"lookahead_batches": 8},
+    # The GPU path's device chunk store at its intended default (1 GiB; off by default until
+    # tests/test_gpu.py -k device_chunk_store passed on a GPU machine).
+    "devstore": {"device_chunk_cache_bytes": 1 << 30},
 }
 
 
