@@ -498,6 +498,15 @@ mod tests {
     }
 
     #[test]
+    fn device_store_knob_defaults_and_is_capped() {
+        assert_eq!(Config::default().device_store_bytes(), DEVICE_STORE_DEFAULT_BYTES);
+        assert_eq!(Config::from_json(r#"{"device_chunk_cache_bytes": 4096}"#).unwrap().device_store_bytes(), 4096);
+        assert_eq!(Config::from_json(r#"{"device_chunk_cache_bytes": 0}"#).unwrap().device_store_bytes(), 0);
+        let e = Config::from_json(&format!(r#"{{"device_chunk_cache_bytes": {}}}"#, MAX_BUFFER_BYTES + 1)).unwrap_err();
+        assert!(e.message().contains("device_chunk_cache_bytes"), "{e}");
+    }
+
+    #[test]
     fn unknown_and_invalid_fields_name_the_field() {
         let e = Config::from_json(r#"{"sampels_per_batch": 3}"#).unwrap_err();
         assert_eq!(e.status(), Status::InvalidArgument);
