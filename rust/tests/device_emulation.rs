@@ -233,7 +233,7 @@ fn a_failed_keeper_fails_its_consumers_never_serves_unwritten_slots() {
         match p.pop(10.0) {
             Ok(mut batch) => {
                 let got = emulate_with_pool(&mut batch, 2, &sample, &mut pool);
-                let want: Vec<f32> = cpu[2 * i - 1..2 * i + 1].concat();
+                let want: Vec<f32> = cpu[(2 * i - 1)..=(2 * i)].concat();
                 assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "batch {i} has other values");
             }
             Err(e) => assert!(e.message().contains("batch 0 was to decode and keep"), "batch {i}: {e}"),
