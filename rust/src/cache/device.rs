@@ -87,6 +87,10 @@ pub(crate) struct DeviceStore {
     /// Free extents: offset → length (disjoint, coalesced).
     free: BTreeMap<u64, u64>,
     entries: HashMap<ChunkKey, Entry>,
+    /// The key each chunk identity is held under: a chunk read at a new generation (or a
+    /// new offset: its shard rewritten) drops the entry of its old bytes at once, instead of
+    /// letting the window keep it as "needed soon" though it can never be hit again.
+    idents: HashMap<Ident, ChunkKey>,
     stats: CacheStats,
 }
 
@@ -124,6 +128,9 @@ impl DeviceStore {
             let Some(key) = &w.key else { continue };
             if held.contains(key) {
                 continue; // the same chunk twice in one batch: the second decodes to scratch
+            }
+            if let Some(old) = self.idents.get(&w.ident).filter(|old| *old != key && !held.contains(*old)).cloned() {
+                self.remove(&old);
             }
             match self.entries.get_mut(key) {
                 Some(e) if e.len == w.bytes.next_multiple_of(SLOT_ALIGN) && e.producer < seq => {
@@ -182,6 +189,7 @@ impl DeviceStore {
             let Some(slot) = slot else { continue };
             let Some(key) = w.key.clone() else { continue };
             held.insert(key.clone());
+            self.idents.insert(w.ident.clone(), key.clone());
             self.entries.insert(key, Entry { slot, len, producer: seq, last_use: seq, next_use: Some(n), ident: w.ident.clone() });
             out[i] = StoreUse::Keep { slot };
         }
@@ -209,6 +217,9 @@ impl DeviceStore {
 
     fn remove(&mut self, key: &ChunkKey) {
         if let Some(e) = self.entries.remove(key) {
+            if self.idents.get(&e.ident) == Some(key) {
+                self.idents.remove(&e.ident);
+            }
             self.release(e.slot, e.len);
         }
     }
@@ -284,7 +295,9 @@ mod tests {
         assert!(matches!(p2[0], StoreUse::Resident { producer: 1, .. }));
         assert_eq!(p2[1], StoreUse::Scratch, "no later batch reads chunk 3");
         let rewritten = Want { key: Some(key(0, "g2")), ..want(0, 100) };
+        let held = st.held_bytes();
         assert_eq!(st.plan(3, &[rewritten], &|_| None)[0], StoreUse::Scratch, "a new generation never hits");
+        assert_eq!(st.held_bytes(), held - SLOT_ALIGN, "and the old generation's entry is dropped");
         assert_eq!(st.stats().hits, 2);
         let mut off = DeviceStore::new(0);
         assert_eq!(off.plan(0, &[want(0, 1)], &|_| Some(5)), vec![StoreUse::Scratch]);
@@ -375,6 +388,8 @@ mod tests {
                 prop_assert!(st.held_bytes() <= capacity);
                 let free: u64 = st.free.values().sum();
                 prop_assert_eq!(free + st.held_bytes(), capacity, "free space and entries account for the pool");
+                prop_assert!(st.entries.iter().all(|(k, e)| st.idents.get(&e.ident) == Some(k)), "one entry per chunk, indexed");
+                prop_assert_eq!(st.idents.len(), st.entries.len());
             }
         }
     }
