@@ -178,6 +178,9 @@ fn hostile_sizes_fail_the_plan_typed() {
     assert_eq!(plan.chunk_ops[0].copies[0].extent, [8]);
 }
 
+/// One sample of a later batch: its batch, uri and box.
+type Later = (u64, String, Vec<(i64, i64)>);
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// `next_uses` (the device chunk store's look-ahead): for every chunk, the first later
@@ -191,7 +194,7 @@ proptest! {
         let a = array(&meta_json(&shape, &grid, inner.as_deref()));
         let rank = shape.len();
         let chunk = a.meta.chunk_shape().to_vec();
-        let later: Vec<(u64, String, Vec<(i64, i64)>)> = boxes
+        let later: Vec<Later> = boxes
             .iter()
             .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
             .collect();
