@@ -158,6 +158,7 @@ impl Shared {
         let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((p, e)) = producers.iter().find_map(|p| f.get(p).map(|e| (*p, e.clone()))) else { return Ok(b) };
         let e = e.context(format!("batch {} reads chunks that batch {p} was to decode and keep on the device, and batch {p} failed", b.seq));
+        self.stats.failed(1);
         if !b.store_keep_ops().is_empty() {
             // This batch's device work does not run either: the same for what it keeps.
             self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(b.seq);
