@@ -104,11 +104,14 @@ CLASSES = {
 #: damacy configs (`--variants`): "default" sets only what the workload fixes.
 VARIANTS = {
     "default": {},
-    "noshare": {"decoded_cache_bytes": 0},
+    "noshare": {"decoded_cache_bytes": 0, "device_chunk_cache_bytes": 0},
     "la8": {"lookahead_batches": 8},
     # Every sample pushed up front: the pipeline fills its own (default) look-ahead window,
     # as damacy.data's samplers do; the other readers keep --lookahead-batches.
     "own": {"own_window": True},
+    # The GPU path's device chunk store at its intended default (1 GiB; off by default until
+    # tests/test_gpu.py -k device_chunk_store passed on a GPU machine).
+    "devstore": {"device_chunk_cache_bytes": 1 << 30},
 }
 
 

@@ -479,3 +479,97 @@ def test_cuda_failure_is_cuda_error_naming_what_failed():
     ok = damacy.Config(samples_per_batch=1, sample_shape=(4, 4, 4), device=DEVICE, decode="gpu")
     with damacy.Pipeline(ok):
         pass
+
+
+# --- The device chunk store (issue 18: device_chunk_cache_bytes) -------------------------------
+# Geometry: u16 (40, 64, 64), shards (20, 64, 64), inner chunks (10, 32, 32) = 20 KiB decoded
+# each, zstd (and blosc-lz4 with byte shuffle); 8 shards files hold 4 x 2 x 2 chunks each.
+# Thin samples (1 x 48 x 48 slices) in depth order: consecutive batches of 8 slices read the
+# same chunks (10 deep), so the store serves most of a batch from the pool.
+
+def _store_array(path, codec: str, seed: int):
+    import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 1000, size=(40, 64, 64), dtype=np.uint16)  # compressible
+    compressor = ZstdCodec(level=1) if codec == "zstd" else BloscCodec(cname="lz4", clevel=1, shuffle="shuffle", typesize=2)
+    a = zarr.create_array(store=str(path), shape=data.shape, dtype="uint16", shards=(20, 64, 64),
+                          chunks=(10, 32, 32), compressors=[compressor], fill_value=0, zarr_format=3, overwrite=True)
+    a[...] = data
+    return data
+
+
+def _thin_boxes(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        z = (i * 40) // n  # depth order: neighbouring samples share chunks
+        y, x = (int(v) for v in rng.integers(0, 64 - 48 + 1, size=2))
+        out.append([(z, z + 1), (y, y + 48), (x, x + 48)])
+    return out
+
+
+def _store_config(store_bytes, **kw):
+    base = dict(samples_per_batch=8, sample_shape=[1, 48, 48], dtype="f32", device=DEVICE, decode="gpu",
+                n_io_threads=2, pop_timeout_s=POP_TIMEOUT_S, staging_bytes=STAGING_BYTES,
+                device_chunk_cache_bytes=store_bytes)
+    base.update(kw)
+    return damacy.Config(**base)
+
+
+def _expect(data, bxs, i, batch=8):
+    return np.stack([data[z0:z1, y0:y1, x0:x1] for (z0, z1), (y0, y1), (x0, x1) in bxs[i * batch:(i + 1) * batch]]).astype(np.float32)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+@pytest.mark.parametrize("store_bytes", [0, 3 * (20 << 10) + 512, 64 << 20])
+def test_device_chunk_store_equals_zarr_and_the_store_off(codec, store_bytes, tmp_path):
+    """Store off (0), a pool of three chunks (evicting all the time) and one of 64 MiB: every
+    batch equals zarr-python's values (and so each other), over 10 batches that reuse chunks;
+    with the store on, later batches are served from the pool (hits), with it off never."""
+    uri = str(tmp_path / "a.zarr")
+    data = _store_array(uri, codec, seed=5)
+    bxs = _thin_boxes(80, seed=6)
+    with damacy.Pipeline(_store_config(store_bytes)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        for i in range(len(bxs) // 8):
+            got = pipe.pop().cpu().numpy()
+            np.testing.assert_array_equal(got, _expect(data, bxs, i), err_msg=f"{codec}, store {store_bytes}, batch {i}")
+        s = pipe.stats()
+    assert s.batches_failed == 0
+    if store_bytes == 0:
+        assert s.decoded_cache.hits == 0, s
+    else:
+        assert s.decoded_cache.hits > 0, f"later batches fetch chunks earlier ones kept: {s}"
+    if store_bytes == 64 << 20:
+        assert s.decoded_cache.evictions == 0, s
+
+
+def test_device_chunk_store_sees_a_rewrite_in_place(tmp_path):
+    """A shard rewritten while its chunks sit in the pool: with recheck_cached_data=True every
+    hit checks its shard, so a batch either fails with Storage (the check saw the rewrite) or
+    has the new values; never the old bytes served silently. Later batches have the new values."""
+    uri = str(tmp_path / "a.zarr")
+    old = _store_array(uri, "zstd", seed=7)
+    bxs = _thin_boxes(32, seed=8)
+    with damacy.Pipeline(_store_config(64 << 20, recheck_cached_data=True)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        for i in range(4):
+            np.testing.assert_array_equal(pipe.pop().cpu().numpy(), _expect(old, bxs, i), err_msg=f"batch {i}")
+        new = _store_array(uri, "zstd", seed=9)  # same geometry, new bytes (and shard sizes)
+        failed = 0
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        for i in range(4):
+            try:
+                got = pipe.pop().cpu().numpy()
+            except damacy.StorageError:
+                failed += 1
+                continue
+            np.testing.assert_array_equal(got, _expect(new, bxs, i), err_msg=f"after the rewrite, batch {i}")
+        # Pushed after every batch above finished (their checks invalidated the old index):
+        # all read the new shards.
+        pipe.push(damacy.Sample(uri, b) for b in bxs)
+        for i in range(4):
+            np.testing.assert_array_equal(pipe.pop().cpu().numpy(), _expect(new, bxs, i), err_msg=f"after the checks, batch {i}")
+        assert pipe.stats().decoded_cache.hits > 0

@@ -485,7 +485,8 @@ def committed_bytes(cfg: Any, launched: bool) -> int:
     slots = cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"] * cc.batch_bytes(o)
     if not launched:
         return slots
-    return min(o["max_gpu_memory_bytes"], slots + cfg.device_ahead * cc.batch_bytes(o) + cfg.staging_bytes + cfg.decoded_bytes)
+    store = getattr(cfg, "device_chunk_cache_bytes", None) or 0  # the device chunk store's pool
+    return min(o["max_gpu_memory_bytes"], slots + cfg.device_ahead * cc.batch_bytes(o) + cfg.staging_bytes + cfg.decoded_bytes + store)
 
 
 def warn_original(cfg: Any) -> None:

@@ -112,7 +112,7 @@ ORIGINAL_FIELDS = tuple(ORIGINAL_DEFAULTS)
 NATIVE_FIELDS = (
     "samples_per_batch", "sample_shape", "dtype", "device", "decode", "lookahead_samples", "n_io_threads",
     "n_array_meta_cache", "n_shard_index_cache", "n_chunk_layout_cache", "n_batch_buffers", "staging_bytes",
-    "decoded_bytes", "max_read_op_bytes", "decoded_cache_bytes", "pop_timeout_s", "out_of_bounds", "arrays",
+    "decoded_bytes", "max_read_op_bytes", "decoded_cache_bytes", "device_chunk_cache_bytes", "pop_timeout_s", "out_of_bounds", "arrays",
     "device_ahead", "storage_options",
 )
 ORIGINAL_ONLY = frozenset(ORIGINAL_FIELDS) - frozenset(NATIVE_FIELDS)
@@ -284,7 +284,8 @@ def from_original(o: dict[str, Any], extras: dict[str, Any], native_defaults: di
     # assembled) bounds the per-batch device staging and decoded buffers of the GPU decode
     # path (both allocated once per batch in flight; device_ahead = 1). Pipeline() raises
     # BudgetExceeded when the slots alone do not fit.
-    left = o["max_gpu_memory_bytes"] - (_C["N_BATCH_SLOTS"] + 1) * batch_bytes(o)
+    # The device chunk store's pool (device_chunk_cache_bytes, when given) comes first.
+    left = o["max_gpu_memory_bytes"] - (_C["N_BATCH_SLOTS"] + 1) * batch_bytes(o) - (extras.get("device_chunk_cache_bytes") or 0)
     if left > 0:
         n["staging_bytes"] = max(1, min(native_defaults["staging_bytes"], left // 4))
         n["decoded_bytes"] = max(1, min(native_defaults["decoded_bytes"], left - n["staging_bytes"]))

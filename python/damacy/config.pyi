@@ -43,6 +43,7 @@ class Config:
         decoded_bytes: int = 4294967296,
         max_read_op_bytes: int = 4194304,
         decoded_cache_bytes: int | None = None,
+        device_chunk_cache_bytes: int | None = None,
         recheck_cached_data: bool | float | Literal["open"] = 1.0,
         pop_timeout_s: float = 60.0,
         out_of_bounds: Literal["error", "fill"] = 'error',
@@ -78,6 +79,7 @@ class Config:
         decoded_bytes: int = ...,
         max_read_op_bytes: int = ...,
         decoded_cache_bytes: int | None = ...,
+        device_chunk_cache_bytes: int | None = ...,
         recheck_cached_data: bool | float | Literal["open"] = ...,
         pop_timeout_s: float = ...,
         out_of_bounds: Literal["error", "fill"] = ...,
@@ -134,6 +136,9 @@ class Config:
     @property
     def decoded_cache_bytes(self) -> int | None:
         """decoded chunks kept across batches on the CPU path, in bytes; None: chunks shared across the look-ahead window (at most 1 GiB, dropped once the window moved past them); 0: off; N: an LRU of N bytes (pays off when crops revisit chunks)."""
+    @property
+    def device_chunk_cache_bytes(self) -> int | None:
+        """GPU path: decoded chunks kept in one device memory pool of this many bytes across the batches of the look-ahead window, so a chunk several batches read is decoded once (counted in the GPU memory used); None: the default (0 in this release: off until the GPU differential test passed); 0: off."""
     @property
     def recheck_cached_data(self) -> bool | float | Literal["open"]:
         """when a decoded-cache hit checks that its shard was not rewritten: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: on object stores, once that long has passed since the shard's generation was last confirmed; local files every batch; docs/remote.md)."""

@@ -7,7 +7,9 @@
 #include <deque>
 #include <optional>
 #include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -77,7 +79,15 @@ struct Queued {
   // torch's host allocator would hand them out again at once, since our raw copies record
   // no event with it, so they live until the batch is taken.
   std::vector<at::Tensor> host_keep;
+  // Device chunk store: this batch's sequence number, whether it keeps chunks in the pool,
+  // and the batches whose kept chunks it fetches.
+  uint64_t seq = 0;
+  bool keeps = false;
+  std::vector<uint64_t> producers;
 };
+
+// Most failed keeper batches remembered (far more than batches launched ahead).
+constexpr size_t kMaxFailedKeepers = 4096;
 
 }  // namespace
 
@@ -107,6 +117,21 @@ struct DeviceRunner::State {
   // over the part batches use (grown, never shrunk), not its whole reserved size.
   std::map<void*, size_t> pinned;
   bool closed = false;
+  // The device chunk store's pool (Rust plans its slots: rust/src/cache/device.rs),
+  // allocated at the first batch with store copies and kept until close. `store_event`
+  // follows the last batch's store copies: each batch's copies wait for it, so the copies of
+  // consecutive batches (on alternating streams) run in batch order, which is what makes a
+  // slot's reuse safe (the module doc of cache/device.rs).
+  at::Tensor store;
+  cudaEvent_t store_event = nullptr;
+  // Batches with chunks to keep whose device work failed: a batch fetching their chunks
+  // fails at take (every producer is an earlier batch, taken first).
+  std::set<uint64_t> failed_keepers;
+
+  void keeper_failed(uint64_t seq) {
+    failed_keepers.insert(seq);
+    while (failed_keepers.size() > kMaxFailedKeepers) failed_keepers.erase(failed_keepers.begin());
+  }
 
   explicit State(const at::Device& d)
       : device(d) {
@@ -144,6 +169,12 @@ void DeviceRunner::close() noexcept {
       }
     }
     state_->queue.clear();  // drops the batches: their slabs go back to Rust
+    if (state_->store_event) {
+      cudaEventSynchronize(state_->store_event);
+      cudaEventDestroy(state_->store_event);
+      state_->store_event = nullptr;
+    }
+    state_->store = at::Tensor();
     for (auto& [p, n] : state_->pinned) cudaHostUnregister(p);
     state_->pinned.clear();
   } catch (...) {
@@ -160,9 +191,12 @@ void DeviceRunner::enqueue_error(std::exception_ptr error, bool from_batch) noex
 }
 
 void DeviceRunner::enqueue(rust::Box<ffi::Batch> batch) noexcept {
+  const uint64_t seq = batch->seq();
+  const bool keeps = batch->store_keep_ops().size() != 0;
   try {
     on_device("launching a batch on " + state_->device.str(), [&] { launch(std::move(batch)); });
   } catch (...) {
+    if (keeps) state_->keeper_failed(seq);
     enqueue_error(std::current_exception(), /*from_batch=*/true);
   }
 }
@@ -178,12 +212,22 @@ DeviceRunner::Taken DeviceRunner::take() {
   st.queue.pop_front();
   if (q.error) std::rethrow_exception(q.error);
   c10::cuda::CUDAGuard guard(st.device);
+  // A batch that kept chunks and fails here is remembered: the batches fetching them fail.
+  auto launched = [&]() -> Taken {
   // The status words arrive with `done`, usually long before the caller asks.
   const cudaError_t rc = cudaEventSynchronize(q.done);
   cudaEvent_t done = q.done;
   if (rc != cudaSuccess) {
     cudaEventDestroy(done);
     check_cuda(rc, "waiting for the batch's device work");
+  }
+  for (const uint64_t p : q.producers) {
+    if (st.failed_keepers.count(p)) {
+      cudaEventDestroy(done);
+      throw DecodeError("batch " + std::to_string(q.seq) + " reads chunks that batch " + std::to_string(p) +
+                        " was to decode and keep in the device chunk store, and batch " + std::to_string(p) +
+                        " failed");
+    }
   }
   const auto* r = reinterpret_cast<const uint32_t*>(q.h_result.data_ptr<int32_t>());
   for (size_t i = 0; i < q.checks.size(); ++i) {
@@ -214,6 +258,13 @@ DeviceRunner::Taken DeviceRunner::take() {
   // hand it out again before the caller's work on it is done.
   q.out.record_stream(user);
   return {std::move(q.out), std::move(q.samples)};
+  };
+  try {
+    return launched();
+  } catch (...) {
+    if (q.keeps) st.keeper_failed(q.seq);
+    throw;
+  }
 }
 
 void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
@@ -225,6 +276,7 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   const cudaStream_t stream = own.stream();
   Queued q;
   q.samples = batch->sample_records();
+  q.seq = batch->seq();
 
   const rust::Vec<int64_t> shape_rs = batch->shape();
   const std::vector<int64_t> shape(shape_rs.begin(), shape_rs.end());
@@ -254,6 +306,9 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   const rust::Slice<const ffi::GpuUnshuffleOp> unsh = batch->unshuffle_ops();
   const rust::Slice<const ffi::GpuCopyOp> copies = batch->copy_ops();
   const uint64_t decoded_bytes = batch->decoded_bytes();
+  const rust::Slice<const ffi::GpuDecodeOp> fetch = batch->store_fetch_ops();
+  const rust::Slice<const ffi::GpuDecodeOp> keep_ops = batch->store_keep_ops();
+  const uint64_t store_bytes = batch->device_store_bytes();
   rust::Slice<uint8_t> slab = batch->staging();
   uint64_t staged = 0;
   for (const auto& op : dec) staged = std::max<uint64_t>(staged, op.src_offset + op.src_len);
@@ -264,6 +319,30 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
                                  gpu::check_copy_ops(copies.data(), copies.size(), decoded_bytes,
                                                      static_cast<uint32_t>(shape[0]), sample4)}) {
     if (!msg.empty()) throw DecodeError("device ops rejected: " + msg);
+  }
+  // Device chunk store copies: pool -> arena (fetch), arena -> pool (keep), raw copies only.
+  const bool store_copies = fetch.size() || keep_ops.size();
+  if (store_copies) {
+    for (const std::string& msg : {gpu::check_decode_ops(fetch.data(), fetch.size(), store_bytes, decoded_bytes),
+                                   gpu::check_decode_ops(keep_ops.data(), keep_ops.size(), decoded_bytes, store_bytes)}) {
+      if (!msg.empty()) throw DecodeError("device chunk store ops rejected: " + msg);
+    }
+    for (const auto* ops : {&fetch, &keep_ops}) {
+      if (gpu::count_decode_ops(ops->data(), ops->size(), static_cast<uint32_t>(ffi::DecodeCodec::Copy)) != ops->size()) {
+        throw DecodeError("device chunk store ops rejected: not all raw copies");
+      }
+    }
+    if (!st.store.defined()) {
+      // Once, for the pipeline's life (a pipeline has one device and one pool size).
+      st.store = device_bytes(store_bytes, st.device);
+      check_cuda(cudaEventCreateWithFlags(&st.store_event, cudaEventDisableTiming), "store event");
+    } else if (static_cast<uint64_t>(st.store.numel()) < store_bytes) {
+      throw InternalError("device chunk store: the pool has " + std::to_string(st.store.numel()) +
+                          " bytes, a batch asks for " + std::to_string(store_bytes));
+    }
+    q.keeps = keep_ops.size() != 0;
+    const rust::Slice<const uint64_t> producers = batch->store_producers();
+    q.producers.assign(producers.begin(), producers.end());
   }
 
   // Pin the part of the slab in use (Rust recycles a fixed set of slabs).
@@ -356,6 +435,27 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
                                      d_arena_p, stream, max_len),
                "unshuffle");
     keep.insert(keep.end(), {scratch, d_unsh});
+  }
+
+  // Device chunk store: after this batch's decoding (same stream) and every earlier batch's
+  // store copies (the event), copy resident chunks into the arena, then this batch's chunks
+  // to keep into the pool. The fetches read slots no keep of this batch writes (the planner
+  // holds every entry a batch reads), so fetch-then-keep in one stream is safe.
+  if (store_copies) {
+    auto* d_store_p = static_cast<uint8_t*>(st.store.data_ptr());
+    check_cuda(cudaStreamWaitEvent(stream, st.store_event, 0), "waiting for earlier store copies");
+    for (const auto& [ops, src, dst] : {std::tuple{&fetch, static_cast<const uint8_t*>(d_store_p), d_arena_p},
+                                         std::tuple{&keep_ops, static_cast<const uint8_t*>(d_arena_p), d_store_p}}) {
+      if (!ops->size()) continue;
+      at::Tensor d_ops = upload(ops->data(), ops->size(), st.device, stream);
+      uint64_t max_len = 0;
+      for (const auto& op : *ops) max_len = std::max<uint64_t>(max_len, op.dst_len);
+      check_cuda(gpu::launch_decode_copy(reinterpret_cast<const ffi::GpuDecodeOp*>(d_ops.data_ptr()),
+                                         static_cast<int>(ops->size()), src, dst, stream, max_len),
+                 ops == &fetch ? "device chunk store fetch" : "device chunk store keep");
+      keep.push_back(d_ops);
+    }
+    check_cuda(cudaEventRecord(st.store_event, stream), "store event record");
   }
 
   // Assemble: one launch over every copy and fill op.

@@ -13,6 +13,7 @@
 //! mutex.
 
 pub(crate) mod decoded;
+pub(crate) mod device;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

@@ -177,7 +177,13 @@ fn prepare_blosc(bytes: &[u8], at: u64, decoded_len: u64, dst: u64, blocks: Opti
 
 /// The op that copies a chunk decoded on the CPU (staged raw at `at`) into the arena.
 pub(crate) fn staged_raw(at: u64, len: u64, dst: u64) -> DeviceOp {
-    DeviceOp::Decode(GpuDecodeOp { codec: COPY, src_offset: at, src_len: len, dst_offset: dst, dst_len: len })
+    DeviceOp::Decode(copy_op(at, len, dst))
+}
+
+/// A raw copy of `len` bytes from `src` to `dst` (offsets in whatever buffers the extension
+/// runs the op between: staging → arena, or the device chunk store's pool ↔ arena).
+pub(crate) fn copy_op(src: u64, len: u64, dst: u64) -> GpuDecodeOp {
+    GpuDecodeOp { codec: COPY, src_offset: src, src_len: len, dst_offset: dst, dst_len: len }
 }
 
 #[cfg(test)]

@@ -121,6 +121,20 @@ pub mod bridge {
         fn unshuffle_ops(self: &Batch) -> &[GpuUnshuffleOp];
         /// GPU path: copy and fill ops into the output, after unshuffling.
         fn copy_ops(self: &Batch) -> &[GpuCopyOp];
+        /// GPU path, device chunk store: `Copy` ops from the pool (source offsets) into the
+        /// decoded arena, run after the batch's decoding and before assembling, once every
+        /// earlier batch's store copies ran (the extension chains them by an event).
+        fn store_fetch_ops(self: &Batch) -> &[GpuDecodeOp];
+        /// GPU path, device chunk store: `Copy` ops from the decoded arena into the pool
+        /// (destination offsets), run after `store_fetch_ops`.
+        fn store_keep_ops(self: &Batch) -> &[GpuDecodeOp];
+        /// GPU path: the device chunk store's pool size in bytes (0: no store).
+        fn device_store_bytes(self: &Batch) -> u64;
+        /// GPU path: the batches (`seq`) that keep the chunks this batch fetches: if one of
+        /// them failed on the device, this batch fails too.
+        fn store_producers(self: &Batch) -> &[u64];
+        /// The batch's sequence number (push order, from 0).
+        fn seq(self: &Batch) -> u64;
         /// GPU path: the uri and chunk that decode op `i` belongs to (for error messages).
         fn decode_op_context(self: &Batch, i: u32) -> String;
         /// The batch's samples, in batch order.

@@ -43,6 +43,17 @@ pub(super) struct DeviceWork {
     pub(super) decode_chunk: Vec<u32>,
     /// Per chunk op: "uri: chunk [coords]".
     pub(super) chunk_names: Vec<String>,
+    /// Device chunk store: copies out of the pool into the decoded arena (chunks an earlier
+    /// batch kept), run before assembling (`Copy` decode ops: source offsets in the pool).
+    pub(super) store_fetch: Vec<GpuDecodeOp>,
+    /// Device chunk store: copies of decoded chunks from the arena into the pool, run after
+    /// the fetches (destination offsets in the pool).
+    pub(super) store_keep: Vec<GpuDecodeOp>,
+    /// The pool's size (0: no store).
+    pub(super) store_bytes: u64,
+    /// The batches that keep the chunks `store_fetch` reads (this batch fails if one of
+    /// them failed).
+    pub(super) producers: Vec<u64>,
 }
 
 impl DeviceWork {
@@ -77,6 +88,8 @@ pub(super) struct InFlight {
     pub(super) samples: Vec<SampleSpec>,
     pub(super) formed_at: Instant,
     pub(super) remaining: AtomicUsize,
+    /// Set when the device chunk store planned chunks for this batch to keep.
+    pub(super) keeps: std::sync::atomic::AtomicBool,
     pub(super) error: Mutex<Option<Error>>,
     pub(super) lease: Mutex<Option<Lease>>,
     pub(super) resolved: Mutex<Option<Resolved>>,
@@ -90,6 +103,7 @@ impl InFlight {
             samples,
             formed_at,
             remaining: AtomicUsize::new(1),
+            keeps: std::sync::atomic::AtomicBool::new(false),
             error: Mutex::new(None),
             lease: Mutex::new(None),
             resolved: Mutex::new(None),
@@ -184,6 +198,7 @@ pub(super) fn spawn_job(
 
 /// One finished batch: owns its output buffer (returned to the pipeline's pool on drop).
 pub struct Batch {
+    pub(super) seq: u64,
     pub(super) lease: Lease,
     pub(super) shape: Vec<i64>,
     pub(super) dtype: OutDtype,
@@ -241,6 +256,26 @@ impl Batch {
     /// Copy and fill ops (device path).
     pub fn copy_ops(&self) -> &[GpuCopyOp] {
         self.device.as_ref().map_or(&[], |d| &d.copy_ops)
+    }
+    /// Device chunk store copies out of the pool, before assembling (device path).
+    pub fn store_fetch_ops(&self) -> &[GpuDecodeOp] {
+        self.device.as_ref().map_or(&[], |d| &d.store_fetch)
+    }
+    /// Device chunk store copies into the pool, after the fetches (device path).
+    pub fn store_keep_ops(&self) -> &[GpuDecodeOp] {
+        self.device.as_ref().map_or(&[], |d| &d.store_keep)
+    }
+    /// The device chunk store's pool size (device path; 0: off).
+    pub fn device_store_bytes(&self) -> u64 {
+        self.device.as_ref().map_or(0, |d| d.store_bytes)
+    }
+    /// The batches whose kept chunks this batch reads from the pool (device path).
+    pub fn store_producers(&self) -> &[u64] {
+        self.device.as_ref().map_or(&[], |d| &d.producers)
+    }
+    /// The batch's sequence number (push order, from 0).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
     /// The batch's samples (uri and box), in batch order.
     pub fn samples(&self) -> impl Iterator<Item = (&str, &[(i64, i64)])> {

@@ -105,6 +105,11 @@ pub(crate) const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 /// `decoded_cache_bytes` is unset (1 GiB).
 pub(crate) const WINDOW_CACHE_BYTES: u64 = 1 << 30;
 
+/// The device chunk store's pool when `device_chunk_cache_bytes` is unset: off until the
+/// differential GPU test (tests/test_gpu.py, `device_chunk_cache`) has passed on a GPU
+/// machine; then 1 GiB (`1 << 30`) is the intended default.
+pub(crate) const DEVICE_STORE_DEFAULT_BYTES: u64 = 0;
+
 /// What the decoded-chunk cache of the CPU path keeps ([`Config::decoded_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DecodedCachePolicy {
@@ -167,6 +172,12 @@ pub struct Config {
     /// window too (pays off when crops revisit chunks: data that fits in RAM, several
     /// epochs).
     pub decoded_cache_bytes: Option<u64>,
+    /// Decoded chunks kept in device memory across the batches of the look-ahead window on
+    /// the GPU path, in bytes (one pool, allocated at the first batch that keeps a chunk):
+    /// a chunk that a later batch of the window reads is decoded once and copied from the
+    /// pool by the batches after ([`Config::device_store_bytes`]). Unset (null):
+    /// [`DEVICE_STORE_DEFAULT_BYTES`]. 0: off. Counted in the GPU memory the pipeline uses.
+    pub device_chunk_cache_bytes: Option<u64>,
     /// When a decoded-cache hit checks that its shard (or chunk object) was not rewritten:
     /// `true` (every batch: one `head` per object per batch, a round trip on object
     /// stores), `false` or `"open"` (never: served from the cache until evicted), or a
@@ -214,6 +225,7 @@ impl Default for Config {
             decoded_bytes: 4 << 30,
             max_read_op_bytes: 4 << 20,
             decoded_cache_bytes: None,
+            device_chunk_cache_bytes: None,
             recheck_cached_data: Recheck::After(1.0),
             pop_timeout_s: 60.0,
             out_of_bounds: OutOfBounds::Error,
@@ -274,6 +286,12 @@ impl Config {
     /// 2 batches of 32 in the window gave 3,900 crops/s, 8 batches 4,600).
     pub fn lookahead(&self) -> u32 {
         self.lookahead_samples.unwrap_or_else(|| self.samples_per_batch.saturating_mul(8).clamp(64, 1024).max(self.samples_per_batch))
+    }
+
+    /// The device chunk store's pool in bytes (GPU path; 0: off): `device_chunk_cache_bytes`,
+    /// or [`DEVICE_STORE_DEFAULT_BYTES`] when unset.
+    pub(crate) fn device_store_bytes(&self) -> u64 {
+        self.device_chunk_cache_bytes.unwrap_or(DEVICE_STORE_DEFAULT_BYTES)
     }
 
     /// What the CPU path's decoded-chunk cache keeps: with `decoded_cache_bytes` unset, the
@@ -361,7 +379,7 @@ impl Config {
             return Err(err!(InvalidArgument, "config field `sample_shape`: extent {x} exceeds 2^63 - 1"));
         }
         self.batch_bytes()?;
-        for (knob, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes), ("decoded_cache_bytes", self.decoded_cache_bytes.unwrap_or(0))] {
+        for (knob, v) in [("staging_bytes", self.staging_bytes), ("decoded_bytes", self.decoded_bytes), ("max_read_op_bytes", self.max_read_op_bytes), ("decoded_cache_bytes", self.decoded_cache_bytes.unwrap_or(0)), ("device_chunk_cache_bytes", self.device_store_bytes())] {
             if v > MAX_BUFFER_BYTES {
                 return Err(err!(InvalidArgument, "config field `{knob}`: {v} exceeds {MAX_BUFFER_BYTES} (2^47) bytes"));
             }
@@ -477,7 +495,16 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&c.to_json()).unwrap();
         assert_eq!(json["out_of_bounds"], "fill");
         assert_eq!(json["dtype"], "bf16");
-        assert_eq!(json.as_object().unwrap().len(), 22, "every field");
+        assert_eq!(json.as_object().unwrap().len(), 23, "every field");
+    }
+
+    #[test]
+    fn device_store_knob_defaults_and_is_capped() {
+        assert_eq!(Config::default().device_store_bytes(), DEVICE_STORE_DEFAULT_BYTES);
+        assert_eq!(Config::from_json(r#"{"device_chunk_cache_bytes": 4096}"#).unwrap().device_store_bytes(), 4096);
+        assert_eq!(Config::from_json(r#"{"device_chunk_cache_bytes": 0}"#).unwrap().device_store_bytes(), 0);
+        let e = Config::from_json(&format!(r#"{{"device_chunk_cache_bytes": {}}}"#, MAX_BUFFER_BYTES + 1)).unwrap_err();
+        assert!(e.message().contains("device_chunk_cache_bytes"), "{e}");
     }
 
     #[test]

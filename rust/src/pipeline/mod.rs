@@ -22,7 +22,7 @@ mod config;
 mod run;
 mod stats;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -86,10 +86,19 @@ struct Shared {
     running: AtomicUsize,
     /// Decoded chunks kept across batches (CPU path; `decoded_cache_bytes`).
     decoded: Mutex<crate::cache::decoded::DecodedCache>,
+    /// The device chunk store's bookkeeping (GPU path; `device_chunk_cache_bytes`).
+    device_store: Mutex<crate::cache::device::DeviceStore>,
+    /// Batches that failed after the device store planned chunks for them to keep, and
+    /// their errors: a batch that fetches one of those chunks fails at pop with it
+    /// (bounded: [`MAX_FAILED_KEEPERS`], oldest dropped first).
+    failed_keepers: Mutex<BTreeMap<u64, crate::error::Error>>,
     /// When each object with decoded-cache entries was last confirmed at its generation
     /// (read, or checked): hits within `recheck_cached_data` seconds of it are not checked.
     validated: Mutex<Validated>,
 }
+
+/// Most failed keeper batches remembered (far more than batches in flight).
+const MAX_FAILED_KEEPERS: usize = 4096;
 
 /// (store id, object key) → the generation last confirmed and when.
 type Validated = HashMap<(Arc<str>, Arc<str>), (crate::store::Generation, Instant)>;
@@ -139,6 +148,28 @@ impl Shared {
         !v.get(&(Arc::clone(store), Arc::clone(key))).is_some_and(|(g, at)| g == generation && at.elapsed() < interval)
     }
 
+    /// `b` itself, or the error of a batch that was to keep chunks `b` fetches from the
+    /// device store and failed before its device work ran.
+    fn check_producers(&self, b: Batch) -> Result<Batch> {
+        let producers = b.store_producers();
+        if producers.is_empty() {
+            return Ok(b);
+        }
+        let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((p, e)) = producers.iter().find_map(|p| f.get(p).map(|e| (*p, e.clone()))) else { return Ok(b) };
+        let e = e.context(format!("batch {} reads chunks that batch {p} was to decode and keep on the device, and batch {p} failed", b.seq));
+        self.stats.failed(1);
+        if !b.store_keep_ops().is_empty() {
+            // This batch's device work does not run either: the same for what it keeps.
+            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(b.seq);
+            f.insert(b.seq, e.clone());
+            while f.len() > MAX_FAILED_KEEPERS {
+                f.pop_first();
+            }
+        }
+        Err(e)
+    }
+
     fn finish(&self, batch: &InFlight) {
         // Pins go back before the batch stops counting as in flight: a scheduler that saw
         // no batch in flight and no room would otherwise fail a batch that fits.
@@ -147,10 +178,22 @@ impl Shared {
         }
         self.running.fetch_sub(1, Ordering::AcqRel);
         let error = batch.error.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let (Some(e), true) = (&error, batch.keeps.load(Ordering::Acquire)) {
+            // Its device work never runs: what it was to keep is never written. Forget it
+            // (before the batch counts as done, so no later plan reads it) and remember the
+            // error for the batches already planned to read it (checked at their pop).
+            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(batch.seq);
+            let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+            f.insert(batch.seq, e.clone());
+            while f.len() > MAX_FAILED_KEEPERS {
+                f.pop_first();
+            }
+        }
         let lease = batch.lease.lock().unwrap_or_else(PoisonError::into_inner).take();
         let result = match (error, lease) {
             (Some(e), _) => Err(e),
             (None, Some(lease)) => Ok(Batch {
+                seq: batch.seq,
                 lease,
                 shape: std::iter::once(i64::from(self.cfg.samples_per_batch)).chain(self.cfg.sample_shape.iter().map(|&s| s as i64)).collect(),
                 dtype: self.cfg.dtype,
@@ -221,6 +264,8 @@ impl Pipeline {
                 crate::cache::decoded::DecodedCache::new(if gpu_mode { 0 } else { policy.bytes }, policy.window_batches)
             }),
             validated: Mutex::new(HashMap::new()),
+            device_store: Mutex::new(crate::cache::device::DeviceStore::new(if gpu_mode { cfg.device_store_bytes() } else { 0 })),
+            failed_keepers: Mutex::new(BTreeMap::new()),
             buffers,
             prefetch,
             stats: Stats::default(),
@@ -333,6 +378,9 @@ impl Pipeline {
             }
             let seq = w.next_pop;
             if let Some(result) = w.done.remove(&seq) {
+                // Every producer of this batch's store fetches is an earlier batch, finished
+                // before this one is popped: its outcome is known.
+                let result = result.and_then(|b| self.shared.check_producers(b));
                 w.next_pop += 1;
                 w.unpopped -= spb;
                 // A failed batch reaches the caller now, as the error; a finished one when
@@ -374,6 +422,9 @@ impl Pipeline {
         w.undelivered -= n;
         drop(w);
         if failed {
+            // A batch failed on the device: what it kept in the device store cannot be
+            // trusted (the extension fails the batches already launched that read it).
+            self.shared.device_store.lock().unwrap_or_else(PoisonError::into_inner).clear();
             self.shared.stats.failed(n);
         } else {
             self.shared.stats.delivered(n);
@@ -388,7 +439,12 @@ impl Pipeline {
 
     /// Statistics.
     pub fn stats(&self) -> crate::ffi::records::Stats {
-        let decoded = self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats();
+        // The device path has no host-side decoded cache: its counts are the device store's.
+        let decoded = if self.shared.gpu_mode {
+            self.shared.device_store.lock().unwrap_or_else(PoisonError::into_inner).stats()
+        } else {
+            self.shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).stats()
+        };
         self.shared.stats.record(&self.shared.prefetch.stats(), decoded, &self.shared.buffers)
     }
 
@@ -429,9 +485,20 @@ impl Drop for Pipeline {
     }
 }
 
-/// The scheduler thread: resolves, plans and dispatches batches in push order.
+/// The scheduler thread: resolves, plans and dispatches batches in push order. Batches
+/// formed meanwhile wait in `later` (in order), where the planner sees them: the look-ahead
+/// window of the device chunk store.
 fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Receiver<BatchJob>) {
-    while let Ok(job) = rx.recv() {
+    let mut later: VecDeque<BatchJob> = VecDeque::new();
+    loop {
+        let job = match later.pop_front() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        later.extend(rx.try_iter());
         let batch = Arc::new(InFlight::new(job.seq, job.samples, job.formed_at));
         shared.running.fetch_add(1, Ordering::AcqRel);
         // The scheduler holds one count until dispatch is done, so the batch cannot finish
@@ -444,7 +511,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
         let pool_guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = pool_guard.as_ref() else { continue };
         // A panic while planning (a bug) fails this batch, never the scheduler.
-        let run = std::panic::AssertUnwindSafe(|| dispatch(shared, pool, &batch));
+        let run = std::panic::AssertUnwindSafe(|| dispatch(shared, pool, &batch, &later));
         match std::panic::catch_unwind(run) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => batch.fail(e),
@@ -455,7 +522,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> Result<()> {
+fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, later: &VecDeque<BatchJob>) -> Result<()> {
     let t0 = Instant::now();
     let others = || shared.running.load(Ordering::Acquire) > 1;
     let tickets: Vec<u64> = batch.samples.iter().filter_map(|s| s.ticket).collect();
@@ -476,7 +543,10 @@ fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>) -> R
         }
     };
     shared.stats.planned(t0.elapsed(), &plan);
-    let r = if shared.gpu_mode { run::run_device(shared, pool, batch, plan, &resolved.layouts()) } else { run::run_cpu(shared, pool, batch, plan) };
+    let r = if shared.gpu_mode {
+        let later = later.iter().flat_map(|j| j.samples.iter().map(move |s| (j.seq, s.uri.as_str(), s.aabb.as_slice())));
+        run::run_device(shared, pool, batch, plan, &resolved.layouts(), later)
+    } else { run::run_cpu(shared, pool, batch, plan) };
     batch.set_resolved(resolved);
     r
 }

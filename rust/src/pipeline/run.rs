@@ -16,9 +16,11 @@ use super::batch::{spawn_job, DeviceWork, InFlight};
 use super::Shared;
 use crate::assemble::{self, OutBuffer};
 use crate::cache::decoded::ChunkKey;
+use crate::cache::device::{StoreUse, Want, SLOT_ALIGN};
 use crate::decode::device::{self as dev, BlockChoice, DeviceCodec};
 use crate::decode::max_encoded_len;
 use crate::error::{err, Error, Result};
+use crate::ffi::records::GpuDecodeOp;
 use crate::io::{self, Read, WorkerPool};
 use crate::plan::device::{copy_ops, Blocks};
 use crate::plan::staging::{layout, ReadOp, StagingLayout};
@@ -337,7 +339,14 @@ impl SlabPtr {
 }
 
 /// The device path: stage compressed bytes in the slab and emit the ops the extension runs.
-pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan, layouts: &LayoutMap<'_>) -> Result<()> {
+pub(super) fn run_device<'a>(
+    shared: &Arc<Shared>,
+    pool: &WorkerPool,
+    batch: &Arc<InFlight>,
+    mut plan: BatchPlan,
+    layouts: &LayoutMap<'_>,
+    later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>,
+) -> Result<()> {
     let cfg = &shared.cfg;
     // Whole-object chunks (unsharded arrays): stat them now so they stage like ranges.
     for i in 0..plan.chunk_ops.len() {
@@ -355,14 +364,19 @@ pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<In
         }
         plan.chunk_ops[i].source = source;
     }
+    // The device chunk store: chunks an earlier batch kept are copied from the pool (not
+    // read: their source becomes Absent here, their arena slot is added after the layout;
+    // their shards get the generation checks of `recheck_cached_data`), chunks a later
+    // batch needs are decoded whole and kept.
+    let (uses, checks) = plan_store(shared, batch, &mut plan, later);
     // Blosc chunks with a layout from the chunk_layout cache: read and decode only the
-    // blocks their copies touch.
+    // blocks their copies touch (all blocks of a chunk to keep).
     let mut frames: Vec<Option<Blocks>> = Vec::with_capacity(plan.chunk_ops.len());
-    for op in &mut plan.chunk_ops {
+    for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
         let array = &plan.arrays[op.array as usize];
         let route = array.decoder.route;
         let frame = match range_key(array, &op.source) {
-            Some(k) if route.codec == DeviceCodec::Blosc => layouts.get(&k).copied(),
+            Some(k) if route.codec == DeviceCodec::Blosc && uses[i] == StoreUse::Scratch => layouts.get(&k).copied(),
             _ => None,
         };
         let Some(frame) = frame else {
@@ -382,17 +396,22 @@ pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<In
         let array = &plan.arrays[op.array as usize];
         (array.decoder.route.codec == DeviceCodec::Cpu && op.source != ChunkSource::Absent).then_some(array.meta.decoded_chunk_bytes)
     };
-    let staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &cpu_slot);
+    let mut staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &cpu_slot);
+    let (store_fetch, store_keep, producers) = store_ops(&plan, &mut staging, &uses);
     check_budgets(shared, batch, staging.staging_bytes, staging.decoded_bytes)?;
     let copies = copy_ops(&plan, &staging)?;
     let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
     let slab = SlabPtr(lease.ptr(), lease.len());
     batch.set_lease(lease);
     let chunk_names = plan.chunk_ops.iter().map(|op| chunk_name(batch, op)).collect();
-    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) = Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, chunk_names, ..DeviceWork::default() });
+    let store_bytes = if store_fetch.is_empty() && store_keep.is_empty() { 0 } else { cfg.device_store_bytes() };
+    *batch.device.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some(DeviceWork { decoded_bytes: staging.decoded_bytes, copy_ops: copies, chunk_names, store_fetch, store_keep, store_bytes, producers, ..DeviceWork::default() });
     shared.stats.staged(&staging);
-
     let cpu_chunks: Vec<usize> = (0..plan.chunk_ops.len()).filter(|&i| cpu_slot(i).is_some()).collect();
+    let plan = Arc::new(plan);
+    spawn_generation_checks(shared, pool, batch, &plan, checks);
+
     let job = Arc::new(StageJob { plan, staging, frames, slab });
     for r in 0..job.staging.reads.len() {
         let (job, what) = (Arc::clone(&job), Arc::clone(&job));
@@ -405,9 +424,76 @@ pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<In
     Ok(())
 }
 
+/// Asks the device chunk store about every chunk of a device batch (sources already
+/// resolved to ranges): one [`StoreUse`] per chunk op. Resident chunks' sources become
+/// `Absent` (nothing to read; [`store_ops`] gives them an arena slot); the shards they come
+/// from are returned for the generation checks.
+fn plan_store<'a>(shared: &Shared, batch: &InFlight, plan: &mut BatchPlan, later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>) -> (Vec<StoreUse>, Checks) {
+    let n = plan.chunk_ops.len();
+    let mut checks = Checks::default();
+    let mut store = shared.device_store.lock().unwrap_or_else(PoisonError::into_inner);
+    if !store.enabled() {
+        return (vec![StoreUse::Scratch; n], checks);
+    }
+    let next = crate::plan::next_uses(&plan.arrays, later);
+    let wants: Vec<Want> = plan
+        .chunk_ops
+        .iter()
+        .map(|op| {
+            let array = &plan.arrays[op.array as usize];
+            Want { key: range_key(array, &op.source), bytes: array.meta.decoded_chunk_bytes, ident: (Arc::clone(&array.id), op.coords.clone()) }
+        })
+        .collect();
+    let uses = store.plan(batch.seq, &wants, &|id| next.get(id).copied());
+    drop(store);
+    if uses.iter().any(|u| matches!(u, StoreUse::Keep { .. })) {
+        batch.keeps.store(true, std::sync::atomic::Ordering::Release);
+    }
+    for ((op, u), w) in plan.chunk_ops.iter_mut().zip(&uses).zip(wants) {
+        if let (StoreUse::Resident { .. }, Some(k)) = (u, w.key) {
+            op.source = ChunkSource::Absent;
+            checks.entry((op.array, k.key)).or_insert((k.generation, 0));
+            shared.stats.chunk_cached(Duration::ZERO);
+        }
+    }
+    // Name a chunk of each checked shard in its errors: the first resident one of it.
+    for (key, (_, first)) in &mut checks {
+        *first = plan.chunk_ops.iter().zip(&uses).position(|(op, u)| op.array == key.0 && matches!(u, StoreUse::Resident { .. }) && op.source == ChunkSource::Absent).unwrap_or(0);
+    }
+    (uses, checks)
+}
+
+/// The device store's copies of a batch: resident chunks get an arena slot after the
+/// layout's and a copy from the pool into it; chunks to keep a copy from their arena slot
+/// into the pool. Returns (fetches, keeps, producer batches).
+fn store_ops(plan: &BatchPlan, staging: &mut StagingLayout, uses: &[StoreUse]) -> (Vec<GpuDecodeOp>, Vec<GpuDecodeOp>, Vec<u64>) {
+    let (mut fetch, mut keep, mut producers) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (op, u)) in plan.chunk_ops.iter().zip(uses).enumerate() {
+        let bytes = plan.arrays[op.array as usize].meta.decoded_chunk_bytes;
+        match *u {
+            StoreUse::Scratch => {}
+            StoreUse::Resident { slot, producer } => {
+                let at = staging.decoded_bytes.next_multiple_of(SLOT_ALIGN);
+                staging.decoded[i] = Some(at);
+                staging.decoded_bytes = (at + bytes).next_multiple_of(SLOT_ALIGN);
+                fetch.push(dev::copy_op(slot, bytes, at));
+                if !producers.contains(&producer) {
+                    producers.push(producer);
+                }
+            }
+            StoreUse::Keep { slot } => {
+                if let Some(at) = staging.decoded[i] {
+                    keep.push(dev::copy_op(at, bytes, slot));
+                }
+            }
+        }
+    }
+    (fetch, keep, producers)
+}
+
 /// What the staging jobs of one device batch share.
 struct StageJob {
-    plan: BatchPlan,
+    plan: Arc<BatchPlan>,
     staging: StagingLayout,
     /// Per chunk op: the blosc blocks to decode, when its layout is known.
     frames: Vec<Option<Blocks>>,

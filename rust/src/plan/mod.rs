@@ -387,6 +387,34 @@ pub(crate) fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLooku
     Ok(plan)
 }
 
+/// Samples of a later batch that touch more chunks than this are left out of
+/// [`next_uses`] (the look-ahead only steers the device chunk store; it need not be exact).
+pub(crate) const MAX_LOOKAHEAD_CELLS: u64 = 4096;
+
+/// The first later batch that reads each chunk: for every `(seq, uri, aabb)` of the
+/// look-ahead window (in increasing `seq`) whose uri names one of `arrays`, the chunks its
+/// in-bounds part touches, keyed by (the array's store id, chunk coordinates). Samples of
+/// arrays the batch does not read, and samples of more than [`MAX_LOOKAHEAD_CELLS`] chunks,
+/// are skipped.
+pub(crate) fn next_uses<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>) -> HashMap<(Arc<str>, Vec<u64>), u64> {
+    let mut out: HashMap<(Arc<str>, Vec<u64>), u64> = HashMap::new();
+    for (seq, uri, aabb) in later {
+        let Some(array) = arrays.iter().find(|a| a.uri == uri) else { continue };
+        let meta = &array.meta;
+        if aabb.len() != meta.rank() {
+            continue;
+        }
+        let Some(inside) = clip(aabb, &meta.shape) else { continue };
+        if count_cells(&inside, meta.chunk_shape()) > MAX_LOOKAHEAD_CELLS {
+            continue;
+        }
+        for coords in cells(&inside, meta.chunk_shape()) {
+            out.entry((Arc::clone(&array.id), coords)).or_insert(seq);
+        }
+    }
+    out
+}
+
 /// Where the chunk at `coords` is stored, by its shard index when sharded.
 ///
 /// # Errors

@@ -177,3 +177,40 @@ fn hostile_sizes_fail_the_plan_typed() {
     assert!(plan.fill_ops.is_empty() && plan.chunk_ops.len() == 1);
     assert_eq!(plan.chunk_ops[0].copies[0].extent, [8]);
 }
+
+/// One sample of a later batch: its batch, uri and box.
+type Later = (u64, String, Vec<(i64, i64)>);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// `next_uses` (the device chunk store's look-ahead): for every chunk, the first later
+    /// batch with a sample of the array whose box overlaps the chunk (brute force over the
+    /// chunk grid), and nothing for chunks no later box touches or for other uris' boxes.
+    #[test]
+    fn next_uses_is_the_first_later_batch_touching_each_chunk(
+        (shape, grid, inner) in geometry(),
+        boxes in proptest::collection::vec((proptest::collection::vec((-3i64..22, 1i64..8), 3), 0u64..4, any::<bool>()), 0..12),
+    ) {
+        let a = array(&meta_json(&shape, &grid, inner.as_deref()));
+        let rank = shape.len();
+        let chunk = a.meta.chunk_shape().to_vec();
+        let later: Vec<Later> = boxes
+            .iter()
+            .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
+            .collect();
+        let mut sorted = later.clone();
+        sorted.sort_by_key(|l| l.0);
+        let got = next_uses(std::slice::from_ref(&a), sorted.iter().map(|(s, u, b)| (*s, u.as_str(), b.as_slice())));
+        let n_chunks: Vec<u64> = shape.iter().zip(&chunk).map(|(s, c)| s.div_ceil(*c)).collect();
+        for coords in cells(&n_chunks.iter().map(|&n| (0, n)).collect::<Vec<_>>(), &vec![1; rank]) {
+            let want = sorted.iter().filter(|(_, u, _)| *u == a.uri).find(|(_, _, b)| {
+                b.iter().zip(&coords).zip(&chunk).zip(&shape).all(|(((&(lo, hi), &c), &cs), &n)| {
+                    let (c0, c1) = ((c * cs) as i64, ((c + 1) * cs).min(n) as i64);
+                    lo.max(0) < c1 && hi.min(n as i64) > c0 && lo < hi
+                })
+            }).map(|l| l.0);
+            prop_assert_eq!(got.get(&(Arc::clone(&a.id), coords.clone())).copied(), want, "chunk {:?}", coords);
+        }
+        prop_assert!(got.keys().all(|(id, c)| *id == a.id && c.iter().zip(&n_chunks).all(|(x, n)| x < n)));
+    }
+}
