@@ -573,3 +573,41 @@ def test_device_chunk_store_sees_a_rewrite_in_place(tmp_path):
         for i in range(4):
             np.testing.assert_array_equal(pipe.pop().cpu().numpy(), _expect(new, bxs, i), err_msg=f"after the checks, batch {i}")
         assert pipe.stats().decoded_cache.hits > 0
+
+
+# ------------------------------------------------------------------- object stores on the GPU
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_http_reads_on_the_gpu_path_match_zarr_python(codec, tmp_path):
+    """The GPU path reading a sharded array from a loopback HTTP server (tests/remote_servers.py's
+    ranged file server, in this process: the GPU machine has no moto), against zarr-python
+    reading the same files locally, on random boxes over several batches."""
+    import zarr
+    from remote_servers import start_http
+
+    shape, inner, shard = (24, 40, 36), (8, 8, 12), (8, 16, 24)
+    rng = np.random.default_rng(17)
+    data = rng.integers(0, 4000, size=shape, dtype=np.uint16)
+    comp = zarr.codecs.ZstdCodec(level=3) if codec == "zstd" else zarr.codecs.BloscCodec(cname="zstd", shuffle="shuffle")
+    arr = zarr.create_array(store=str(tmp_path / "vol.zarr"), shape=shape, chunks=inner, shards=shard, dtype="uint16",
+                            compressors=comp, fill_value=7, zarr_format=3)
+    arr[...] = data
+    server = start_http(str(tmp_path))
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}/vol.zarr"
+        size = (6, 10, 14)
+        boxes = []
+        for _ in range(16):
+            lo = [int(rng.integers(0, n - k + 1)) for n, k in zip(shape, size)]
+            boxes.append([(a, a + k) for a, k in zip(lo, size)])
+        cfg = damacy.Config(samples_per_batch=4, sample_shape=size, device=DEVICE, decode="gpu", n_io_threads=4,
+                            pop_timeout_s=POP_TIMEOUT_S, staging_bytes=STAGING_BYTES)
+        with damacy.Pipeline(cfg) as pipe:
+            pipe.push(damacy.Sample(uri, b) for b in boxes)
+            got = [pipe.pop().cpu() for _ in range(4)]
+        for i, b in enumerate(boxes):
+            want = data[tuple(slice(a, z) for a, z in b)].astype(np.float32)
+            np.testing.assert_array_equal(got[i // 4][i % 4].numpy(), want, err_msg=f"{codec} box {b}")
+    finally:
+        server.shutdown()
