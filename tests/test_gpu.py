@@ -552,7 +552,10 @@ def test_device_chunk_store_sees_a_rewrite_in_place(tmp_path):
     has the new values; never the old bytes served silently. Later batches have the new values."""
     uri = str(tmp_path / "a.zarr")
     old = _store_array(uri, "zstd", seed=7)
-    bxs = _thin_boxes(32, seed=8)
+    # The first 32 of 80 depth-ordered boxes: four batches over z 0..15, so consecutive
+    # batches share chunks (32 boxes spread over all 40 planes would put each batch in its
+    # own z-chunk, and nothing would be kept).
+    bxs = _thin_boxes(80, seed=8)[:32]
     with damacy.Pipeline(_store_config(64 << 20, recheck_cached_data=True)) as pipe:
         pipe.push(damacy.Sample(uri, b) for b in bxs)
         for i in range(4):
