@@ -6,10 +6,12 @@
 #include <tuple>
 #include <vector>
 
+#include <ATen/ops/from_blob.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include "damacy/damacy.h"
+#include "log_sink.h"
 
 namespace damacy {
 namespace {
@@ -66,6 +68,13 @@ std::tuple<std::vector<std::int64_t>, std::vector<std::string>> take_log_records
 
 void set_log_level_op(std::int64_t level) { set_log_level(static_cast<int>(level)); }
 
+// The count of kept records as a one-element int64 CPU tensor that views it (no copy): Python
+// reads it (`.item()`, no op call) after each op call and takes records only when it is not 0.
+// Read it only; it lives as long as the process.
+at::Tensor log_records_waiting_op() {
+  return at::from_blob(detail::log_records_waiting_word(), {1}, at::TensorOptions().dtype(at::kLong));
+}
+
 std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
   std::vector<std::uint64_t> out;
   out.reserve(v.size());
@@ -120,6 +129,7 @@ TORCH_LIBRARY(damacy, m) {
   m.def("gpu_info(str search_path) -> str", &damacy::gpu_info_op);
   m.def("take_log_records() -> (int[], str[])", &damacy::take_log_records_op);
   m.def("set_log_level(int level) -> ()", &damacy::set_log_level_op);
+  m.def("log_records_waiting() -> Tensor", &damacy::log_records_waiting_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);
 }
