@@ -5,6 +5,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +167,38 @@ def test_box_coordinates_beyond_64_bits_are_invalid_argument(bound):
         damacy.Sample("/a.zarr", [(0, bound)])
     with pytest.raises(damacy.InvalidArgument, match="2\\*\\*63"):
         damacy.Sample("/a.zarr", [(bound, bound + 1)])
+
+
+def test_sample_fast_paths_agree_with_the_general_checks():
+    """Sample takes plain (start, stop) int pairs and ASCII str uris on a fast path; every box
+    item and uri must come out (value or InvalidArgument message) as _range and as_uri say."""
+    from damacy.sample import _range, as_uri
+
+    class Pair(tuple):
+        pass
+
+    top = 2**63 - 1
+    items = [(0, 4), [0, 4], (-3, 1), (top - 1, top), (-top - 1, 0), (0, top), (5, 5), (6, 5),
+             (-top - 2, 0), (0, top + 1), (True, 3), (0, 2.0), (np.int64(2), np.int32(5)),
+             Pair((1, 2)), (1, 2, 3), [1], slice(2, 6), "ab"]
+    for item in items:
+        try:
+            want = ("ok", _range(item, 0))
+        except damacy.InvalidArgument as e:
+            want = ("error", type(e), e.what)
+        try:
+            got = ("ok", damacy.Sample("/a.zarr", [item]).aabb[0])
+        except damacy.InvalidArgument as e:
+            got = ("error", type(e), e.what)
+        assert got == want, item
+        assert got[0] != "ok" or all(type(v) is int for v in got[1]), item
+    for uri in ["/a.zarr", "s3://b/k", "caf\u00e9.zarr", "\u00e9", "a\x00", "", "caf\udcff", b"/x.zarr"]:
+        try:
+            want = ("ok", as_uri(uri, "sample uri"))
+        except damacy.InvalidArgument as e:
+            want = ("error", e.what)
+        try:
+            got = ("ok", damacy.Sample(uri, [(0, 1)]).uri)
+        except damacy.InvalidArgument as e:
+            got = ("error", e.what)
+        assert got == want, uri

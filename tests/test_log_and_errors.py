@@ -35,7 +35,8 @@ def _falls_back() -> bool:
 needs_fallback = pytest.mark.skipif(not _falls_back(), reason="nvCOMP loaded: run by test_logging_without_nvcomp")
 LOGGING_TESTS = ("test_native_warning_reaches_the_damacy_logger_not_stderr",
                  "test_nothing_on_stderr_without_logging_configured",
-                 "test_set_log_level_filters_native_records")
+                 "test_set_log_level_filters_native_records",
+                 "test_records_are_taken_only_when_the_native_count_says_so")
 
 
 def test_logging_without_nvcomp():
@@ -201,3 +202,29 @@ def test_device_runner_without_a_gpu_is_cuda_error():
     with pytest.raises(damacy.CudaError, match=r"^starting the device runner on cuda:0: ") as info:
         damacy.Pipeline(_cfg())
     assert not isinstance(info.value, torch.AcceleratorError)
+
+
+@needs_fallback
+def test_records_are_taken_only_when_the_native_count_says_so(caplog):
+    """_log.drain reads the native count of kept records through a tensor viewing it, and
+    calls take_log_records only when it is not 0 (a call that logged nothing costs no take)."""
+    takes = []
+
+    class Ops:
+        log_records_waiting = torch.ops.damacy.log_records_waiting
+
+        def take_log_records(self):
+            takes.append(1)
+            return torch.ops.damacy.take_log_records()
+
+    count = torch.ops.damacy.log_records_waiting()
+    assert count.dtype == torch.int64 and count.item() == 0
+    _log.drain(Ops())
+    assert takes == []
+    native = torch.classes.damacy.Pipeline(_cfg().to_json())  # logs the fallback; no drain
+    assert count.item() == 1
+    with caplog.at_level(logging.INFO, logger="damacy"):
+        _log.drain(Ops())
+    assert takes == [1] and count.item() == 0
+    assert [r for r in caplog.records if FALLBACK in r.getMessage()]
+    native.close()

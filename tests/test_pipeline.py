@@ -434,3 +434,69 @@ def test_window_cache_and_prefix_decode_give_the_oracles_values(good, cache):
                 assert s.decoded_cache.hits == 0
             elif cache is None:
                 assert s.decoded_cache.hits > 0, "later batches read chunks decoded by earlier ones"
+
+
+def _flat(bxs):
+    out = []
+    for b in bxs:
+        out += [len(b), *(a for a, _ in b), *(z for _, z in b)]
+    return out
+
+
+def test_push_many_fills_the_window_in_order_and_reports_its_room(good):
+    """The op Pipeline._fill uses: samples in one call until the window is full, then (how
+    many were pushed, the room left); the batches are those samples in that order."""
+    uri, oracle = good
+    bxs = boxes(4 * B, seed=31)
+    with damacy.Pipeline(config(lookahead_samples=2 * B)) as pipe:
+        nat = pipe._native
+        assert nat.window_room() == 2 * B
+        assert tuple(nat.push_many([uri] * 3, _flat(bxs[:3]))) == (3, 2 * B - 3)
+        assert tuple(nat.push_many([uri] * (len(bxs) - 3), _flat(bxs[3:]))) == (2 * B - 3, 0)
+        assert tuple(nat.push_many([uri], _flat(bxs[2 * B:2 * B + 1]))) == (0, 0)  # full
+        F.assert_same(nat.pop(POP_TIMEOUT_S), expect(oracle, bxs, 0), "batch 0")
+        assert nat.window_room() == B
+        assert tuple(nat.push_many([uri] * (2 * B), _flat(bxs[2 * B:]))) == (B, 0)
+        for i in range(1, 3):
+            F.assert_same(nat.pop(POP_TIMEOUT_S), expect(oracle, bxs, i), f"batch {i}")
+
+
+def test_push_many_raises_for_the_first_sample_only(good):
+    """A sample whose push fails is the first of the next call: a malformed box list raises
+    when its sample is first, and after good samples the call stops before it."""
+    uri, _ = good
+    bxs = boxes(2, seed=32)
+    with damacy.Pipeline(config()) as pipe:
+        nat = pipe._native
+        with pytest.raises(damacy.InvalidArgument, match="push_many"):
+            damacy._ops.call(nat.push_many, [uri], [3, 0, 0])  # rank 3, one value
+        with pytest.raises(damacy.InvalidArgument, match="push_many"):
+            damacy._ops.call(nat.push_many, [uri], [-1])
+        assert nat.pending_samples() == 0
+        n, _ = nat.push_many([uri, uri, uri], _flat(bxs) + [5])  # the third has no box
+        assert n == 2 and nat.pending_samples() == 2
+    with pytest.raises(damacy.ShutdownError):
+        damacy._ops.call(nat.push_many, [uri], _flat(bxs[:1]))
+
+
+def test_sources_are_pulled_at_most_one_sample_ahead_of_the_window(good):
+    """push_many takes what the window has room for: a source is never pulled further ahead
+    than the window plus the one sample a full window refused (as with one push each)."""
+    uri, oracle = good
+    pulled = 0
+    bxs = boxes(12 * B, seed=33)
+
+    def source():
+        nonlocal pulled
+        for b in bxs:
+            pulled += 1
+            yield damacy.Sample(uri, b)
+
+    look = 2 * B + 1  # not a multiple of the batch
+    with damacy.Pipeline(config(lookahead_samples=look)) as pipe:
+        pipe.push(source())
+        assert pulled == 0
+        for i in range(8):
+            F.assert_same(pipe.pop(), expect(oracle, bxs, i), f"batch {i}")
+            popped = (i + 1) * B
+            assert popped + look <= pulled <= popped + look + 1, (i, pulled)

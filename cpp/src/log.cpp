@@ -2,6 +2,7 @@
 #include "log_sink.h"
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <utility>
@@ -10,6 +11,13 @@ namespace damacy {
 namespace {
 
 std::atomic<int> g_level{static_cast<int>(LogLevel::Info)};
+
+// How many records the sink holds (written under Sink::mu, read without it): Python checks it
+// through a tensor viewing it (log_sink.h) before each take, so a call that logged nothing
+// costs no take.
+std::atomic<std::int64_t> g_waiting{0};
+static_assert(std::atomic<std::int64_t>::is_always_lock_free && sizeof(g_waiting) == sizeof(std::int64_t),
+              "the count is viewed from Python as one plain int64");
 
 struct Sink {
   std::mutex mu;
@@ -40,10 +48,21 @@ std::vector<LogRecord> take_log_records() {
   }
   for (auto& r : s.records) out.push_back(std::move(r));
   s.records.clear();
+  g_waiting.store(0, std::memory_order_release);
   return out;
 }
 
+std::size_t log_records_waiting() noexcept {
+  return static_cast<std::size_t>(g_waiting.load(std::memory_order_acquire));
+}
+
 namespace detail {
+
+std::int64_t* log_records_waiting_word() noexcept {
+  // A lock-free atomic of the same size as int64 holds its value as one plain int64 (the
+  // static_assert above); readers through this pointer only ever load it.
+  return reinterpret_cast<std::int64_t*>(&g_waiting);
+}
 
 bool log_enabled(LogLevel level) noexcept { return static_cast<int>(level) >= log_level(); }
 
@@ -57,6 +76,7 @@ void log(LogLevel level, std::string message) noexcept {
       ++s.dropped;
     }
     s.records.push_back({level, std::move(message)});
+    g_waiting.store(static_cast<std::int64_t>(s.records.size()), std::memory_order_release);
   } catch (...) {
     // Logging never throws (an allocation failure loses the record).
   }

@@ -256,6 +256,11 @@ std::uint64_t Pipeline::pending_samples() const {
   return impl_->rust->pending_samples();
 }
 
+std::uint64_t Pipeline::window_room() const {
+  if (!impl_) moved_from();
+  return impl_->rust->window_room();
+}
+
 std::string Pipeline::stats() const {
   if (!impl_) moved_from();
   return std::string(impl_->rust->stats_json());

@@ -172,14 +172,17 @@ TEST(pipeline_push_range_stops_at_full_window) {
   std::vector<damacy::Sample> samples;
   for (const Box& b : boxes(10, 3)) samples.push_back({uri, b});
   damacy::Pipeline p(cfg(2, R"(, "lookahead_samples": 4)"));
+  CHECK_EQ(p.window_room(), 4u);
   CHECK_EQ(p.push(samples), std::size_t{4});  // the window holds 4
   CHECK_EQ(p.pending_samples(), 4u);
+  CHECK_EQ(p.window_room(), 0u);
   CHECK(p.push(samples.begin() + 4, samples.end()) == samples.begin() + 4);  // still full
   std::size_t next = 4;
   for (int b = 0; b < 5; ++b) {
     const damacy::Batch batch = p.pop_batch();
     CHECK(batch.samples == (std::vector<damacy::Sample>{samples[2 * b], samples[2 * b + 1]}));
     CHECK(same_bytes(batch.tensor, read(uri, {samples[2 * b].aabb, samples[2 * b + 1].aabb})));
+    CHECK_EQ(p.window_room(), 4 - (next - 2 * (static_cast<std::size_t>(b) + 1)));  // pop freed 2
     next = static_cast<std::size_t>(p.push(samples.begin() + next, samples.end()) - samples.begin());
   }
   CHECK_EQ(next, samples.size());

@@ -53,15 +53,59 @@ fi
 export PYTHONPATH="$PWD/python:/tmp/site"
 export PYTHONUNBUFFERED=1
 
+# gpu_configure: `cmake --preset gpu-machine`. A cmake older than 3.25 (no presets v6) gets the
+# same cache variables read from CMakePresets.json (the preset chain resolved by python3), so
+# the preset file stays the one place they are written; gpu_build builds what it configured.
+gpu_no_presets=0
+gpu_configure() {
+  if cmake --list-presets >/dev/null 2>&1; then
+    cmake --preset gpu-machine
+    return
+  fi
+  gpu_no_presets=1
+  echo "cmake has no presets v6 (3.25+): configuring with gpu-machine's variables from CMakePresets.json"
+  local args
+  mapfile -t args < <(python3 - "$PWD" <<'PY'
+import json, os, re, sys
+src = sys.argv[1]
+presets = {p["name"]: p for p in json.load(open(os.path.join(src, "CMakePresets.json")))["configurePresets"]}
+def chain(name):
+    p = presets[name]
+    for parent in ([p["inherits"]] if isinstance(p.get("inherits"), str) else p.get("inherits", [])):
+        yield from chain(parent)
+    yield p
+def expand(v):
+    v = v.replace("${sourceDir}", src)
+    return re.sub(r"\$env\{(\w+)\}", lambda m: os.environ.get(m.group(1), ""), v)
+merged = {}
+for p in chain("gpu-machine"):
+    merged.update({k: p[k] for k in ("generator", "binaryDir") if k in p})
+    merged.setdefault("cache", {}).update(p.get("cacheVariables", {}))
+print("-S"); print(src); print("-B"); print(expand(merged["binaryDir"])); print("-G"); print(merged["generator"])
+for k, v in merged["cache"].items():
+    print(f"-D{k}={expand(v if isinstance(v, str) else v['value'])}")
+PY
+  ) || return 1
+  printf '  %s\n' "${args[@]}"
+  cmake "${args[@]}"
+}
+gpu_build() {
+  if [ "$gpu_no_presets" = 1 ]; then cmake --build build-gpu -j 16; else cmake --build --preset gpu-machine -j 16; fi
+}
+
 if has build; then
   log "build"
   [ -f .carry/rust/libdamacy.a ] || xz -dk .carry/rust/libdamacy.a.xz
   t0=$SECONDS
+  # The extension: CMakePresets.json's `gpu-machine` (what dev/build.sh's presets are, with
+  # this machine's overrides: the carried staticlib, torch IMPORTED from this python,
+  # build-gpu/); DAMACY_PYTHON is the preset's one input from here. The standalone kernels
+  # project (damacy_kernels_test, static CUDA runtime) has no preset: configured by hand.
+  export DAMACY_PYTHON="$(command -v python3)"
   {
-    cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DDAMACY_PYTHON="$(command -v python3)" \
-      -DDAMACY_RUST_LIB="$PWD/.carry/rust/libdamacy.a" -DDAMACY_RUST_INCLUDE="$PWD/.carry/rust/include" \
-      -DDAMACY_TORCH_MODE=IMPORTED -DDAMACY_CUDA=ON -DDAMACY_BUILD_TESTS=ON \
-      && cmake --build build-gpu -j 16 \
+    cmake --version | head -1
+    gpu_configure \
+      && gpu_build \
       && cmake -S cpp/src/cuda -B build-gpu/kernels -G Ninja -DDAMACY_PYTHON="$(command -v python3)" \
            -DDAMACY_BRIDGE_INCLUDE="$PWD/.carry/rust/include" \
       && cmake --build build-gpu/kernels -j 16

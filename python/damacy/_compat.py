@@ -289,10 +289,12 @@ class Batch(torch.Tensor):
     def wrap(tensor: torch.Tensor, batch_id: int) -> Batch:
         # A new TensorImpl on the same storage, not a view (as_subclass would keep `tensor` as
         # its _base, and release() could not let go of the memory).
+        # Not released and (a CPU batch) stream 0 are what the readers' getattr defaults say;
+        # only what differs from them is set (one attribute per CPU pop).
         b = torch.Tensor._make_subclass(Batch, tensor)
         b._damacy_batch_id = batch_id
-        b._damacy_released = False
-        b._damacy_stream = torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0
+        if tensor.is_cuda:
+            b._damacy_stream = torch.cuda.current_stream(tensor.device).cuda_stream
         return b
 
     def _check_live(self) -> None:

@@ -6,7 +6,8 @@ python/damacy/_ops.py calls it after every damacy op call (except the per-sample
 record appears right after the call that made it. Nothing goes to stderr by default: the
 logger has a NullHandler (as the logging HOWTO asks of libraries), so records reach only the
 handlers the application configures (`logging.basicConfig()` shows them); the level knob is
-`damacy.set_log_level` (or the logger's own level).
+`damacy.set_log_level` (or the logger's own level). The take is skipped when the native
+count of kept records (a tensor viewing it, read without an op call) is 0.
 """
 
 from __future__ import annotations
@@ -26,8 +27,21 @@ def emit(levels: list[int], messages: list[str]) -> None:
         logger.log(int(level), "%s", message)
 
 
+#: The native count of kept records, viewed without a copy (the `log_records_waiting` op's
+#: one-element tensor; set by `drain` on its first call): reading it is no op call, so a
+#: call that logged nothing costs one `.item()` here instead of a take.
+_waiting: Any = None
+
+
 def drain(ops: Any) -> None:
-    """Takes the native records (`ops` is torch.ops.damacy) and emits them."""
+    """Takes the native records (`ops` is torch.ops.damacy) and emits them; takes nothing when
+    the native count says there is none."""
+    global _waiting
+    waiting = _waiting
+    if waiting is None:
+        waiting = _waiting = ops.log_records_waiting()
+    if not waiting.item():
+        return
     levels, messages = ops.take_log_records()
     if levels:
         emit(levels, messages)

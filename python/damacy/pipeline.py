@@ -148,14 +148,21 @@ class Pipeline:
         self._on_error = _policy.check_on_error(on_error)
         self._padding = _policy.check_padding(padding, config.out_of_bounds if padding != "constant" else "fill")
         # What was pushed natively, in order, until its batch is popped (the policies need
-        # the samples of a failed or padded batch; empty when neither is on).
+        # the samples of a failed or padded batch; empty when neither is on): one record per
+        # native batch, [its Pushed samples, whether any of them needs a gather], so a pop
+        # takes its batch's record in one step.
         self._tracking = on_error != "raise" or padding != "constant"
-        self._pushed: deque[_policy.Pushed] = deque()
+        self._pushed: deque[list] = deque()
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._recovery = _policy.Recovery(config, on_error) if on_error != "raise" else None
         self._batch_failed = False
         self._sources: deque[Iterator[Any]] = deque()
-        self._held: Sample | None = None  # pulled from a source, refused by a full window
+        # Pulled from a source, not yet taken by the native window (a Sample, or its Pushed
+        # when tracking); at most one but after a push that raised for an earlier sample.
+        self._held: deque[Any] = deque()
+        # The window's free places as the last push_many said; None after a native pop (it
+        # frees places: the next fill pushes one sample and learns the room from the answer).
+        self._room: int | None = None
         self._source_error: BaseException | None = None  # raised by a source; raised when due
         # Original mode (a Config with the original damacy's fields; dev/compat.md): its
         # create-time checks, per-sample limits and sticky errors.
@@ -203,7 +210,7 @@ class Pipeline:
     @property
     def pending(self) -> bool:
         """True while pushed samples wait to enter the native window (sources not exhausted)."""
-        return self._held is not None or bool(self._sources)
+        return bool(self._held) or bool(self._sources)
 
     # --- push -----------------------------------------------------------------------------
 
@@ -221,22 +228,55 @@ class Pipeline:
     def _fill(self) -> None:
         """Pulls samples from the sources into the native window until it is full, the
         sources are exhausted or one has raised (nothing is pulled past an error until it
-        is raised)."""
-        push = self._native.push
-        while self._source_error is None:
-            sample = self._held
-            self._held = None
-            if sample is None:
+        is raised). One native call takes many samples (push_many): as many are pulled as
+        the window has room for (one when that is not known), so a source is pulled at most
+        one sample ahead of the window, as with one push per sample."""
+        held = self._held
+        room = self._room
+        tracking = self._tracking
+        while room != 0:
+            want = 1 if room is None else room
+            while len(held) < want and self._source_error is None:
                 sample = self._next_sample()
                 if sample is None:
-                    return
-            native = self._native_sample(sample) if self._tracking else None
-            target = sample if native is None else native.native
-            if not _ops.call(push, target.uri, target.starts, target.stops, drain=False):
-                self._held = sample
-                return
-            if native is not None:
-                self._pushed.append(native)
+                    break
+                held.append(self._native_sample(sample) if tracking else sample)
+            if not held:
+                break
+            uris = []
+            boxes = []
+            for item in held:
+                target = item.native if tracking else item
+                aabb = target.aabb
+                uris.append(target.uri)
+                boxes.append(len(aabb))
+                boxes += [a for a, _ in aabb]
+                boxes += [b for _, b in aabb]
+            try:
+                n, room = _ops.call(self._native.push_many, uris, boxes, drain=False)
+            except Exception:
+                held.popleft()  # the sample it raised for (always the first): dropped, as a failed push
+                self._room = None
+                raise
+            if tracking:
+                for _ in range(n):
+                    self._track(held.popleft())
+            else:
+                for _ in range(n):
+                    held.popleft()
+            if n == 0:
+                break
+        self._room = room
+
+    def _track(self, pushed: _policy.Pushed) -> None:
+        """Files a natively pushed sample under its native batch (samples_per_batch each)."""
+        records = self._pushed
+        if not records or len(records[-1][0]) == self._config.samples_per_batch:
+            records.append([[], False])
+        record = records[-1]
+        record[0].append(pushed)
+        if pushed.gather is not None:
+            record[1] = True
 
     def _native_sample(self, sample: Sample) -> _policy.Pushed:
         """The sample to push natively for `sample` (a window under reflect/edge padding)."""
@@ -273,7 +313,7 @@ class Pipeline:
         complete batch."""
         if self._source_error is None:
             return
-        if self._native.pending_samples() >= self._config.samples_per_batch:
+        if self._held or self._native.pending_samples() >= self._config.samples_per_batch:
             return
         err, self._source_error = self._source_error, None
         raise err
@@ -304,7 +344,7 @@ class Pipeline:
             except Exception as e:
                 if not self._batch_failed:  # a time-out or a source's error: no batch used
                     raise
-                pushed = [self._pushed.popleft() for _ in range(min(spb, len(self._pushed)))]
+                pushed = self._pushed.popleft()[0] if self._pushed else []
                 if self._recovery is None or not isinstance(e, _policy.DATA_ERRORS) or len(pushed) < spb:
                     raise
                 tensor, bad = self._recovery.read(pushed, e)
@@ -317,8 +357,9 @@ class Pipeline:
                 tensor = Batch.wrap(tensor, self._batch_id)
                 self._batch_id += 1
                 return tensor, pushed, bad
-            pushed = [self._pushed.popleft() for _ in range(min(spb, len(self._pushed)))]
-            _policy.apply_gathers(tensor, pushed)
+            pushed, gathers = self._pushed.popleft() if self._pushed else ([], False)
+            if gathers:
+                _policy.apply_gathers(tensor, pushed)
             return tensor, pushed, []
 
     def pop_with_samples(self, timeout_s: float | None = None) -> tuple[Batch, list[Sample]]:
@@ -397,7 +438,9 @@ class Pipeline:
                 self._raise_source_error_if_due()
             except Exception:
                 self._batch_failed = True  # the native batch is consumed (its error)
+                self._room = None  # and its places in the window are free
                 raise
+        self._room = None  # the popped batch's places in the window are free
         self._fill()  # top up the window so the next batch is prefetched meanwhile
         if with_samples:
             out = (Batch.wrap(out[0], self._batch_id), *out[1:])
@@ -415,7 +458,7 @@ class Pipeline:
             self._check_open()
             self._fill()
             self._raise_source_error_if_due()
-            if self._held is None and not self._sources and self._native.pending_samples() < spb:
+            if not self._held and not self._sources and self._native.pending_samples() < spb:
                 return
             yield self.pop(timeout_s)
             produced += 1
@@ -457,7 +500,7 @@ class Pipeline:
             return
         self._closed = True
         self._sources.clear()
-        self._held = None
+        self._held.clear()
         self._source_error = None
         self._pushed.clear()
         if self._recovery is not None and os.getpid() == self._pid:

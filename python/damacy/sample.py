@@ -101,10 +101,23 @@ class Sample:
     aabb: tuple[tuple[int, int], ...]
 
     def __init__(self, uri: str | os.PathLike[str], aabb: Iterable[Any]) -> None:
-        uri = as_uri(uri, "sample uri")
+        # Fast paths (a sample is made per crop, often inside the pop that pushes it): an ASCII
+        # str uri without NUL, and (start, stop) pairs of plain ints in range, are what
+        # as_uri and _range accept unchanged; anything else goes through them.
+        if type(uri) is not str or not uri or not uri.isascii() or "\x00" in uri:
+            uri = as_uri(uri, "sample uri")
         if isinstance(aabb, (str, bytes)) or not hasattr(aabb, "__iter__"):
             raise InvalidArgument(f"sample aabb: expected a sequence of (start, stop) pairs, found {aabb!r}")
-        box = tuple(_range(item, dim) for dim, item in enumerate(aabb))
+        items = []
+        for dim, item in enumerate(aabb):
+            if type(item) is tuple or type(item) is list:
+                if len(item) == 2:
+                    start, stop = item
+                    if type(start) is int and type(stop) is int and -_MAX_COORD - 1 <= start < stop <= _MAX_COORD:
+                        items.append((start, stop))
+                        continue
+            items.append(_range(item, dim))
+        box = tuple(items)
         if not box:
             raise InvalidArgument("sample aabb: expected at least one dimension, found none")
         object.__setattr__(self, "uri", uri)

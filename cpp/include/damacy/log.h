@@ -29,4 +29,8 @@ int log_level() noexcept;
 /// Takes (removes) the kept records, oldest first. Thread-safe.
 std::vector<LogRecord> take_log_records();
 
+/// How many records take_log_records() would return now (a cheap check before a take: one
+/// atomic load). Thread-safe.
+std::size_t log_records_waiting() noexcept;
+
 }  // namespace damacy

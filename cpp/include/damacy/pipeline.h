@@ -141,6 +141,9 @@ class Pipeline {
 
   /// Samples pushed but not yet returned as part of a batch.
   std::uint64_t pending_samples() const;
+  /// How many more samples push() takes before it returns false (the lookahead window's free
+  /// places; only push fills them and only pop frees them, samples_per_batch at a time).
+  std::uint64_t window_room() const;
   /// Statistics as a JSON object (cache hits and misses, bytes, timings).
   std::string stats() const;
   /// Stops the workers; returns also with work in flight. Idempotent.

@@ -1,15 +1,18 @@
 // TORCH_LIBRARY(damacy): every op schema of the extension, and nothing else (dev/ops.md is
 // the contract). Each op calls the C++ API; its damacy::Error reaches Python as a
 // RuntimeError whose message starts with "[Token] ", which python/damacy/_ops.py maps back.
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include <ATen/ops/from_blob.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
 #include "damacy/damacy.h"
+#include "log_sink.h"
 
 namespace damacy {
 namespace {
@@ -51,6 +54,37 @@ std::tuple<at::Tensor, std::vector<std::string>, std::vector<std::int64_t>> pop_
   return {std::move(b.tensor), std::move(uris), std::move(boxes)};
 }
 
+// Many samples in one call (one op dispatch instead of one per sample): `uris[i]` with its
+// box in `boxes` flattened as [rank, starts.., stops..] (pop_with_samples' layout). Pushes in
+// order until the window is full; returns (how many were pushed, the window's room after).
+// A sample whose push throws is the first of the next call, so its error is raised for it
+// alone: when sample i > 0 throws, this returns (i, room) and the next call raises.
+std::tuple<std::int64_t, std::int64_t> push_many(Pipeline& p, const std::vector<std::string>& uris,
+                                                 const std::vector<std::int64_t>& boxes) {
+  std::size_t at = 0;
+  std::size_t i = 0;
+  std::vector<std::int64_t> starts, stops;
+  for (; i < uris.size(); ++i) {
+    try {
+      if (at >= boxes.size() || boxes[at] < 0 ||
+          static_cast<std::uint64_t>(boxes[at]) > (boxes.size() - at - 1) / 2) {
+        throw InvalidArgument("push_many: boxes must hold [rank, starts.., stops..] for each of the " +
+                              std::to_string(uris.size()) + " uris; sample " + std::to_string(i) + " has none");
+      }
+      const auto rank = static_cast<std::size_t>(boxes[at]);
+      const auto first = boxes.begin() + static_cast<std::ptrdiff_t>(at + 1);
+      starts.assign(first, first + static_cast<std::ptrdiff_t>(rank));
+      stops.assign(first + static_cast<std::ptrdiff_t>(rank), first + static_cast<std::ptrdiff_t>(2 * rank));
+      if (!p.push(uris[i], starts, stops)) break;
+      at += 1 + 2 * rank;
+    } catch (...) {
+      if (i == 0) throw;
+      break;
+    }
+  }
+  return {static_cast<std::int64_t>(i), static_cast<std::int64_t>(p.window_room())};
+}
+
 std::string gpu_info_op(std::string search_path) { return gpu_info_json(search_path); }
 
 // The kept log records as (levels, messages); python/damacy/_log.py emits them on logging.
@@ -65,6 +99,13 @@ std::tuple<std::vector<std::int64_t>, std::vector<std::string>> take_log_records
 }
 
 void set_log_level_op(std::int64_t level) { set_log_level(static_cast<int>(level)); }
+
+// The count of kept records as a one-element int64 CPU tensor that views it (no copy): Python
+// reads it (`.item()`, no op call) after each op call and takes records only when it is not 0.
+// Read it only; it lives as long as the process.
+at::Tensor log_records_waiting_op() {
+  return at::from_blob(detail::log_records_waiting_word(), {1}, at::TensorOptions().dtype(at::kLong));
+}
 
 std::vector<std::uint64_t> extents(const std::vector<std::int64_t>& v, const char* what) {
   std::vector<std::uint64_t> out;
@@ -100,6 +141,15 @@ TORCH_LIBRARY(damacy, m) {
           "Offers one sample; false when the lookahead window is full (pop first).",
           {torch::arg("uri"), torch::arg("starts"), torch::arg("stops")})
       .def(
+          "push_many",
+          [](const Self& self, std::vector<std::string> uris, std::vector<std::int64_t> boxes) {
+            return damacy::push_many(self->pipeline, uris, boxes);
+          },
+          "Offers samples in order until the window is full (boxes as [rank, starts.., stops..] per "
+          "uri); returns (how many were pushed, the window's room after).",
+          {torch::arg("uris"), torch::arg("boxes")})
+      .def("window_room", [](const Self& self) { return static_cast<std::int64_t>(self->pipeline.window_room()); })
+      .def(
           "pop", [](const Self& self, double timeout_s) { return self->pipeline.pop(timeout_s); },
           "The next batch; negative timeout: the config's pop_timeout_s.",
           {torch::arg("timeout_s") = -1.0})
@@ -120,6 +170,7 @@ TORCH_LIBRARY(damacy, m) {
   m.def("gpu_info(str search_path) -> str", &damacy::gpu_info_op);
   m.def("take_log_records() -> (int[], str[])", &damacy::take_log_records_op);
   m.def("set_log_level(int level) -> ()", &damacy::set_log_level_op);
+  m.def("log_records_waiting() -> Tensor", &damacy::log_records_waiting_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);
 }

@@ -92,6 +92,8 @@ pub mod bridge {
         fn delivered(self: &Pipeline, n: u64, failed: bool);
         /// Samples pushed but not yet delivered as part of a batch.
         fn pending_samples(self: &Pipeline) -> u64;
+        /// How many more samples `push_sample` takes before it returns `false`.
+        fn window_room(self: &Pipeline) -> u64;
         /// Statistics.
         fn stats(self: &Pipeline) -> Stats;
         /// Statistics as a JSON object (for Python).

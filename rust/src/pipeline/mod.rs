@@ -431,6 +431,14 @@ impl Pipeline {
         }
     }
 
+    /// How many more samples `push` takes before it returns `false`: the look-ahead window's
+    /// free places (only `push` fills them and only `pop` frees them, `samples_per_batch` at
+    /// a time, so between the caller's own calls this is exact).
+    pub fn window_room(&self) -> u64 {
+        let w = self.shared.window();
+        u64::from(self.shared.cfg.lookahead()).saturating_sub(w.unpopped)
+    }
+
     /// Samples pushed and not yet delivered as part of a batch.
     pub fn pending_samples(&self) -> u64 {
         let w = self.shared.window();

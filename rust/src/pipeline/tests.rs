@@ -299,3 +299,27 @@ fn an_unsharded_chunk_rewritten_in_place_is_read_anew_with_the_window_cache() {
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
+
+#[test]
+fn window_room_counts_the_places_push_fills_and_pop_frees() {
+    let dir = volume("room", &[16, 16, 16], 11);
+    let uri = dir.to_str().unwrap();
+    let p = pipeline(); // samples_per_batch 2, lookahead 4
+    assert_eq!(p.window_room(), 4);
+    for left in (0..4).rev() {
+        assert!(p.push(uri, &[0, 4, 4], &[8, 12, 12]).unwrap());
+        assert_eq!(p.window_room(), left);
+    }
+    assert!(!p.push(uri, &[0, 4, 4], &[8, 12, 12]).unwrap(), "a full window refuses");
+    assert_eq!(p.window_room(), 0);
+    drop(p.pop(-1.0).unwrap());
+    assert_eq!(p.window_room(), 2, "a pop frees samples_per_batch places");
+    // A sample that fails its batch takes its place too, and the failed pop frees it.
+    drop(p.pop(-1.0).unwrap());
+    assert!(p.push(uri, &[0, 4, 4], &[9, 12, 12]).unwrap()); // wrong extent: fails at pop
+    assert!(p.push(uri, &[0, 4, 4], &[8, 12, 12]).unwrap());
+    assert_eq!(p.window_room(), 2);
+    assert!(p.pop(-1.0).is_err());
+    assert_eq!(p.window_room(), 4);
+    std::fs::remove_dir_all(dir).ok();
+}
