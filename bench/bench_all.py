@@ -109,6 +109,7 @@ VARIANTS = {
     # Every sample pushed up front: the pipeline fills its own (default) look-ahead window,
     # as damacy.data's samplers do; the other readers keep --lookahead-batches.
     "own": {"own_window": True},
+    "own-devstore": {"own_window": True, "device_chunk_cache_bytes": 1 << 30},
     # The GPU path's device chunk store at its intended default (1 GiB; off by default until
     # tests/test_gpu.py -k device_chunk_store passed on a GPU machine).
     "devstore": {"device_chunk_cache_bytes": 1 << 30},
