@@ -253,7 +253,9 @@ class DamacyReader:
         self.own_window = own_window
         if own_window:  # damacy fills its own window (what a sampler feeding it does)
             for p, u in zip(self.pipes, uris):
-                p.push(damacy.Sample(u, box) for batch in batches for box in batch)
+                # A list, not a generator: the pipeline pulls a source as its window frees,
+                # after this loop has rebound `u` to the next array.
+                p.push([damacy.Sample(u, box) for batch in batches for box in batch])
 
     def issue(self, i: int) -> None:
         if not self.own_window:
