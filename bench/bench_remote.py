@@ -21,7 +21,13 @@ being waited for):
   Output: the same f32 tensor [batch, *crop].
 
 No decoded-chunk cache for either (tensorstore's cache_pool keeps shard indexes only
-while in use; damacy keeps its shard index cache, as it does by default). The first
+while in use; damacy keeps its shard index cache, as it does by default, and runs with
+decoded_cache_bytes=0 unless --damacy-config sets it: its default window cache would serve
+most chunks of this small array from memory after the first batches, so the run would no
+longer compare reads). The proxy counts the HTTP requests of each reader and the requests
+it has in flight (time-weighted mean): both are recorded per point (`proxy`), as requests
+per batch (warm-up included) and mean in flight. DAMACY_PROXY_LOG=FILE makes the proxy log
+every request line and Range header to FILE. The first
 --warmup batches are excluded. The two readers must produce the same bytes for every batch
 (each batch's sha1 is compared; a mismatch fails the run), and damacy's first batch is also
 compared with the local copy read by zarr-python.
@@ -80,7 +86,7 @@ def run_damacy(uri: str, opts: dict, batches, crop, ahead: int, threads: int, in
     b = len(batches[0])
     cfg = damacy.Config(samples_per_batch=b, sample_shape=list(crop), dtype="f32", device="cpu", decode="cpu",
                         n_io_threads=threads, lookahead_samples=b * (ahead + 1), n_batch_buffers=ahead + 3, pop_timeout_s=120.0,
-                        storage_options={**opts, "max_requests_in_flight": str(in_flight)}, **extra)
+                        storage_options={**opts, "max_requests_in_flight": str(in_flight)}, **{"decoded_cache_bytes": 0, **extra})
     times, sums, first = [], [], None
     with damacy.Pipeline(cfg) as pipe:
         pipe.push(damacy.Sample(uri, box) for batch in batches for box in batch)
@@ -166,8 +172,16 @@ class Proxy:
         args = [sys.executable, str(HERE / "latency_proxy.py"), "--delay-ms", str(delay_ms), "--mbps", str(mbps)]
         for t in targets:
             args += ["--target", t]
+        if os.environ.get("DAMACY_PROXY_LOG"):
+            args += ["--log", os.environ["DAMACY_PROXY_LOG"]]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.map = json.loads(self.proc.stdout.readline())
+
+    def counters(self) -> dict:
+        """The proxy's request counters since the last call (latency_proxy.py's doc)."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def close(self):
         self.proc.stdin.close()
@@ -234,6 +248,7 @@ def main(argv=None) -> int:
                         res = {}
                         order = ["damacy", "tensorstore"] if (di + bi) % 2 == 0 else ["tensorstore", "damacy"]
                         for reader in order:
+                            proxy.counters()  # from zero
                             t_start = time.perf_counter()
                             if reader == "damacy":
                                 uri = f"s3://{servers.info['bucket']}/vol.zarr" if store == "s3" else f"{base}/vol.zarr"
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
                             else:
                                 spec = ts_spec(store, base, servers.info["bucket"], args.threads, args.in_flight)
                                 times, sums = run_tensorstore(spec, batches, args.ahead)
-                            res[reader] = {**summarize(times, t_start, args.warmup, batch_bytes), "sums": sums}
+                            res[reader] = {**summarize(times, t_start, args.warmup, batch_bytes), "sums": sums, "proxy": proxy.counters()}
                         if res["damacy"]["sums"] != res["tensorstore"]["sums"]:
                             bad = [i for i, (a, b) in enumerate(zip(res["damacy"]["sums"], res["tensorstore"]["sums"])) if a != b]
                             raise SystemExit(f"damacy and tensorstore differ on batches {bad[:5]} ({store}, {delay} ms, {mbps} MB/s)")
@@ -254,9 +269,11 @@ def main(argv=None) -> int:
                         point = {"store": store, "delay_ms": delay, "mbps": mbps, "values_equal": True, **res,
                                  "ratio": res["damacy"]["batches_per_s"] / res["tensorstore"]["batches_per_s"]}
                         points.append(point)
+                        rpb = lambda r: res[r]["proxy"]["requests"] / n  # noqa: E731 - warm-up included
                         print(f"{store:5} {delay:5g} ms {('%g MB/s' % mbps) if mbps else 'unlimited':>10}: "
                               f"damacy {res['damacy']['batches_per_s']:6.2f} b/s  tensorstore {res['tensorstore']['batches_per_s']:6.2f} b/s"
-                              f"  ratio {point['ratio']:.2f}", flush=True)
+                              f"  ratio {point['ratio']:.2f}  requests/batch {rpb('damacy'):.1f} / {rpb('tensorstore'):.1f}"
+                              f"  in flight {res['damacy']['proxy']['mean_in_flight']:.1f} / {res['tensorstore']['proxy']['mean_in_flight']:.1f}", flush=True)
                     finally:
                         proxy.close()
     finally:
@@ -294,14 +311,20 @@ def main(argv=None) -> int:
         "(round trip +2×delay); the cap is shared by all connections. Every batch's bytes were equal "
         "between the readers.",
         "",
-        "| store | delay/dir | cap | damacy batch/s | tensorstore batch/s | ratio | damacy median ms | tensorstore median ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "Requests per batch (warm-up included) and mean requests in flight are counted by the proxy.",
+        "",
+        "| store | delay/dir | cap | damacy batch/s | tensorstore batch/s | ratio | damacy median ms | tensorstore median ms "
+        "| requests/batch damacy / ts | in flight damacy / ts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    n_all = args.warmup + args.batches
     for p in points:
         cap = f"{p['mbps']:g} MB/s" if p["mbps"] else "none"
         lines.append(f"| {p['store']} | {p['delay_ms']:g} ms | {cap} | {p['damacy']['batches_per_s']:.2f} | "
                      f"{p['tensorstore']['batches_per_s']:.2f} | {p['ratio']:.2f} | {p['damacy']['median_batch_ms']:.0f} | "
-                     f"{p['tensorstore']['median_batch_ms']:.0f} |")
+                     f"{p['tensorstore']['median_batch_ms']:.0f} | {p['damacy']['proxy']['requests'] / n_all:.1f} / "
+                     f"{p['tensorstore']['proxy']['requests'] / n_all:.1f} | {p['damacy']['proxy']['mean_in_flight']:.1f} / "
+                     f"{p['tensorstore']['proxy']['mean_in_flight']:.1f} |")
     (out_dir / f"{out_name}.md").write_text("\n".join(lines) + "\n")
     print(f"# wrote {out_dir / out_name}.json and .md", file=sys.stderr)
     return 0
