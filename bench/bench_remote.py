@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--delays-ms", default="0,5,25", help="added delay per direction")
     ap.add_argument("--mbps", default="0,100", help="bandwidth caps, MB/s (0 = unlimited)")
     ap.add_argument("--damacy-config", default="{}", help="extra damacy.Config fields (JSON)")
+    ap.add_argument("--damacy-storage", default="{}", help="extra damacy storage_options (JSON), e.g. '{\"coalesce_gap_bytes\": \"65536\"}'")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="", help="free text recorded with the results (machine load)")
@@ -218,6 +219,7 @@ def main(argv=None) -> int:
 
     shape, chunk, shard, crop = _ints(args.shape), _ints(args.chunk), _ints(args.shard), _ints(args.crop)
     extra = json.loads(args.damacy_config)
+    storage = json.loads(args.damacy_storage)
     mach = machine()
     out_name = args.out or f"remote-{mach['logical_cpus']}core"
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
@@ -253,6 +255,7 @@ def main(argv=None) -> int:
                             if reader == "damacy":
                                 uri = f"s3://{servers.info['bucket']}/vol.zarr" if store == "s3" else f"{base}/vol.zarr"
                                 opts = {**S3_OPTS, "endpoint": base} if store == "s3" else {}
+                                opts.update(storage)
                                 times, sums, first, _ = run_damacy(uri, opts, batches, crop, args.ahead, args.threads, args.in_flight, extra)
                                 want = np.stack([local[_slices(b)] for b in batches[0]]).astype(np.float32)
                                 if not np.array_equal(first.numpy(), want):
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
         "workload": {"shape": shape, "chunk": chunk, "shard": shard, "dtype": "uint16", "codec": "zstd level 3",
                      "stored_bytes": stored, "crop": crop, "batch": args.batch, "batches": args.batches,
                      "warmup": args.warmup, "ahead": args.ahead, "threads": args.threads, "in_flight": args.in_flight,
-                     "damacy_config": extra, "batch_out_bytes": batch_bytes},
+                     "damacy_config": extra, "damacy_storage": storage, "batch_out_bytes": batch_bytes},
         "points": points,
     }
     out_dir = HERE / "results"
@@ -307,7 +310,10 @@ def main(argv=None) -> int:
         f"Array {'x'.join(map(str, shape))} uint16, chunk {'x'.join(map(str, chunk))}, shard {'x'.join(map(str, shard))}, "
         f"zstd 3 ({stored / 1e6:.1f} MB stored); crops {'x'.join(map(str, crop))}, batch {args.batch}, "
         f"{args.batches} timed batches after {args.warmup} warm-up, {args.ahead} batches ahead, "
-        f"{args.in_flight} requests in flight, {args.threads} threads. Delay is added to each direction "
+        f"{args.in_flight} requests in flight, {args.threads} threads"
+        + (f", damacy storage options {json.dumps(storage)}" if storage else "")
+        + (f", damacy config {json.dumps(extra)}" if extra else "")
+        + ". Delay is added to each direction "
         "(round trip +2×delay); the cap is shared by all connections. Every batch's bytes were equal "
         "between the readers.",
         "",
