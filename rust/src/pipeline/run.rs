@@ -21,7 +21,7 @@ use crate::decode::max_encoded_len;
 use crate::error::{err, Error, Result};
 use crate::io::{self, Read, WorkerPool};
 use crate::plan::device::{copy_ops, Blocks};
-use crate::plan::staging::{layout, ReadOp, StagingLayout};
+use crate::plan::staging::{layout, layout_within, ReadOp, StagingLayout};
 use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
 use crate::prefetch::LayoutMap;
 use crate::store::Generation;
@@ -385,12 +385,9 @@ pub(super) fn run_device(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<In
         let array = &plan.arrays[op.array as usize];
         (array.decoder.route.codec == DeviceCodec::Cpu && op.source != ChunkSource::Absent).then_some(array.meta.decoded_chunk_bytes)
     };
-    let mut staging = layout(&plan, cfg.max_read_op_bytes, &read_gap(&plan), &cpu_slot);
-    if staging.staging_bytes > cfg.staging_bytes {
-        // The gaps read through do not fit the slab: the local gap, as before object stores
-        // had their own (the budget check below then judges the batch as it always did).
-        staging = layout(&plan, cfg.max_read_op_bytes, &|_| crate::store::LOCAL_READ_GAP, &cpu_slot);
-    }
+    // Gaps read through that do not fit the slab: the local gap, as before object stores had
+    // their own (the budget check below then judges the batch as it always did).
+    let staging = layout_within(&plan, cfg.max_read_op_bytes, &read_gap(&plan), crate::store::LOCAL_READ_GAP, cfg.staging_bytes, &cpu_slot);
     check_budgets(shared, batch, staging.staging_bytes, staging.decoded_bytes)?;
     let copies = copy_ops(&plan, &staging)?;
     let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;

@@ -100,6 +100,17 @@ pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: &dyn Fn(
     out
 }
 
+/// [`layout`] with `max_gap`, or with `fallback_gap` for every array when the first does not
+/// fit `budget` staging bytes (the gaps read through would overflow the slab; the budget check
+/// then judges the batch as if only the fallback gap existed).
+pub(crate) fn layout_within(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: &dyn Fn(u32) -> u64, fallback_gap: u64, budget: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
+    let staging = layout(plan, max_read_op_bytes, max_gap, cpu_slot);
+    if staging.staging_bytes <= budget {
+        return staging;
+    }
+    layout(plan, max_read_op_bytes, &|_| fallback_gap, cpu_slot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +206,11 @@ mod tests {
         let l = layout(&two, 1 << 20, &|a| if a == 1 { 64 } else { 0 }, &|_| None);
         assert_eq!(l.reads.len(), 3, "array 0: two reads; array 1: one");
         assert_eq!((l.reads[2].array, l.reads[2].chunks.clone()), (1, vec![2, 3]));
+        // Gaps that would overflow the staging budget fall back to the smaller gap.
+        let wide = layout_within(&two, 1 << 20, &|_| 64, 0, 1 << 20, &|_| None);
+        assert_eq!((wide.reads.len(), wide.staging_bytes), (2, 112 + 110), "fits: both arrays read through (the second at a 16-byte boundary)");
+        let narrow = layout_within(&two, 1 << 20, &|_| 64, 0, 200, &|_| None);
+        assert_eq!(narrow.reads.len(), 4, "over budget: no gap read through");
+        assert!(narrow.staging_bytes <= 200, "{}", narrow.staging_bytes);
     }
 }
