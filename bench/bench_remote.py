@@ -20,8 +20,17 @@ being waited for):
   awaited, so up to (ahead + 1) × batch crops are in flight: its best pattern from Python.
   Output: the same f32 tensor [batch, *crop].
 
-No decoded-chunk cache for either (tensorstore's cache_pool keeps shard indexes only
-while in use; damacy keeps its shard index cache, as it does by default). The first
+Both readers share reads within their look-ahead and keep nothing for longer:
+tensorstore's cache_pool is 0 bytes, yet reads of one chunk by crops in flight together
+are made once (its cache entries live while in use: the proxy sees it read about a third
+of damacy's bytes at 8 batches ahead when damacy shares nothing); damacy runs its default
+config, whose window cache shares decoded chunks among the batches of its look-ahead
+window. `--damacy-config '{"decoded_cache_bytes": 0}'` compares the read paths alone
+(damacy then reads every crop's chunks). Shard indexes stay cached in damacy as by
+default. The proxy counts the HTTP requests of each reader and the requests
+it has in flight (time-weighted mean): both are recorded per point (`proxy`), as requests
+per batch (warm-up included) and mean in flight. DAMACY_PROXY_LOG=FILE makes the proxy log
+every request line and Range header to FILE. The first
 --warmup batches are excluded. The two readers must produce the same bytes for every batch
 (each batch's sha1 is compared; a mismatch fails the run), and damacy's first batch is also
 compared with the local copy read by zarr-python.
@@ -166,8 +175,16 @@ class Proxy:
         args = [sys.executable, str(HERE / "latency_proxy.py"), "--delay-ms", str(delay_ms), "--mbps", str(mbps)]
         for t in targets:
             args += ["--target", t]
+        if os.environ.get("DAMACY_PROXY_LOG"):
+            args += ["--log", os.environ["DAMACY_PROXY_LOG"]]
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.map = json.loads(self.proc.stdout.readline())
+
+    def counters(self) -> dict:
+        """The proxy's request counters since the last call (latency_proxy.py's doc)."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
 
     def close(self):
         self.proc.stdin.close()
@@ -197,6 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--delays-ms", default="0,5,25", help="added delay per direction")
     ap.add_argument("--mbps", default="0,100", help="bandwidth caps, MB/s (0 = unlimited)")
     ap.add_argument("--damacy-config", default="{}", help="extra damacy.Config fields (JSON)")
+    ap.add_argument("--damacy-storage", default="{}", help="extra damacy storage_options (JSON), e.g. '{\"coalesce_gap_bytes\": \"65536\"}'")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="", help="free text recorded with the results (machine load)")
@@ -204,6 +222,7 @@ def main(argv=None) -> int:
 
     shape, chunk, shard, crop = _ints(args.shape), _ints(args.chunk), _ints(args.shard), _ints(args.crop)
     extra = json.loads(args.damacy_config)
+    storage = json.loads(args.damacy_storage)
     mach = machine()
     out_name = args.out or f"remote-{mach['logical_cpus']}core"
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
@@ -234,10 +253,12 @@ def main(argv=None) -> int:
                         res = {}
                         order = ["damacy", "tensorstore"] if (di + bi) % 2 == 0 else ["tensorstore", "damacy"]
                         for reader in order:
+                            proxy.counters()  # from zero
                             t_start = time.perf_counter()
                             if reader == "damacy":
                                 uri = f"s3://{servers.info['bucket']}/vol.zarr" if store == "s3" else f"{base}/vol.zarr"
                                 opts = {**S3_OPTS, "endpoint": base} if store == "s3" else {}
+                                opts.update(storage)
                                 times, sums, first, _ = run_damacy(uri, opts, batches, crop, args.ahead, args.threads, args.in_flight, extra)
                                 want = np.stack([local[_slices(b)] for b in batches[0]]).astype(np.float32)
                                 if not np.array_equal(first.numpy(), want):
@@ -245,7 +266,7 @@ def main(argv=None) -> int:
                             else:
                                 spec = ts_spec(store, base, servers.info["bucket"], args.threads, args.in_flight)
                                 times, sums = run_tensorstore(spec, batches, args.ahead)
-                            res[reader] = {**summarize(times, t_start, args.warmup, batch_bytes), "sums": sums}
+                            res[reader] = {**summarize(times, t_start, args.warmup, batch_bytes), "sums": sums, "proxy": proxy.counters()}
                         if res["damacy"]["sums"] != res["tensorstore"]["sums"]:
                             bad = [i for i, (a, b) in enumerate(zip(res["damacy"]["sums"], res["tensorstore"]["sums"])) if a != b]
                             raise SystemExit(f"damacy and tensorstore differ on batches {bad[:5]} ({store}, {delay} ms, {mbps} MB/s)")
@@ -254,9 +275,11 @@ def main(argv=None) -> int:
                         point = {"store": store, "delay_ms": delay, "mbps": mbps, "values_equal": True, **res,
                                  "ratio": res["damacy"]["batches_per_s"] / res["tensorstore"]["batches_per_s"]}
                         points.append(point)
+                        rpb = lambda r: res[r]["proxy"]["requests"] / n  # noqa: E731 - warm-up included
                         print(f"{store:5} {delay:5g} ms {('%g MB/s' % mbps) if mbps else 'unlimited':>10}: "
                               f"damacy {res['damacy']['batches_per_s']:6.2f} b/s  tensorstore {res['tensorstore']['batches_per_s']:6.2f} b/s"
-                              f"  ratio {point['ratio']:.2f}", flush=True)
+                              f"  ratio {point['ratio']:.2f}  requests/batch {rpb('damacy'):.1f} / {rpb('tensorstore'):.1f}"
+                              f"  in flight {res['damacy']['proxy']['mean_in_flight']:.1f} / {res['tensorstore']['proxy']['mean_in_flight']:.1f}", flush=True)
                     finally:
                         proxy.close()
     finally:
@@ -275,7 +298,7 @@ def main(argv=None) -> int:
         "workload": {"shape": shape, "chunk": chunk, "shard": shard, "dtype": "uint16", "codec": "zstd level 3",
                      "stored_bytes": stored, "crop": crop, "batch": args.batch, "batches": args.batches,
                      "warmup": args.warmup, "ahead": args.ahead, "threads": args.threads, "in_flight": args.in_flight,
-                     "damacy_config": extra, "batch_out_bytes": batch_bytes},
+                     "damacy_config": extra, "damacy_storage": storage, "batch_out_bytes": batch_bytes},
         "points": points,
     }
     out_dir = HERE / "results"
@@ -290,18 +313,27 @@ def main(argv=None) -> int:
         f"Array {'x'.join(map(str, shape))} uint16, chunk {'x'.join(map(str, chunk))}, shard {'x'.join(map(str, shard))}, "
         f"zstd 3 ({stored / 1e6:.1f} MB stored); crops {'x'.join(map(str, crop))}, batch {args.batch}, "
         f"{args.batches} timed batches after {args.warmup} warm-up, {args.ahead} batches ahead, "
-        f"{args.in_flight} requests in flight, {args.threads} threads. Delay is added to each direction "
+        f"{args.in_flight} requests in flight, {args.threads} threads"
+        + (f", damacy storage options {json.dumps(storage)}" if storage else "")
+        + (f", damacy config {json.dumps(extra)}" if extra else "")
+        + ". Delay is added to each direction "
         "(round trip +2×delay); the cap is shared by all connections. Every batch's bytes were equal "
         "between the readers.",
         "",
-        "| store | delay/dir | cap | damacy batch/s | tensorstore batch/s | ratio | damacy median ms | tensorstore median ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "Requests per batch (warm-up included) and mean requests in flight are counted by the proxy.",
+        "",
+        "| store | delay/dir | cap | damacy batch/s | tensorstore batch/s | ratio | damacy median ms | tensorstore median ms "
+        "| requests/batch damacy / ts | in flight damacy / ts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    n_all = args.warmup + args.batches
     for p in points:
         cap = f"{p['mbps']:g} MB/s" if p["mbps"] else "none"
         lines.append(f"| {p['store']} | {p['delay_ms']:g} ms | {cap} | {p['damacy']['batches_per_s']:.2f} | "
                      f"{p['tensorstore']['batches_per_s']:.2f} | {p['ratio']:.2f} | {p['damacy']['median_batch_ms']:.0f} | "
-                     f"{p['tensorstore']['median_batch_ms']:.0f} |")
+                     f"{p['tensorstore']['median_batch_ms']:.0f} | {p['damacy']['proxy']['requests'] / n_all:.1f} / "
+                     f"{p['tensorstore']['proxy']['requests'] / n_all:.1f} | {p['damacy']['proxy']['mean_in_flight']:.1f} / "
+                     f"{p['tensorstore']['proxy']['mean_in_flight']:.1f} |")
     (out_dir / f"{out_name}.md").write_text("\n".join(lines) + "\n")
     print(f"# wrote {out_dir / out_name}.json and .md", file=sys.stderr)
     return 0

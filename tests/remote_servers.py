@@ -139,9 +139,16 @@ class RangedHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a client opening dozens of connections at
+    # once (a reader with many requests in flight) then has SYNs dropped and waits ~1 s for
+    # the retransmit. Object store servers accept far more.
+    request_queue_size = 1024
+
+
 def start_http(root: str) -> ThreadingHTTPServer:
     handler = type("Handler", (RangedHandler,), {"root": root, "seen": set()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -58,7 +58,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
                "cache sizes are checked against their geometry when the Pipeline is made (docs/tuning.md)"),
     "device_ahead": ("int", "device path: batches kept launched on the GPU ahead of the one returned (1 to 8); each costs one batch of device memory"),
     "storage_options": ("Mapping[str, str]", "object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as "
-                        "endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout; "
+                        "endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout, coalesce_gap_bytes; "
                         "credentials otherwise from the standard environment variables (docs/remote.md)"),
 }
 

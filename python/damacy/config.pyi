@@ -156,7 +156,7 @@ class Config:
         """device path: batches kept launched on the GPU ahead of the one returned (1 to 8); each costs one batch of device memory."""
     @property
     def storage_options(self) -> Mapping[str, str]:
-        """object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout; credentials otherwise from the standard environment variables (docs/remote.md)."""
+        """object store options for s3://, gs://, az://, http(s):// arrays: object_store keys such as endpoint, region, skip_signature, timeout, plus max_requests_in_flight, max_retries, retry_timeout, coalesce_gap_bytes; credentials otherwise from the standard environment variables (docs/remote.md)."""
     def __getattr__(self, name: str) -> Any: ...  # the original's fields in original mode
     def __eq__(self, other: object) -> bool: ...
     def __hash__(self) -> int: ...

@@ -201,7 +201,8 @@ pub struct Config {
     /// Options for object stores (`s3://`, `gs://`, `az://`, `http(s)://` arrays), over
     /// what the environment says (`AWS_*`, `GOOGLE_*`, `AZURE_*`): object_store's keys such
     /// as `endpoint`, `region`, `skip_signature`, `timeout`, `connect_timeout`, plus
-    /// `max_requests_in_flight`, `max_retries`, `retry_timeout`. Ignored for local arrays.
+    /// `max_requests_in_flight`, `max_retries`, `retry_timeout`, `coalesce_gap_bytes`. Ignored for
+    /// local arrays.
     pub storage_options: std::collections::BTreeMap<String, String>,
 }
 

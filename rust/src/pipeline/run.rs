@@ -23,13 +23,16 @@ use crate::error::{err, Error, Result};
 use crate::ffi::records::GpuDecodeOp;
 use crate::io::{self, Read, WorkerPool};
 use crate::plan::device::{copy_ops, Blocks};
-use crate::plan::staging::{layout, ReadOp, StagingLayout};
+use crate::plan::staging::{layout, layout_within, ReadOp, StagingLayout};
 use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
 use crate::prefetch::LayoutMap;
 use crate::store::Generation;
 
-/// Largest gap between two chunk ranges of one object that a read op reads through.
-const MAX_READ_GAP: u64 = 64 << 10;
+/// Largest gap between two chunk ranges of one object that a read op reads through: the
+/// store's ([`crate::store::Store::read_gap`]: 64 KiB locally, larger on object stores).
+fn read_gap(plan: &BatchPlan) -> impl Fn(u32) -> u64 + '_ {
+    |array| plan.arrays.get(array as usize).map_or(crate::store::LOCAL_READ_GAP, |a| a.store.read_gap())
+}
 
 /// "uri: chunk [coords]" of a chunk op.
 fn chunk_name(batch: &InFlight, op: &ChunkOp) -> String {
@@ -144,7 +147,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFli
             }
         }
     }
-    let staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &|_| None);
+    let staging = layout(&plan, cfg.max_read_op_bytes, &read_gap(&plan), &|_| None);
     shared.stats.coalesced(&staging);
     let plan = Arc::new(plan);
     if !plan.fill_ops.is_empty() {
@@ -396,7 +399,9 @@ pub(super) fn run_device<'a>(
         let array = &plan.arrays[op.array as usize];
         (array.decoder.route.codec == DeviceCodec::Cpu && op.source != ChunkSource::Absent).then_some(array.meta.decoded_chunk_bytes)
     };
-    let mut staging = layout(&plan, cfg.max_read_op_bytes, MAX_READ_GAP, &cpu_slot);
+    // Gaps read through that do not fit the slab: the local gap, as before object stores had
+    // their own (the budget check below then judges the batch as it always did).
+    let mut staging = layout_within(&plan, cfg.max_read_op_bytes, &read_gap(&plan), crate::store::LOCAL_READ_GAP, cfg.staging_bytes, &cpu_slot);
     let (store_fetch, store_keep, producers) = store_ops(&plan, &mut staging, &uses);
     check_budgets(shared, batch, staging.staging_bytes, staging.decoded_bytes)?;
     let copies = copy_ops(&plan, &staging)?;

@@ -47,11 +47,11 @@ const ALIGN: u64 = 256;
 /// One chunk's range while laying out: (array, key, generation, offset, len, chunk op).
 type Range<'a> = (u32, &'a Arc<str>, &'a Option<Generation>, u64, u64, usize);
 
-/// Lays out a batch: ranges of one file that are adjacent or closer than `max_gap` are
-/// read by one op, up to `max_read_op_bytes` per op (a single larger range is still read
+/// Lays out a batch: ranges of one file that are adjacent or closer than `max_gap(array)`
+/// bytes are read by one op, up to `max_read_op_bytes` per op (a single larger range is still read
 /// whole). Whole-file chunks and CPU-decoded chunks get a decoded-size staging slot after
 /// the reads (`cpu_slot` tells which chunk ops need one, and how large).
-pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
+pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: &dyn Fn(u32) -> u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
     let n = plan.chunk_ops.len();
     let mut out = StagingLayout { staged: vec![None; n], decoded: vec![None; n], ..Default::default() };
     for (i, op) in plan.chunk_ops.iter().enumerate() {
@@ -74,7 +74,7 @@ pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu
     ranges.sort_by(|a, b| (a.0, &**a.1, a.3).cmp(&(b.0, &**b.1, b.3)));
     for (array, key, generation, offset, len, i) in ranges {
         let extend = out.reads.last().is_some_and(|r| {
-            r.array == array && r.key == *key && r.generation == *generation && offset >= r.offset + r.len && offset - (r.offset + r.len) <= max_gap && offset + len - r.offset <= max_read_op_bytes
+            r.array == array && r.key == *key && r.generation == *generation && offset >= r.offset + r.len && offset - (r.offset + r.len) <= max_gap(array) && offset + len - r.offset <= max_read_op_bytes
         });
         if extend {
             let r = out.reads.last_mut().unwrap_or_else(|| unreachable!());
@@ -98,6 +98,17 @@ pub(crate) fn layout(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: u64, cpu
         }
     }
     out
+}
+
+/// [`layout`] with `max_gap`, or with `fallback_gap` for every array when the first does not
+/// fit `budget` staging bytes (the gaps read through would overflow the slab; the budget check
+/// then judges the batch as if only the fallback gap existed).
+pub(crate) fn layout_within(plan: &BatchPlan, max_read_op_bytes: u64, max_gap: &dyn Fn(u32) -> u64, fallback_gap: u64, budget: u64, cpu_slot: &dyn Fn(usize) -> Option<u64>) -> StagingLayout {
+    let staging = layout(plan, max_read_op_bytes, max_gap, cpu_slot);
+    if staging.staging_bytes <= budget {
+        return staging;
+    }
+    layout(plan, max_read_op_bytes, &|_| fallback_gap, cpu_slot)
 }
 
 #[cfg(test)]
@@ -127,7 +138,7 @@ mod tests {
                 ChunkOp { array: 0, coords: vec![0], source: ChunkSource::Range { key: Arc::clone(&keys[f]), offset, nbytes: len, generation: None }, copies: vec![] }
             }).collect();
             let plan = BatchPlan { arrays: vec![m], chunk_ops, fill_ops: vec![], read_bytes: 0, decoded_bytes: 0 };
-            let l = layout(&plan, max_op, gap, &|_| None);
+            let l = layout(&plan, max_op, &|_| gap, &|_| None);
             let mut spans: Vec<(u64, u64)> = l.reads.iter().map(|r| (r.staging_offset, r.staging_offset + r.len)).collect();
             spans.sort_unstable();
             for w in spans.windows(2) {
@@ -176,17 +187,30 @@ mod tests {
             read_bytes: 85,
             decoded_bytes: 0,
         };
-        let l = layout(&plan, 1 << 20, 0, &|_| None);
+        let l = layout(&plan, 1 << 20, &|_| 0, &|_| None);
         assert_eq!(l.reads.len(), 3, "0..70 coalesced; 100 is past a gap; /t separate");
         assert_eq!(l.reads[0].chunks, vec![1, 2]);
         assert_eq!(l.staged[2], Some((50, 20)));
         assert_eq!(l.staged[3], None);
         assert!(l.decoded[3].is_none() && l.decoded[4].is_some());
-        let l = layout(&plan, 1 << 20, 64, &|_| None);
+        let l = layout(&plan, 1 << 20, &|_| 64, &|_| None);
         assert_eq!(l.reads.len(), 2, "the 30-byte gap is read through");
         assert_eq!(l.staged[0], Some((100, 10)));
-        let l = layout(&plan, 60, 64, &|_| None);
+        let l = layout(&plan, 60, &|_| 64, &|_| None);
         assert_eq!(l.reads.len(), 3, "capped at 60 bytes per op");
         assert_eq!(l.reads[1].chunks, vec![2, 0]);
+        // The gap is the array's (its store's read_gap): array 1, 64 bytes, reads through its
+        // 30-byte gap; array 0, none, does not.
+        let range = |array, offset, nbytes| ChunkOp { array, coords: vec![0], source: ChunkSource::Range { key: Arc::clone(&path), offset, nbytes, generation: None }, copies: vec![] };
+        let two = BatchPlan { arrays: vec![meta(), meta()], chunk_ops: vec![range(0, 0, 70), range(0, 100, 10), range(1, 0, 70), range(1, 100, 10)], fill_ops: vec![], read_bytes: 160, decoded_bytes: 0 };
+        let l = layout(&two, 1 << 20, &|a| if a == 1 { 64 } else { 0 }, &|_| None);
+        assert_eq!(l.reads.len(), 3, "array 0: two reads; array 1: one");
+        assert_eq!((l.reads[2].array, l.reads[2].chunks.clone()), (1, vec![2, 3]));
+        // Gaps that would overflow the staging budget fall back to the smaller gap.
+        let wide = layout_within(&two, 1 << 20, &|_| 64, 0, 1 << 20, &|_| None);
+        assert_eq!((wide.reads.len(), wide.staging_bytes), (2, 112 + 110), "fits: both arrays read through (the second at a 16-byte boundary)");
+        let narrow = layout_within(&two, 1 << 20, &|_| 64, 0, 200, &|_| None);
+        assert_eq!(narrow.reads.len(), 4, "over budget: no gap read through");
+        assert!(narrow.staging_bytes <= 200, "{}", narrow.staging_bytes);
     }
 }

@@ -81,6 +81,10 @@ pub enum ReadOutcome {
     Missing,
 }
 
+/// [`Store::read_gap`] of local files: a read costs a system call, so a gap is read through
+/// only when it is small.
+pub(crate) const LOCAL_READ_GAP: u64 = 64 << 10;
+
 /// A place holding one array's objects. Keys are relative to the array's root.
 pub trait Store: Send + Sync + fmt::Debug {
     /// The root's uri (for messages, and as the array's identity in caches).
@@ -117,6 +121,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// so local cache hits are checked every batch unless rechecks are off).
     fn is_remote(&self) -> bool {
         false
+    }
+
+    /// Largest gap between two chunk ranges of one object that one read reads through
+    /// instead of making two reads ([`LOCAL_READ_GAP`] unless the store says otherwise).
+    fn read_gap(&self) -> u64 {
+        LOCAL_READ_GAP
     }
 
     /// `uri/key`, for messages.

@@ -8,7 +8,7 @@
 //! servers; `AWS_SKIP_SIGNATURE=true` for anonymous reads), then the pipeline's
 //! `storage_options` on top (object_store's own keys, e.g. `endpoint`, `region`,
 //! `skip_signature`, `timeout`, plus ours: [`MAX_IN_FLIGHT`], [`MAX_RETRIES`],
-//! [`RETRY_TIMEOUT`]).
+//! [`RETRY_TIMEOUT`], [`READ_GAP`]).
 //!
 //! Sync over async: the [`Store`] trait is synchronous and called from the I/O pool's
 //! threads. Every store of a process shares one small multi-thread tokio runtime owned by
@@ -47,7 +47,7 @@ use object_store::{BackoffConfig, ClientConfigKey, GetOptions, GetRange, ObjectM
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
-use super::{Generation, ObjectInfo, RangeRead, ReadOutcome, Store};
+use super::{Generation, ObjectInfo, RangeRead, ReadOutcome, Store, LOCAL_READ_GAP};
 use crate::error::{err, Error, Result};
 
 /// Per-pipeline storage options: object_store configuration keys and ours, by name.
@@ -59,14 +59,25 @@ pub(crate) const MAX_IN_FLIGHT: &str = "max_requests_in_flight";
 pub(crate) const MAX_RETRIES: &str = "max_retries";
 /// Option: no retry starts later than this after the first attempt (default "60s").
 pub(crate) const RETRY_TIMEOUT: &str = "retry_timeout";
+/// Option: chunk ranges of one object closer than this many bytes are fetched by one request
+/// (default [`SERVICE_READ_GAP`] on S3, GCS and Azure, [`LOCAL_READ_GAP`] on plain HTTP).
+pub(crate) const READ_GAP: &str = "coalesce_gap_bytes";
+/// Our options.
+const OURS: [&str; 4] = [MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT, READ_GAP];
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 const DEFAULT_MAX_RETRIES: usize = 3;
 const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_mins(1);
 const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 const DEFAULT_TIMEOUT: &str = "30s";
-/// Ranges of one call closer than this are fetched by one request (object_store's default).
-const COALESCE_GAP: u64 = object_store::OBJECT_STORE_COALESCE_DEFAULT;
+/// The read gap on S3, GCS and Azure: chunk ranges of one object closer than this are
+/// fetched by one request. There a request costs a round trip of tens of milliseconds to
+/// its first byte plus the service's per-request work (and price), a gap only its bytes:
+/// 256 KiB take ~2.6 ms at 100 MB/s. In bench/bench_remote.py (moto, whose per-request CPU
+/// bounds it) this halved the requests per batch and doubled the rate; on plain HTTP, where
+/// a request is cheap and the same bytes cost 10-20% under a 100 MB/s cap, the local 64 KiB
+/// stays (dev/perf.md, issue 12). object_store's own default for merging ranges is 1 MiB.
+const SERVICE_READ_GAP: u64 = 256 << 10;
 /// A coalesced request never grows past this.
 const MAX_COALESCED: u64 = 16 << 20;
 /// Worker threads of the shared runtime (they only drive sockets and timers).
@@ -104,7 +115,7 @@ fn runtime() -> Result<Arc<Runtime>> {
 
 /// `true` when `key` names an option some backend (or damacy) understands.
 pub(crate) fn known_option(key: &str) -> bool {
-    [MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT].contains(&key)
+    OURS.contains(&key)
         || AmazonS3ConfigKey::from_str(key).is_ok()
         || GoogleConfigKey::from_str(key).is_ok()
         || AzureConfigKey::from_str(key).is_ok()
@@ -121,6 +132,7 @@ pub(super) struct ObjectStoreBackend {
     pid: u32,
     permits: Semaphore,
     max_in_flight: usize,
+    read_gap: u64,
     listable: bool,
 }
 
@@ -157,7 +169,7 @@ fn parse_count(key: &str, v: &str, min: usize) -> Result<usize> {
 }
 
 fn unknown_key(uri: &str, backend: &str, key: &str) -> Error {
-    err!(InvalidArgument, "{uri}: storage option `{key}` is not a {backend} option (object_store's configuration keys, or {MAX_IN_FLIGHT}, {MAX_RETRIES}, {RETRY_TIMEOUT})")
+    err!(InvalidArgument, "{uri}: storage option `{key}` is not a {backend} option (object_store's configuration keys, or {MAX_IN_FLIGHT}, {MAX_RETRIES}, {RETRY_TIMEOUT}, {READ_GAP})")
 }
 
 /// The S3, GCS and Azure builders with the user's keys applied (an unknown key is an
@@ -191,13 +203,15 @@ impl ObjectStoreBackend {
         let mut ours: BTreeMap<&str, &str> = BTreeMap::new();
         let mut theirs: Vec<(&str, &str)> = Vec::new();
         for (k, v) in options {
-            if [MAX_IN_FLIGHT, MAX_RETRIES, RETRY_TIMEOUT].contains(&k.as_str()) {
+            if OURS.contains(&k.as_str()) {
                 ours.insert(k, v);
             } else {
                 theirs.push((k, v));
             }
         }
         let max_in_flight = ours.get(MAX_IN_FLIGHT).map_or(Ok(DEFAULT_MAX_IN_FLIGHT), |v| parse_count(MAX_IN_FLIGHT, v, 1))?;
+        let default_gap = if matches!(url.scheme(), "http" | "https") { LOCAL_READ_GAP } else { SERVICE_READ_GAP };
+        let read_gap = ours.get(READ_GAP).map_or(Ok(default_gap), |v| parse_count(READ_GAP, v, 0).map(|n| n as u64))?;
         let retry = RetryConfig {
             backoff: BackoffConfig { init_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), base: 2.0 },
             max_retries: ours.get(MAX_RETRIES).map_or(Ok(DEFAULT_MAX_RETRIES), |v| parse_count(MAX_RETRIES, v, 0))?,
@@ -252,6 +266,7 @@ impl ObjectStoreBackend {
             pid: std::process::id(),
             permits: Semaphore::new(max_in_flight),
             max_in_flight,
+            read_gap,
             listable,
         })
     }
@@ -385,6 +400,10 @@ impl Store for ObjectStoreBackend {
         true
     }
 
+    fn read_gap(&self) -> u64 {
+        self.read_gap
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
@@ -448,7 +467,7 @@ impl Store for ObjectStoreBackend {
         for r in wanted {
             let (start, end) = (r.offset, r.offset + r.buf.len() as u64);
             match groups.last_mut() {
-                Some((g, members)) if start <= g.end.saturating_add(COALESCE_GAP) && end.max(g.end) - g.start <= MAX_COALESCED => {
+                Some((g, members)) if start <= g.end.saturating_add(self.read_gap) && end.max(g.end) - g.start <= MAX_COALESCED => {
                     g.end = g.end.max(end);
                     members.push(r);
                 }
@@ -525,5 +544,24 @@ mod tests {
         let h = ObjectStoreBackend::open("http://h:9/x", &url::Url::parse("http://h:9/x").unwrap(), &StorageOptions::new()).unwrap();
         assert_eq!(h.path("zarr.json").as_ref(), "x/zarr.json");
         assert!(h.du().unwrap_err().message().contains("cannot list"));
+    }
+
+    #[test]
+    fn read_gap_is_per_service_and_settable() {
+        let open = |uri: &str, opts: &[(&str, &str)]| {
+            let options: StorageOptions = opts.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
+            ObjectStoreBackend::open(uri, &url::Url::parse(uri).unwrap(), &options)
+        };
+        let region = [("region", "us-east-1")];
+        assert_eq!(open("s3://b/x", &region).unwrap().read_gap(), SERVICE_READ_GAP);
+        assert_eq!(open("http://h:9/x", &[]).unwrap().read_gap(), LOCAL_READ_GAP);
+        const { assert!(SERVICE_READ_GAP > LOCAL_READ_GAP) };
+        assert_eq!(open("s3://b/x", &[("region", "us-east-1"), (READ_GAP, "0")]).unwrap().read_gap(), 0);
+        assert_eq!(open("http://h:9/x", &[(READ_GAP, "1048576")]).unwrap().read_gap(), 1 << 20);
+        for bad in ["-1", "64k", ""] {
+            let e = open("http://h:9/x", &[(READ_GAP, bad)]).unwrap_err();
+            assert!(e.status() == Status::InvalidArgument && e.message().contains(READ_GAP), "{bad}: {e}");
+        }
+        assert!(known_option(READ_GAP));
     }
 }
