@@ -20,6 +20,7 @@
 //
 // Prints PASS/FAIL counts per suite; exits 1 on any failure, else 0.
 #include <algorithm>
+#include <array>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
@@ -29,6 +30,7 @@
 #include <iterator>
 #include <random>
 #include <string>
+#include <array>
 #include <vector>
 
 #include "damacy/detail/gpu_kernels.h"
@@ -822,6 +824,25 @@ T* to_device(const std::vector<T>& v) {
   return d;
 }
 
+// Runs the checksum check of `ops` over `dec` in `arena` on the device: {mismatches, first
+// mismatching op} as the kernel reports them.
+std::array<uint32_t, 2> checksum_on_device(const std::vector<damacy::ffi::GpuChecksumOp>& ops, const std::vector<GpuDecodeOp>& dec,
+                                           const std::vector<uint8_t>& arena, cudaStream_t stream) {
+  GpuDecodeOp* d_dec = to_device(dec);
+  auto* d_ops = to_device(ops);
+  uint8_t* d_arena = to_device(arena);
+  uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
+  CK(dg::launch_checksum_check(d_ops, ops.size(), d_dec, d_arena, d_res, stream));
+  std::array<uint32_t, 2> res{};
+  CK(cudaMemcpyAsync(res.data(), d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
+  CK(cudaStreamSynchronize(stream));
+  CK(cudaFree(d_dec));
+  CK(cudaFree(d_ops));
+  CK(cudaFree(d_arena));
+  CK(cudaFree(d_res));
+  return res;
+}
+
 std::vector<uint8_t> device_assemble(const AsmCase& c, cudaStream_t stream) {
   const std::vector<uint64_t> prefix = prefix_of(c);
   GpuCopyOp* d_ops = to_device(c.ops);
@@ -983,21 +1004,10 @@ int device_suites(uint64_t seed, int n_cases) {
     }
     arena.push_back(0);
     sums.check(dg::check_checksum_ops(ops.data(), ops.size(), dec.data(), dec.size()).empty(), "check");
-    GpuDecodeOp* d_dec = to_device(dec);
-    auto* d_ops = to_device(ops);
-    uint8_t* d_arena = to_device(arena);
-    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
-    CK(dg::launch_checksum_check(d_ops, ops.size(), d_dec, d_arena, d_res, stream));
-    uint32_t res[2];
-    CK(cudaMemcpyAsync(res, d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
-    CK(cudaStreamSynchronize(stream));
+    const auto res = checksum_on_device(ops, dec, arena, stream);
     sums.check(res[0] == bad && res[1] == first,
                "case " + std::to_string(i) + ": " + std::to_string(res[0]) + " mismatches (want " +
                    std::to_string(bad) + "), first " + std::to_string(res[1]) + " (want " + std::to_string(first) + ")");
-    CK(cudaFree(d_dec));
-    CK(cudaFree(d_ops));
-    CK(cudaFree(d_arena));
-    CK(cudaFree(d_res));
   }
   {
     // check_checksum_ops refuses an op naming a copy op or none.
@@ -1068,22 +1078,11 @@ int device_suites(uint64_t seed, int n_cases) {
       add(x, kXxhMoreVectors[9].hash);
     }
     many.check(dg::check_checksum_ops(ops.data(), ops.size(), dec.data(), dec.size()).empty(), "check");
-    GpuDecodeOp* d_dec = to_device(dec);
-    auto* d_ops = to_device(ops);
-    uint8_t* d_arena = to_device(arena);
-    uint32_t* d_res = to_device(std::vector<uint32_t>{0, UINT32_MAX});
-    CK(dg::launch_checksum_check(d_ops, ops.size(), d_dec, d_arena, d_res, stream));
-    uint32_t res[2];
-    CK(cudaMemcpyAsync(res, d_res, sizeof res, cudaMemcpyDeviceToHost, stream));
-    CK(cudaStreamSynchronize(stream));
+    const auto res = checksum_on_device(ops, dec, arena, stream);
     many.check(res[0] == bad && res[1] == first,
                "round " + std::to_string(round) + " (" + std::to_string(ops.size()) + " frames): " +
                    std::to_string(res[0]) + " mismatches (want " + std::to_string(bad) + "), first " +
                    std::to_string(res[1]) + " (want " + std::to_string(first) + ")");
-    CK(cudaFree(d_dec));
-    CK(cudaFree(d_ops));
-    CK(cudaFree(d_arena));
-    CK(cudaFree(d_res));
   }
   many.report();
 
