@@ -216,7 +216,12 @@ class Pipeline:
 
     def push(self, samples: Sample | Iterable[Sample]) -> None:
         """Adds a source of samples: a Sample, or any iterable of Samples or (uri, aabb) pairs,
-        also an endless generator. Nothing is pulled here; see the class docstring."""
+        also an endless generator. Nothing is pulled here; see the class docstring.
+
+        A generator is pulled later, as the window frees: one built in a loop over arrays
+        (``for p, u in zip(pipes, uris): p.push(Sample(u, b) for b in boxes)``) reads the
+        loop variable when pulled, so every pipeline would get the last ``u``. Push a list,
+        or bind the variable (``lambda u=u: ...``), in such loops."""
         self._check_open()
         if self._sticky is not None:
             raise ShutdownError(f"pipeline failed earlier ({type(self._sticky).__name__}: {self._sticky.what}); make a new one")
