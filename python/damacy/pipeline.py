@@ -220,8 +220,8 @@ class Pipeline:
 
         A generator is pulled later, as the window frees: one built in a loop over arrays
         (``for p, u in zip(pipes, uris): p.push(Sample(u, b) for b in boxes)``) reads the
-        loop variable when pulled, so every pipeline would get the last ``u``. In such loops push a list,
-        or build the generator in a function that takes ``u`` as an argument."""
+        loop variable when pulled, so every pipeline would get the last ``u``. In such loops
+        push a list, or build the generator in a function that takes ``u`` as an argument."""
         self._check_open()
         if self._sticky is not None:
             raise ShutdownError(f"pipeline failed earlier ({type(self._sticky).__name__}: {self._sticky.what}); make a new one")
