@@ -140,12 +140,12 @@ impl Shared {
     /// object now. The interval applies to object stores (`remote`) only: a local hit is
     /// checked every batch unless rechecks are off.
     fn must_recheck(&self, store: &Arc<str>, key: &Arc<str>, generation: &crate::store::Generation, remote: bool) -> bool {
-        let Some(interval) = self.cfg.recheck_cached_data.interval() else { return false };
-        if interval.is_zero() || !remote {
+        let Some(trusted) = crate::store::trusted_for(self.cfg.recheck_cached_data.interval(), remote, Duration::ZERO) else { return false };
+        if trusted.is_zero() {
             return true;
         }
         let v = self.validated.lock().unwrap_or_else(PoisonError::into_inner);
-        !v.get(&(Arc::clone(store), Arc::clone(key))).is_some_and(|(g, at)| g == generation && at.elapsed() < interval)
+        !v.get(&(Arc::clone(store), Arc::clone(key))).is_some_and(|(g, at)| g == generation && at.elapsed() < trusted)
     }
 
     /// `b` itself, or the error of a batch that was to keep chunks `b` fetches from the

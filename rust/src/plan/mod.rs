@@ -80,13 +80,8 @@ impl MetaSource {
     /// on an object store (a HEAD request), and [`LOCAL_RECHECK`] on a local one (a `stat`:
     /// one per array per few milliseconds rather than one per sample).
     pub fn due(&self, recheck: Option<std::time::Duration>, remote: bool) -> bool {
-        let after = match recheck {
-            None => return false,
-            Some(d) if d.is_zero() => return true,
-            Some(d) if remote => d,
-            Some(d) => d.min(LOCAL_RECHECK),
-        };
-        self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed() >= after
+        let Some(trusted) = crate::store::trusted_for(recheck, remote, LOCAL_RECHECK) else { return false };
+        trusted.is_zero() || self.confirmed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).elapsed() >= trusted
     }
 
     /// The generation was just confirmed.

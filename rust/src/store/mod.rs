@@ -52,6 +52,14 @@ impl fmt::Display for Generation {
     }
 }
 
+/// How long a cache entry's confirmed object generation is trusted before a hit must check
+/// the object again, for the recheck `interval` (`None`: never checked, so `None`; zero:
+/// always, so zero). The interval applies to object stores (`remote`: a check is a HEAD
+/// request); a local check is a `stat`, so local entries are trusted for `local` at most.
+pub(crate) fn trusted_for(interval: Option<std::time::Duration>, remote: bool, local: std::time::Duration) -> Option<std::time::Duration> {
+    interval.map(|d| if remote { d } else { d.min(local) })
+}
+
 /// Size and generation of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
