@@ -154,21 +154,32 @@ def start_http(root: str) -> ThreadingHTTPServer:
     return server
 
 
+def s3_client(endpoint: str):
+    """A boto3 S3 client of the loopback server at `endpoint` (moto's test credentials)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def upload_tree(s3, root: str, bucket: str, prefix: str = "") -> None:
+    """Uploads every file under `root` to `bucket`, keyed by `prefix` + its path below `root`."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            local = os.path.join(dirpath, name)
+            key = os.path.relpath(local, root).replace(os.sep, "/")
+            s3.upload_file(local, bucket, prefix + key)
+
+
 def start_s3(root: str, bucket: str):
     from moto.server import ThreadedMotoServer
-    import boto3
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    s3 = s3_client(endpoint)
     s3.create_bucket(Bucket=bucket)
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            local = os.path.join(dirpath, name)
-            key = os.path.relpath(local, root).replace(os.sep, "/")
-            s3.upload_file(local, bucket, key)
+    upload_tree(s3, root, bucket)
     return server, endpoint
 
 

@@ -28,6 +28,7 @@ pytest.importorskip("moto.server", reason="moto[server] missing: run dev/remote-
 import damacy  # noqa: E402
 import zarr  # noqa: E402
 from damacy.data import CropDataset, RandomCrops  # noqa: E402
+from remote_servers import s3_client, upload_tree  # noqa: E402
 
 HERE = Path(__file__).parent
 SHAPE, INNER, SHARD, FILL = (24, 40, 36), (8, 8, 12), (8, 16, 24), 7
@@ -160,14 +161,12 @@ def test_cli_info_reads_remote_metadata(served):
 def _rewrite_shard_on_s3(root: Path, info, key: str, seed: int) -> np.ndarray:
     """Uploads a shard of another volume (same geometry, other values) over `key`; returns
     that volume's values."""
-    import boto3
-
     other = root / f"other-{seed}.zarr"
     data = np.random.default_rng(seed).integers(0, 4000, size=SHAPE, dtype=np.uint16)
     arr = zarr.create_array(store=str(other), shape=SHAPE, chunks=INNER, shards=SHARD, dtype="uint16",
                             compressors=zarr.codecs.ZstdCodec(level=3), fill_value=FILL, zarr_format=3, overwrite=True)
     arr[...] = data
-    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    s3 = s3_client(info["s3"])
     s3.upload_file(str(other / key), info["bucket"], f"vol.zarr/{key}")
     return data
 
@@ -177,11 +176,9 @@ def test_recheck_cached_data_on_s3(served, recheck, tmp_path):
     """Decoded-cache hits on S3: True checks the shard (a HEAD) every batch, a number of
     seconds only once that long after the shard was last confirmed, False never. The shard
     is rewritten on the server between reads; the box lies in shard c/0/0/0 only."""
-    import boto3
-
     root, info = served
     key = "c/0/0/0"
-    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    s3 = s3_client(info["s3"])
     original = s3.get_object(Bucket=info["bucket"], Key=f"vol.zarr/{key}")["Body"].read()
     box = [(1, 7), (2, 12), (3, 17)]
     want_old = zarr.open_array(str(root / "vol.zarr"), mode="r")[tuple(slice(a, z) for a, z in box)].astype(np.float32)
@@ -222,17 +219,12 @@ def test_recheck_cached_data_on_s3(served, recheck, tmp_path):
 def _upload_array(info, root: Path, name: str, dtype: str, seed: int) -> np.ndarray:
     """Writes an unsharded zstd array `name` (SHAPE, chunks INNER) locally and uploads its
     files to the bucket under the same name, replacing what was there; returns its values."""
-    import boto3
-
     local = root / f"{name}-{seed}"
     data = np.random.default_rng(seed).integers(-2000 if dtype == "int16" else 0, 4000, size=SHAPE).astype(dtype)
     arr = zarr.create_array(store=str(local), shape=SHAPE, chunks=INNER, dtype=dtype, compressors=zarr.codecs.ZstdCodec(level=3),
                             fill_value=0, zarr_format=3, overwrite=True)
     arr[...] = data
-    s3 = boto3.client("s3", endpoint_url=info["s3"], region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
-    for f in sorted(local.rglob("*")):
-        if f.is_file():
-            s3.upload_file(str(f), info["bucket"], f"{name}/{f.relative_to(local).as_posix()}")
+    upload_tree(s3_client(info["s3"]), str(local), info["bucket"], f"{name}/")
     return data
 
 
