@@ -109,10 +109,11 @@ VARIANTS = {
     # Every sample pushed up front: the pipeline fills its own (default) look-ahead window,
     # as damacy.data's samplers do; the other readers keep --lookahead-batches.
     "own": {"own_window": True},
-    "own-devstore": {"own_window": True, "device_chunk_cache_bytes": 1 << 30},
-    # The GPU path's device chunk store at its intended default (1 GiB; off by default until
-    # tests/test_gpu.py -k device_chunk_store passed on a GPU machine).
-    "devstore": {"device_chunk_cache_bytes": 1 << 30},
+    # The GPU path's device chunk store off (its default is 1 GiB): what the store adds.
+    "own-nostore": {"own_window": True, "device_chunk_cache_bytes": 0},
+    "nostore": {"device_chunk_cache_bytes": 0},
+    # A deeper window than the default (tuned, for "the default reaches >= 95% of the best").
+    "own-deep": {"own_window": True, "lookahead_batches": 16},
 }
 
 

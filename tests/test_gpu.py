@@ -581,13 +581,9 @@ def test_device_chunk_store_sees_a_rewrite_in_place(tmp_path):
 # ------------------------------------------------------------------- object stores on the GPU
 
 
-@pytest.mark.parametrize("codec", ["zstd", "blosc"])
-def test_http_reads_on_the_gpu_path_match_zarr_python(codec, tmp_path):
-    """The GPU path reading a sharded array from a loopback HTTP server (tests/remote_servers.py's
-    ranged file server, in this process: the GPU machine has no moto), against zarr-python
-    reading the same files locally, on random boxes over several batches."""
+def _remote_array(codec, tmp_path):
+    """A sharded uint16 array under tmp_path/vol.zarr written by zarr-python, and its data."""
     import zarr
-    from remote_servers import start_http
 
     shape, inner, shard = (24, 40, 36), (8, 8, 12), (8, 16, 24)
     rng = np.random.default_rng(17)
@@ -596,21 +592,54 @@ def test_http_reads_on_the_gpu_path_match_zarr_python(codec, tmp_path):
     arr = zarr.create_array(store=str(tmp_path / "vol.zarr"), shape=shape, chunks=inner, shards=shard, dtype="uint16",
                             compressors=comp, fill_value=7, zarr_format=3)
     arr[...] = data
+    return data
+
+
+def _check_remote_reads_on_the_gpu(uri, data, codec, **knobs):
+    """Random boxes of `uri` over several GPU-decoded batches against `data`, exactly."""
+    rng = np.random.default_rng(18)
+    size = (6, 10, 14)
+    boxes = []
+    for _ in range(16):
+        lo = [int(rng.integers(0, n - k + 1)) for n, k in zip(data.shape, size)]
+        boxes.append([(a, a + k) for a, k in zip(lo, size)])
+    cfg = damacy.Config(samples_per_batch=4, sample_shape=size, device=DEVICE, decode="gpu", n_io_threads=4,
+                        pop_timeout_s=POP_TIMEOUT_S, staging_bytes=STAGING_BYTES, **knobs)
+    with damacy.Pipeline(cfg) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes)
+        got = [pipe.pop().cpu() for _ in range(4)]
+    for i, b in enumerate(boxes):
+        want = data[tuple(slice(a, z) for a, z in b)].astype(np.float32)
+        np.testing.assert_array_equal(got[i // 4][i % 4].numpy(), want, err_msg=f"{codec} box {b} of {uri}")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_http_reads_on_the_gpu_path_match_zarr_python(codec, tmp_path):
+    """The GPU path reading a sharded array from a loopback HTTP server (tests/remote_servers.py's
+    ranged file server, in this process), against what zarr-python wrote, on random boxes over
+    several batches."""
+    from remote_servers import start_http
+
+    data = _remote_array(codec, tmp_path)
     server = start_http(str(tmp_path))
     try:
-        uri = f"http://127.0.0.1:{server.server_address[1]}/vol.zarr"
-        size = (6, 10, 14)
-        boxes = []
-        for _ in range(16):
-            lo = [int(rng.integers(0, n - k + 1)) for n, k in zip(shape, size)]
-            boxes.append([(a, a + k) for a, k in zip(lo, size)])
-        cfg = damacy.Config(samples_per_batch=4, sample_shape=size, device=DEVICE, decode="gpu", n_io_threads=4,
-                            pop_timeout_s=POP_TIMEOUT_S, staging_bytes=STAGING_BYTES)
-        with damacy.Pipeline(cfg) as pipe:
-            pipe.push(damacy.Sample(uri, b) for b in boxes)
-            got = [pipe.pop().cpu() for _ in range(4)]
-        for i, b in enumerate(boxes):
-            want = data[tuple(slice(a, z) for a, z in b)].astype(np.float32)
-            np.testing.assert_array_equal(got[i // 4][i % 4].numpy(), want, err_msg=f"{codec} box {b}")
+        _check_remote_reads_on_the_gpu(f"http://127.0.0.1:{server.server_address[1]}/vol.zarr", data, codec)
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "blosc"])
+def test_s3_reads_on_the_gpu_path_match_zarr_python(codec, tmp_path):
+    """The same through moto's S3 server on loopback (skipped where moto is not installed: the
+    GPU machine gets it carried, dev/gpu/fetch_wheels.sh)."""
+    pytest.importorskip("moto.server")
+    from remote_servers import start_s3
+
+    data = _remote_array(codec, tmp_path)
+    server, endpoint = start_s3(str(tmp_path), "gpu-bucket")
+    try:
+        opts = {"endpoint": endpoint, "allow_http": "true", "access_key_id": "test", "secret_access_key": "test",
+                "region": "us-east-1"}
+        _check_remote_reads_on_the_gpu("s3://gpu-bucket/vol.zarr", data, codec, storage_options=opts)
+    finally:
+        server.stop()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the GPU machine does, in one call (it has torch, nvcc, cmake, ninja, pytest,
 # tensorstore; no cargo, no network). Carried: .carry/rust (the staticlib, xz, and the cxx
-# headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, ...).
+# headers: `bash dev/carry-rust.sh`, strip, xz) and .whl (nvCOMP, zarr-python, numcodecs, moto...:
+# `bash dev/gpu/fetch_wheels.sh core nvcomp5`, or `moto nvcomp6` for a second call).
 # Stages run even when an earlier one fails; results and logs go to $OUT.
 #   STAGES="build kernels nvcomp5 nvcomp6 pytest hostile example sanitize bench pipwheel" (default: all)
 #   pipwheel: `pip wheel .` with build isolation, as a user (issue 13): the backend must find

@@ -487,7 +487,7 @@ def committed_bytes(cfg: Any, launched: bool) -> int:
     slots = cc.NATIVE_CONSTANTS["N_BATCH_SLOTS"] * cc.batch_bytes(o)
     if not launched:
         return slots
-    store = getattr(cfg, "device_chunk_cache_bytes", None) or 0  # the device chunk store's pool
+    store = cfg.device_chunk_cache_bytes or 0  # the device chunk store's pool (always set in original mode)
     return min(o["max_gpu_memory_bytes"], slots + cfg.device_ahead * cc.batch_bytes(o) + cfg.staging_bytes + cfg.decoded_bytes + store)
 
 

@@ -46,6 +46,11 @@ NATIVE_CONSTANTS: dict[str, int] = {
 }
 _C = NATIVE_CONSTANTS
 
+#: Original mode's device chunk store when `device_chunk_cache_bytes` is not given: at most
+#: this (the native default, 1 GiB), and never more than a quarter of what
+#: `max_gpu_memory_bytes` leaves after the output slots.
+COMPAT_DEVICE_STORE_BYTES = 1 << 30
+
 
 @dataclass(frozen=True, slots=True)
 class LatencyModel:
@@ -284,8 +289,16 @@ def from_original(o: dict[str, Any], extras: dict[str, Any], native_defaults: di
     # assembled) bounds the per-batch device staging and decoded buffers of the GPU decode
     # path (both allocated once per batch in flight; device_ahead = 1). Pipeline() raises
     # BudgetExceeded when the slots alone do not fit.
-    # The device chunk store's pool (device_chunk_cache_bytes, when given) comes first.
-    left = o["max_gpu_memory_bytes"] - (_C["N_BATCH_SLOTS"] + 1) * batch_bytes(o) - (extras.get("device_chunk_cache_bytes") or 0)
+    # The device chunk store's pool comes first: device_chunk_cache_bytes when given, else a
+    # quarter of what the slots leave, at most COMPAT_DEVICE_STORE_BYTES (the original had no
+    # store, so its budget must hold this one too; 0 below 1 MiB: a pool that small holds
+    # hardly a chunk).
+    left = o["max_gpu_memory_bytes"] - (_C["N_BATCH_SLOTS"] + 1) * batch_bytes(o)
+    store = extras.get("device_chunk_cache_bytes")
+    if store is None:
+        store = min(COMPAT_DEVICE_STORE_BYTES, max(0, left) // 4)
+        store = n["device_chunk_cache_bytes"] = store if store >= 1 << 20 else 0
+    left -= store
     if left > 0:
         n["staging_bytes"] = max(1, min(native_defaults["staging_bytes"], left // 4))
         n["decoded_bytes"] = max(1, min(native_defaults["decoded_bytes"], left - n["staging_bytes"]))

@@ -138,7 +138,7 @@ class Config:
         """decoded chunks kept across batches on the CPU path, in bytes; None: chunks shared across the look-ahead window (at most 1 GiB, dropped once the window moved past them); 0: off; N: an LRU of N bytes (pays off when crops revisit chunks)."""
     @property
     def device_chunk_cache_bytes(self) -> int | None:
-        """GPU path: decoded chunks kept in one device memory pool of this many bytes across the batches of the look-ahead window, so a chunk several batches read is decoded once (counted in the GPU memory used); None: the default (0 in this release: off until the GPU differential test passed); 0: off."""
+        """GPU path: decoded chunks kept in one device memory pool of this many bytes across the batches of the look-ahead window, so a chunk several batches read is decoded once (counted in the GPU memory used); None: the default, 1 GiB (allocated only once a chunk is kept); 0: off."""
     @property
     def recheck_cached_data(self) -> bool | float | Literal["open"]:
         """when a decoded-cache hit checks that its shard was not rewritten, and cached array metadata that its zarr.json was not: True (every batch; one HEAD per shard per batch on object stores), False or "open" (never: served until evicted), or seconds (default 1.0: on object stores, once that long has passed since the shard's generation was last confirmed; local files every batch; docs/remote.md)."""

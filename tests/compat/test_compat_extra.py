@@ -109,6 +109,18 @@ def test_budget_is_checked_and_committed_bytes_stay_under_it(tmp_path):
                 assert 0 < p.stats().gpu_bytes_committed <= budget
 
 
+def test_device_chunk_store_fits_the_original_budget():
+    """Original mode sizes the device chunk store (on by default natively) inside
+    max_gpu_memory_bytes: a quarter of what the output slots leave, at most 1 GiB, off below
+    1 MiB; a given value wins; staging + decoded + store never exceed what the slots leave."""
+    batch = 2 * 8 * 8 * 4
+    for budget, want in [(1 << 28, ((1 << 28) - 3 * batch) // 4), (64 << 30, 1 << 30), (3 * batch + (2 << 20), 0)]:
+        cfg = _cfg(max_gpu_memory_bytes=budget)
+        assert cfg.device_chunk_cache_bytes == want, budget
+        assert cfg.staging_bytes + cfg.decoded_bytes + cfg.device_chunk_cache_bytes <= budget - 3 * batch
+    assert _cfg(device_chunk_cache_bytes=12345).device_chunk_cache_bytes == 12345
+
+
 def test_gds_on_is_refused_and_latency_model_warns(tmp_path):
     with pytest.raises(damacy.InvalidArgument, match="GPUDirect Storage is not available"):
         Pipeline(_cfg(enable_gds=True))

@@ -105,10 +105,9 @@ pub(crate) const MAX_CACHE_ENTRIES: u32 = 1 << 24;
 /// `decoded_cache_bytes` is unset (1 GiB).
 pub(crate) const WINDOW_CACHE_BYTES: u64 = 1 << 30;
 
-/// The device chunk store's pool when `device_chunk_cache_bytes` is unset: off until the
-/// differential GPU test (tests/test_gpu.py, `device_chunk_cache`) has passed on a GPU
-/// machine; then 1 GiB (`1 << 30`) is the intended default.
-pub(crate) const DEVICE_STORE_DEFAULT_BYTES: u64 = 0;
+/// The device chunk store's pool when `device_chunk_cache_bytes` is unset (1 GiB, the CPU
+/// window cache's bound): allocated only once a batch keeps a chunk for a later one.
+pub(crate) const DEVICE_STORE_DEFAULT_BYTES: u64 = 1 << 30;
 
 /// What the decoded-chunk cache of the CPU path keeps ([`Config::decoded_cache`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
