@@ -101,7 +101,9 @@ def _clean_env() -> dict:
 def find_torch() -> dict:
     """The torch of the environment being installed into (see the module docstring)."""
     explicit = os.environ.get("DAMACY_PYTHON")
-    tries = [(explicit, dict(os.environ), "DAMACY_PYTHON")] if explicit else [
+    # An interpreter named by DAMACY_PYTHON runs with its own site-packages: pip's isolation
+    # variables would hide them from it too.
+    tries = [(explicit, _clean_env(), "DAMACY_PYTHON")] if explicit else [
         (sys.executable, _clean_env(), "this interpreter without pip's build isolation"),
         (sys.executable, dict(os.environ), "this interpreter"),
     ]

@@ -153,6 +153,20 @@ def test_backend_refuses_an_unsupported_torch(backend):
     backend.check_torch({"torch_version": "2.11.0+cu130", "torch_dir": "/x"})
 
 
+def test_damacy_python_finds_its_torch_under_build_isolation(backend, tmp_path, monkeypatch):
+    """DAMACY_PYTHON names an interpreter whose own site-packages hold torch; pip's build
+    isolation (simulated: a sitecustomize on PYTHONPATH that drops site-packages, as pip's
+    overlay does) must not hide them from it (seen on the GPU machine: "No module named torch")."""
+    hide = tmp_path / "isolation"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n")
+    monkeypatch.setenv("PYTHONPATH", str(hide))
+    monkeypatch.setenv("PYTHONNOUSERSITE", "1")
+    monkeypatch.setenv("DAMACY_PYTHON", sys.executable)
+    found = backend.find_torch()
+    assert found["torch_version"].startswith("2.11"), found
+
+
 def test_no_cargo_fails_fast_with_rustup(tmp_path):
     py = make_venv(tmp_path / "venv", torch=True)
     # PATH without cargo (the venv's bin and the system's), HOME without ~/.cargo.
