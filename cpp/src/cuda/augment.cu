@@ -16,12 +16,12 @@ using detail::kAugThreads;
 
 constexpr unsigned kMaxGridY = 65535;
 
-template <class T, bool kIntensity>
+template <class T, bool kIntensity, class Index>
 __global__ void __launch_bounds__(kAugThreads)
     augment_kernel(const T* __restrict__ x, T* __restrict__ out, const int64_t* __restrict__ params,
                    AugmentShape shape, float noise_factor) {
   for (uint64_t sample = blockIdx.y; sample < shape.batch; sample += gridDim.y) {
-    detail::augment_thread<T, kIntensity>(blockIdx.x, threadIdx.x, sample, x, out, params, shape, noise_factor);
+    detail::augment_thread<T, kIntensity, Index>(blockIdx.x, threadIdx.x, sample, x, out, params, shape, noise_factor);
   }
 }
 
@@ -33,8 +33,13 @@ cudaError_t launch(const void* d_x, void* d_out, const int64_t* d_params, const 
   if (blocks > uint64_t(INT_MAX)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks),
                   static_cast<unsigned>(std::min<uint64_t>(shape.batch, kMaxGridY)), 1);
-  augment_kernel<T, kIntensity><<<grid, kAugThreads, 0, stream>>>(
-      static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
+  if (detail::aug_fits_int32(shape)) {
+    augment_kernel<T, kIntensity, int32_t><<<grid, kAugThreads, 0, stream>>>(
+        static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
+  } else {
+    augment_kernel<T, kIntensity, int64_t><<<grid, kAugThreads, 0, stream>>>(
+        static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
+  }
   return cudaGetLastError();
 }
 

@@ -122,14 +122,30 @@ struct AugIo<__nv_bfloat16> {
 };
 
 /// Per output axis d of one sample: the signed input stride of one step along d, and the
-/// input offset of output element 0 (the batch offset included).
+/// input offset of output element 0 (the batch offset included). Index: int32_t when every
+/// offset of input and output fits (aug_fits_int32: fewer registers, 32-bit multiplies), else
+/// int64_t.
+template <class Index>
 struct SampleMap {
-  int64_t step[kAugMaxDims];
-  int64_t start;
+  Index step[kAugMaxDims];
+  Index start;
 };
 
+/// Whether every element offset of input and output (the batch dim included) is below 2**31.
+inline bool aug_fits_int32(const AugmentShape& s) {
+  uint64_t in = (s.batch ? s.batch - 1 : 0) * static_cast<uint64_t>(s.in_stride[0]);
+  uint64_t out = (s.batch ? s.batch - 1 : 0) * static_cast<uint64_t>(s.out_stride[0]);
+  for (uint32_t d = 0; d < s.ndim && d < static_cast<uint32_t>(kAugMaxDims); ++d) {
+    const uint64_t n = s.size[d] ? s.size[d] - 1 : 0;
+    in += n * static_cast<uint64_t>(s.in_stride[1 + d]);
+    out += n * static_cast<uint64_t>(s.out_stride[1 + d]);
+  }
+  return in < (uint64_t(1) << 31) && out < (uint64_t(1) << 31);
+}
+
 /// Decodes a parameter row's map word (gpu_augment.h); an invalid map is the identity.
-DAMACY_AUG_HD SampleMap decode_map(uint64_t word, uint64_t sample, const AugmentShape& s) {
+template <class Index>
+DAMACY_AUG_HD SampleMap<Index> decode_map(uint64_t word, uint64_t sample, const AugmentShape& s) {
   const int nd = static_cast<int>(s.ndim);
   int src[kAugMaxDims];
   bool rev[kAugMaxDims];
@@ -155,17 +171,17 @@ DAMACY_AUG_HD SampleMap decode_map(uint64_t word, uint64_t sample, const Augment
     }
   }
   ok = ok && used == (1u << nd) - 1u;  // nd <= 8
-  SampleMap m;
-  m.start = static_cast<int64_t>(sample) * s.in_stride[0];
+  SampleMap<Index> m;
+  m.start = static_cast<Index>(sample) * static_cast<Index>(s.in_stride[0]);
 #pragma unroll
   for (int d = 0; d < kAugMaxDims; ++d) {
     m.step[d] = 0;
     if (d < nd) {
       const int sa = ok ? src[d] : d;
       const bool r = ok && rev[d];
-      const int64_t st = s.in_stride[1 + sa];
+      const Index st = static_cast<Index>(s.in_stride[1 + sa]);
       m.step[d] = r ? -st : st;
-      if (r) m.start += st * static_cast<int64_t>(s.size[d] - 1);
+      if (r) m.start += st * static_cast<Index>(s.size[d] - 1);
     }
   }
   return m;
@@ -201,16 +217,17 @@ DAMACY_AUG_HD void advance(const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
   }
 }
 
-DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap& m, uint64_t sample,
-                           const uint32_t (&c)[kAugMaxDims], int64_t& in, int64_t& out) {
+template <class Index>
+DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap<Index>& m, uint64_t sample,
+                           const uint32_t (&c)[kAugMaxDims], Index& in, Index& out) {
   const int nd = static_cast<int>(s.ndim);
   in = m.start;
-  out = static_cast<int64_t>(sample) * s.out_stride[0];
+  out = static_cast<Index>(sample) * static_cast<Index>(s.out_stride[0]);
 #pragma unroll
   for (int d = 0; d < kAugMaxDims; ++d) {
     if (d < nd) {
-      in += static_cast<int64_t>(c[d]) * m.step[d];
-      out += static_cast<int64_t>(c[d]) * s.out_stride[1 + d];
+      in += static_cast<Index>(c[d]) * m.step[d];
+      out += static_cast<Index>(c[d]) * static_cast<Index>(s.out_stride[1 + d]);
     }
   }
 }
@@ -219,15 +236,16 @@ DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap& m, uint64_t s
 DAMACY_AUG_HD uint32_t aug_pairs(const AugmentShape& s) { return s.per_sample / 2 + (s.per_sample & 1u); }
 
 /// Thread `thread` of block `block` (blockIdx.x) for sample `sample` (blockIdx.y, strided):
-/// its kAugPairsPerThread pairs. T: the storage type (the bits for geometry alone).
-template <class T, bool kIntensity>
+/// its kAugPairsPerThread pairs. T: the storage type (the bits for geometry alone); Index:
+/// int32_t only when aug_fits_int32(shape).
+template <class T, bool kIntensity, class Index>
 DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                   T* __restrict__ out, const int64_t* __restrict__ params,
                                   const AugmentShape& shape, float noise_factor) {
   const uint32_t pairs = aug_pairs(shape);
   const float two_pi = static_cast<float>(6.283185307179586);
   const int64_t* row = params + sample * kAugmentParamWords;
-  const SampleMap map = decode_map(aug_load_word(row + 2), sample, shape);
+  const SampleMap<Index> map = decode_map<Index>(aug_load_word(row + 2), sample, shape);
   float scale = 1.0f, shift = -0.0f;
   uint32_t g = 0, b = 0;
   if constexpr (kIntensity) {
@@ -238,23 +256,37 @@ DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t samp
     g = static_cast<uint32_t>(w1);
     b = static_cast<uint32_t>(w1 >> 32);
   }
+  // Phase 1: every pair's offsets and loads (up to 2 * kAugPairsPerThread loads in flight per
+  // thread); phase 2: the arithmetic and the stores.
+  Index out_at[kAugPairsPerThread][2];
+  T v[kAugPairsPerThread][2];
+  bool has[kAugPairsPerThread][2];
 #pragma unroll
   for (int k = 0; k < kAugPairsPerThread; ++k) {
     const uint64_t m = (block * kAugPairsPerThread + k) * kAugThreads + thread;
-    if (m >= pairs) break;
-    const uint32_t j0 = static_cast<uint32_t>(2 * m);
-    const bool second = j0 + 1 < shape.per_sample;  // j0 + 1 <= 2**32 - 1: no wrap
-    uint32_t c[kAugMaxDims];
-    coords_of(j0, shape, c);
-    int64_t in0, out0, in1 = 0, out1 = 0;
-    offsets(shape, map, sample, c, in0, out0);
-    if (second) {
-      advance(shape, c);
-      offsets(shape, map, sample, c, in1, out1);
+    has[k][0] = m < pairs;
+    has[k][1] = has[k][0] && 2 * m + 1 < shape.per_sample;  // 2m + 1 <= 2**32 - 1: no wrap
+    out_at[k][0] = out_at[k][1] = 0;
+    if (has[k][0]) {
+      uint32_t c[kAugMaxDims];
+      coords_of(static_cast<uint32_t>(2 * m), shape, c);
+      Index in;
+      offsets(shape, map, sample, c, in, out_at[k][0]);
+      v[k][0] = x[in];
+      if (has[k][1]) {
+        advance(shape, c);
+        offsets(shape, map, sample, c, in, out_at[k][1]);
+        v[k][1] = x[in];
+      }
     }
+  }
+#pragma unroll
+  for (int k = 0; k < kAugPairsPerThread; ++k) {
+    if (!has[k][0]) break;
     if constexpr (kIntensity) {
-      float y0 = aug_add(aug_mul(AugIo<T>::load(x[in0]), scale), shift);
-      float y1 = second ? aug_add(aug_mul(AugIo<T>::load(x[in1]), scale), shift) : 0.0f;
+      const uint32_t j0 = static_cast<uint32_t>(2 * ((block * kAugPairsPerThread + k) * kAugThreads + thread));
+      float y0 = aug_add(aug_mul(AugIo<T>::load(v[k][0]), scale), shift);
+      float y1 = has[k][1] ? aug_add(aug_mul(AugIo<T>::load(v[k][1]), scale), shift) : 0.0f;
       if (noise_factor != 0.0f) {
         const uint32_t c0 = g * j0 + b;  // mod 2**32
         const float u0 = uniform23(c0);
@@ -265,11 +297,11 @@ DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t samp
         y0 = aug_add(y0, aug_mul(r, cs));
         y1 = aug_add(y1, aug_mul(r, sn));
       }
-      out[out0] = AugIo<T>::store(y0);
-      if (second) out[out1] = AugIo<T>::store(y1);
+      out[out_at[k][0]] = AugIo<T>::store(y0);
+      if (has[k][1]) out[out_at[k][1]] = AugIo<T>::store(y1);
     } else {
-      out[out0] = x[in0];
-      if (second) out[out1] = x[in1];
+      out[out_at[k][0]] = v[k][0];
+      if (has[k][1]) out[out_at[k][1]] = v[k][1];
     }
   }
 }

@@ -245,18 +245,29 @@ std::string check(const AugCase& c, const std::vector<unsigned char>& out) {
   return "";
 }
 
-template <class T, bool kI>
-void emulate(const AugCase& c, std::vector<unsigned char>& out) {
+template <class T, bool kI, class Index>
+void emulate_with(const AugCase& c, std::vector<unsigned char>& out) {
   const uint64_t per_block = uint64_t(dd::kAugThreads) * dd::kAugPairsPerThread;
   const uint64_t blocks = (dd::aug_pairs(c.shape) + per_block - 1) / per_block;
   for (uint64_t s = 0; s < c.shape.batch; ++s) {
     for (uint64_t bx = 0; bx < blocks; ++bx) {
       for (uint32_t t = 0; t < static_cast<uint32_t>(dd::kAugThreads); ++t) {
-        dd::augment_thread<T, kI>(bx, t, s, reinterpret_cast<const T*>(c.x.data()), reinterpret_cast<T*>(out.data()),
-                                  c.params.data(), c.shape, c.factor);
+        dd::augment_thread<T, kI, Index>(bx, t, s, reinterpret_cast<const T*>(c.x.data()),
+                                         reinterpret_cast<T*>(out.data()), c.params.data(), c.shape, c.factor);
       }
     }
   }
+}
+
+template <class T, bool kI>
+void emulate(const AugCase& c, std::vector<unsigned char>& out) {
+  // both index widths (the launcher picks int32_t where it fits): the second pass must
+  // write the same, the first pass's output is checked
+  if (dd::aug_fits_int32(c.shape)) emulate_with<T, kI, int32_t>(c, out);
+  std::vector<unsigned char> wide(out.size(), 0xab);
+  emulate_with<T, kI, int64_t>(c, wide);
+  if (!dd::aug_fits_int32(c.shape)) out = wide;
+  else if (wide != out) out.assign(out.size(), 0xcd);  // fails the check below
 }
 
 void emulate_case(const AugCase& c, std::vector<unsigned char>& out) {
