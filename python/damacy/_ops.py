@@ -88,7 +88,7 @@ def _register_fakes() -> None:
     """The fake (meta) kernels of the tensor ops, for torch.compile and torch.library.opcheck
     (dev/ops.md: the ops' shapes)."""
     if hasattr(torch.ops.damacy, "augment"):
-        @torch.library.register_fake("damacy::augment")
+        @torch.library.register_fake("damacy::augment", allow_override=True)  # a second load() after a reload
         def _augment_fake(x: torch.Tensor, params: torch.Tensor, noise_std: float, intensity: bool) -> torch.Tensor:
             torch._check(params.dim() == 2 and params.shape[0] == x.shape[0] and params.shape[1] == 3,
                          lambda: f"augment: params must be [{x.shape[0]}, 3], found {tuple(params.shape)}")

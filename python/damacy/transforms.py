@@ -422,10 +422,10 @@ class Augment:
     def _fused(self, x: torch.Tensor, wants: bool, draws: list[tuple[int, int, float, float, int]],
                cache: dict[Any, Any]) -> torch.Tensor | None:
         """`x` augmented by the op damacy::augment (one kernel), or None where the torch path
-        must do it: no CUDA build of the op, intensity on a non-float dtype, more than 8
-        sample dims, samples of 2**32 elements or more."""
+        must do it: no CUDA build of the op, x requiring grad, intensity on a non-float dtype,
+        more than 8 sample dims, samples of 2**32 elements or more."""
         op = _fused_op()
-        if op is None:
+        if op is None or (x.requires_grad and torch.is_grad_enabled()):  # the op has no backward
             return None
         moves = any(d[0] or d[1] for d in draws)
         intensity = wants and (self.scale is not None or self.shift is not None or self.noise_std > 0)
@@ -485,7 +485,7 @@ def _fused_op() -> Any:
             ops = _ops.ops()
             if hasattr(ops, "augment") and torch._C._dispatch_has_kernel_for_dispatch_key("damacy::augment", "CUDA"):
                 op = ops.augment.default
-        except ImportError:
+        except (ImportError, AttributeError, RuntimeError):  # no library, or a torch without the query
             pass
         _fused_state.append(op)
     return _fused_state[0]
