@@ -9,7 +9,7 @@
 // float32 x * scale, + shift (two roundings), then + noise_std * z_j with z from the contract
 // in double (tolerance for log/sqrt/sin/cos; everything else must match bit for bit).
 //   host: augment_thread (augment_impl.cuh) over an emulated grid;
-//   device: launch_augment.
+//   device: launch_augment; --bench: its time on Augment's batch of 32 x 64x128x128.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -338,4 +338,64 @@ int augment_device_suite(uint64_t seed, int n_cases) {
     }
   }
   return report("device augment (launch_augment)", pass, fail);
+}
+
+// --bench: the kernel alone on Augment's H200 workload, batch 32 x 64x128x128: f32 image with
+// intensity + noise, u8 label geometry-only; every sample turned once and flipped (reads
+// across rows: the slow case).
+void augment_bench() {
+  dg::AugmentShape s{};
+  s.batch = 32;
+  s.ndim = 3;
+  s.size[0] = 64;
+  s.size[1] = 128;
+  s.size[2] = 128;
+  s.per_sample = 64u * 128u * 128u;
+  s.in_stride[3] = s.out_stride[3] = 1;
+  s.in_stride[2] = s.out_stride[2] = 128;
+  s.in_stride[1] = s.out_stride[1] = 128 * 128;
+  s.in_stride[0] = s.out_stride[0] = int64_t(s.per_sample);
+  const uint64_t n = s.batch * s.per_sample;
+  std::vector<int64_t> params;
+  for (uint64_t r = 0; r < s.batch; ++r) {
+    // output axis -1 reads source axis -2 backwards, -2 reads -1 (k = 1), axis -3 flipped
+    const uint64_t word = uint64_t(2 | 0x10) | uint64_t(1) << 8 | uint64_t(3 | 0x10) << 16;
+    params.push_back(static_cast<int64_t>(uint64_t(float_bits(1.1f)) | uint64_t(float_bits(0.1f)) << 32));
+    params.push_back(static_cast<int64_t>((2 * r + 12345) | uint64_t(777 + r) << 32));
+    params.push_back(static_cast<int64_t>(word));
+  }
+  void *dx = nullptr, *dout = nullptr, *dp = nullptr;
+  if (cudaMalloc(&dx, n * 4) != cudaSuccess || cudaMalloc(&dout, n * 4) != cudaSuccess ||
+      cudaMalloc(&dp, params.size() * 8) != cudaSuccess) {
+    std::printf("augment bench: cudaMalloc failed\n");
+    return;
+  }
+  cudaMemset(dx, 0, n * 4);
+  cudaMemcpy(dp, params.data(), params.size() * 8, cudaMemcpyHostToDevice);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  struct Run { const char* name; int dtype; bool intensity; float factor; };
+  for (const Run& run : {Run{"f32 scale/shift + noise", dg::kAugF32, true, -0.02f},
+                         Run{"f32 scale/shift", dg::kAugF32, true, 0.0f},
+                         Run{"f32 geometry only", dg::kAugF32, false, 0.0f},
+                         Run{"u8 label geometry", dg::kAugBits8, false, 0.0f}}) {
+    const double bytes = 2.0 * double(n) * (run.dtype == dg::kAugBits8 ? 1 : 4);
+    float best = 1e30f;
+    for (int rep = 0; rep < 20; ++rep) {
+      cudaEventRecord(a);
+      dg::launch_augment(dx, dout, static_cast<const int64_t*>(dp), s, run.dtype, run.intensity, run.factor, nullptr);
+      cudaEventRecord(b);
+      cudaEventSynchronize(b);
+      float ms = 0;
+      cudaEventElapsedTime(&ms, a, b);
+      if (rep > 1) best = std::min(best, ms);
+    }
+    std::printf("bench augment 32x64x128x128 %-26s %7.3f ms  %6.0f GB/s\n", run.name, best, bytes / (best * 1e6));
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  cudaFree(dx);
+  cudaFree(dout);
+  cudaFree(dp);
 }

@@ -1237,6 +1237,7 @@ void bench(uint64_t seed) {
 // augment_test.cu: the fused augmentation kernel.
 int augment_host_suite(uint64_t seed, int n_cases);
 int augment_device_suite(uint64_t seed, int n_cases);
+void augment_bench();
 
 int main(int argc, char** argv) {
   uint64_t seed = 12345;
@@ -1261,7 +1262,10 @@ int main(int argc, char** argv) {
     std::printf("SKIP: no CUDA device (%s)\n", host_only ? "--host-only" : cudaGetErrorName(e));
   } else {
     fails += device_suites(seed, n_cases) + augment_device_suite(seed, n_cases);
-    if (do_bench) bench(seed);
+    if (do_bench) {
+      bench(seed);
+      augment_bench();
+    }
   }
   std::printf("%s\n", fails ? "FAIL" : "PASS");
   return fails ? 1 : 0;
