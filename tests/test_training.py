@@ -495,6 +495,20 @@ def test_augment_op_table_against_the_torch_path(case):
         np.testing.assert_array_equal(want, out["img"].numpy())
 
 
+def test_augment_op_fake_kernel():
+    """damacy::augment's fake (torch.compile, opcheck): empty_like(x) in x's layout, params checked."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(4, 2, 6, 6).contiguous(memory_format=torch.channels_last)
+        y = torch.ops.damacy.augment(x, torch.empty(4, 3, dtype=torch.int64), 0.5, True)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
+        with pytest.raises(RuntimeError, match="params must be"):
+            torch.ops.damacy.augment(x, torch.empty(3, 3, dtype=torch.int64), 0.5, True)
+        with pytest.raises(RuntimeError, match="int64"):
+            torch.ops.damacy.augment(x, torch.empty(4, 3, dtype=torch.int32), 0.5, True)
+
+
 def test_augment_rejects_tensors_without_the_axes():
     with pytest.raises(damacy.InvalidArgument, match="at least 3 dims"):
         Augment(seed=0, flip_axes=(-3,), p_flip=1.0, rot90_plane=None)({"image": torch.zeros(2, 4, 4, 4), "cls": torch.zeros(2, 4)},
