@@ -245,8 +245,12 @@ def _np_lowbias32(h: np.ndarray) -> np.ndarray:
 def _np_noise(noise_seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """Augment's noise contract (damacy/transforms.py docstring) written out in numpy, float64,
     element by element: a counter per C-order element, lowbias32, Box-Muller over pairs."""
+    return _np_noise_gb(2 * (noise_seed % 2**30) + 1, (noise_seed >> 30) % 2**31, shape)
+
+
+def _np_noise_gb(g: int, b: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The same from the counter's (g, b)."""
     n = int(np.prod(shape))
-    g, b = 2 * (noise_seed % 2**30) + 1, (noise_seed >> 30) % 2**31
     j = np.arange(n + n % 2, dtype=np.uint64)
     u = ((_np_lowbias32((j * np.uint64(g) + np.uint64(b)) & np.uint64(0xFFFFFFFF)) >> np.uint32(9)).astype(np.float64) + 0.5) / 2**23
     r, theta = np.sqrt(-2 * np.log(u[0::2])), 2 * np.pi * u[1::2]
@@ -264,6 +268,48 @@ def _np_augment(x: np.ndarray, d: dict, aug: Augment, intensity: bool) -> np.nda
         if aug.noise_std:
             y = y + aug.noise_std * _np_noise(d["noise_seed"], y.shape)
     return np.ascontiguousarray(y)
+
+
+def _np_splitmix_draws(aug: Augment, index: int, epoch: int) -> dict:
+    """The module docstring's draws written out (an independent reading of the contract)."""
+    m64, golden = 2**64 - 1, 0x9E3779B97F4A7C15
+
+    def mix64(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+        return z ^ (z >> 31)
+
+    def step(h, v):
+        return mix64((h + v + golden) & m64)
+
+    key = step(step(step(0, aug.seed), epoch), index)
+    w = [None] + [mix64((key + f * golden) % 2**64) for f in range(1, 6)]
+    scale = aug.scale[0] + (aug.scale[1] - aug.scale[0]) * (w[1] >> 32) / 2**32 if aug.scale else 1.0
+    shift = aug.shift[0] + (aug.shift[1] - aug.shift[0]) * (w[1] % 2**32) / 2**32 if aug.shift else 0.0
+    flip = tuple(a for t, a in enumerate(aug.flip_axes) if (w[2 + t // 3] >> (16 * (t % 3))) % 2**16 < aug.p_flip * 2**16)
+    return {"flip": flip, "k": (w[2] >> 62) if aug.rot90_plane else 0, "scale": scale, "shift": shift, "noise_seed": key >> 1}
+
+
+def test_augment_draws_follow_the_contract():
+    """params() is the documented splitmix64 draw, and its fields are distributed as asked."""
+    aug = Augment(seed=-3, flip_axes=(-1, -2, -3, -4, -5), p_flip=0.3, scale=(0.5, 2.0), shift=(-1, 3), noise_std=1.0)
+    index = [0, 1, 2, 7, 10**12, 2**63 + 5, -1]
+    for epoch in (0, 4, -2):
+        assert aug.params(index, epoch) == [_np_splitmix_draws(aug, i, epoch) for i in index]
+        assert aug.params(torch.tensor(index[:5]), epoch) == aug.params(index[:5], epoch)
+    draws = aug.params(range(4000), 1)
+    flips = np.array([[a in d["flip"] for a in aug.flip_axes] for d in draws])
+    assert np.all(np.abs(flips.mean(0) - 0.3) < 4 * np.sqrt(0.21 / 4000))
+    assert abs(np.corrcoef(flips.T)[np.triu_indices(5, 1)]).max() < 0.1  # lanes independent
+    ks = np.bincount([d["k"] for d in draws], minlength=4)
+    assert ks.size == 4 and np.all(np.abs(ks / 4000 - 0.25) < 0.03)
+    sc = np.array([d["scale"] for d in draws])
+    sh = np.array([d["shift"] for d in draws])
+    assert 0.5 <= sc.min() and sc.max() < 2.0 and abs(sc.mean() - 1.25) < 0.03 and -1 <= sh.min() and sh.max() < 3
+    assert abs(np.corrcoef(sc, sh)[0, 1]) < 0.1
+    assert len({d["noise_seed"] for d in draws}) == 4000 and all(0 <= d["noise_seed"] < 2**63 for d in draws)
+    assert Augment(seed=0, p_flip=0.0).params(range(50))[0]["flip"] == () and \
+        all(d["flip"] == (-2, -1) for d in Augment(seed=0, p_flip=1.0).params(range(50)))
 
 
 def test_augment_against_numpy_and_consistent(arrays):
@@ -393,6 +439,74 @@ def test_augment_batched_against_per_sample_numpy(case):
         assert torch.equal(alone[k][0], out[k][r]), k
     if any(d["flip"] or d["k"] for d in aug.params(index, epoch)):
         assert not all(torch.equal(out[k], batch[k]) for k in ("label", "ids"))
+
+
+def _np_augment_op(x: np.ndarray, params: np.ndarray, noise_std: float, intensity: bool) -> np.ndarray:
+    """dev/ops.md's damacy::augment written out in numpy, sample by sample: the row's axis map
+    as a transpose + flips, float32 `x * scale + shift`, the noise from the row's (g, b)."""
+    out = []
+    nd = x.ndim - 1
+    for r in range(x.shape[0]):
+        w0, w1, w2 = (int(v) % 2**64 for v in params[r])
+        scale, shift = np.array([w0 % 2**32, w0 >> 32], np.uint32).view(np.float32)
+        src, rev = [], []
+        for d in range(nd):
+            e = nd - d
+            code = (w2 >> (8 * (e - 1))) & 0xFF
+            src.append(nd - ((code & 0xF) or e))
+            rev.append(bool(code & 0x10))
+        assert sorted(src) == list(range(nd)), (src, hex(w2))
+        y = np.flip(np.transpose(x[r], src), [d for d in range(nd) if rev[d]])
+        if intensity:
+            y = y.astype(np.float32) * scale + shift
+            if noise_std:
+                y = y + (noise_std * _np_noise_gb(w1 % 2**32, w1 >> 32, y.shape)).astype(np.float32)
+        out.append(np.ascontiguousarray(y))
+    return np.stack(out).astype(x.dtype) if out else x.copy()
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_augment_op_table_against_the_torch_path(case):
+    """The fused op's parameter table (what Augment hands damacy::augment on CUDA), read by
+    the op contract's numpy version above, gives the torch path's values: geometry, scale and
+    shift bit for bit, the noise within float rounding. (The op itself: test_cuda_fused_*.)"""
+    rng = np.random.default_rng(50 + case)
+    n = int(rng.integers(4, 9))
+    plane = int(rng.integers(2, 6))
+    flip_axes = tuple(int(a) for a in rng.choice([-1, -2, -3, -4], size=int(rng.integers(0, 5)), replace=False))
+    rot = [(-2, -1), (-1, -3), (-4, -2), None][case % 4]
+    shape = (2, plane, plane, plane) if case % 2 else (plane, 3, plane, plane)
+    if rot == (-4, -2):
+        shape = (plane, 2, plane, 3)
+    aug = Augment(seed=case, flip_axes=flip_axes, p_flip=0.5, rot90_plane=rot, scale=(0.5, 2.0) if case % 3 else None,
+                  shift=(-5, 5) if case % 4 != 1 else None, noise_std=[0.0, 0.7][case % 2])
+    index = [int(i) for i in rng.choice(10**6, size=n, replace=False)]
+    draws = aug._draws(index, case)
+    params = aug._fused_params(draws, torch.device("cpu")).numpy()
+    assert params.shape == (n, 3) and (params[:, 2].any() or not (flip_axes or rot))  # maps that move
+    img = rng.normal(size=(n, 2) + shape).astype(np.float32)  # a channel dim in front
+    lbl = rng.integers(-2**40, 2**40, size=(n,) + shape)
+    out = aug({"img": torch.from_numpy(img), "lbl": torch.from_numpy(lbl)}, index=index, epoch=case)
+    np.testing.assert_array_equal(_np_augment_op(lbl, params, 0.0, False), out["lbl"].numpy())
+    want = _np_augment_op(img, params, aug.noise_std, True)
+    if aug.noise_std:
+        np.testing.assert_allclose(want, out["img"].numpy(), rtol=1e-5, atol=2e-5)
+    else:
+        np.testing.assert_array_equal(want, out["img"].numpy())
+
+
+def test_augment_op_fake_kernel():
+    """damacy::augment's fake (torch.compile, opcheck): empty_like(x) in x's layout, params checked."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(4, 2, 6, 6).contiguous(memory_format=torch.channels_last)
+        y = torch.ops.damacy.augment(x, torch.empty(4, 3, dtype=torch.int64), 0.5, True)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.stride() == x.stride()
+        with pytest.raises(RuntimeError, match="params must be"):
+            torch.ops.damacy.augment(x, torch.empty(3, 3, dtype=torch.int64), 0.5, True)
+        with pytest.raises(RuntimeError, match="int64"):
+            torch.ops.damacy.augment(x, torch.empty(4, 3, dtype=torch.int32), 0.5, True)
 
 
 def test_augment_rejects_tensors_without_the_axes():
@@ -660,6 +774,134 @@ def test_cuda_augment_batched_matches_cpu_and_numpy(case):
     alone = aug({k: v[1:2].cuda() for k, v in batch.items()}, index=index[1:2], epoch=case)
     for k in batch:
         assert torch.equal(alone[k][0], on_gpu[k][1]), k
+
+
+fused = pytest.mark.skipif(not torch.cuda.is_available() or damacy.transforms._fused_op() is None,
+                           reason="needs CUDA and a CUDA build of damacy::augment")
+
+
+def _count_fused(monkeypatch) -> list[int]:
+    """Counts the calls of damacy::augment (so a test sees that the fused path ran)."""
+    calls = [0]
+    op = damacy.transforms._fused_op()
+
+    def counted(*args):
+        calls[0] += 1
+        return op(*args)
+
+    monkeypatch.setattr(damacy.transforms, "_fused_state", [counted])
+    return calls
+
+
+FUSED_CASES = [  # (batch, sample shape, dtype, flip_axes, rot90_plane, scale, shift, noise_std)
+    (32, (2, 16, 24, 24), torch.float32, (-3, -2, -1), (-2, -1), (0.5, 2.0), (-5, 5), 0.0),   # channel dim
+    (32, (2, 16, 24, 24), torch.float32, (-3, -2, -1), (-2, -1), (0.5, 2.0), (-5, 5), 0.7),
+    (5, (7, 9, 9), torch.float32, (-3, -1), (-2, -1), None, (-1, 1), 1.5),                  # odd sizes, odd count
+    (3, (5, 5), torch.float32, (-2, -1), (-2, -1), (0.9, 1.1), None, 0.3),                  # 2D samples
+    (9, (3, 11, 11), torch.float16, (-3, -2, -1), (-2, -1), (0.5, 2.0), (-5, 5), 0.5),
+    (9, (3, 11, 11), torch.bfloat16, (-2, -1), (-2, -1), (0.5, 2.0), (-5, 5), 0.0),
+    (4, (10, 6, 10), torch.float64, (-1,), (-3, -1), (0.5, 2.0), (-5, 5), 0.4),
+    (8, (4, 12, 12), torch.uint8, (-3, -2, -1), (-2, -1), (0.5, 2.0), None, 1.0),            # a label
+    (8, (4, 12, 12), torch.int64, (-3, -2, -1), (-2, -1), None, None, 0.0),
+    (8, (4, 12, 12), torch.int16, (-2,), (-2, -1), None, None, 0.0),
+    (8, (4, 12, 12), torch.int32, (-3, -2, -1), None, None, None, 0.0),
+    (2, (1, 1, 3, 3), torch.float32, (-4, -1), (-4, -3), (1.0, 2.0), (0, 1), 2.0),
+]
+
+
+@fused
+@pytest.mark.parametrize("case", range(len(FUSED_CASES)))
+def test_cuda_fused_augment_matches_the_torch_path(case, monkeypatch):
+    """damacy::augment (one kernel per tensor) gives the torch path's values on CUDA and on the
+    CPU and the op contract's numpy version: geometry, scale and shift bit for bit, the noise
+    within float rounding; dtype, shape and strides as the torch path."""
+    n, shape, dtype, flip_axes, rot, scale, shift, std = FUSED_CASES[case]
+    rng = np.random.default_rng(case)
+    aug = Augment(seed=case, flip_axes=flip_axes, rot90_plane=rot, scale=scale, shift=shift, noise_std=std)
+    if dtype.is_floating_point:
+        x = torch.from_numpy(rng.normal(scale=10, size=(n,) + shape).astype(np.float32)).to(dtype)
+    else:
+        x = torch.from_numpy(rng.integers(0, 250, size=(n,) + shape)).to(dtype)
+    index = [int(i) for i in rng.choice(10**7, size=n, replace=False)]
+    calls = _count_fused(monkeypatch)
+    got = aug(x.cuda(), index=index, epoch=case)
+    assert calls[0] == 1 and got.is_cuda and got.dtype == dtype and got.shape == x.shape
+    torch.cuda.synchronize()
+    monkeypatch.setattr(damacy.transforms, "_USE_FUSED", False)
+    ref_gpu = aug(x.cuda(), index=index, epoch=case)
+    ref_cpu = aug(x, index=index, epoch=case)
+    assert calls[0] == 1 and got.stride() == ref_gpu.stride() == ref_cpu.stride()
+    params = aug._fused_params(aug._draws(index, case), torch.device("cpu")).numpy()
+    xs = x.float().numpy() if dtype == torch.bfloat16 else x.numpy()
+    want = _np_augment_op(xs, params, std, dtype.is_floating_point)
+    if std == 0 or not dtype.is_floating_point:
+        assert torch.equal(got.cpu(), ref_gpu.cpu()) and torch.equal(got.cpu(), ref_cpu)
+        if dtype != torch.bfloat16:
+            np.testing.assert_array_equal(got.cpu().numpy(), want)
+    else:
+        tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, 1e-6)
+        for ref in (ref_gpu.cpu(), ref_cpu, torch.from_numpy(want)):
+            np.testing.assert_allclose(got.cpu().double().numpy(), ref.double().numpy(), rtol=tol, atol=max(tol, 2e-5))
+    if flip_axes or rot:
+        assert not torch.equal(got.cpu(), x)
+
+
+@fused
+def test_cuda_fused_augment_batches_and_layouts(monkeypatch):
+    """A dict batch: one op per tensor, one parameter table per call, the label geometry-only;
+    a channels-last image keeps its layout; a non-contiguous slice is read through its strides;
+    samples are independent of their batch."""
+    rng = np.random.default_rng(3)
+    aug = Augment(seed=9, flip_axes=(-3, -2, -1), rot90_plane=(-2, -1), scale=(0.5, 2.0), shift=(-1, 1), noise_std=0.25)
+    img = torch.from_numpy(rng.normal(size=(6, 2, 8, 16, 16)).astype(np.float32)).cuda()
+    batch = {"img": img, "lbl": torch.from_numpy(rng.integers(0, 5, size=(6, 8, 16, 16)).astype(np.uint8)).cuda(),
+             "cl": img.contiguous(memory_format=torch.channels_last_3d), "sl": torch.stack([img, img], -1)[..., 0],
+             "meta": "kept"}
+    index = [4, 8, 15, 16, 23, 42]
+    calls = _count_fused(monkeypatch)
+    got = aug(batch, index=index, epoch=1)
+    assert calls[0] == 4 and got["meta"] == "kept"
+    assert got["cl"].is_contiguous(memory_format=torch.channels_last_3d) and got["img"].is_contiguous()
+    assert torch.equal(got["cl"], got["img"]) and torch.equal(got["sl"], got["img"])
+    alone = aug({k: v[2:3] for k, v in batch.items() if k != "meta"}, index=index[2:3], epoch=1)
+    assert all(torch.equal(alone[k][0], got[k][2]) for k in alone)
+    # nothing to do: the tensor itself; intensity on an integer key: the torch path
+    none = Augment(seed=0, flip_axes=None, rot90_plane=None)
+    assert none(batch["img"], index=index) is batch["img"]
+    ints = Augment(seed=0, scale=(2, 3), intensity_keys=["lbl"])
+    out = ints({"lbl": batch["lbl"]}, index=index)
+    assert calls[0] == 4 and out["lbl"].dtype == torch.uint8
+    monkeypatch.setattr(damacy.transforms, "_USE_FUSED", False)
+    ref = aug(batch, index=index, epoch=1)
+    assert torch.equal(got["lbl"], ref["lbl"]) and torch.equal(ints({"lbl": batch["lbl"]}, index=index)["lbl"], out["lbl"])
+    torch.testing.assert_close(got["img"], ref["img"], rtol=1e-6, atol=2e-5)
+
+
+@fused
+def test_cuda_fused_augment_opcheck_and_errors():
+    """torch.library.opcheck (schema, fake kernel, dispatch) and the op's argument checks."""
+    aug = Augment(seed=2, flip_axes=(-2, -1), scale=(0.5, 2.0), noise_std=0.5)
+    op = torch.ops.damacy.augment.default
+    for x in (torch.randn(4, 3, 8, 8, device="cuda"), torch.randint(0, 9, (4, 8, 8), device="cuda", dtype=torch.uint8)):
+        params = aug._fused_params(aug._draws(range(4), 0), x.device)
+        torch.library.opcheck(op, (x, params, 0.5 if x.is_floating_point() else 0.0, x.is_floating_point()))
+    x = torch.zeros(4, 8, 8, device="cuda")
+    params = aug._fused_params(aug._draws(range(4), 0), x.device)
+    call = damacy._ops.call
+    with pytest.raises(damacy.InvalidArgument, match="floating-point"):
+        call(op, x.to(torch.int32), params, 0.0, True)
+    with pytest.raises(damacy.InvalidArgument, match="params"):
+        call(op, x, params.cpu(), 0.0, True)
+    with pytest.raises(damacy.InvalidArgument, match="params"):
+        call(op, x[:3], params, 0.0, True)
+    with pytest.raises(damacy.InvalidArgument, match="noise_std"):
+        call(op, x, params, float("nan"), True)
+    with pytest.raises(damacy.InvalidArgument, match="sample dims"):
+        call(op, torch.zeros((4,) + (1,) * 9, device="cuda"), params, 0.0, False)
+    # a bad map word is applied as the identity (never an out-of-bounds read)
+    bad = params.clone()
+    bad[:, 2] = 0x0F
+    assert torch.equal(call(op, x + 1, bad, 0.0, False), x + 1)
 
 
 @cuda

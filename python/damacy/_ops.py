@@ -72,6 +72,7 @@ def load() -> str:
                 "`bash dev/build.sh`."
             ) from e
         _loaded = str(path)
+        _register_fakes()
         # nvCOMP is found at run time: point the extension at this Python's site folders,
         # where the nvidia-libnvcomp-cu13 wheel puts libnvcomp.so.6 (or .so.5 for nvCOMP 5.x).
         global _gpu_info
@@ -81,6 +82,18 @@ def load() -> str:
 
 
 _gpu_info: dict | None = None
+
+
+def _register_fakes() -> None:
+    """The fake (meta) kernels of the tensor ops, for torch.compile and torch.library.opcheck
+    (dev/ops.md: the ops' shapes)."""
+    if hasattr(torch.ops.damacy, "augment"):
+        @torch.library.register_fake("damacy::augment", allow_override=True)  # a second load() after a reload
+        def _augment_fake(x: torch.Tensor, params: torch.Tensor, noise_std: float, intensity: bool) -> torch.Tensor:
+            torch._check(params.dim() == 2 and params.shape[0] == x.shape[0] and params.shape[1] == 3,
+                         lambda: f"augment: params must be [{x.shape[0]}, 3], found {tuple(params.shape)}")
+            torch._check(params.dtype == torch.int64, lambda: f"augment: params must be int64, found {params.dtype}")
+            return torch.empty_like(x)  # the kernel's output: empty_like(x)
 
 
 def gpu_info() -> dict:

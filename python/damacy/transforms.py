@@ -7,9 +7,25 @@ sample index), so a sample is augmented the same whichever worker, rank, batch o
 reads it. Geometry goes to every tensor of the batch (image and label alike); intensity
 only to floating-point tensors (or the keys named), so integer labels keep their values.
 
-A batch costs a fixed number of torch ops whatever its size: one gather through a
-per-sample index map for the geometry, one broadcast multiply-add for scale and shift, and
-one counter-based draw for the noise.
+On CUDA (a CUDA build of the extension) a tensor costs one fused kernel, the op
+``damacy::augment`` (dev/ops.md): geometry, scale, shift and noise in one pass over the
+output, with the per-sample draws in one small table copied to the device once per call. On
+the CPU (or without that op) a batch costs a fixed number of torch ops whatever its size:
+one gather through a per-sample index map for the geometry, one broadcast multiply-add for
+scale and shift, and one counter-based draw for the noise. Both give the same values:
+geometry, scale and shift bit for bit (``x * scale`` then ``+ shift``, two float32
+roundings), the noise up to float rounding of log/sqrt/cos/sin.
+
+The draws: all arithmetic mod 2**64 (seed, epoch and index taken mod 2**64), with
+splitmix64's ``mix64(z)`` (``z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
+z *= 0x94d049bb133111eb; z ^= z >> 31``) and ``step(h, v) = mix64(h + v + G)``,
+``G = 0x9e3779b97f4a7c15``: the sample's key is ``step(step(step(0, seed), epoch), index)``
+and its words are ``w_f = mix64(key + f * G)`` (f >= 1: splitmix64's stream from the key).
+``noise_seed = key >> 1``; ``scale = lo + (hi - lo) * (w_1 >> 32) / 2**32`` and ``shift``
+likewise from the low 32 bits of w_1; ``k = w_2 >> 62``; flip axis t (in `flip_axes` order)
+is flipped when its 16-bit lane ``(w_{2 + t // 3} >> (16 * (t mod 3))) & 0xffff`` is below
+``p_flip * 2**16``. (Until this version a blake2b digest seeded a random.Random per sample,
+so every draw of a given seed changed value with this version.)
 
 The noise contract: the noise of a sample is a pure function of its draw's ``noise_seed``
 and of the element's position, so it is the same in any batch, at any batch position, on
@@ -27,18 +43,35 @@ one launch per sample, and other numbers on CUDA than on the CPU.)
 
 from __future__ import annotations
 
-import hashlib
 import math
 import operator
-import random
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from . import _ops
 from .errors import InvalidArgument
 
 __all__ = ["Augment"]
+
+
+# splitmix64 (Steele, Lea, Flood 2014; Vigna's constants): the draws' counter-based hash.
+_M64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX_64 = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * _MIX_64[0]) & _M64
+    z = ((z ^ (z >> 27)) * _MIX_64[1]) & _M64
+    return z ^ (z >> 31)
+
+
+def _step(h: int, v: int) -> int:
+    """One splitmix64 step: mix64(h + v + G) mod 2**64 (v: any int, taken mod 2**64)."""
+    return _mix64((h + v + _GOLDEN) & _M64)
 
 
 def _range(value: Any, what: str) -> tuple[float, float] | None:
@@ -95,6 +128,16 @@ class Augment:
             raise InvalidArgument(f"Augment noise_std: expected a finite value >= 0, found {noise_std!r}")
         self.intensity_keys = None if intensity_keys is None else list(intensity_keys)
         self._maps: dict[tuple[Any, ...], tuple[tuple[int, bool], ...]] = {}
+        # The sample dims the draws touch, counted from the end (the fused op's map slots).
+        self._span = max((-a for a in self.flip_axes + (self.rot90_plane or ())), default=0)
+        self._flips: dict[int, tuple[int, ...]] = {}  # flip mask -> the axes flipped
+        # The draws' words w_2, w_3, ... (module docstring): (f * G mod 2**64, its flip lanes as
+        # (mask bit, shift), whether k comes from it).
+        nflip, turns = len(self.flip_axes), self.rot90_plane is not None
+        self._words = [((f * _GOLDEN) & _M64, [(1 << t, 16 * (t % 3)) for t in range(3 * (f - 2), min(3 * (f - 1), nflip))],
+                        f == 2 and turns)
+                       for f in range(2, 2 + (max(nflip, 1 if turns else 0) + 2) // 3)]
+        self._map_words: dict[tuple[int, int], int] = {}  # (flip mask, k) -> the op's map word
 
     def __repr__(self) -> str:
         return (f"Augment(seed={self.seed}, flip_axes={self.flip_axes}, p_flip={self.p_flip}, rot90_plane={self.rot90_plane}, "
@@ -102,29 +145,70 @@ class Augment:
 
     # --- draws ---------------------------------------------------------------------------
 
-    def _draw(self, index: int, epoch: int) -> dict[str, Any]:
-        key = hashlib.blake2b(f"damacy.Augment:{self.seed}:{epoch}:{index}".encode(), digest_size=8).digest()
-        rng = random.Random(int.from_bytes(key, "little"))
-        flips = tuple(a for a in self.flip_axes if rng.random() < self.p_flip)
-        k = rng.randrange(4) if self.rot90_plane is not None else 0
-        scale = rng.uniform(*self.scale) if self.scale is not None else 1.0
-        shift = rng.uniform(*self.shift) if self.shift is not None else 0.0
-        noise_seed = rng.getrandbits(63)
-        return {"flip": flips, "k": k, "scale": scale, "shift": shift, "noise_seed": noise_seed}
+    def _draws(self, index: Sequence[int] | torch.Tensor, epoch: int) -> list[tuple[int, int, float, float, int]]:
+        """Per sample of `index`: (flip mask (bit t: flip_axes[t]), k, scale, shift, noise_seed),
+        the module docstring's draws. Pure Python, three 64-bit mixes per sample (2-4 µs on
+        the dev VM)."""
+        idx = index.tolist() if isinstance(index, torch.Tensor) else index
+        base = _step(_step(0, self.seed), operator.index(epoch))
+        m64, golden, m1, m2 = _M64, _GOLDEN, _MIX_64[0], _MIX_64[1]
+        thr = self.p_flip * 65536.0
+        lo_s, span_s = (self.scale[0], self.scale[1] - self.scale[0]) if self.scale is not None else (1.0, 0.0)
+        lo_t, span_t = (self.shift[0], self.shift[1] - self.shift[0]) if self.shift is not None else (0.0, 0.0)
+        ranges = self.scale is not None or self.shift is not None
+        words = self._words
+        out = []
+        append = out.append
+        for i in idx:
+            z = (base + int(i) + golden) & m64
+            z = ((z ^ (z >> 30)) * m1) & m64
+            z = ((z ^ (z >> 27)) * m2) & m64
+            key = z ^ (z >> 31)
+            scale, shift = lo_s, lo_t
+            if ranges:
+                z = (key + golden) & m64
+                z = ((z ^ (z >> 30)) * m1) & m64
+                z = ((z ^ (z >> 27)) * m2) & m64
+                z ^= z >> 31
+                scale = lo_s + span_s * ((z >> 32) * 2.0**-32)
+                shift = lo_t + span_t * ((z & 0xFFFFFFFF) * 2.0**-32)
+            mask = k = 0
+            for offset, lanes, turns in words:
+                z = (key + offset) & m64
+                z = ((z ^ (z >> 30)) * m1) & m64
+                z = ((z ^ (z >> 27)) * m2) & m64
+                z ^= z >> 31
+                if turns:
+                    k = z >> 62
+                for bit, shift_by in lanes:
+                    if (z >> shift_by) & 0xFFFF < thr:
+                        mask |= bit
+            append((mask, k, scale, shift, key >> 1))
+        return out
+
+    def _flip_axes_of(self, mask: int) -> tuple[int, ...]:
+        hit = self._flips.get(mask)
+        if hit is None:
+            hit = self._flips[mask] = tuple(a for t, a in enumerate(self.flip_axes) if mask >> t & 1)
+        return hit
+
+    def _dicts(self, draws: list[tuple[int, int, float, float, int]]) -> list[dict[str, Any]]:
+        return [{"flip": self._flip_axes_of(mask), "k": k, "scale": scale, "shift": shift, "noise_seed": seed}
+                for mask, k, scale, shift, seed in draws]
 
     def params(self, index: Sequence[int] | torch.Tensor, epoch: int = 0) -> list[dict[str, Any]]:
         """The draws for the samples `index` of `epoch`: per sample ``flip`` (axes flipped),
         ``k`` (quarter turns in `rot90_plane`, as torch.rot90), ``scale``, ``shift`` and
         ``noise_seed`` (the key of its noise: the module docstring gives the contract)."""
-        idx = index.tolist() if isinstance(index, torch.Tensor) else list(index)
-        return [self._draw(int(i), operator.index(epoch)) for i in idx]
+        return self._dicts(self._draws(index, epoch))
 
     # --- application ---------------------------------------------------------------------
     #
-    # Batched: a call costs a fixed number of torch ops whatever the batch size (on CUDA: a
-    # fixed number of kernel launches and one host-to-device copy of the per-sample tables per
-    # tensor layout). Geometry is one gather through a per-sample index map, intensity one
-    # broadcast multiply-add, noise one counter-based draw over the whole batch (`_noise`).
+    # On CUDA with the op: one damacy::augment per tensor (`_fused`), one parameter table per
+    # call. Otherwise the torch path, batched: a call costs a fixed number of torch ops
+    # whatever the batch size. Geometry is one gather through a per-sample index map,
+    # intensity one broadcast multiply-add, noise one counter-based draw over the whole batch
+    # (`_noise`). The torch path is the fused op's reference in the tests.
 
     def _axis_map(self, flips: tuple[int, ...], k: int, ndim: int) -> tuple[tuple[int, bool], ...]:
         """For a sample of `ndim` dims (batch dim excluded), flipped on `flips` then turned k
@@ -161,15 +245,18 @@ class Augment:
             raise InvalidArgument(f"Augment: flip_axes {self.flip_axes} / rot90_plane {self.rot90_plane} need samples of at least "
                                   f"{-min(axes)} dims, found a tensor of shape {tuple(x.shape)} (batch dim first)")
 
-    def _geometry(self, x: torch.Tensor, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
-        if all(not d["flip"] and not d["k"] for d in draws):
-            return x
+    def _check_geometry(self, x: torch.Tensor, turns: bool) -> None:
         self._check_axes(x)
-        if any(d["k"] for d in draws):
+        if turns:
             a, b = self.rot90_plane  # type: ignore[misc]
             if x.shape[a] != x.shape[b]:
                 raise InvalidArgument(f"Augment rot90_plane {self.rot90_plane}: the axes have extents {x.shape[a]} and {x.shape[b]}; "
                                       "90-degree turns need a square plane (rot90_plane=None turns them off)")
+
+    def _geometry(self, x: torch.Tensor, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
+        if all(not d["flip"] and not d["k"] for d in draws):
+            return x
+        self._check_geometry(x, any(d["k"] for d in draws))
         # The output keeps x's memory format: the gather writes in x's memory order (perm:
         # axes outermost first), so the result, permuted back, has x's strides. A tensor that
         # is not a permutation of a contiguous one (a slice, an expand) is made contiguous
@@ -282,29 +369,127 @@ class Augment:
                 torch.add(y, noise, out=out)
         return out.to(x.dtype)
 
-    def _one(self, x: torch.Tensor, key: Any, draws: list[dict[str, Any]], cache: dict[Any, torch.Tensor]) -> torch.Tensor:
+    def _one(self, x: torch.Tensor, key: Any, draws: list[tuple[int, int, float, float, int]],
+             cache: dict[Any, Any]) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             return x
         if x.dim() == 0 or x.shape[0] != len(draws):
             raise InvalidArgument(f"Augment: a tensor of shape {tuple(x.shape)} for {len(draws)} indices (batch dim first)")
         if not draws:
             return x
-        x = self._geometry(x, draws, cache)
         wants = x.is_floating_point() if self.intensity_keys is None else key in self.intensity_keys
-        return self._intensity(x, draws, cache) if wants else x
+        if x.is_cuda and _USE_FUSED:
+            out = self._fused(x, wants, draws, cache)
+            if out is not None:
+                return out
+        dicts = cache.get("dicts")
+        if dicts is None:
+            dicts = cache["dicts"] = self._dicts(draws)
+        x = self._geometry(x, dicts, cache)
+        return self._intensity(x, dicts, cache) if wants else x
+
+    # --- the fused CUDA op ---------------------------------------------------------------
+
+    def _map_word(self, mask: int, k: int) -> int:
+        """The op's axis-map word of a draw (dev/ops.md): per output axis -e (e = 1.._span),
+        byte e-1 = source axis counted from the end | 0x10 when reversed."""
+        hit = self._map_words.get((mask, k))
+        if hit is None:
+            hit = 0
+            span = self._span
+            for d, (src, rev) in enumerate(self._axis_map(self._flip_axes_of(mask), k, span)):
+                hit |= ((span - src) | (0x10 if rev else 0)) << (8 * (span - d - 1))
+            self._map_words[(mask, k)] = hit
+        return hit
+
+    def _fused_params(self, draws: list[tuple[int, int, float, float, int]], device: torch.device) -> torch.Tensor | None:
+        """The op's [B, 3] int64 table on `device` (dev/ops.md): one pinned copy per call.
+        None when a scale or shift does not fit a float32 (the torch path then gives inf)."""
+        pack, size = _PARAM_ROW.pack_into, _PARAM_ROW.size
+        buf = bytearray(size * len(draws))
+        words, no_shift = self._map_words, self.shift is None
+        try:
+            for r, (mask, k, scale, shift, seed) in enumerate(draws):
+                word = words.get((mask, k))
+                if word is None:
+                    word = self._map_word(mask, k)
+                # (g, b) = _noise_key(seed); shift -0.0 when off: y + -0.0 is y, bit for bit
+                pack(buf, size * r, scale, -0.0 if no_shift else shift, ((seed & 0x3FFFFFFF) << 1) | 1,
+                     (seed >> 30) & 0x7FFFFFFF, word)
+        except OverflowError:
+            return None
+        return _to_device(torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3), device)
+
+    def _fused(self, x: torch.Tensor, wants: bool, draws: list[tuple[int, int, float, float, int]],
+               cache: dict[Any, Any]) -> torch.Tensor | None:
+        """`x` augmented by the op damacy::augment (one kernel), or None where the torch path
+        must do it: no CUDA build of the op, x requiring grad, intensity on a non-float dtype,
+        more than 8 sample dims, samples of 2**32 elements or more."""
+        op = _fused_op()
+        if op is None or (x.requires_grad and torch.is_grad_enabled()):  # the op has no backward
+            return None
+        moves = any(d[0] or d[1] for d in draws)
+        intensity = wants and (self.scale is not None or self.shift is not None or self.noise_std > 0)
+        if not moves and not intensity:
+            return x
+        if intensity and x.dtype not in _FUSED_FLOATS:
+            return None
+        if (not intensity and (x.is_complex() or x.element_size() not in (1, 2, 4, 8))) or x.dim() - 1 > 8 or self._span > 8:
+            return None
+        if math.prod(x.shape[1:]) >= 2**32:
+            return None
+        if moves:
+            self._check_geometry(x, any(d[1] for d in draws))
+            # as the torch path: a tensor that is not a permutation of a contiguous one is
+            # made contiguous (the op's output then is too; otherwise it has x's strides)
+            perm = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+            if not x.permute(perm).is_contiguous():
+                x = x.contiguous()
+        key = ("params", x.device)
+        params = cache.get(key, False)
+        if params is False:
+            params = cache[key] = self._fused_params(draws, x.device)
+        if params is None:
+            return None
+        return _ops.call(op, x, params, self.noise_std if intensity else 0.0, intensity, drain=False)
 
     def __call__(self, batch: Any, index: Sequence[int] | torch.Tensor | None = None, epoch: int = 0) -> Any:
         first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0] if isinstance(batch, (tuple, list)) else batch
         n = int(first.shape[0])
-        draws = self.params(range(n) if index is None else index, epoch)
-        # Per call: index maps, per-sample tables and noise shared by the tensors of the
-        # batch with the same layout (an image and its label share one index map).
-        cache: dict[Any, torch.Tensor] = {}
+        draws = self._draws(range(n) if index is None else index, epoch)
+        # Per call: the draws as dicts (torch path), index maps, per-sample tables and noise
+        # shared by the tensors of the batch with the same layout (an image and its label
+        # share one index map), the fused op's parameter table (one for every tensor).
+        cache: dict[Any, Any] = {}
         if isinstance(batch, Mapping):
             return {k: self._one(v, k, draws, cache) for k, v in batch.items()}
         if isinstance(batch, (tuple, list)):
             return type(batch)(self._one(v, i, draws, cache) for i, v in enumerate(batch))
         return self._one(batch, None, draws, cache)
+
+
+# --- fused op ----------------------------------------------------------------------------
+
+# Tests set it to False to run the torch path on CUDA (the fused op's reference).
+_USE_FUSED = True
+_FUSED_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# A parameter row of damacy::augment (dev/ops.md): float32 scale, shift | uint32 g, b | map.
+_PARAM_ROW = struct.Struct("<ffIIQ")
+_fused_state: list[Any] = []
+
+
+def _fused_op() -> Any:
+    """torch.ops.damacy.augment when this build has its CUDA kernel, else None (once)."""
+    if not _fused_state:
+        op = None
+        try:
+            ops = _ops.ops()
+            if hasattr(ops, "augment") and torch._C._dispatch_has_kernel_for_dispatch_key("damacy::augment", "CUDA"):
+                op = ops.augment.default
+        except (ImportError, AttributeError, RuntimeError):  # no library, or a torch without the query
+            pass
+        _fused_state.append(op)
+    return _fused_state[0]
 
 
 # --- noise -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 // 2. device: launches the real kernels (launch_assemble, launch_{byte,bit,}unshuffle,
 //    launch_decode_copy, launch_decode_status_check, launch_checksum_check) on random batches and compares every
 //    byte with the references; prints "SKIP: no CUDA device" when there is none;
+//    (the fused augmentation kernel's suites, host and device, are in augment_test.cu);
 // 3. --bench (device only): throughput of assemble and unshuffle on a realistic batch, and
 //    of the zstd checksum check (frames of 64 and 512 KiB).
 //
@@ -1233,6 +1234,11 @@ void bench(uint64_t seed) {
 
 }  // namespace
 
+// augment_test.cu: the fused augmentation kernel.
+int augment_host_suite(uint64_t seed, int n_cases);
+int augment_device_suite(uint64_t seed, int n_cases);
+void augment_bench();
+
 int main(int argc, char** argv) {
   uint64_t seed = 12345;
   int n_cases = 40;
@@ -1249,14 +1255,17 @@ int main(int argc, char** argv) {
     }
   }
   std::printf("seed %" PRIu64 ", %d random cases per suite\n", seed, n_cases);
-  int fails = host_suites(seed, n_cases);
+  int fails = host_suites(seed, n_cases) + augment_host_suite(seed, n_cases);
   int devices = 0;
   const cudaError_t e = host_only ? cudaErrorNoDevice : cudaGetDeviceCount(&devices);
   if (e != cudaSuccess || devices == 0) {
     std::printf("SKIP: no CUDA device (%s)\n", host_only ? "--host-only" : cudaGetErrorName(e));
   } else {
-    fails += device_suites(seed, n_cases);
-    if (do_bench) bench(seed);
+    fails += device_suites(seed, n_cases) + augment_device_suite(seed, n_cases);
+    if (do_bench) {
+      bench(seed);
+      augment_bench();
+    }
   }
   std::printf("%s\n", fails ? "FAIL" : "PASS");
   return fails ? 1 : 0;

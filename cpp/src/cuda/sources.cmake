@@ -1,6 +1,7 @@
-# damacy_gpu: the CUDA kernels (assemble, unshuffle, raw copy, decode status check), the host
-# side of a GPU batch (op checks, voxel prefix, nvCOMP argument packing) and the run-time
-# nvCOMP loader. No torch in here; the extension calls it with raw pointers and its stream.
+# damacy_gpu: the CUDA kernels (assemble, unshuffle, raw copy, decode status check, the fused
+# augmentation), the host side of a GPU batch (op checks, voxel prefix, nvCOMP argument
+# packing) and the run-time nvCOMP loader. No torch in here; the extension calls it with raw
+# pointers and its stream.
 #
 # For a parent CMakeLists.txt (CUDA language enabled):
 #   include(cpp/src/cuda/sources.cmake)
@@ -25,21 +26,25 @@ set(DAMACY_GPU_DIR "${CMAKE_CURRENT_LIST_DIR}")
 get_filename_component(DAMACY_GPU_REPO "${DAMACY_GPU_DIR}/../../.." ABSOLUTE)
 
 set(DAMACY_GPU_CUDA_SOURCES
-  "${DAMACY_GPU_DIR}/kernels.cu")            # __global__ kernels + launchers
+  "${DAMACY_GPU_DIR}/kernels.cu"             # __global__ kernels + launchers
+  "${DAMACY_GPU_DIR}/augment.cu")            # the fused augmentation kernel (op damacy::augment)
 set(DAMACY_GPU_CXX_SOURCES
   "${DAMACY_GPU_DIR}/gpu_plan.cpp"           # op checks, voxel prefix, nvCOMP args; layout asserts
   "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.cpp")  # dlopen/dlsym of libnvcomp.so.{6,5}
 set(DAMACY_GPU_SOURCES ${DAMACY_GPU_CUDA_SOURCES} ${DAMACY_GPU_CXX_SOURCES})
 set(DAMACY_GPU_PRIVATE_HEADERS
   "${DAMACY_GPU_DIR}/kernels_impl.cuh"       # per-thread work, __host__ __device__
+  "${DAMACY_GPU_DIR}/augment_impl.cuh"       # the same for the augmentation kernel
   "${DAMACY_GPU_DIR}/op_views.h"             # device mirrors of the bridge's op records
   "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_loader.h"
   "${DAMACY_GPU_REPO}/cpp/src/nvcomp/nvcomp_api.h")  # our declarations of nvCOMP 5.x/6.x
 set(DAMACY_GPU_PUBLIC_HEADERS                # private to damacy, but included by the extension
   "${DAMACY_GPU_REPO}/cpp/include/damacy/detail/gpu_kernels.h"
+  "${DAMACY_GPU_REPO}/cpp/include/damacy/detail/gpu_augment.h"
   "${DAMACY_GPU_REPO}/cpp/include/damacy/detail/gpu_plan.h")
 set(DAMACY_GPU_TEST_SOURCES
-  "${DAMACY_GPU_DIR}/kernels_test.cu")       # standalone test executable (kernels vs CPU)
+  "${DAMACY_GPU_DIR}/kernels_test.cu"        # standalone test executable (kernels vs CPU)
+  "${DAMACY_GPU_DIR}/augment_test.cu")       # its augmentation suites
 
 if(NOT DEFINED DAMACY_CUDA_ARCHITECTURES)
   set(DAMACY_CUDA_ARCHITECTURES "90-real;90-virtual")

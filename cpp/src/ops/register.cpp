@@ -173,4 +173,7 @@ TORCH_LIBRARY(damacy, m) {
   m.def("log_records_waiting() -> Tensor", &damacy::log_records_waiting_op);
   m.def("write_example_volume(str path, int[] shape, int[] chunk, int[] shard, str codec, int seed) -> ()",
         &damacy::write_example_volume_op);
+  // Augment's fused pass (dev/ops.md). Schema only: the kernel is registered for CUDA by
+  // cpp/src/device/augment.cpp (CUDA build), the fake by python/damacy/_ops.py.
+  m.def("augment(Tensor x, Tensor params, float noise_std, bool intensity) -> Tensor");
 }
