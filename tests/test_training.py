@@ -869,8 +869,9 @@ def test_cuda_fused_augment_batches_and_layouts(monkeypatch):
     none = Augment(seed=0, flip_axes=None, rot90_plane=None)
     assert none(batch["img"], index=index) is batch["img"]
     ints = Augment(seed=0, scale=(2, 3), intensity_keys=["lbl"])
+    before = calls[0]  # 8: `got` and `alone`, four tensors each
     out = ints({"lbl": batch["lbl"]}, index=index)
-    assert calls[0] == 4 and out["lbl"].dtype == torch.uint8
+    assert before == 8 and calls[0] == before and out["lbl"].dtype == torch.uint8
     monkeypatch.setattr(damacy.transforms, "_USE_FUSED", False)
     ref = aug(batch, index=index, epoch=1)
     assert torch.equal(got["lbl"], ref["lbl"]) and torch.equal(ints({"lbl": batch["lbl"]}, index=index)["lbl"], out["lbl"])

@@ -198,13 +198,18 @@ if has augment; then
   log "training tests rc=$?"; tail -3 "$OUT/training.txt" | tee -a "$OUT/summary.txt"
   timeout 200 python3 examples/train_augmented.py --device cuda --steps 40 --workdir /tmp/damacy-seg > "$OUT/example-augmented.txt" 2>&1
   log "train_augmented rc=$?"; tail -3 "$OUT/example-augmented.txt" | tee -a "$OUT/summary.txt"
+  # The crops (64x128x128, u16 -> f32 image + u8 label), enough samples for whole
+  # seconds per pass; plain and augmented passes alternate (bench_augment.py).
+  ageo="--shape 128 512 512 --sample 64 128 128 --path /tmp/bench-augment-big.zarr"
   for b in 8 32; do
-    timeout 200 python3 bench/bench_augment.py --device cuda --samples 2048 --batch "$b" --threads 8 --repeat 3 \
+    # shellcheck disable=SC2086
+    timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch "$b" --threads 16 --repeat 5 \
       > "$OUT/bench-augment-$b.txt" 2>&1
     log "bench_augment batch $b rc=$?"; tail -3 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
   done
   # the noise's share: the same at batch 32 without noise (flips, turns, scale/shift only)
-  timeout 200 python3 bench/bench_augment.py --device cuda --samples 2048 --batch 32 --threads 8 --repeat 3 --noise 0 \
+  # shellcheck disable=SC2086
+  timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch 32 --threads 16 --repeat 5 --noise 0 \
     > "$OUT/bench-augment-32-nonoise.txt" 2>&1
   log "bench_augment batch 32 noise 0 rc=$?"; tail -3 "$OUT/bench-augment-32-nonoise.txt" | tee -a "$OUT/summary.txt"
 fi

@@ -235,14 +235,92 @@ DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap<Index>& m, uin
 /// Pairs of a sample: ceil(per_sample / 2).
 DAMACY_AUG_HD uint32_t aug_pairs(const AugmentShape& s) { return s.per_sample / 2 + (s.per_sample & 1u); }
 
+/// Elements of one thread's run: kAugPairsPerThread consecutive pairs.
+inline constexpr int kAugRun = 2 * kAugPairsPerThread;
+
+template <size_t S>
+struct AugBitsOf;
+template <>
+struct AugBitsOf<1> { using type = uint8_t; };
+template <>
+struct AugBitsOf<2> { using type = uint16_t; };
+template <>
+struct AugBitsOf<4> { using type = uint32_t; };
+template <>
+struct AugBitsOf<8> { using type = uint64_t; };
+
+/// `n` consecutive elements at p[0..n) as one or two vector accesses when they are whole
+/// 8- or 16-byte words at aligned addresses (device only; false: the caller goes element by
+/// element). The run's bytes are 8 (u8), 16 (u16/f16/bf16), 32 (f32) or 64 (f64).
+template <class T>
+DAMACY_AUG_HD bool aug_store_run(T* p, const T (&v)[kAugRun]) {
+#if defined(__CUDA_ARCH__)
+  constexpr int kBytes = static_cast<int>(sizeof(T)) * kAugRun;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if constexpr (kBytes % 16 == 0) {
+    if (a % 16 != 0) return false;
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i) {
+      uint4 q;
+      memcpy(&q, reinterpret_cast<const unsigned char*>(v) + 16 * i, 16);
+      reinterpret_cast<uint4*>(p)[i] = q;
+    }
+    return true;
+  } else if constexpr (kBytes == 8) {
+    if (a % 8 != 0) return false;
+    uint2 q;
+    memcpy(&q, v, 8);
+    *reinterpret_cast<uint2*>(p) = q;
+    return true;
+  }
+#endif
+  (void)p;
+  (void)v;
+  return false;
+}
+
+template <class T>
+DAMACY_AUG_HD bool aug_load_run(const T* p, T (&v)[kAugRun]) {
+#if defined(__CUDA_ARCH__)
+  constexpr int kBytes = static_cast<int>(sizeof(T)) * kAugRun;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  if constexpr (kBytes % 16 == 0) {
+    if (a % 16 != 0) return false;
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i) {
+      const uint4 q = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      memcpy(reinterpret_cast<unsigned char*>(v) + 16 * i, &q, 16);
+    }
+    return true;
+  } else if constexpr (kBytes == 8) {
+    if (a % 8 != 0) return false;
+    const uint2 q = __ldg(reinterpret_cast<const uint2*>(p));
+    memcpy(v, &q, 8);
+    return true;
+  }
+#endif
+  (void)p;
+  (void)v;
+  return false;
+}
+
 /// Thread `thread` of block `block` (blockIdx.x) for sample `sample` (blockIdx.y, strided):
-/// its kAugPairsPerThread pairs. T: the storage type (the bits for geometry alone); Index:
-/// int32_t only when aug_fits_int32(shape).
+/// one run of kAugRun consecutive output elements (C order), starting at element
+/// 2 * kAugPairsPerThread * (block * kAugThreads + thread). Its coordinates are found by
+/// division once and then advanced element by element; a run inside one output row of a
+/// contiguous output is stored as one or two vector words, and read as such when it comes
+/// forward-contiguous from the input (no turn or flip of the last axis); otherwise element
+/// by element (a gather for turns). T: the storage type (the bits for geometry alone);
+/// Index: int32_t only when aug_fits_int32(shape).
 template <class T, bool kIntensity, class Index>
 DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                   T* __restrict__ out, const int64_t* __restrict__ params,
                                   const AugmentShape& shape, float noise_factor) {
-  const uint32_t pairs = aug_pairs(shape);
+  const uint64_t j_begin = uint64_t(kAugRun) * (block * kAugThreads + thread);
+  if (j_begin >= shape.per_sample) return;
+  const uint32_t j0 = static_cast<uint32_t>(j_begin);
+  const uint32_t n = static_cast<uint32_t>(shape.per_sample - j_begin < uint64_t(kAugRun) ? shape.per_sample - j_begin
+                                                                                       : uint64_t(kAugRun));
   const float two_pi = static_cast<float>(6.283185307179586);
   const int64_t* row = params + sample * kAugmentParamWords;
   const SampleMap<Index> map = decode_map<Index>(aug_load_word(row + 2), sample, shape);
@@ -256,39 +334,65 @@ DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t samp
     g = static_cast<uint32_t>(w1);
     b = static_cast<uint32_t>(w1 >> 32);
   }
-  // Phase 1: every pair's offsets and loads (up to 2 * kAugPairsPerThread loads in flight per
-  // thread); phase 2: the arithmetic and the stores.
-  Index out_at[kAugPairsPerThread][2];
-  T v[kAugPairsPerThread][2];
-  bool has[kAugPairsPerThread][2];
+  const int last = static_cast<int>(shape.ndim) - 1;
+  uint32_t c[kAugMaxDims];
+  coords_of(j0, shape, c);
+  Index in0, out0;
+  offsets(shape, map, sample, c, in0, out0);
+  // The last axis's coordinate, extent, input step and output stride, selected by unrolled
+  // compares (indexing the register arrays by `last` would put them in local memory).
+  uint32_t c_last = 0, n_last = 0;
+  Index step = 0, ostep = 0;
 #pragma unroll
-  for (int k = 0; k < kAugPairsPerThread; ++k) {
-    const uint64_t m = (block * kAugPairsPerThread + k) * kAugThreads + thread;
-    has[k][0] = m < pairs;
-    has[k][1] = has[k][0] && 2 * m + 1 < shape.per_sample;  // 2m + 1 <= 2**32 - 1: no wrap
-    out_at[k][0] = out_at[k][1] = 0;
-    if (has[k][0]) {
-      uint32_t c[kAugMaxDims];
-      coords_of(static_cast<uint32_t>(2 * m), shape, c);
-      Index in;
-      offsets(shape, map, sample, c, in, out_at[k][0]);
-      v[k][0] = x[in];
-      if (has[k][1]) {
-        advance(shape, c);
-        offsets(shape, map, sample, c, in, out_at[k][1]);
-        v[k][1] = x[in];
+  for (int d = 0; d < kAugMaxDims; ++d) {
+    if (d == last) {
+      c_last = c[d];
+      n_last = shape.size[d];
+      step = map.step[d];
+      ostep = static_cast<Index>(shape.out_stride[1 + d]);
+    }
+  }
+  // The whole run in one output row (the last axis), so element e is at out0 + e * ostep
+  // and in0 + e * step.
+  const bool one_row = last >= 0 && n == uint32_t(kAugRun) && c_last + uint32_t(kAugRun) <= n_last;
+  T v[kAugRun];
+  Index out_at[kAugRun];
+  bool vec_out = false;
+  if (one_row) {
+    vec_out = ostep == 1;
+    if (!(step == 1 && aug_load_run(x + in0, v))) {
+#pragma unroll
+      for (int e = 0; e < kAugRun; ++e) v[e] = x[in0 + static_cast<Index>(e) * step];
+    }
+#pragma unroll
+    for (int e = 0; e < kAugRun; ++e) out_at[e] = out0 + static_cast<Index>(e) * ostep;
+  } else {
+    // Phase 1: every element's offsets and loads; phase 2 below: arithmetic and stores.
+#pragma unroll
+    for (int e = 0; e < kAugRun; ++e) {
+      out_at[e] = 0;
+      if (static_cast<uint32_t>(e) < n) {
+        Index in = in0;
+        if (e == 0) {
+          out_at[e] = out0;
+        } else {
+          advance(shape, c);
+          offsets(shape, map, sample, c, in, out_at[e]);
+        }
+        v[e] = x[in];
       }
     }
   }
+  if constexpr (kIntensity) {
 #pragma unroll
-  for (int k = 0; k < kAugPairsPerThread; ++k) {
-    if (!has[k][0]) break;
-    if constexpr (kIntensity) {
-      const uint32_t j0 = static_cast<uint32_t>(2 * ((block * kAugPairsPerThread + k) * kAugThreads + thread));
-      float y0 = aug_add(aug_mul(AugIo<T>::load(v[k][0]), scale), shift);
-      float y1 = has[k][1] ? aug_add(aug_mul(AugIo<T>::load(v[k][1]), scale), shift) : 0.0f;
+    for (int k = 0; k < kAugPairsPerThread; ++k) {
+      const int e0 = 2 * k;
+      if (static_cast<uint32_t>(e0) >= n) break;
+      const bool second = static_cast<uint32_t>(e0 + 1) < n;
+      float y0 = aug_add(aug_mul(AugIo<T>::load(v[e0]), scale), shift);
+      float y1 = second ? aug_add(aug_mul(AugIo<T>::load(v[e0 + 1]), scale), shift) : 0.0f;
       if (noise_factor != 0.0f) {
-        const uint32_t c0 = g * j0 + b;  // mod 2**32
+        const uint32_t c0 = g * (j0 + static_cast<uint32_t>(e0)) + b;  // mod 2**32
         const float u0 = uniform23(c0);
         const float u1 = uniform23(c0 + g);
         const float r = sqrtf(aug_mul(logf(u0), noise_factor));
@@ -297,12 +401,14 @@ DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t samp
         y0 = aug_add(y0, aug_mul(r, cs));
         y1 = aug_add(y1, aug_mul(r, sn));
       }
-      out[out_at[k][0]] = AugIo<T>::store(y0);
-      if (has[k][1]) out[out_at[k][1]] = AugIo<T>::store(y1);
-    } else {
-      out[out_at[k][0]] = v[k][0];
-      if (has[k][1]) out[out_at[k][1]] = v[k][1];
+      v[e0] = AugIo<T>::store(y0);
+      if (second) v[e0 + 1] = AugIo<T>::store(y1);
     }
+  }
+  if (vec_out && aug_store_run(out + out0, v)) return;
+#pragma unroll
+  for (int e = 0; e < kAugRun; ++e) {
+    if (static_cast<uint32_t>(e) < n) out[out_at[e]] = v[e];
   }
 }
 
