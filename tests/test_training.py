@@ -891,14 +891,30 @@ def test_cuda_fused_augment_opcheck_and_errors():
     call = damacy._ops.call
     with pytest.raises(damacy.InvalidArgument, match="floating-point"):
         call(op, x.to(torch.int32), params, 0.0, True)
+    # the table by value (on the CPU, at most 128 rows) and on the device: the same values
+    assert params.device.type == "cpu"
+    assert torch.equal(call(op, x + 1, params, 0.5, True), call(op, x + 1, params.cuda(), 0.5, True))
     with pytest.raises(damacy.InvalidArgument, match="params"):
-        call(op, x, params.cpu(), 0.0, True)
+        call(op, torch.zeros(129, 8, 8, device="cuda"), torch.zeros(129, 3, dtype=torch.int64), 0.0, False)
+    with pytest.raises(damacy.InvalidArgument, match="params"):
+        call(op, x, params.to(torch.int32), 0.0, True)
     with pytest.raises(damacy.InvalidArgument, match="params"):
         call(op, x[:3], params, 0.0, True)
     with pytest.raises(damacy.InvalidArgument, match="noise_std"):
         call(op, x, params, float("nan"), True)
     with pytest.raises(damacy.InvalidArgument, match="sample dims"):
         call(op, torch.zeros((4,) + (1,) * 9, device="cuda"), params, 0.0, False)
+    # more than 128 samples: the table goes to the device; equal to the torch path
+    many = torch.randn(130, 6, 6, device="cuda")
+    got = aug(many, index=range(130))
+    monkey = damacy.transforms._USE_FUSED
+    try:
+        damacy.transforms._USE_FUSED = False
+        ref = aug(many, index=range(130))
+    finally:
+        damacy.transforms._USE_FUSED = monkey
+    assert aug._fused_params(aug._draws(range(130), 0), many.device).is_cuda
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=2e-5)
     # a bad map word is applied as the identity (never an out-of-bounds read)
     bad = params.clone()
     bad[:, 2] = 0x0F

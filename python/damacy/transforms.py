@@ -403,8 +403,10 @@ class Augment:
         return hit
 
     def _fused_params(self, draws: list[tuple[int, int, float, float, int]], device: torch.device) -> torch.Tensor | None:
-        """The op's [B, 3] int64 table on `device` (dev/ops.md): one pinned copy per call.
-        None when a scale or shift does not fit a float32 (the torch path then gives inf)."""
+        """The op's [B, 3] int64 table (dev/ops.md): on the CPU for batches of at most
+        _ARG_ROWS samples (the op passes it by value in the launch: no copy), else on `device`
+        (one pinned copy per call). None when a scale or shift does not fit a float32 (the
+        torch path then gives inf)."""
         pack, size = _PARAM_ROW.pack_into, _PARAM_ROW.size
         buf = bytearray(size * len(draws))
         words, no_shift = self._map_words, self.shift is None
@@ -418,7 +420,8 @@ class Augment:
                      (seed >> 30) & 0x7FFFFFFF, word)
         except OverflowError:
             return None
-        return _to_device(torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3), device)
+        table = torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3)
+        return table if len(draws) <= _ARG_ROWS else _to_device(table, device)
 
     def _fused(self, x: torch.Tensor, wants: bool, draws: list[tuple[int, int, float, float, int]],
                cache: dict[Any, Any]) -> torch.Tensor | None:
@@ -475,6 +478,8 @@ _USE_FUSED = True
 _FUSED_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # A parameter row of damacy::augment (dev/ops.md): float32 scale, shift | uint32 g, b | map.
 _PARAM_ROW = struct.Struct("<ffIIQ")
+# Batches up to this many samples pass the table on the CPU (gpu_augment.h kAugmentArgRows).
+_ARG_ROWS = 128
 _fused_state: list[Any] = []
 
 

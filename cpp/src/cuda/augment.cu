@@ -25,14 +25,40 @@ __global__ void __launch_bounds__(kAugThreads)
   }
 }
 
+// The rows by value: __grid_constant__ keeps them in the kernel's parameter space (no copy
+// per thread), read with plain loads.
+template <class T, bool kIntensity, class Index>
+__global__ void __launch_bounds__(kAugThreads)
+    augment_rows_kernel(const T* __restrict__ x, T* __restrict__ out, const __grid_constant__ AugmentArgRows rows,
+                        AugmentShape shape, float noise_factor) {
+  for (uint64_t sample = blockIdx.y; sample < shape.batch; sample += gridDim.y) {
+    const int64_t* row = rows.w + sample * kAugmentParamWords;
+    detail::augment_words<T, kIntensity, Index>(blockIdx.x, threadIdx.x, sample, x, out,
+                                                kIntensity ? static_cast<uint64_t>(row[0]) : 0,
+                                                kIntensity ? static_cast<uint64_t>(row[1]) : 0,
+                                                static_cast<uint64_t>(row[2]), shape, noise_factor);
+  }
+}
+
 template <class T, bool kIntensity>
 cudaError_t launch(const void* d_x, void* d_out, const int64_t* d_params, const AugmentShape& shape,
-                   float noise_factor, cudaStream_t stream) {
+                   float noise_factor, cudaStream_t stream, const AugmentArgRows* h_rows) {
   const uint64_t per_block = uint64_t(kAugThreads) * kAugPairsPerThread;
   const uint64_t blocks = (detail::aug_pairs(shape) + per_block - 1) / per_block;
   if (blocks > uint64_t(INT_MAX)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks),
                   static_cast<unsigned>(std::min<uint64_t>(shape.batch, kMaxGridY)), 1);
+  if (h_rows != nullptr) {
+    if (shape.batch > uint64_t(kAugmentArgRows)) return cudaErrorInvalidValue;
+    if (detail::aug_fits_int32(shape)) {
+      augment_rows_kernel<T, kIntensity, int32_t><<<grid, kAugThreads, 0, stream>>>(
+          static_cast<const T*>(d_x), static_cast<T*>(d_out), *h_rows, shape, noise_factor);
+    } else {
+      augment_rows_kernel<T, kIntensity, int64_t><<<grid, kAugThreads, 0, stream>>>(
+          static_cast<const T*>(d_x), static_cast<T*>(d_out), *h_rows, shape, noise_factor);
+    }
+    return cudaGetLastError();
+  }
   if (detail::aug_fits_int32(shape)) {
     augment_kernel<T, kIntensity, int32_t><<<grid, kAugThreads, 0, stream>>>(
         static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
@@ -47,27 +73,27 @@ cudaError_t launch(const void* d_x, void* d_out, const int64_t* d_params, const 
 
 cudaError_t launch_augment(const void* d_x, void* d_out, const int64_t* d_params,
                            const AugmentShape& shape, int dtype, bool intensity,
-                           float noise_factor, cudaStream_t stream) {
+                           float noise_factor, cudaStream_t stream, const AugmentArgRows* h_rows) {
   if (shape.ndim > static_cast<uint32_t>(kAugmentMaxDims)) return cudaErrorInvalidValue;
   if (shape.batch == 0 || shape.per_sample == 0) return cudaSuccess;
   if (intensity) {
     switch (dtype) {
-      case kAugF32: return launch<float, true>(d_x, d_out, d_params, shape, noise_factor, stream);
-      case kAugF16: return launch<__half, true>(d_x, d_out, d_params, shape, noise_factor, stream);
-      case kAugBf16: return launch<__nv_bfloat16, true>(d_x, d_out, d_params, shape, noise_factor, stream);
-      case kAugF64: return launch<double, true>(d_x, d_out, d_params, shape, noise_factor, stream);
+      case kAugF32: return launch<float, true>(d_x, d_out, d_params, shape, noise_factor, stream, h_rows);
+      case kAugF16: return launch<__half, true>(d_x, d_out, d_params, shape, noise_factor, stream, h_rows);
+      case kAugBf16: return launch<__nv_bfloat16, true>(d_x, d_out, d_params, shape, noise_factor, stream, h_rows);
+      case kAugF64: return launch<double, true>(d_x, d_out, d_params, shape, noise_factor, stream, h_rows);
       default: return cudaErrorInvalidValue;
     }
   }
   switch (dtype) {
-    case kAugBits8: return launch<uint8_t, false>(d_x, d_out, d_params, shape, 0.0f, stream);
+    case kAugBits8: return launch<uint8_t, false>(d_x, d_out, d_params, shape, 0.0f, stream, h_rows);
     case kAugF16:
     case kAugBf16:
-    case kAugBits16: return launch<uint16_t, false>(d_x, d_out, d_params, shape, 0.0f, stream);
+    case kAugBits16: return launch<uint16_t, false>(d_x, d_out, d_params, shape, 0.0f, stream, h_rows);
     case kAugF32:
-    case kAugBits32: return launch<uint32_t, false>(d_x, d_out, d_params, shape, 0.0f, stream);
+    case kAugBits32: return launch<uint32_t, false>(d_x, d_out, d_params, shape, 0.0f, stream, h_rows);
     case kAugF64:
-    case kAugBits64: return launch<uint64_t, false>(d_x, d_out, d_params, shape, 0.0f, stream);
+    case kAugBits64: return launch<uint64_t, false>(d_x, d_out, d_params, shape, 0.0f, stream, h_rows);
     default: return cudaErrorInvalidValue;
   }
 }

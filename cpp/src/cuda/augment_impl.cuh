@@ -313,22 +313,39 @@ DAMACY_AUG_HD bool aug_load_run(const T* p, T (&v)[kAugRun]) {
 /// by element (a gather for turns). T: the storage type (the bits for geometry alone);
 /// Index: int32_t only when aug_fits_int32(shape).
 template <class T, bool kIntensity, class Index>
+DAMACY_AUG_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
+                                 T* __restrict__ out, uint64_t w0, uint64_t w1, uint64_t w2,
+                                 const AugmentShape& shape, float noise_factor);
+
+/// augment_words with sample `sample`'s row of the device table `params`.
+template <class T, bool kIntensity, class Index>
 DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                   T* __restrict__ out, const int64_t* __restrict__ params,
                                   const AugmentShape& shape, float noise_factor) {
+  if (uint64_t(kAugRun) * (block * kAugThreads + thread) >= shape.per_sample) return;
+  const int64_t* row = params + sample * kAugmentParamWords;
+  const uint64_t w0 = kIntensity ? aug_load_word(row) : 0;
+  const uint64_t w1 = kIntensity ? aug_load_word(row + 1) : 0;
+  augment_words<T, kIntensity, Index>(block, thread, sample, x, out, w0, w1, aug_load_word(row + 2), shape,
+                                      noise_factor);
+}
+
+/// The run of thread `thread` of block `block` for sample `sample`, whose parameter row is
+/// (w0, w1, w2) (gpu_augment.h; w0 and w1 unused without intensity).
+template <class T, bool kIntensity, class Index>
+DAMACY_AUG_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
+                                 T* __restrict__ out, uint64_t w0, uint64_t w1, uint64_t w2,
+                                 const AugmentShape& shape, float noise_factor) {
   const uint64_t j_begin = uint64_t(kAugRun) * (block * kAugThreads + thread);
   if (j_begin >= shape.per_sample) return;
   const uint32_t j0 = static_cast<uint32_t>(j_begin);
   const uint32_t n = static_cast<uint32_t>(shape.per_sample - j_begin < uint64_t(kAugRun) ? shape.per_sample - j_begin
                                                                                        : uint64_t(kAugRun));
   const float two_pi = static_cast<float>(6.283185307179586);
-  const int64_t* row = params + sample * kAugmentParamWords;
-  const SampleMap<Index> map = decode_map<Index>(aug_load_word(row + 2), sample, shape);
+  const SampleMap<Index> map = decode_map<Index>(w2, sample, shape);
   float scale = 1.0f, shift = -0.0f;
   uint32_t g = 0, b = 0;
   if constexpr (kIntensity) {
-    const uint64_t w0 = aug_load_word(row);
-    const uint64_t w1 = aug_load_word(row + 1);
     scale = aug_bits_to_float(static_cast<uint32_t>(w0));
     shift = aug_bits_to_float(static_cast<uint32_t>(w0 >> 32));
     g = static_cast<uint32_t>(w1);

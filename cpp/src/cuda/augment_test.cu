@@ -327,7 +327,18 @@ int augment_device_suite(uint64_t seed, int n_cases) {
     ok = ok && dg::launch_augment(dx, dout, static_cast<const int64_t*>(dp), c.shape, c.dtype, c.intensity, c.factor,
                                   nullptr) == cudaSuccess;
     ok = ok && cudaMemcpy(out.data(), dout, out.size(), cudaMemcpyDeviceToHost) == cudaSuccess;
-    const std::string e = ok ? check(c, out) : std::string("CUDA call failed: ") + cudaGetErrorName(cudaGetLastError());
+    std::string e = ok ? check(c, out) : std::string("CUDA call failed: ") + cudaGetErrorName(cudaGetLastError());
+    // The same rows by value in the launch (batches of at most kAugmentArgRows): the same output.
+    if (e.empty() && c.shape.batch <= uint64_t(dg::kAugmentArgRows)) {
+      dg::AugmentArgRows rows{};
+      std::memcpy(rows.w, c.params.data(), c.params.size() * 8);
+      std::vector<unsigned char> by_value(out.size(), 0);
+      ok = cudaMemset(dout, 0, out.size()) == cudaSuccess &&
+           dg::launch_augment(dx, dout, nullptr, c.shape, c.dtype, c.intensity, c.factor, nullptr, &rows) == cudaSuccess &&
+           cudaMemcpy(by_value.data(), dout, out.size(), cudaMemcpyDeviceToHost) == cudaSuccess;
+      if (!ok) e = std::string("CUDA call failed (rows by value): ") + cudaGetErrorName(cudaGetLastError());
+      else if (by_value != out) e = "rows by value: another output than the device table's";
+    }
     cudaFree(dx);
     cudaFree(dout);
     cudaFree(dp);

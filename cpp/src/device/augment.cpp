@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include <ATen/cuda/CUDAContext.h>
@@ -64,10 +65,15 @@ at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double no
     throw InvalidArgument("augment: x must be [batch, *sample] with at most " + std::to_string(kAugmentMaxDims) +
                           " sample dims, found " + shape_text(x));
   }
-  if (params.device() != x.device() || params.scalar_type() != at::kLong || params.dim() != 2 ||
+  // params on the CPU: passed by value in the launch (at most kAugmentArgRows samples), so
+  // the call needs no device copy of them.
+  const bool by_value = params.device().is_cpu();
+  if ((!by_value && params.device() != x.device()) || (by_value && x.size(0) > gpu::kAugmentArgRows) ||
+      params.scalar_type() != at::kLong || params.dim() != 2 ||
       params.size(0) != x.size(0) || params.size(1) != kAugmentParamWords) {
     throw InvalidArgument("augment: params must be int64 [" + std::to_string(x.size(0)) + ", " +
-                          std::to_string(kAugmentParamWords) + "] on " + x.device().str() + ", found " +
+                          std::to_string(kAugmentParamWords) + "] on " + x.device().str() + " (or on the CPU for at most " +
+                          std::to_string(gpu::kAugmentArgRows) + " samples), found " +
                           std::string(c10::toString(params.scalar_type())) + " " + shape_text(params) + " on " +
                           params.device().str());
   }
@@ -94,14 +100,17 @@ at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double no
     at::Tensor out = at::empty_like(x);  // x's strides when x is dense; else torch's suggestion
     if (out.numel() == 0) return out;
     const at::Tensor p = params.contiguous();
+    gpu::AugmentArgRows rows;
+    if (by_value) std::memcpy(rows.w, p.const_data_ptr<int64_t>(), static_cast<size_t>(p.numel()) * sizeof(int64_t));
     for (int64_t d = 0; d < x.dim(); ++d) {
       shape.in_stride[d] = x.stride(d);
       shape.out_stride[d] = out.stride(d);
     }
     const float factor = static_cast<float>(-2.0 * noise_std * noise_std);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream(x.get_device()).stream();
-    const cudaError_t rc = gpu::launch_augment(x.const_data_ptr(), out.mutable_data_ptr(), p.const_data_ptr<int64_t>(),
-                                               shape, code, intensity, intensity ? factor : 0.0f, stream);
+    const cudaError_t rc = gpu::launch_augment(x.const_data_ptr(), out.mutable_data_ptr(),
+                                               by_value ? nullptr : p.const_data_ptr<int64_t>(), shape, code, intensity,
+                                               intensity ? factor : 0.0f, stream, by_value ? &rows : nullptr);
     if (rc != cudaSuccess) {
       throw CudaError(std::string("augment: launch: ") + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) + ")");
     }

@@ -29,6 +29,16 @@ inline constexpr int kAugmentMaxDims = 8;
 ///           as the identity (so a bad row gives wrong values, never an out-of-bounds read).
 inline constexpr int kAugmentParamWords = 3;
 
+/// Batches of at most this many samples may pass their parameter rows by value, inside the
+/// launch's arguments (3 KiB: within the 4 KiB every CUDA device takes), so the call needs
+/// no device copy of them.
+inline constexpr int kAugmentArgRows = 128;
+
+/// The parameter rows passed by value (rows [0, batch) used).
+struct AugmentArgRows {
+  int64_t w[kAugmentArgRows * kAugmentParamWords];
+};
+
 /// Storage codes of launch_augment: the floating types (intensity or geometry), and the
 /// element sizes for geometry only (any dtype of that size: the bits are copied).
 enum AugmentDtype : int {
@@ -60,8 +70,11 @@ struct AugmentShape {
 /// with r = sqrt(ln(u) * noise_factor), noise_factor = float(-2 * noise_std**2); stored back
 /// in the input's type (round to nearest). cudaErrorInvalidValue for a bad dtype code,
 /// intensity on a bit code, or ndim > kAugmentMaxDims.
+/// `h_rows`: when not null, the rows by value (batch <= kAugmentArgRows; d_params unused);
+/// the launch copies them, so they may go as soon as it returns.
 cudaError_t launch_augment(const void* d_x, void* d_out, const int64_t* d_params,
                            const AugmentShape& shape, int dtype, bool intensity,
-                           float noise_factor, cudaStream_t stream);
+                           float noise_factor, cudaStream_t stream,
+                           const AugmentArgRows* h_rows = nullptr);
 
 }  // namespace damacy::gpu
