@@ -23,8 +23,13 @@
 //! Batches are planned and launched in the same order (batch order), so every read of a slot
 //! planned before it was evicted runs before the write that reuses it; every read planned
 //! after sees the new owner. A batch that fails before it is launched writes nothing: the
-//! pipeline then calls [`DeviceStore::forget_producer`], and later batches that were planned
-//! to read what it would have kept fail too (they are told at pop).
+//! pipeline then calls [`DeviceStore::forget_producer`], and a later batch that was planned
+//! to read what it would have kept is run again at its pop, before it is launched, with the
+//! store off for it (every chunk `Scratch`, read and decoded by that batch; it is not planned
+//! here again, so it reads and writes no slot, and what it was to keep is forgotten the same
+//! way). A batch that fails on the device after it was launched is the extension's to
+//! handle: it fails the launched batches that read what it kept, and the pipeline clears
+//! the store ([`DeviceStore::clear`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

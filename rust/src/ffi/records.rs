@@ -181,6 +181,9 @@ pub mod bridge {
         staged_bytes: u64,
         blosc_blocks_decoded: u64,
         blosc_blocks_skipped: u64,
+        /// GPU path: batches run again without the device chunk store because a batch
+        /// that was to keep chunks for them failed before its device work ran.
+        device_store_replans: u64,
         array_meta: CacheCounts,
         shard_index: CacheCounts,
         chunk_layout: CacheCounts,

@@ -12,7 +12,7 @@ use super::{OutDtype, Shared};
 use crate::decode::device::DeviceOp;
 use crate::error::{err, Error, Result};
 use crate::ffi::records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
-use crate::io::WorkerPool;
+use crate::io::Spawner;
 use crate::prefetch::Resolved;
 
 /// One sample: the array's uri and its box.
@@ -90,6 +90,10 @@ pub(super) struct InFlight {
     pub(super) remaining: AtomicUsize,
     /// Set when the device chunk store planned chunks for this batch to keep.
     pub(super) keeps: std::sync::atomic::AtomicBool,
+    /// A device batch run again without the device chunk store, because a batch it was to
+    /// fetch kept chunks from failed before its device work ran ([`super::Pipeline::pop`]):
+    /// every chunk is read and decoded by this batch itself, and its lease is already set.
+    pub(super) rerun: bool,
     pub(super) error: Mutex<Option<Error>>,
     pub(super) lease: Mutex<Option<Lease>>,
     pub(super) resolved: Mutex<Option<Resolved>>,
@@ -104,6 +108,7 @@ impl InFlight {
             formed_at,
             remaining: AtomicUsize::new(1),
             keeps: std::sync::atomic::AtomicBool::new(false),
+            rerun: false,
             error: Mutex::new(None),
             lease: Mutex::new(None),
             resolved: Mutex::new(None),
@@ -172,13 +177,14 @@ pub(super) fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 /// unwritten). Jobs of a batch that already failed, or of a closed pipeline, do nothing.
 pub(super) fn spawn_job(
     shared: &Arc<Shared>,
-    pool: &WorkerPool,
+    pool: &Spawner,
     batch: &Arc<InFlight>,
     what: impl FnOnce(&InFlight) -> String + Send + 'static,
     f: impl FnOnce(&Shared, &InFlight) -> Result<()> + Send + 'static,
 ) {
     batch.remaining.fetch_add(1, Ordering::AcqRel);
     let guard = JobGuard { shared: Arc::clone(shared), batch: Arc::clone(batch) };
+    // A pool shut down drops the job, and with it the guard: the batch still finishes.
     pool.spawn(move || {
         let guard = guard;
         if guard.shared.shutdown.load(Ordering::Acquire) || guard.batch.failed() {

@@ -37,7 +37,7 @@ pub(crate) use crate::plan::Array;
 pub(crate) use crate::prefetch::MultiscaleInfo;
 
 use crate::error::{err, Result};
-use crate::io::WorkerPool;
+use crate::io::{Spawner, WorkerPool};
 use crate::plan::{self, ResolvedSample};
 use crate::prefetch::{self, Prefetcher};
 use batch::{InFlight, JobGuard, SampleSpec};
@@ -148,26 +148,53 @@ impl Shared {
         !v.get(&(Arc::clone(store), Arc::clone(key))).is_some_and(|(g, at)| g == generation && at.elapsed() < trusted)
     }
 
-    /// `b` itself, or the error of a batch that was to keep chunks `b` fetches from the
-    /// device store and failed before its device work ran.
-    fn check_producers(&self, b: Batch) -> Result<Batch> {
+    /// The first batch that was to keep chunks `b` fetches from the device store and failed
+    /// before its device work ran, and its error (`None`: `b` can run as planned).
+    fn failed_producer(&self, b: &Batch) -> Option<(u64, crate::error::Error)> {
         let producers = b.store_producers();
         if producers.is_empty() {
-            return Ok(b);
+            return None;
         }
-        let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some((p, e)) = producers.iter().find_map(|p| f.get(p).map(|e| (*p, e.clone()))) else { return Ok(b) };
-        let e = e.context(format!("batch {} reads chunks that batch {p} was to decode and keep on the device, and batch {p} failed", b.seq));
-        self.stats.failed(1);
+        let f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+        producers.iter().find_map(|p| f.get(p).map(|e| (*p, e.clone())))
+    }
+
+    /// Runs `b` again, with the device store off for it, because batch `producer` (which
+    /// was to keep chunks `b` fetches) failed with `cause` before its device work ran: its
+    /// samples are resolved anew and every chunk is read and decoded by `b` itself, into
+    /// the staging slab of its first run. What `b` was to keep is never written either: it
+    /// is forgotten, and `b` recorded as a failed keeper, so the batches planned to read it
+    /// are run again the same way at their pop. The new run finishes as any batch does
+    /// (`finish`: into `done` under the same sequence number, for `pop` to take).
+    fn rerun(self: &Arc<Self>, spawner: &Spawner, b: Batch, producer: u64, cause: &crate::error::Error) {
+        let seq = b.seq;
         if !b.store_keep_ops().is_empty() {
-            // This batch's device work does not run either: the same for what it keeps.
-            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(b.seq);
-            f.insert(b.seq, e.clone());
+            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(seq);
+            let e = cause.clone().context(format!("batch {seq} read chunks that batch {producer} was to keep on the device, and batch {producer} failed"));
+            let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+            f.insert(seq, e);
             while f.len() > MAX_FAILED_KEEPERS {
                 f.pop_first();
             }
         }
-        Err(e)
+        self.stats.store_replan();
+        let Batch { lease, samples, .. } = b;
+        // Each valid sample's first ticket was taken by its first run: resolve it again.
+        let samples = samples.into_iter().map(|s| SampleSpec { ticket: s.ticket.map(|_| self.prefetch.submit(&s.uri, &s.aabb)), ..s }).collect();
+        let mut batch = InFlight::new(seq, samples, Instant::now());
+        batch.rerun = true;
+        let batch = Arc::new(batch);
+        batch.set_lease(lease);
+        self.window().in_flight += 1;
+        self.running.fetch_add(1, Ordering::AcqRel);
+        let guard = JobGuard { shared: Arc::clone(self), batch: Arc::clone(&batch) };
+        let run = std::panic::AssertUnwindSafe(|| dispatch(self, spawner, &batch, &VecDeque::new()));
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => batch.fail(e),
+            Err(p) => batch.fail(err!(Internal, "internal error planning batch {seq} again (a bug; please report it): {}", batch::panic_text(&*p))),
+        }
+        drop(guard);
     }
 
     fn finish(&self, batch: &InFlight) {
@@ -202,7 +229,10 @@ impl Shared {
             }),
             (None, None) => Err(err!(Shutdown, "batch {} has no output buffer", batch.seq)),
         };
-        self.stats.batch_done(batch.formed_at.elapsed(), result.is_ok());
+        if !batch.rerun {
+            // A re-run batch was counted when its first run finished.
+            self.stats.batch_done(batch.formed_at.elapsed(), result.is_ok());
+        }
         let mut w = self.window();
         w.in_flight -= 1;
         w.done.insert(batch.seq, result);
@@ -218,6 +248,9 @@ pub struct Pipeline {
     jobs: Mutex<Option<Sender<BatchJob>>>,
     scheduler: Mutex<Option<(JoinHandle<()>, Arc<AtomicBool>)>>,
     pool: Arc<Mutex<Option<WorkerPool>>>,
+    /// Queues jobs on `pool` without its lock (which the scheduler holds while it waits for
+    /// an output buffer): `pop` re-runs a batch with it.
+    spawner: Spawner,
     /// Grows the pool by `n_remote_io_threads` at the first object store sample.
     grower: crate::io::Grower,
     /// Set once the pool was grown for object stores.
@@ -255,6 +288,7 @@ impl Pipeline {
         );
         prefetch.check_arrays(&cfg.arrays)?;
         let grower = pool.grower();
+        let spawner = pool.spawner();
         let shared = Arc::new(Shared {
             gpu_mode,
             running: AtomicUsize::new(0),
@@ -290,7 +324,7 @@ impl Pipeline {
                 .map_err(|e| err!(OutOfMemory, "cannot start the scheduler thread: {e}"))?;
             (t, done)
         };
-        let this = Self { shared, jobs: Mutex::new(Some(tx)), scheduler: Mutex::new(Some(scheduler)), pool, grower, remote_grown: AtomicBool::new(false) };
+        let this = Self { shared, jobs: Mutex::new(Some(tx)), scheduler: Mutex::new(Some(scheduler)), pool, spawner, grower, remote_grown: AtomicBool::new(false) };
         if let Some(uri) = this.shared.cfg.arrays.iter().find(|u| crate::store::is_remote_uri(u)) {
             this.reading_remote(uri)?;
         }
@@ -379,8 +413,20 @@ impl Pipeline {
             let seq = w.next_pop;
             if let Some(result) = w.done.remove(&seq) {
                 // Every producer of this batch's store fetches is an earlier batch, finished
-                // before this one is popped: its outcome is known.
-                let result = result.and_then(|b| self.shared.check_producers(b));
+                // before this one is popped: its outcome is known. One that failed before its
+                // device work ran never writes what this batch would fetch: this batch runs
+                // again without the store (its device work is launched only after this pop),
+                // and this loop waits for that run as for any batch.
+                let result = match result.map(|b| (self.shared.failed_producer(&b), b)) {
+                    Ok((Some((p, cause)), b)) => {
+                        drop(w);
+                        self.shared.rerun(&self.spawner, b, p, &cause);
+                        w = self.shared.window();
+                        continue;
+                    }
+                    Ok((None, b)) => Ok(b),
+                    Err(e) => Err(e),
+                };
                 w.next_pop += 1;
                 w.unpopped -= spb;
                 // A failed batch reaches the caller now, as the error; a finished one when
@@ -519,7 +565,7 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
         let pool_guard = pool.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(pool) = pool_guard.as_ref() else { continue };
         // A panic while planning (a bug) fails this batch, never the scheduler.
-        let run = std::panic::AssertUnwindSafe(|| dispatch(shared, pool, &batch, &later));
+        let run = std::panic::AssertUnwindSafe(|| dispatch(shared, &pool.spawner(), &batch, &later));
         match std::panic::catch_unwind(run) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => batch.fail(e),
@@ -530,9 +576,13 @@ fn schedule(shared: &Arc<Shared>, pool: &Arc<Mutex<Option<WorkerPool>>>, rx: &Re
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, later: &VecDeque<BatchJob>) -> Result<()> {
+fn dispatch(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, later: &VecDeque<BatchJob>) -> Result<()> {
     let t0 = Instant::now();
-    let others = || shared.running.load(Ordering::Acquire) > 1;
+    // A re-run (on the popping thread) waits for cache room freed by the other batches at
+    // most `pop_timeout_s`: the scheduler's batch may hold its pins while it waits for an
+    // output buffer that only a pop frees.
+    let wait_until = batch.rerun.then(|| t0 + Duration::from_secs_f64(shared.cfg.pop_timeout_s.min(1e9)));
+    let others = || shared.running.load(Ordering::Acquire) > 1 && wait_until.is_none_or(|t| Instant::now() < t);
     let tickets: Vec<u64> = batch.samples.iter().filter_map(|s| s.ticket).collect();
     let mut resolved = shared.prefetch.resolve_batch(&tickets, &others)?;
     if let Some(e) = batch.samples.iter().find_map(|s| s.error.clone()) {

@@ -21,7 +21,7 @@ use crate::decode::device::{self as dev, BlockChoice, DeviceCodec};
 use crate::decode::max_encoded_len;
 use crate::error::{err, Error, Result};
 use crate::ffi::records::GpuDecodeOp;
-use crate::io::{self, Read, WorkerPool};
+use crate::io::{self, Read, Spawner};
 use crate::plan::device::{copy_ops, Blocks};
 use crate::plan::staging::{layout, layout_within, ReadOp, StagingLayout};
 use crate::plan::{Array, BatchPlan, ChunkOp, ChunkSource};
@@ -92,7 +92,7 @@ fn check_budgets(shared: &Shared, batch: &InFlight, staged: u64, decoded: u64) -
 type Checks = HashMap<(u32, Arc<str>), (Generation, usize), ahash::RandomState>;
 
 /// The generation checks of the shards a CPU batch serves from the decoded cache.
-fn spawn_generation_checks(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, plan: &Arc<BatchPlan>, checks: Checks) {
+fn spawn_generation_checks(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, plan: &Arc<BatchPlan>, checks: Checks) {
     // As `recheck_cached_data` says (every batch, never, or once its interval has passed
     // since the shard was last confirmed): a job each, failing the batch (and invalidating
     // the index) when the shard changed or vanished.
@@ -117,7 +117,7 @@ fn spawn_generation_checks(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<
 }
 
 /// The CPU path: decode and assemble straight into the batch's output buffer.
-pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &WorkerPool, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
+pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
     let cfg = &shared.cfg;
     check_budgets(shared, batch, plan.read_bytes, plan.decoded_bytes)?;
     let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
@@ -344,7 +344,7 @@ impl SlabPtr {
 /// The device path: stage compressed bytes in the slab and emit the ops the extension runs.
 pub(super) fn run_device<'a>(
     shared: &Arc<Shared>,
-    pool: &WorkerPool,
+    pool: &Spawner,
     batch: &Arc<InFlight>,
     mut plan: BatchPlan,
     layouts: &LayoutMap<'_>,
@@ -405,9 +405,13 @@ pub(super) fn run_device<'a>(
     let (store_fetch, store_keep, producers) = store_ops(&plan, &mut staging, &uses);
     check_budgets(shared, batch, staging.staging_bytes, staging.decoded_bytes)?;
     let copies = copy_ops(&plan, &staging)?;
-    let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
-    let slab = SlabPtr(lease.ptr(), lease.len());
-    batch.set_lease(lease);
+    // A re-run batch stages into the slab of its first run (not handed to the caller).
+    let mut held = batch.lease.lock().unwrap_or_else(PoisonError::into_inner);
+    if held.is_none() {
+        *held = Some(shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?);
+    }
+    let slab = held.as_ref().map(|l| SlabPtr(l.ptr(), l.len())).ok_or_else(|| err!(Internal, "internal: batch {} has no staging slab", batch.seq))?;
+    drop(held);
     let chunk_names = plan.chunk_ops.iter().map(|op| chunk_name(batch, op)).collect();
     let store_bytes = if store_fetch.is_empty() && store_keep.is_empty() { 0 } else { cfg.device_store_bytes() };
     *batch.device.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -437,7 +441,7 @@ fn plan_store<'a>(shared: &Shared, batch: &InFlight, plan: &mut BatchPlan, later
     let n = plan.chunk_ops.len();
     let mut checks = Checks::default();
     let mut store = shared.device_store.lock().unwrap_or_else(PoisonError::into_inner);
-    if !store.enabled() {
+    if !store.enabled() || batch.rerun {
         return (vec![StoreUse::Scratch; n], checks);
     }
     let next = crate::plan::next_uses(&plan.arrays, later);

@@ -34,6 +34,7 @@ pub(super) struct Stats {
     device_read_ops: AtomicU64,
     blocks_decoded: AtomicU64,
     blocks_skipped: AtomicU64,
+    store_replans: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
 }
 
@@ -99,6 +100,11 @@ impl Stats {
     pub(super) fn device_chunk(&self) {
         self.chunks_decoded.fetch_add(1, Relaxed);
     }
+    /// A device batch run again without the device chunk store (a batch whose kept chunks
+    /// it was to fetch failed first).
+    pub(super) fn store_replan(&self) {
+        self.store_replans.fetch_add(1, Relaxed);
+    }
     pub(super) fn chunk_filled(&self, assemble: Duration) {
         self.chunks_filled.fetch_add(1, Relaxed);
         self.assemble_ns.fetch_add(ns(assemble), Relaxed);
@@ -140,6 +146,7 @@ impl Stats {
             staged_bytes: self.staged_bytes.load(Relaxed),
             blosc_blocks_decoded: self.blocks_decoded.load(Relaxed),
             blosc_blocks_skipped: self.blocks_skipped.load(Relaxed),
+            device_store_replans: self.store_replans.load(Relaxed),
             array_meta: cache(caches.array_meta),
             shard_index: cache(caches.shard_index),
             chunk_layout: cache(caches.chunk_layout),

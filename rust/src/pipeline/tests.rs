@@ -323,3 +323,66 @@ fn window_room_counts_the_places_push_fills_and_pop_frees() {
     assert_eq!(p.window_room(), 4);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Pops the next batch of `p` and drops it (its buffer goes back to the pool).
+fn pop_and_drop(p: &Pipeline) {
+    drop(p.pop(-1.0).unwrap());
+}
+
+#[test]
+fn a_batch_whose_device_store_producer_failed_on_the_host_runs_again_without_the_store() {
+    // Device path (its Rust side runs without a GPU), device store on (the default), one
+    // output buffer. Unsharded 8³ chunks of a 16³ volume: chunk c/0/0/0 good, c/1/1/1
+    // corrupt (not a zstd frame: found when batch 0 stages it, on the host).
+    let dir = volume("store-replan", &[], 21);
+    let good = std::fs::read(dir.join("c/0/0/0")).unwrap();
+    std::fs::write(dir.join("c/1/1/1"), vec![0x5a; 200]).unwrap();
+    let u = dir.to_str().unwrap();
+    let cfg = |store: Option<u64>| Config { device: "cuda:0".into(), n_batch_buffers: 1, lookahead_samples: Some(8), device_chunk_cache_bytes: store, ..config() };
+    let p = Pipeline::new(cfg(None)).unwrap();
+    assert!(p.shared.gpu_mode && p.shared.device_store.lock().unwrap().enabled());
+    let (chunk_a, chunk_b, other) = ([0i64, 0, 0], [8i64, 8, 8], [0i64, 8, 0]);
+    let push = |at: [i64; 3]| assert!(p.push(u, &at, &[at[0] + 8, at[1] + 8, at[2] + 8]).unwrap());
+    // Two warm-up batches (chunk c/0/1/0): the second waits for the only buffer until the
+    // first is popped, so batches 2 and 3 are both queued when the scheduler plans batch 2
+    // and the store sees batch 3 reading chunk A again: batch 2 keeps it, batch 3 fetches it.
+    for _ in 0..4 {
+        push(other);
+    }
+    push(chunk_a);
+    push(chunk_b);
+    push(chunk_a);
+    push(chunk_a);
+    pop_and_drop(&p);
+    pop_and_drop(&p);
+    let e = p.pop(-1.0).unwrap_err();
+    assert_eq!(e.status(), Status::Decode, "{e}");
+    assert!(e.message().contains("chunk [1, 1, 1]"), "names the corrupt chunk: {e}");
+    let b = p.pop(-1.0).expect("batch 3's own samples are good: it runs again, reading chunk A itself");
+    assert_eq!(b.seq(), 3);
+    assert!(b.store_producers().is_empty() && b.store_fetch_ops().is_empty() && b.store_keep_ops().is_empty(), "no store copies: {:?}", b.store_producers());
+    assert_eq!(b.device_store_bytes(), 0);
+    // Chunk A (read once for both samples) is decoded by this batch, from its own bytes.
+    let mut b = b;
+    let ops = b.decode_ops().to_vec();
+    assert_eq!(ops.len(), 1, "{ops:?}");
+    assert!(b.decode_op_context(0).contains("chunk [0, 0, 0]"), "{}", b.decode_op_context(0));
+    let staged = b.staging()[ops[0].src_offset as usize..(ops[0].src_offset + ops[0].src_len) as usize].to_vec();
+    assert_eq!(staged, good, "the staged bytes are chunk c/0/0/0's file");
+    // As a pipeline without the store runs the same batch.
+    let off = Pipeline::new(cfg(Some(0))).unwrap();
+    assert!(off.push(u, &chunk_a, &[8, 8, 8]).unwrap() && off.push(u, &chunk_a, &[8, 8, 8]).unwrap());
+    let want = off.pop(-1.0).unwrap();
+    assert_eq!(format!("{:?}", b.copy_ops()), format!("{:?}", want.copy_ops()));
+    assert_eq!((b.decoded_bytes(), format!("{:?}", b.decode_ops())), (want.decoded_bytes(), format!("{:?}", want.decode_ops())));
+    assert_eq!(p.stats().device_store_replans, 1);
+    drop(b);
+    // The pipeline goes on: the next batch reads chunk A as planned (no producer failed).
+    push(chunk_a);
+    push(chunk_a);
+    let next = p.pop(-1.0).unwrap();
+    assert_eq!(next.seq(), 4);
+    assert_eq!(p.stats().device_store_replans, 1);
+    drop(next);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
