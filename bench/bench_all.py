@@ -114,6 +114,9 @@ VARIANTS = {
     "nostore": {"device_chunk_cache_bytes": 0},
     # A deeper window than the default (tuned, for "the default reaches >= 95% of the best").
     "own-deep": {"own_window": True, "lookahead_batches": 16},
+    # The window's depth around the default (8 batches, clamped to 64..1024 samples).
+    "own-la8": {"own_window": True, "lookahead_batches": 8},
+    "own-la32": {"own_window": True, "lookahead_batches": 32},
 }
 
 
