@@ -238,17 +238,6 @@ DAMACY_AUG_HD uint32_t aug_pairs(const AugmentShape& s) { return s.per_sample / 
 /// Elements of one thread's run: kAugPairsPerThread consecutive pairs.
 inline constexpr int kAugRun = 2 * kAugPairsPerThread;
 
-template <size_t S>
-struct AugBitsOf;
-template <>
-struct AugBitsOf<1> { using type = uint8_t; };
-template <>
-struct AugBitsOf<2> { using type = uint16_t; };
-template <>
-struct AugBitsOf<4> { using type = uint32_t; };
-template <>
-struct AugBitsOf<8> { using type = uint64_t; };
-
 /// `n` consecutive elements at p[0..n) as one or two vector accesses when they are whole
 /// 8- or 16-byte words at aligned addresses (device only; false: the caller goes element by
 /// element). The run's bytes are 8 (u8), 16 (u16/f16/bf16), 32 (f32) or 64 (f64).
