@@ -48,23 +48,16 @@ cudaError_t launch(const void* d_x, void* d_out, const int64_t* d_params, const 
   if (blocks > uint64_t(INT_MAX)) return cudaErrorInvalidValue;
   const dim3 grid(static_cast<unsigned>(blocks),
                   static_cast<unsigned>(std::min<uint64_t>(shape.batch, kMaxGridY)), 1);
+  const T* x = static_cast<const T*>(d_x);
+  T* out = static_cast<T*>(d_out);
+  const bool narrow = detail::aug_fits_int32(shape);
   if (h_rows != nullptr) {
     if (shape.batch > uint64_t(kAugmentArgRows)) return cudaErrorInvalidValue;
-    if (detail::aug_fits_int32(shape)) {
-      augment_rows_kernel<T, kIntensity, int32_t><<<grid, kAugThreads, 0, stream>>>(
-          static_cast<const T*>(d_x), static_cast<T*>(d_out), *h_rows, shape, noise_factor);
-    } else {
-      augment_rows_kernel<T, kIntensity, int64_t><<<grid, kAugThreads, 0, stream>>>(
-          static_cast<const T*>(d_x), static_cast<T*>(d_out), *h_rows, shape, noise_factor);
-    }
-    return cudaGetLastError();
-  }
-  if (detail::aug_fits_int32(shape)) {
-    augment_kernel<T, kIntensity, int32_t><<<grid, kAugThreads, 0, stream>>>(
-        static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
+    auto* kernel = narrow ? augment_rows_kernel<T, kIntensity, int32_t> : augment_rows_kernel<T, kIntensity, int64_t>;
+    kernel<<<grid, kAugThreads, 0, stream>>>(x, out, *h_rows, shape, noise_factor);
   } else {
-    augment_kernel<T, kIntensity, int64_t><<<grid, kAugThreads, 0, stream>>>(
-        static_cast<const T*>(d_x), static_cast<T*>(d_out), d_params, shape, noise_factor);
+    auto* kernel = narrow ? augment_kernel<T, kIntensity, int32_t> : augment_kernel<T, kIntensity, int64_t>;
+    kernel<<<grid, kAugThreads, 0, stream>>>(x, out, d_params, shape, noise_factor);
   }
   return cudaGetLastError();
 }

@@ -22,12 +22,7 @@
 #include <cuda_fp16.h>
 
 #include "damacy/detail/gpu_augment.h"
-
-#if defined(__CUDACC__)
-#define DAMACY_AUG_HD __host__ __device__ __forceinline__
-#else
-#define DAMACY_AUG_HD inline
-#endif
+#include "kernels_impl.cuh"  // DAMACY_HD and the portable primitives (bits_to_f32)
 
 namespace damacy::gpu::detail {
 
@@ -38,7 +33,7 @@ inline constexpr int kAugMaxDims = kAugmentMaxDims;
 // ------------------------------------------------------------------------------------------
 // Portable primitives (device intrinsic / host equivalent).
 
-DAMACY_AUG_HD float aug_mul(float a, float b) {
+DAMACY_HD float aug_mul(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
@@ -47,7 +42,7 @@ DAMACY_AUG_HD float aug_mul(float a, float b) {
 #endif
 }
 
-DAMACY_AUG_HD float aug_add(float a, float b) {
+DAMACY_HD float aug_add(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fadd_rn(a, b);
 #else
@@ -56,17 +51,7 @@ DAMACY_AUG_HD float aug_add(float a, float b) {
 #endif
 }
 
-DAMACY_AUG_HD float aug_bits_to_float(uint32_t v) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(v);
-#else
-  float f;
-  std::memcpy(&f, &v, sizeof f);
-  return f;
-#endif
-}
-
-DAMACY_AUG_HD uint64_t aug_load_word(const int64_t* p) {
+DAMACY_HD uint64_t aug_load_word(const int64_t* p) {
 #if defined(__CUDA_ARCH__)
   return static_cast<uint64_t>(__ldg(reinterpret_cast<const long long*>(p)));
 #else
@@ -74,7 +59,7 @@ DAMACY_AUG_HD uint64_t aug_load_word(const int64_t* p) {
 #endif
 }
 
-DAMACY_AUG_HD void aug_sincos(float t, float* s, float* c) {
+DAMACY_HD void aug_sincos(float t, float* s, float* c) {
 #if defined(__CUDA_ARCH__)
   sincosf(t, s, c);
 #else
@@ -84,7 +69,7 @@ DAMACY_AUG_HD void aug_sincos(float t, float* s, float* c) {
 }
 
 // Chris Wellons' hash-prospector lowbias32, [16 21f0aaad 15 735a2d97 15].
-DAMACY_AUG_HD uint32_t lowbias32(uint32_t h) {
+DAMACY_HD uint32_t lowbias32(uint32_t h) {
   h ^= h >> 16;
   h *= 0x21f0aaadu;
   h ^= h >> 15;
@@ -94,7 +79,7 @@ DAMACY_AUG_HD uint32_t lowbias32(uint32_t h) {
 }
 
 // The contract's uniform of counter c: (floor(h / 2**9) + 0.5) / 2**23, exact in float.
-DAMACY_AUG_HD float uniform23(uint32_t c) {
+DAMACY_HD float uniform23(uint32_t c) {
   return (static_cast<float>(lowbias32(c) >> 9) + 0.5f) * 0x1p-23f;
 }
 
@@ -102,23 +87,23 @@ template <class T>
 struct AugIo;
 template <>
 struct AugIo<float> {
-  static DAMACY_AUG_HD float load(float v) { return v; }
-  static DAMACY_AUG_HD float store(float f) { return f; }
+  static DAMACY_HD float load(float v) { return v; }
+  static DAMACY_HD float store(float f) { return f; }
 };
 template <>
 struct AugIo<double> {
-  static DAMACY_AUG_HD float load(double v) { return static_cast<float>(v); }  // round to nearest
-  static DAMACY_AUG_HD double store(float f) { return static_cast<double>(f); }
+  static DAMACY_HD float load(double v) { return static_cast<float>(v); }  // round to nearest
+  static DAMACY_HD double store(float f) { return static_cast<double>(f); }
 };
 template <>
 struct AugIo<__half> {
-  static DAMACY_AUG_HD float load(__half v) { return __half2float(v); }
-  static DAMACY_AUG_HD __half store(float f) { return __float2half_rn(f); }
+  static DAMACY_HD float load(__half v) { return __half2float(v); }
+  static DAMACY_HD __half store(float f) { return __float2half_rn(f); }
 };
 template <>
 struct AugIo<__nv_bfloat16> {
-  static DAMACY_AUG_HD float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static DAMACY_AUG_HD __nv_bfloat16 store(float f) { return __float2bfloat16_rn(f); }
+  static DAMACY_HD float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static DAMACY_HD __nv_bfloat16 store(float f) { return __float2bfloat16_rn(f); }
 };
 
 /// Per output axis d of one sample: the signed input stride of one step along d, and the
@@ -145,7 +130,7 @@ inline bool aug_fits_int32(const AugmentShape& s) {
 
 /// Decodes a parameter row's map word (gpu_augment.h); an invalid map is the identity.
 template <class Index>
-DAMACY_AUG_HD SampleMap<Index> decode_map(uint64_t word, uint64_t sample, const AugmentShape& s) {
+DAMACY_HD SampleMap<Index> decode_map(uint64_t word, uint64_t sample, const AugmentShape& s) {
   const int nd = static_cast<int>(s.ndim);
   int src[kAugMaxDims];
   bool rev[kAugMaxDims];
@@ -188,7 +173,7 @@ DAMACY_AUG_HD SampleMap<Index> decode_map(uint64_t word, uint64_t sample, const 
 }
 
 /// The C-order coordinates of element j of a sample.
-DAMACY_AUG_HD void coords_of(uint32_t j, const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
+DAMACY_HD void coords_of(uint32_t j, const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
   const int nd = static_cast<int>(s.ndim);
 #pragma unroll
   for (int d = kAugMaxDims - 1; d >= 0; --d) {
@@ -202,7 +187,7 @@ DAMACY_AUG_HD void coords_of(uint32_t j, const AugmentShape& s, uint32_t (&c)[kA
 }
 
 /// The next element in C order (c must not be the last one).
-DAMACY_AUG_HD void advance(const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
+DAMACY_HD void advance(const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
   const int nd = static_cast<int>(s.ndim);
   bool carry = true;
 #pragma unroll
@@ -218,7 +203,7 @@ DAMACY_AUG_HD void advance(const AugmentShape& s, uint32_t (&c)[kAugMaxDims]) {
 }
 
 template <class Index>
-DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap<Index>& m, uint64_t sample,
+DAMACY_HD void offsets(const AugmentShape& s, const SampleMap<Index>& m, uint64_t sample,
                            const uint32_t (&c)[kAugMaxDims], Index& in, Index& out) {
   const int nd = static_cast<int>(s.ndim);
   in = m.start;
@@ -233,7 +218,7 @@ DAMACY_AUG_HD void offsets(const AugmentShape& s, const SampleMap<Index>& m, uin
 }
 
 /// Pairs of a sample: ceil(per_sample / 2).
-DAMACY_AUG_HD uint32_t aug_pairs(const AugmentShape& s) { return s.per_sample / 2 + (s.per_sample & 1u); }
+DAMACY_HD uint32_t aug_pairs(const AugmentShape& s) { return s.per_sample / 2 + (s.per_sample & 1u); }
 
 /// Elements of one thread's run: kAugPairsPerThread consecutive pairs.
 inline constexpr int kAugRun = 2 * kAugPairsPerThread;
@@ -242,7 +227,7 @@ inline constexpr int kAugRun = 2 * kAugPairsPerThread;
 /// 8- or 16-byte words at aligned addresses (device only; false: the caller goes element by
 /// element). The run's bytes are 8 (u8), 16 (u16/f16/bf16), 32 (f32) or 64 (f64).
 template <class T>
-DAMACY_AUG_HD bool aug_store_run(T* p, const T (&v)[kAugRun]) {
+DAMACY_HD bool aug_store_run(T* p, const T (&v)[kAugRun]) {
 #if defined(__CUDA_ARCH__)
   constexpr int kBytes = static_cast<int>(sizeof(T)) * kAugRun;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -269,7 +254,7 @@ DAMACY_AUG_HD bool aug_store_run(T* p, const T (&v)[kAugRun]) {
 }
 
 template <class T>
-DAMACY_AUG_HD bool aug_load_run(const T* p, T (&v)[kAugRun]) {
+DAMACY_HD bool aug_load_run(const T* p, T (&v)[kAugRun]) {
 #if defined(__CUDA_ARCH__)
   constexpr int kBytes = static_cast<int>(sizeof(T)) * kAugRun;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -302,13 +287,13 @@ DAMACY_AUG_HD bool aug_load_run(const T* p, T (&v)[kAugRun]) {
 /// by element (a gather for turns). T: the storage type (the bits for geometry alone);
 /// Index: int32_t only when aug_fits_int32(shape).
 template <class T, bool kIntensity, class Index>
-DAMACY_AUG_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
+DAMACY_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                  T* __restrict__ out, uint64_t w0, uint64_t w1, uint64_t w2,
                                  const AugmentShape& shape, float noise_factor);
 
 /// augment_words with sample `sample`'s row of the device table `params`.
 template <class T, bool kIntensity, class Index>
-DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
+DAMACY_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                   T* __restrict__ out, const int64_t* __restrict__ params,
                                   const AugmentShape& shape, float noise_factor) {
   if (uint64_t(kAugRun) * (block * kAugThreads + thread) >= shape.per_sample) return;
@@ -322,7 +307,7 @@ DAMACY_AUG_HD void augment_thread(uint64_t block, uint32_t thread, uint64_t samp
 /// The run of thread `thread` of block `block` for sample `sample`, whose parameter row is
 /// (w0, w1, w2) (gpu_augment.h; w0 and w1 unused without intensity).
 template <class T, bool kIntensity, class Index>
-DAMACY_AUG_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
+DAMACY_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sample, const T* __restrict__ x,
                                  T* __restrict__ out, uint64_t w0, uint64_t w1, uint64_t w2,
                                  const AugmentShape& shape, float noise_factor) {
   const uint64_t j_begin = uint64_t(kAugRun) * (block * kAugThreads + thread);
@@ -335,8 +320,8 @@ DAMACY_AUG_HD void augment_words(uint64_t block, uint32_t thread, uint64_t sampl
   float scale = 1.0f, shift = -0.0f;
   uint32_t g = 0, b = 0;
   if constexpr (kIntensity) {
-    scale = aug_bits_to_float(static_cast<uint32_t>(w0));
-    shift = aug_bits_to_float(static_cast<uint32_t>(w0 >> 32));
+    scale = bits_to_f32(static_cast<uint32_t>(w0));
+    shift = bits_to_f32(static_cast<uint32_t>(w0 >> 32));
     g = static_cast<uint32_t>(w1);
     b = static_cast<uint32_t>(w1 >> 32);
   }
