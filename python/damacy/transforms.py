@@ -258,13 +258,8 @@ class Augment:
             return x
         self._check_geometry(x, any(d["k"] for d in draws))
         # The output keeps x's memory format: the gather writes in x's memory order (perm:
-        # axes outermost first), so the result, permuted back, has x's strides. A tensor that
-        # is not a permutation of a contiguous one (a slice, an expand) is made contiguous
-        # first, as empty_like would.
-        perm = sorted(range(x.dim()), key=lambda d: -x.stride(d))
-        if not x.permute(perm).is_contiguous():
-            x = x.contiguous()
-            perm = list(range(x.dim()))
+        # axes outermost first), so the result, permuted back, has x's strides.
+        x, perm = _dense(x)
         key = (tuple(x.shape), x.stride(), x.device, tuple(perm))
         offsets = cache.get(key)
         if offsets is None:
@@ -415,9 +410,8 @@ class Augment:
                 word = words.get((mask, k))
                 if word is None:
                     word = self._map_word(mask, k)
-                # (g, b) = _noise_key(seed); shift -0.0 when off: y + -0.0 is y, bit for bit
-                pack(buf, size * r, scale, -0.0 if no_shift else shift, ((seed & 0x3FFFFFFF) << 1) | 1,
-                     (seed >> 30) & 0x7FFFFFFF, word)
+                # shift -0.0 when off: y + -0.0 is y, bit for bit
+                pack(buf, size * r, scale, -0.0 if no_shift else shift, *_noise_key(seed), word)
         except OverflowError:
             return None
         table = torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3)
@@ -443,11 +437,7 @@ class Augment:
             return None
         if moves:
             self._check_geometry(x, any(d[1] for d in draws))
-            # as the torch path: a tensor that is not a permutation of a contiguous one is
-            # made contiguous (the op's output then is too; otherwise it has x's strides)
-            perm = sorted(range(x.dim()), key=lambda d: -x.stride(d))
-            if not x.permute(perm).is_contiguous():
-                x = x.contiguous()
+            x = _dense(x)[0]  # as the torch path (the op's output then has x's strides)
         key = ("params", x.device)
         params = cache.get(key, False)
         if params is False:
@@ -469,6 +459,15 @@ class Augment:
         if isinstance(batch, (tuple, list)):
             return type(batch)(self._one(v, i, draws, cache) for i, v in enumerate(batch))
         return self._one(batch, None, draws, cache)
+
+
+def _dense(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """`x` and its memory order (axes outermost first) when it is a permutation of a
+    contiguous tensor; else (a slice, an expand) `x` made contiguous, as empty_like would."""
+    perm = sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    if x.permute(perm).is_contiguous():
+        return x, perm
+    return x.contiguous(), list(range(x.dim()))
 
 
 # --- fused op ----------------------------------------------------------------------------
