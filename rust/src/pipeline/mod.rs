@@ -169,13 +169,7 @@ impl Shared {
     fn rerun(self: &Arc<Self>, spawner: &Spawner, b: Batch, producer: u64, cause: &crate::error::Error) {
         let seq = b.seq;
         if !b.store_keep_ops().is_empty() {
-            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(seq);
-            let e = cause.clone().context(format!("batch {seq} read chunks that batch {producer} was to keep on the device, and batch {producer} failed"));
-            let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
-            f.insert(seq, e);
-            while f.len() > MAX_FAILED_KEEPERS {
-                f.pop_first();
-            }
+            self.failed_keeper(seq, cause.clone().context(format!("batch {seq} read chunks that batch {producer} was to keep on the device, and batch {producer} failed")));
         }
         self.stats.store_replan();
         let Batch { lease, samples, .. } = b;
@@ -197,6 +191,18 @@ impl Shared {
         drop(guard);
     }
 
+    /// Batch `seq`, planned to keep chunks in the device store, never writes them (it failed,
+    /// or runs again without the store): they are forgotten, and `e` kept for the batches
+    /// planned to fetch them (bounded: the oldest dropped first).
+    fn failed_keeper(&self, seq: u64, e: crate::error::Error) {
+        self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(seq);
+        let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
+        f.insert(seq, e);
+        while f.len() > MAX_FAILED_KEEPERS {
+            f.pop_first();
+        }
+    }
+
     fn finish(&self, batch: &InFlight) {
         // Pins go back before the batch stops counting as in flight: a scheduler that saw
         // no batch in flight and no room would otherwise fail a batch that fits.
@@ -209,12 +215,7 @@ impl Shared {
             // Its device work never runs: what it was to keep is never written. Forget it
             // (before the batch counts as done, so no later plan reads it) and remember the
             // error for the batches already planned to read it (checked at their pop).
-            self.device_store.lock().unwrap_or_else(PoisonError::into_inner).forget_producer(batch.seq);
-            let mut f = self.failed_keepers.lock().unwrap_or_else(PoisonError::into_inner);
-            f.insert(batch.seq, e.clone());
-            while f.len() > MAX_FAILED_KEEPERS {
-                f.pop_first();
-            }
+            self.failed_keeper(batch.seq, e.clone());
         }
         let lease = batch.lease.lock().unwrap_or_else(PoisonError::into_inner).take();
         let result = match (error, lease) {
