@@ -979,3 +979,86 @@ def test_dataset_skip_under_workers_matches_no_workers(arrays):
     assert len(a) == len(b) and sum(len(x[2]) for x in a) > 0
     for x, y in zip(a, b):
         assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2] and torch.equal(x[3], y[3])
+
+
+# --------------------------------------------------------------------------------------
+# Augment fused into the pipeline (CropDataset on CUDA pushes each sample with its draw)
+# --------------------------------------------------------------------------------------
+
+def test_sample_transforms_fail_their_batch_on_cpu_devices(arrays):
+    """A sample pushed with a transform on a CPU device fails its batch (InvalidArgument
+    naming why), the next batch is fine; CropDataset on the CPU never pushes one."""
+    from damacy.sample import _TransformedSample
+
+    uris, img, _ = arrays
+    with Pipeline(Config(samples_per_batch=2, sample_shape=[4, 4, 4])) as p:
+        box = [(0, 4), (0, 4), (0, 4)]
+        p.push([_TransformedSample(uris["img"], box, (0, 0, 0x11, 0)), Sample(uris["img"], box)])
+        p.push([Sample(uris["img"], box)] * 2)
+        with pytest.raises(damacy.InvalidArgument, match="CUDA devices only"):
+            p.pop()
+        np.testing.assert_array_equal(p.pop().numpy()[0], img[:4, :4, :4].astype(np.float32))
+    ds = CropDataset([uris["img"]], RandomCrops((4, 4, 4), seed=1, num_samples=4), samples_per_batch=2,
+                     transform=Augment(seed=1))
+    assert ds._fused_augment(ds._configs) is None
+
+
+FUSED_DATASET_CASES = [  # (samples_per_batch, decode, image dtype, crop, on_error, augment kwargs)
+    (8, "auto", "f32", (5, 6, 6), "raise", dict(flip_axes=(-3, -2, -1), scale=(0.5, 2.0), shift=(-10, 10))),
+    (8, "auto", "f32", (5, 6, 6), "skip", dict(flip_axes=(-3, -2, -1), scale=(0.5, 2.0), shift=(-10, 10), noise_std=3.0)),
+    (5, "auto", "bf16", (4, 8, 8), "raise", dict(flip_axes=(-1,), scale=(0.9, 1.1), noise_std=1.0)),
+    (3, "cpu", "f32", (6, 6, 6), "raise", dict(flip_axes=(-3, -2, -1), rot90_plane=(-3, -1), shift=(-1, 1), noise_std=0.5)),
+]
+
+
+@fused
+@pytest.mark.parametrize("case", range(len(FUSED_DATASET_CASES)))
+def test_cuda_dataset_fuses_augment_into_the_pipeline(arrays, case, monkeypatch):
+    """On CUDA, CropDataset pushes each sample with its Augment draw and the pipeline applies
+    it where it makes the batch (GPU path: inside the assemble kernel; CPU decode: one augment
+    launch after the copy); no Augment pass runs on the batch. The batches equal the unfused
+    path's (Augment on the popped batch): geometry, scale and shift bit for bit, noise within
+    float rounding; without noise also numpy's oracle on the same boxes."""
+    uris, img, lbl = arrays
+    B, decode, dt, crop, on_error, kw = FUSED_DATASET_CASES[case]
+    aug = Augment(seed=case, **kw)
+    arrays_ = [{"image": uris["img"], "label": uris["lbl"]}]
+    if on_error == "skip":
+        arrays_.append({"image": uris["bad"], "label": uris["lbl"]})
+
+    def run(fuse: bool):
+        calls = [0]
+        real = Augment.__call__
+
+        def counted(self, *a, **k):
+            calls[0] += 1
+            return real(self, *a, **k)
+
+        monkeypatch.setattr(Augment, "__call__", counted)
+        if not fuse:
+            monkeypatch.setattr(damacy.data, "_fused_op", lambda: None)
+        ds = CropDataset(arrays_, RandomCrops(crop, seed=3, num_samples=4 * B - 1), samples_per_batch=B, device="cuda",
+                         dtype={"image": dt, "label": "u8"}, transform=aug, return_meta=True, on_error=on_error,
+                         config=Config(n_io_threads=2, decode=decode))
+        out = [({k: v.cpu() for k, v in b.items()}, m) for b, m in DataLoader(ds, batch_size=None)]
+        monkeypatch.undo()
+        return out, calls[0]
+
+    fused_out, fused_calls = run(True)
+    plain_out, plain_calls = run(False)
+    assert fused_calls == 0 and plain_calls == len(plain_out) == len(fused_out) == 4
+    noise = kw.get("noise_std", 0) > 0
+    for (fb, fm), (pb, pm) in zip(fused_out, plain_out):
+        assert torch.equal(fm["index"], pm["index"]) and torch.equal(fm["box"], pm["box"])
+        assert torch.equal(fb["label"], pb["label"])
+        if noise:
+            tol = 1.6e-2 if dt == "bf16" else 1e-5
+            torch.testing.assert_close(fb["image"].double(), pb["image"].double(), rtol=tol, atol=tol * 100)
+        else:
+            assert torch.equal(fb["image"], pb["image"])
+            for r, d in enumerate(aug.params(fm["index"])):
+                box = [tuple(x) for x in fm["box"][r].tolist()]
+                # (the bad array holds img's values outside its corrupt chunk, skipped)
+                want = _np_augment(img[tuple(slice(a, b) for a, b in box)].astype(np.float32), d, aug, True)
+                np.testing.assert_allclose(fb["image"][r].float().numpy(), want, rtol=1e-6 if dt == "f32" else 1e-2)
+                np.testing.assert_array_equal(fb["label"][r].numpy(), _np_augment(lbl[tuple(slice(a, b) for a, b in box)], d, aug, False))

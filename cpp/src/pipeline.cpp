@@ -78,6 +78,8 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
                         std::to_string(numel * item));
   }
 
+  // Transforms (Augment fused) of a CPU-made batch: applied after its copy to the device.
+  const rust::Vec<ffi::SampleTransform> transforms = batch->sample_transforms();
   at::Tensor cpu;
   if (reinterpret_cast<std::uintptr_t>(bytes.data()) % item != 0) {
     // Torch kernels assume element alignment; Rust's buffers should always give it, and a
@@ -89,10 +91,18 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
     // The TensorMaker owns the context from here on (also if make_tensor throws).
     cpu = at::for_blob(data, shape).context(batch.into_raw(), &drop_batch).options(options).make_tensor();
   }
+  // Rust refuses transforms on CPU devices at push.
   if (device.is_cpu()) return cpu;
-  // Placeholder until the device path (cpp/src/cuda, nvCOMP) exists: CPU decode, then a
-  // synchronous copy on the current stream; the CPU buffer goes back to the pool right after.
-  return detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
+  // CPU decode for a CUDA device: a synchronous copy on the current stream; the CPU buffer
+  // goes back to the pool right after.
+  at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
+  if (transforms.empty()) return out;
+#if DAMACY_WITH_CUDA
+  return detail::on_device("transforming the batch on " + device.str(),
+                           [&] { return detail::apply_transforms(out, transforms); });
+#else
+  throw InvalidArgument("sample transforms need a CUDA build of damacy (this one has no CUDA support)");
+#endif
 }
 
 }  // namespace
@@ -236,6 +246,24 @@ bool Pipeline::push(std::string_view uri, const std::vector<std::int64_t>& start
   return detail::call([&] {
     return impl_->rust->push_sample(uri_rs, rust::Slice<const std::int64_t>(starts.data(), starts.size()),
                              rust::Slice<const std::int64_t>(stops.data(), stops.size()));
+  });
+}
+
+bool Pipeline::push(std::string_view uri, const std::vector<std::int64_t>& starts,
+                    const std::vector<std::int64_t>& stops, const SampleTransform& transform) {
+  if (!impl_) moved_from();
+  const rust::Str uri_rs = detail::str(uri, "sample uri");
+  ffi::SampleTransform t{};
+  t.map = transform.map;
+  t.scale = transform.scale;
+  t.shift = transform.shift;
+  t.noise_g = transform.noise_g;
+  t.noise_b = transform.noise_b;
+  t.noise_factor = transform.noise_factor;
+  t.intensity = transform.intensity;
+  return detail::call([&] {
+    return impl_->rust->push_sample_transformed(uri_rs, rust::Slice<const std::int64_t>(starts.data(), starts.size()),
+                                                rust::Slice<const std::int64_t>(stops.data(), stops.size()), t);
   });
 }
 

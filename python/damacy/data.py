@@ -50,8 +50,8 @@ from . import _policy
 from .config import Config, is_dtype
 from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
 from .pipeline import Pipeline
-from .sample import Sample
-from .transforms import Augment
+from .sample import Sample, _TransformedSample
+from .transforms import Augment, _fused_op
 
 __all__ = ["Augment", "CropDataset", "RandomCrops", "GridCrops", "LabelCrops", "Stitcher", "stitch", "to_device", "array_shape", "level_uri"]
 
@@ -88,6 +88,8 @@ def level_uri(uri: str | os.PathLike[str], level: int) -> str:
 _CHANNEL_NAMES = frozenset({"c", "channel", "channels"})
 
 #: dict keys whose integer arrays default to dtype "label" (the narrowest that fits).
+# Output dtypes (the config's spelling) that are floating point: intensity applies to them.
+_FLOAT_OUT = frozenset({"f32", "bf16"})
 _LABEL_KEYS = frozenset({"label", "labels", "mask", "masks", "seg", "segmentation", "target", "targets"})
 #: source data type -> the narrowest output dtype that holds all its values.
 _LABEL_DTYPES = {"bool": "u8", "uint8": "u8", "int8": "i32", "int16": "i32", "uint16": "i32", "int32": "i32",
@@ -1094,16 +1096,43 @@ class CropDataset(IterableDataset):
         axes = set(ch[0]) if ch is not None else set()
         return [r for d, r in enumerate(aabb) if d not in axes]
 
-    def _samples(self, plan: _EpochPlan, js: Any, key: int) -> Iterator[Sample]:
+    def _fused_augment(self, configs: Sequence[Config]) -> Augment | None:
+        """The leading `transform` when it is an Augment the pipelines can apply where they
+        make the batch (samples pushed with their draws; dev/ops.md push_many), else None
+        (it runs on the batch). Needs a CUDA device and a CUDA build, samples whose values
+        the batch path would give too (Augment.fusable), no reordering of the axes
+        (channels already first), and no policy that rewrites rows after the pop ("fill"
+        rows, reflect/edge padding: they would then stay unaugmented)."""
+        aug = self.transforms[0] if self.transforms else None
+        if not isinstance(aug, Augment) or self.on_error == "fill" or self.padding != "constant" or _fused_op() is None:
+            return None
+        for k, cfg in enumerate(configs):
+            fields = json.loads(cfg.to_json())
+            ch = self._channels[k]
+            if not str(fields["device"]).startswith("cuda") or (ch is not None and ch[0] and list(ch[0]) != list(range(len(ch[0])))):
+                return None
+            if not aug.fusable(fields["sample_shape"], self._intensity_key(k), fields["dtype"] in _FLOAT_OUT):
+                return None
+        return aug
+
+    def _intensity_key(self, k: int) -> Any:
+        """What Augment's intensity_keys name key `k` by: its dict key, tuple position or None."""
+        return self._keys[k] if self._kind == "dict" else k if self._kind == "tuple" else None
+
+    def _samples(self, plan: _EpochPlan, js: Any, key: int, fused: Augment | None = None,
+                 floating: bool = True) -> Iterator[Sample]:
         """The samples for `key` of the batches `js`; a short last batch is padded with
-        repeats of its last sample (read, then sliced away)."""
+        repeats of its last sample (read, then sliced away). With `fused`, each sample
+        carries its draw of that Augment (the pipeline applies it)."""
         B, S = self.samples_per_batch, self.sampler.sample_shape
         for j in js():
             sample = None
             rng = self._sample_range(j, plan.n_samples)
-            for i in rng:
+            words = fused.push_words(rng, self._epoch, self._intensity_key(key), floating) if fused is not None else None
+            for r, i in enumerate(rng):
                 a, starts, _ = plan.sample(i)
-                sample = Sample(self._uris[a][key], self._read_box(key, [(b, b + s) for b, s in zip(starts, S)]))
+                box = self._read_box(key, [(b, b + s) for b, s in zip(starts, S)])
+                sample = Sample(self._uris[a][key], box) if words is None else _TransformedSample(self._uris[a][key], box, words[r])
                 yield sample
             for _ in range(B - len(rng)):
                 yield sample
@@ -1120,9 +1149,11 @@ class CropDataset(IterableDataset):
     def _batches(self, plan: _EpochPlan, js: Any, configs: Sequence[Config], *, in_worker: bool, worker: tuple[int, int]) -> Iterator[Any]:
         streams = _Streams(configs, self.on_error, self.padding)
         tracked = self.on_error != "raise" or self.padding != "constant"
+        fused = self._fused_augment(configs)
         try:
             for k, pipe in enumerate(streams.pipes):
-                pipe.push(self._samples(plan, js, k))
+                floating = json.loads(configs[k].to_json())["dtype"] in _FLOAT_OUT
+                pipe.push(self._samples(plan, js, k, fused, floating))
             for j in js():
                 rng = self._sample_range(j, plan.n_samples)
                 n = len(rng)
@@ -1160,8 +1191,8 @@ class CropDataset(IterableDataset):
                     batch = tuple(tensors)
                 else:
                     batch = tensors[0]
-                if self.transforms:
-                    batch = self._transform(batch, plan, rng, src)
+                if len(self.transforms) > (fused is not None):
+                    batch = self._transform(batch, plan, rng, src, skip=int(fused is not None))
                 if self.return_meta:
                     meta = self._meta(plan, j, rng, samples, src)
                     if tracked:
@@ -1179,9 +1210,9 @@ class CropDataset(IterableDataset):
         finally:
             streams.close()
 
-    def _transform(self, batch: Any, plan: _EpochPlan, rng: range, src: list[int]) -> Any:
+    def _transform(self, batch: Any, plan: _EpochPlan, rng: range, src: list[int], skip: int = 0) -> Any:
         index = torch.tensor([rng[i] for i in src], dtype=torch.int64)
-        for t in self.transforms:
+        for t in self.transforms[skip:]:
             batch = t(batch, index=index, epoch=self._epoch) if isinstance(t, Augment) else t(batch)
         return batch
 

@@ -250,15 +250,23 @@ class Pipeline:
                 break
             uris = []
             boxes = []
-            for item in held:
+            words: list[int] = []
+            for r, item in enumerate(held):
                 target = item.native if tracking else item
                 aabb = target.aabb
                 uris.append(target.uri)
                 boxes.append(len(aabb))
                 boxes += [a for a, _ in aabb]
                 boxes += [b for _, b in aabb]
+                t = getattr(target, "transform", None)  # _TransformedSample (CropDataset's fused Augment)
+                if t is not None:
+                    if len(words) < 4 * r:
+                        words += [0] * (4 * r - len(words))  # identity for the samples before
+                    words += t
+            if words and len(words) < 4 * len(uris):
+                words += [0] * (4 * len(uris) - len(words))
             try:
-                n, room = _ops.call(self._native.push_many, uris, boxes, drain=False)
+                n, room = _ops.call(self._native.push_many, uris, boxes, words, drain=False)
             except Exception:
                 held.popleft()  # the sample it raised for (always the first): dropped, as a failed push
                 self._room = None

@@ -157,6 +157,19 @@ class Sample:
         return (Sample, (self.uri, self.aabb))
 
 
+class _TransformedSample(Sample):
+    """A Sample pushed with its transform's 4 words (CropDataset's fused Augment; the
+    pipeline applies them where it makes the batch, dev/ops.md push_many). Equal to, and
+    pickled as, the plain Sample."""
+
+    __slots__ = ("transform",)
+    transform: tuple[int, int, int, int]
+
+    def __init__(self, uri: str | os.PathLike[str], aabb: Iterable[Any], transform: tuple[int, int, int, int]) -> None:
+        super().__init__(uri, aabb)
+        object.__setattr__(self, "transform", transform)
+
+
 def _dataclass_fields(*names: str) -> dict:
     import dataclasses
 

@@ -417,6 +417,51 @@ class Augment:
         table = torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3)
         return table if len(draws) <= _ARG_ROWS else _to_device(table, device)
 
+    # --- fused into the pipeline's assemble (CropDataset on CUDA) ---------------------------
+    #
+    # The dataset pushes each sample with its draw as a transform (`push_words`); the pipeline
+    # applies it where it makes the batch (the GPU assemble kernel, or the augment kernel
+    # after the CPU path's copy), so the batch arrives augmented: no pass over it here.
+
+    def _wants(self, key: Any, floating: bool) -> bool:
+        """Whether the tensor of `key` (dict key, tuple position or None) gets intensity."""
+        return floating if self.intensity_keys is None else key in self.intensity_keys
+
+    def fusable(self, shape: Sequence[int], key: Any, floating: bool) -> bool:
+        """Whether a pipeline making samples of `shape` (batch dim excluded) can apply these
+        draws itself, with the values this Augment gives on the batch: the axes exist, turns
+        have a square plane, intensity only on floating outputs, and scale and shift fit a
+        float32 (else the batch path's errors and infs apply)."""
+        nd = len(shape)
+        if self._span > nd or nd > 8:
+            return False
+        if self.rot90_plane is not None and shape[self.rot90_plane[0]] != shape[self.rot90_plane[1]]:
+            return False
+        intensity = self._wants(key, floating) and (self.scale is not None or self.shift is not None or self.noise_std > 0)
+        if intensity and not floating:
+            return False
+        if intensity and self.noise_std > 0 and math.prod(shape) >= 2**32:
+            return False
+        limit = 3.4028234663852886e38
+        return all(abs(v) <= limit for r in (self.scale, self.shift) if r is not None for v in r)
+
+    def push_words(self, index: Sequence[int], epoch: int, key: Any, floating: bool) -> list[tuple[int, int, int, int]]:
+        """Per sample of `index`: the 4 words of its pipeline transform (dev/ops.md
+        push_many): scale | shift << 32 (float32 bits), g | b << 32, the axis map,
+        noise_factor (float32 bits of -2 * noise_std**2) | intensity << 32."""
+        intensity = self._wants(key, floating) and (self.scale is not None or self.shift is not None or self.noise_std > 0)
+        factor = -2.0 * self.noise_std * self.noise_std if intensity else 0.0
+        pack, unpack, size = _PUSH_ROW.pack_into, _PUSH_WORDS.unpack_from, _PUSH_ROW.size
+        draws = self._draws(index, epoch)
+        buf = bytearray(size * len(draws))
+        words, no_shift = self._map_words, self.shift is None
+        for r, (mask, k, scale, shift, seed) in enumerate(draws):
+            word = words.get((mask, k))
+            if word is None:
+                word = self._map_word(mask, k)
+            pack(buf, size * r, scale, -0.0 if no_shift else shift, *_noise_key(seed), word, factor, int(intensity))
+        return [unpack(buf, size * r) for r in range(len(draws))]
+
     def _fused(self, x: torch.Tensor, wants: bool, draws: list[tuple[int, int, float, float, int]],
                cache: dict[Any, Any]) -> torch.Tensor | None:
         """`x` augmented by the op damacy::augment (one kernel), or None where the torch path
@@ -477,6 +522,9 @@ _USE_FUSED = True
 _FUSED_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # A parameter row of damacy::augment (dev/ops.md): float32 scale, shift | uint32 g, b | map.
 _PARAM_ROW = struct.Struct("<ffIIQ")
+# A pipeline transform (push_words): the row above, then float32 noise_factor | uint32 flags.
+_PUSH_ROW = struct.Struct("<ffIIQfI")
+_PUSH_WORDS = struct.Struct("<4q")
 # Batches up to this many samples pass the table on the CPU (gpu_augment.h kAugmentArgRows).
 _ARG_ROWS = 128
 _fused_state: list[Any] = []

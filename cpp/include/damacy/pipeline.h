@@ -47,6 +47,27 @@ struct Sample {
   friend bool operator!=(const Sample& a, const Sample& b) { return !(a == b); }
 };
 
+/// A per-sample transform applied where the batch is made on a CUDA device (fused into the
+/// GPU assemble kernel; after the copy on the CPU-decode path): what Python's
+/// damacy.transforms.Augment computes, pushed with the sample (dev/ops.md, damacy::augment's
+/// parameter row). `map`: the axis map, one byte per output axis counted from the last
+/// (byte e-1 for axis -e): bits 0-3 the source axis counted from the last (0: itself), bit 4
+/// set when the output runs backwards along it; 0 is the identity. With `intensity` (float
+/// outputs), y = float(x) * scale + shift + the noise contract's normal times
+/// sqrt(-noise_factor / 2) (noise_factor = float(-2 * noise_std**2); 0: no noise) from the
+/// counter (noise_g odd, noise_b). A transform the pipeline cannot apply (a map that is not
+/// a permutation of equal extents, a CPU device, intensity on integer outputs) fails the
+/// sample's batch with InvalidArgument.
+struct SampleTransform {
+  std::uint64_t map = 0;
+  float scale = 1.0f;
+  float shift = -0.0f;
+  std::uint32_t noise_g = 1;
+  std::uint32_t noise_b = 0;
+  float noise_factor = 0.0f;
+  bool intensity = false;
+};
+
 /// A popped batch: `[samples_per_batch, *sample_shape]` and the samples it was made from, in
 /// batch order (`samples[i]` is `tensor[i]`).
 struct Batch {
@@ -104,6 +125,9 @@ class Pipeline {
   /// Same, with the box as separate starts and stops.
   bool push(std::string_view uri, const std::vector<std::int64_t>& starts,
             const std::vector<std::int64_t>& stops);
+  /// Same, with the sample's transform (SampleTransform), applied where its batch is made.
+  bool push(std::string_view uri, const std::vector<std::int64_t>& starts,
+            const std::vector<std::int64_t>& stops, const SampleTransform& transform);
   /// Pushes the samples of [first, last) in order until the window is full; returns the first
   /// sample not pushed (`last` when all were). Resume from there after a pop.
   template <class InputIt>

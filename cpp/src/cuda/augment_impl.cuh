@@ -30,26 +30,8 @@ inline constexpr int kAugThreads = 256;
 inline constexpr int kAugPairsPerThread = 4;
 inline constexpr int kAugMaxDims = kAugmentMaxDims;
 
-// ------------------------------------------------------------------------------------------
-// Portable primitives (device intrinsic / host equivalent).
-
-DAMACY_HD float aug_mul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  volatile float p = a * b;  // never contracted into an fma with the add that follows
-  return p;
-#endif
-}
-
-DAMACY_HD float aug_add(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  volatile float s = a + b;
-  return s;
-#endif
-}
+// aug_mul, aug_add, aug_sincos, lowbias32, uniform23: kernels_impl.cuh (the assemble kernel
+// applies the same intensity and noise when Augment is fused into it).
 
 DAMACY_HD uint64_t aug_load_word(const int64_t* p) {
 #if defined(__CUDA_ARCH__)
@@ -57,30 +39,6 @@ DAMACY_HD uint64_t aug_load_word(const int64_t* p) {
 #else
   return static_cast<uint64_t>(*p);
 #endif
-}
-
-DAMACY_HD void aug_sincos(float t, float* s, float* c) {
-#if defined(__CUDA_ARCH__)
-  sincosf(t, s, c);
-#else
-  *s = std::sin(t);
-  *c = std::cos(t);
-#endif
-}
-
-// Chris Wellons' hash-prospector lowbias32, [16 21f0aaad 15 735a2d97 15].
-DAMACY_HD uint32_t lowbias32(uint32_t h) {
-  h ^= h >> 16;
-  h *= 0x21f0aaadu;
-  h ^= h >> 15;
-  h *= 0x735a2d97u;
-  h ^= h >> 15;
-  return h;
-}
-
-// The contract's uniform of counter c: (floor(h / 2**9) + 0.5) / 2**23, exact in float.
-DAMACY_HD float uniform23(uint32_t c) {
-  return (static_cast<float>(lowbias32(c) >> 9) + 0.5f) * 0x1p-23f;
 }
 
 template <class T>

@@ -28,6 +28,15 @@ using detail::CopyOpView;
 using detail::DecodeOpView;
 using detail::UnshuffleOpView;
 static_assert(sizeof(GpuCopyOp) == sizeof(CopyOpView) && alignof(GpuCopyOp) == alignof(CopyOpView));
+static_assert(sizeof(ffi::SampleTransform) == sizeof(detail::SampleTransformView) &&
+              alignof(ffi::SampleTransform) == alignof(detail::SampleTransformView));
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, map);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, scale);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, shift);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, noise_g);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, noise_b);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, noise_factor);
+DAMACY_SAME_FIELD(ffi::SampleTransform, detail::SampleTransformView, intensity);
 DAMACY_SAME_FIELD(GpuCopyOp, CopyOpView, chunk_offset);
 DAMACY_SAME_FIELD(GpuCopyOp, CopyOpView, src_dtype);
 DAMACY_SAME_FIELD(GpuCopyOp, CopyOpView, sample);

@@ -3,6 +3,7 @@
 // emulation in kernels_test.cu); this file owns the grids, shared memory and launches.
 #include <algorithm>
 #include <climits>
+#include <type_traits>
 
 #include "damacy/detail/gpu_kernels.h"
 #include "kernels_impl.cuh"
@@ -15,6 +16,7 @@ using detail::ChecksumOpView;
 using detail::CopyOpView;
 using detail::DecodeOpView;
 using detail::SampleGeom;
+using detail::SampleTransformView;
 using detail::UnshuffleOpView;
 using detail::kAsmMaxTileOps;
 using detail::kAsmThreads;
@@ -42,12 +44,12 @@ __device__ int warp_find_op(const uint64_t* __restrict__ prefix, int n, uint64_t
   return lo;
 }
 
-template <class OutT>
+template <class OutT, bool kIntensity>
 __global__ void __launch_bounds__(kAsmThreads)
     assemble_kernel(const CopyOpView* __restrict__ ops, int n_ops,
                     const uint64_t* __restrict__ prefix, uint64_t total,
                     const uint8_t* __restrict__ decoded, OutT* __restrict__ out,
-                    SampleGeom geom) {
+                    SampleGeom geom, const SampleTransformView* __restrict__ transforms) {
   __shared__ AsmPlan plans[kAsmMaxTileOps];
   __shared__ uint64_t firsts[kAsmMaxTileOps + 1];
   __shared__ int range[2];
@@ -65,12 +67,13 @@ __global__ void __launch_bounds__(kAsmThreads)
   for (int g = lo; g <= hi; g += kAsmMaxTileOps) {
     const int cnt = min(kAsmMaxTileOps, hi - g + 1);
     if (static_cast<int>(threadIdx.x) < cnt) {
-      plans[threadIdx.x] = detail::make_asm_plan(ops[g + threadIdx.x], geom);
+      const CopyOpView op = ops[g + threadIdx.x];
+      plans[threadIdx.x] = detail::make_asm_plan(op, geom, transforms ? transforms + op.sample : nullptr);
     }
     if (static_cast<int>(threadIdx.x) <= cnt) firsts[threadIdx.x] = prefix[g + threadIdx.x];
     __syncthreads();
-    detail::assemble_thread<OutT>(threadIdx.x, tile_begin, tile_end, plans, firsts, cnt, decoded,
-                                  out);
+    detail::assemble_thread<OutT, kIntensity>(threadIdx.x, tile_begin, tile_end, plans, firsts, cnt,
+                                              decoded, out);
     __syncthreads();
   }
 }
@@ -199,7 +202,8 @@ cudaError_t launch_assemble(const ffi::GpuCopyOp* d_ops, int n_ops,
                             const uint64_t* d_op_voxel_prefix, uint64_t total_voxels,
                             const uint8_t* d_decoded, void* d_out, int out_dtype,
                             uint64_t sample_voxels, const uint32_t sample_shape[4],
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const ffi::SampleTransform* d_transforms,
+                            bool intensity) {
   if (n_ops < 0 || (out_dtype != kOutF32 && out_dtype != kOutBf16)) return cudaErrorInvalidValue;
   if (n_ops == 0 || total_voxels == 0) return cudaSuccess;
   const uint64_t tiles = (total_voxels + kAsmTile - 1) / kAsmTile;
@@ -208,14 +212,20 @@ cudaError_t launch_assemble(const ffi::GpuCopyOp* d_ops, int n_ops,
   geom.sample_voxels = sample_voxels;
   for (int d = 0; d < 4; ++d) geom.shape[d] = sample_shape[d];
   const auto* ops = reinterpret_cast<const CopyOpView*>(d_ops);
+  const auto* tfs = reinterpret_cast<const SampleTransformView*>(d_transforms);
   const dim3 grid(static_cast<unsigned>(tiles));
+  const bool with = intensity && tfs != nullptr;
+  auto launch = [&](auto* out, auto intensity_tag) {
+    using OutT = std::remove_pointer_t<decltype(out)>;
+    assemble_kernel<OutT, decltype(intensity_tag)::value><<<grid, kAsmThreads, 0, stream>>>(
+        ops, n_ops, d_op_voxel_prefix, total_voxels, d_decoded, out, geom, tfs);
+  };
   if (out_dtype == kOutF32) {
-    assemble_kernel<float><<<grid, kAsmThreads, 0, stream>>>(
-        ops, n_ops, d_op_voxel_prefix, total_voxels, d_decoded, static_cast<float*>(d_out), geom);
+    auto* out = static_cast<float*>(d_out);
+    with ? launch(out, std::true_type{}) : launch(out, std::false_type{});
   } else {
-    assemble_kernel<__nv_bfloat16><<<grid, kAsmThreads, 0, stream>>>(
-        ops, n_ops, d_op_voxel_prefix, total_voxels, d_decoded,
-        static_cast<__nv_bfloat16*>(d_out), geom);
+    auto* out = static_cast<__nv_bfloat16*>(d_out);
+    with ? launch(out, std::true_type{}) : launch(out, std::false_type{});
   }
   return cudaGetLastError();
 }

@@ -11,6 +11,7 @@
 // return canonical NaNs); NaN stays NaN.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -158,6 +159,52 @@ DAMACY_HD __nv_bfloat16 f32_to_out<__nv_bfloat16>(float f) {
   return __float2bfloat16_rn(f);
 }
 
+// ------------------------------------------------------------------------------------------
+// Intensity and noise arithmetic shared by the assemble kernel and the augment kernel
+// (augment_impl.cuh): the rounding of transforms.py's torch path, op by op.
+
+DAMACY_HD float aug_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  volatile float p = a * b;  // never contracted into an fma with the add that follows
+  return p;
+#endif
+}
+
+DAMACY_HD float aug_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  volatile float s = a + b;
+  return s;
+#endif
+}
+
+DAMACY_HD void aug_sincos(float t, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+  sincosf(t, s, c);
+#else
+  *s = std::sin(t);
+  *c = std::cos(t);
+#endif
+}
+
+// Chris Wellons' hash-prospector lowbias32, [16 21f0aaad 15 735a2d97 15].
+DAMACY_HD uint32_t lowbias32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x21f0aaadu;
+  h ^= h >> 15;
+  h *= 0x735a2d97u;
+  h ^= h >> 15;
+  return h;
+}
+
+// The contract's uniform of counter c: (floor(h / 2**9) + 0.5) / 2**23, exact in float.
+DAMACY_HD float uniform23(uint32_t c) {
+  return (static_cast<float>(lowbias32(c) >> 9) + 0.5f) * 0x1p-23f;
+}
+
 /// Loads one element of 1 << shift bytes (little endian); byte-wise when misaligned.
 DAMACY_HD uint64_t load_elem(const uint8_t* p, uint32_t shift) {
   const uint32_t size = 1u << shift;
@@ -211,20 +258,27 @@ DAMACY_HD uint32_t fastdiv(uint32_t n, uint32_t d, uint64_t m) {
   return d > 1 ? static_cast<uint32_t>(umul64hi(n, m)) : (d == 1 ? n : 0);
 }
 
-/// Per-op constants of the assemble walk (shared memory; 216 bytes).
+constexpr uint32_t kPlanIntensity = 4;  // scale, shift (and noise) on the cast value
+constexpr uint32_t kPlanNoise = 8;
+
+/// Per-op constants of the assemble walk (shared memory; 264 bytes).
 struct AsmPlan {
   uint64_t src_base;  // byte offset in the decoded arena of the element at chunk_start
   uint64_t dst_base;  // element index in the output of the voxel at sample_start
   uint64_t cs0, cs1, cs2;  // chunk element strides of dims 0..2 (dim 3: 1)
-  uint64_t ds0, ds1, ds2;  // output element strides of dims 0..2 (dim 3: 1)
+  uint64_t ds0, ds1, ds2, ds3;  // output element strides of dims 0..3 (mod 2^64: a flipped
+                                // axis has a negative one), after the sample's transform
   uint64_t src_step, dst_step;        // offset change of +kAsmThreads voxels, no carry
   uint64_t src_w3, src_w2, src_w1;    // extra change when digit 3/2/1 carries (mod 2^64)
   uint64_t dst_w3, dst_w2, dst_w1;
   uint64_t fill_bits;
   uint64_t m3, m2, m1;  // fast-division magics of e3, e2, e1
+  uint64_t sample_base;  // output element index of the sample's first element (noise counter)
   uint32_t e1, e2, e3;  // extents (e0 is never needed)
   uint32_t a1, a2, a3;  // digits of kAsmThreads in radix (e1, e2, e3); a0 never needed
   uint32_t dtype, shift, flags;
+  float scale, shift_by, noise_factor;  // intensity (kPlanIntensity)
+  uint32_t noise_g, noise_b;
 };
 
 /// The shape of every sample, padded to rank 4, and its strides.
@@ -233,7 +287,46 @@ struct SampleGeom {
   uint32_t shape[4];
 };
 
-DAMACY_HD AsmPlan make_asm_plan(const CopyOpView& op, const SampleGeom& g) {
+/// Output strides per *source* axis of a sample under a transform's axis map (damacy::augment
+/// word 2, over the 4 padded dims), and the offset of the voxel at the source origin: output
+/// axis d reads source axis s(d), backwards when reversed, so source voxel p lands at
+/// sum_d os_d * (rev_d ? n_d - 1 - p_s(d) : p_s(d)). A map that is not a permutation of the
+/// 4 dims or pairs dims of different extents is the identity (Rust validates maps at push).
+DAMACY_HD void transform_strides(uint64_t map, const SampleGeom& g, uint64_t (&e)[4], uint64_t& origin) {
+  const uint64_t os[4] = {uint64_t(g.shape[1]) * g.shape[2] * g.shape[3], uint64_t(g.shape[2]) * g.shape[3],
+                          g.shape[3], 1};
+  int src[4];
+  bool rev[4];
+  uint32_t used = 0;
+  bool ok = true;
+  for (int d = 0; d < 4; ++d) {
+    const int ax = 4 - d;  // output axis -ax
+    const uint32_t code = static_cast<uint32_t>(map >> (8 * (ax - 1))) & 0xffu;
+    const int se = (code & 0xfu) ? static_cast<int>(code & 0xfu) : ax;
+    src[d] = d;
+    rev[d] = false;
+    if (se > 4) {
+      ok = false;
+    } else {
+      src[d] = 4 - se;
+      rev[d] = (code & 0x10u) != 0;
+      used |= 1u << src[d];
+      ok = ok && g.shape[src[d]] == g.shape[d];
+    }
+  }
+  ok = ok && used == 0xfu;
+  origin = 0;
+  for (int d = 0; d < 4; ++d) e[d] = os[d];
+  if (!ok) return;
+  for (int d = 0; d < 4; ++d) {
+    e[src[d]] = rev[d] ? uint64_t(0) - os[d] : os[d];
+    if (rev[d]) origin += os[d] * (g.shape[d] - 1);
+  }
+}
+
+/// `tf`: the transform of the op's sample, or null (none).
+DAMACY_HD AsmPlan make_asm_plan(const CopyOpView& op, const SampleGeom& g,
+                                const SampleTransformView* tf = nullptr) {
   AsmPlan p{};
   const uint32_t* e = op.extent;
   p.e1 = e[1];
@@ -253,17 +346,28 @@ DAMACY_HD AsmPlan make_asm_plan(const CopyOpView& op, const SampleGeom& g) {
   p.cs2 = c[3];
   p.cs1 = uint64_t(c[2]) * c[3];
   p.cs0 = p.cs1 * c[1];
-  const uint32_t* s = g.shape;
-  p.ds2 = s[3];
-  p.ds1 = uint64_t(s[2]) * s[3];
-  p.ds0 = p.ds1 * s[1];
+  uint64_t ds[4];
+  uint64_t origin = 0;
+  transform_strides(tf ? tf->map : 0, g, ds, origin);
+  p.ds0 = ds[0];
+  p.ds1 = ds[1];
+  p.ds2 = ds[2];
+  p.ds3 = ds[3];
+  p.sample_base = uint64_t(op.sample) * g.sample_voxels;
+  if (tf && tf->intensity) {
+    p.flags |= kPlanIntensity | (tf->noise_factor != 0.0f ? kPlanNoise : 0);
+    p.scale = tf->scale;
+    p.shift_by = tf->shift;
+    p.noise_factor = tf->noise_factor;
+    p.noise_g = tf->noise_g;
+    p.noise_b = tf->noise_b;
+  }
 
   const uint32_t* cst = op.chunk_start;
   const uint64_t src_corner = cst[0] * p.cs0 + cst[1] * p.cs1 + cst[2] * p.cs2 + cst[3];
   p.src_base = op.chunk_offset + (src_corner << p.shift);
   const uint32_t* sst = op.sample_start;
-  p.dst_base = uint64_t(op.sample) * g.sample_voxels + sst[0] * p.ds0 + sst[1] * p.ds1 +
-               sst[2] * p.ds2 + sst[3];
+  p.dst_base = p.sample_base + origin + sst[0] * p.ds0 + sst[1] * p.ds1 + sst[2] * p.ds2 + sst[3] * p.ds3;
 
   // Digits of the step: kAsmThreads = ((a0*e1 + a1)*e2 + a2)*e3 + a3.
   uint64_t t = kAsmThreads;
@@ -280,11 +384,11 @@ DAMACY_HD AsmPlan make_asm_plan(const CopyOpView& op, const SampleGeom& g) {
   p.a2 = static_cast<uint32_t>(a2);
   p.a3 = static_cast<uint32_t>(a3);
   p.src_step = a0 * p.cs0 + a1 * p.cs1 + a2 * p.cs2 + a3;
-  p.dst_step = a0 * p.ds0 + a1 * p.ds1 + a2 * p.ds2 + a3;
+  p.dst_step = a0 * p.ds0 + a1 * p.ds1 + a2 * p.ds2 + a3 * p.ds3;
   p.src_w3 = p.cs2 - e[3];
   p.src_w2 = p.cs1 - uint64_t(e[2]) * p.cs2;
   p.src_w1 = p.cs0 - uint64_t(e[1]) * p.cs1;
-  p.dst_w3 = p.ds2 - e[3];
+  p.dst_w3 = p.ds2 - uint64_t(e[3]) * p.ds3;
   p.dst_w2 = p.ds1 - uint64_t(e[2]) * p.ds2;
   p.dst_w1 = p.ds0 - uint64_t(e[1]) * p.ds1;
   return p;
@@ -320,7 +424,7 @@ DAMACY_HD AsmCursor asm_locate(const AsmPlan& p, uint64_t local) {
     i0 = q1;
   }
   c.src = i0 * p.cs0 + c.i1 * p.cs1 + c.i2 * p.cs2 + c.i3;
-  c.dst = i0 * p.ds0 + c.i1 * p.ds1 + c.i2 * p.ds2 + c.i3;
+  c.dst = i0 * p.ds0 + c.i1 * p.ds1 + c.i2 * p.ds2 + c.i3 * p.ds3;
   return c;
 }
 
@@ -364,9 +468,39 @@ DAMACY_HD int find_op_serial(const uint64_t* prefix, int n, uint64_t v) {
   return lo;
 }
 
-/// One thread's voxels of one op group: plans[0..cnt) cover voxels [firsts[0], firsts[cnt]).
-/// Phase 1 locates every voxel and issues all loads; phase 2 casts and stores.
 template <class OutT>
+DAMACY_HD float out_to_f32(OutT v);
+template <>
+DAMACY_HD float out_to_f32<float>(float v) {
+  return v;
+}
+template <>
+DAMACY_HD float out_to_f32<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+/// The intensity change of output element `dst` (plan with kPlanIntensity), as the augment
+/// kernel applies it to an assembled batch: the value rounded to OutT first, then x * scale,
+/// + shift, + the contract's normal z_j (j = dst's C-order index in its sample, Box-Muller
+/// of the pair (2m, 2m+1) that holds j), each rounded separately.
+template <class OutT>
+DAMACY_HD float asm_intensity(const AsmPlan& p, float f, uint64_t dst) {
+  float y = aug_add(aug_mul(out_to_f32<OutT>(f32_to_out<OutT>(f)), p.scale), p.shift_by);
+  if (p.flags & kPlanNoise) {
+    const uint32_t j = static_cast<uint32_t>(dst - p.sample_base);
+    const uint32_t c0 = p.noise_g * (j & ~1u) + p.noise_b;  // mod 2**32
+    const float r = sqrtf(aug_mul(logf(uniform23(c0)), p.noise_factor));
+    float sn, cs;
+    aug_sincos(aug_mul(uniform23(c0 + p.noise_g), static_cast<float>(6.283185307179586)), &sn, &cs);
+    y = aug_add(y, aug_mul(r, (j & 1u) ? sn : cs));
+  }
+  return y;
+}
+
+/// One thread's voxels of one op group: plans[0..cnt) cover voxels [firsts[0], firsts[cnt]).
+/// Phase 1 locates every voxel and issues all loads; phase 2 casts and stores. kIntensity:
+/// some plan may carry an intensity change (a batch with fused Augment rows).
+template <class OutT, bool kIntensity = false>
 DAMACY_HD void assemble_thread(uint32_t tid, uint64_t tile_begin, uint64_t tile_end,
                                const AsmPlan* plans, const uint64_t* firsts, int cnt,
                                const uint8_t* decoded, OutT* out) {
@@ -376,6 +510,7 @@ DAMACY_HD void assemble_thread(uint32_t tid, uint64_t tile_begin, uint64_t tile_
   uint64_t raw[kAsmPerThread];
   uint64_t dst[kAsmPerThread];
   uint32_t code[kAsmPerThread];
+  int plan_of[kAsmPerThread];
   int k = -1;
   AsmCursor cur{};
 #if defined(__CUDA_ARCH__)
@@ -386,6 +521,7 @@ DAMACY_HD void assemble_thread(uint32_t tid, uint64_t tile_begin, uint64_t tile_
     code[j] = kSkip;
     raw[j] = 0;
     dst[j] = 0;
+    plan_of[j] = 0;
     // Valid voxels of this thread are consecutive in j, so a cursor that is still inside
     // op k was placed exactly kAsmThreads voxels back.
     if (v < tile_end && v >= group_begin && v < group_end) {
@@ -399,6 +535,7 @@ DAMACY_HD void assemble_thread(uint32_t tid, uint64_t tile_begin, uint64_t tile_
       const AsmPlan& p = plans[k];
       code[j] = p.dtype;
       dst[j] = p.dst_base + cur.dst;
+      plan_of[j] = k;
       raw[j] = (p.flags & kPlanFill) ? p.fill_bits
                                       : load_elem(decoded + p.src_base + (cur.src << p.shift),
                                                   p.shift);
@@ -408,7 +545,13 @@ DAMACY_HD void assemble_thread(uint32_t tid, uint64_t tile_begin, uint64_t tile_
 #pragma unroll
 #endif
   for (int j = 0; j < kAsmPerThread; ++j) {
-    if (code[j] != kSkip) out[dst[j]] = f32_to_out<OutT>(src_to_f32(raw[j], code[j]));
+    if (code[j] == kSkip) continue;
+    float f = src_to_f32(raw[j], code[j]);
+    if constexpr (kIntensity) {
+      const AsmPlan& p = plans[plan_of[j]];
+      if (p.flags & kPlanIntensity) f = asm_intensity<OutT>(p, f, dst[j]);
+    }
+    out[dst[j]] = f32_to_out<OutT>(f);
   }
 }
 

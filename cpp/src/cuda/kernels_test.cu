@@ -160,6 +160,7 @@ struct AsmCase {
   int out_dtype = 0;
   std::vector<GpuCopyOp> ops;
   std::vector<uint8_t> decoded;
+  std::vector<damacy::ffi::SampleTransform> tfs;  // one per sample, or none
   uint64_t sample_voxels() const { return uint64_t(shape[0]) * shape[1] * shape[2] * shape[3]; }
   size_t out_bytes() const { return spb * sample_voxels() * (out_dtype == 0 ? 4 : 2); }
 };
@@ -298,6 +299,8 @@ void emulate_assemble_t(const AsmCase& c, std::vector<uint8_t>& out) {
   for (int d = 0; d < 4; ++d) geom.shape[d] = c.shape[d];
   std::vector<dd::CopyOpView> ops(c.ops.size());
   for (size_t i = 0; i < ops.size(); ++i) ops[i] = view_of<dd::CopyOpView>(c.ops[i]);
+  std::vector<dd::SampleTransformView> tfv(c.tfs.size());
+  for (size_t i = 0; i < tfv.size(); ++i) tfv[i] = view_of<dd::SampleTransformView>(c.tfs[i]);
   dd::AsmPlan plans[dd::kAsmMaxTileOps];
   uint64_t firsts[dd::kAsmMaxTileOps + 1];
   for (uint64_t tile = 0; tile * dd::kAsmTile < total; ++tile) {
@@ -307,11 +310,20 @@ void emulate_assemble_t(const AsmCase& c, std::vector<uint8_t>& out) {
     const int hi = dd::find_op_serial(prefix.data(), n, te - 1);
     for (int g = lo; g <= hi; g += dd::kAsmMaxTileOps) {
       const int cnt = std::min(dd::kAsmMaxTileOps, hi - g + 1);
-      for (int t = 0; t < cnt; ++t) plans[t] = dd::make_asm_plan(ops[g + t], geom);
+      for (int t = 0; t < cnt; ++t) {
+        const dd::SampleTransformView* tf =
+            c.tfs.empty() ? nullptr : &tfv[ops[g + t].sample];
+        plans[t] = dd::make_asm_plan(ops[g + t], geom, tf);
+      }
       for (int t = 0; t <= cnt; ++t) firsts[t] = prefix[g + t];
       for (uint32_t tid = 0; tid < uint32_t(dd::kAsmThreads); ++tid) {
-        dd::assemble_thread<OutT>(tid, tb, te, plans, firsts, cnt, c.decoded.data(),
-                                  reinterpret_cast<OutT*>(out.data()));
+        if (c.tfs.empty()) {
+          dd::assemble_thread<OutT>(tid, tb, te, plans, firsts, cnt, c.decoded.data(),
+                                    reinterpret_cast<OutT*>(out.data()));
+        } else {
+          dd::assemble_thread<OutT, true>(tid, tb, te, plans, firsts, cnt, c.decoded.data(),
+                                          reinterpret_cast<OutT*>(out.data()));
+        }
       }
     }
   }
@@ -325,6 +337,129 @@ std::vector<uint8_t> emulate_assemble(const AsmCase& c) {
     emulate_assemble_t<__nv_bfloat16>(c, out);
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assemble with sample transforms (Augment fused): reference = the plain reference assemble,
+// then per sample the axis map by nested loops (output axis d reads source axis src[d],
+// backwards when rev[d]) and the intensity change of damacy::augment's contract.
+
+struct MapOf {
+  int src[4];
+  bool rev[4];
+};
+
+MapOf decode_map4(uint64_t word) {
+  MapOf m{};
+  for (int d = 0; d < 4; ++d) {
+    const int e = 4 - d;
+    const uint32_t code = uint32_t(word >> (8 * (e - 1))) & 0xffu;
+    const int se = (code & 0xfu) ? int(code & 0xfu) : e;
+    m.src[d] = 4 - se;
+    m.rev[d] = (code & 0x10u) != 0;
+  }
+  return m;
+}
+
+template <class OutT>
+float ref_out_round(float f) {
+  return dd::out_to_f32<OutT>(dd::f32_to_out<OutT>(f));
+}
+
+std::vector<uint8_t> ref_transform(const AsmCase& c, const std::vector<uint8_t>& plain) {
+  if (c.tfs.empty()) return plain;
+  std::vector<uint8_t> out(plain.size());
+  const size_t es = c.out_dtype == 0 ? 4 : 2;
+  const uint64_t sv = c.sample_voxels();
+  const uint32_t* n = c.shape;
+  for (uint32_t s = 0; s < c.spb; ++s) {
+    const auto& t = c.tfs[s];
+    const MapOf m = decode_map4(t.map);
+    uint64_t j = 0;
+    for (uint32_t i0 = 0; i0 < n[0]; ++i0)
+      for (uint32_t i1 = 0; i1 < n[1]; ++i1)
+        for (uint32_t i2 = 0; i2 < n[2]; ++i2)
+          for (uint32_t i3 = 0; i3 < n[3]; ++i3, ++j) {
+            const uint32_t i[4] = {i0, i1, i2, i3};
+            uint32_t p[4] = {0, 0, 0, 0};
+            for (int d = 0; d < 4; ++d) p[m.src[d]] = m.rev[d] ? n[d] - 1 - i[d] : i[d];
+            const uint64_t from = s * sv + ((uint64_t(p[0]) * n[1] + p[1]) * n[2] + p[2]) * n[3] + p[3];
+            std::memcpy(out.data() + (s * sv + j) * es, plain.data() + from * es, es);
+            if (!t.intensity) continue;
+            float f;
+            if (es == 4) {
+              std::memcpy(&f, out.data() + (s * sv + j) * es, 4);
+            } else {
+              __nv_bfloat16 b;
+              std::memcpy(&b, out.data() + (s * sv + j) * es, 2);
+              f = __bfloat162float(b);
+            }
+            float y = dd::aug_add(dd::aug_mul(f, t.scale), t.shift);
+            if (t.noise_factor != 0.0f) {
+              const uint32_t jj = uint32_t(j);
+              const uint32_t c0 = t.noise_g * (jj & ~1u) + t.noise_b;
+              const float r = std::sqrt(dd::aug_mul(std::log(dd::uniform23(c0)), t.noise_factor));
+              const float th = dd::aug_mul(dd::uniform23(c0 + t.noise_g), float(6.283185307179586));
+              y = dd::aug_add(y, dd::aug_mul(r, (jj & 1u) ? std::sin(th) : std::cos(th)));
+            }
+            if (es == 4) {
+              std::memcpy(out.data() + (s * sv + j) * es, &y, 4);
+            } else {
+              const __nv_bfloat16 b = __float2bfloat16_rn(y);
+              std::memcpy(out.data() + (s * sv + j) * es, &b, 2);
+            }
+          }
+  }
+  return out;
+}
+
+// A random valid transform per sample: a permutation of the 4 padded dims pairing equal
+// extents only, random reversals, intensity (with noise) on about half of the cases.
+void add_transforms(AsmCase& c, std::mt19937_64& rng) {
+  const bool intensity = rng() % 2 == 0;
+  const bool noise = rng() % 2 == 0;
+  for (uint32_t s = 0; s < c.spb; ++s) {
+    int perm[4] = {0, 1, 2, 3};
+    for (int tries = 0; tries < 8; ++tries) {
+      int q[4] = {0, 1, 2, 3};
+      std::shuffle(q, q + 4, rng);
+      bool ok = true;
+      for (int d = 0; d < 4; ++d) ok = ok && c.shape[q[d]] == c.shape[d];
+      if (ok) {
+        std::copy(q, q + 4, perm);
+        break;
+      }
+    }
+    uint64_t word = 0;
+    for (int d = 0; d < 4; ++d) {
+      const uint64_t code = uint64_t(4 - perm[d]) | (rng() % 2 ? 0x10u : 0u);
+      word |= code << (8 * (3 - d));
+    }
+    damacy::ffi::SampleTransform t{};
+    t.map = word;
+    t.intensity = intensity;
+    t.scale = 0.5f + float(rng() % 1000) / 700.0f;
+    t.shift = float(int(rng() % 2000) - 1000) / 300.0f;
+    t.noise_g = uint32_t(rng()) | 1u;
+    t.noise_b = uint32_t(rng()) & 0x7fffffffu;
+    t.noise_factor = noise ? -2.0f * 0.3f * 0.3f : 0.0f;
+    c.tfs.push_back(t);
+  }
+}
+
+std::vector<AsmCase> transform_cases(std::mt19937_64& rng, int n_random) {
+  std::vector<AsmCase> cases;
+  const uint32_t squares[][4] = {{1, 1, 9, 9}, {1, 3, 6, 6}, {2, 5, 5, 5}, {1, 7, 4, 11}, {1, 1, 1, 300}, {4, 4, 4, 4}};
+  for (int i = 0; i < n_random; ++i) {
+    const uint32_t* sh = squares[i % 6];
+    AsmCase c = make_asm_case(rng, 4, sh, 1 + uint32_t(rng() % 3), 3, int(rng() % 2), -1,
+                              "transform " + std::to_string(i));
+    add_transforms(c, rng);
+    c.label += std::string(c.tfs[0].intensity ? " intensity" : " geometry") +
+               (c.tfs[0].noise_factor != 0.0f ? "+noise" : "");
+    cases.push_back(std::move(c));
+  }
+  return cases;
 }
 
 std::vector<AsmCase> asm_cases(std::mt19937_64& rng, int n_random) {
@@ -722,6 +857,13 @@ int host_suites(uint64_t seed, int n_cases) {
   }
   assemble.report();
 
+  Tally fused{"host assemble + transforms"};
+  for (const AsmCase& c : transform_cases(rng, n_cases)) {
+    const std::string diff = compare_out(ref_transform(c, ref_assemble(c)), emulate_assemble(c), c.out_dtype);
+    fused.check(diff.empty(), c.label + " (" + std::to_string(c.ops.size()) + " ops): " + diff);
+  }
+  fused.report();
+
   Tally roundtrip{"host c-blosc port round trip"};
   for (int i = 0; i < 300; ++i) {
     const size_t ts = std::vector<size_t>{1, 2, 3, 4, 8, 16}[rng() % 6];
@@ -800,7 +942,7 @@ int host_suites(uint64_t seed, int n_cases) {
   }
   warp.report();
 
-  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + roundtrip.fail + unshuffle.fail + xxh.fail +
+  return fastdiv.fail + locate.fail + casts.fail + assemble.fail + fused.fail + roundtrip.fail + unshuffle.fail + xxh.fail +
          warp.fail;
 }
 
@@ -852,8 +994,11 @@ std::vector<uint8_t> device_assemble(const AsmCase& c, cudaStream_t stream) {
   uint8_t* d_out = nullptr;
   CK(cudaMalloc(&d_out, c.out_bytes()));
   CK(cudaMemsetAsync(d_out, kOutPattern, c.out_bytes(), stream));
+  damacy::ffi::SampleTransform* d_tfs = c.tfs.empty() ? nullptr : to_device(c.tfs);
+  bool intensity = false;
+  for (const auto& t : c.tfs) intensity = intensity || t.intensity;
   CK(dg::launch_assemble(d_ops, int(c.ops.size()), d_prefix, prefix.back(), d_dec, d_out,
-                         c.out_dtype, c.sample_voxels(), c.shape, stream));
+                         c.out_dtype, c.sample_voxels(), c.shape, stream, d_tfs, intensity));
   std::vector<uint8_t> out(c.out_bytes());
   CK(cudaMemcpyAsync(out.data(), d_out, out.size(), cudaMemcpyDeviceToHost, stream));
   CK(cudaStreamSynchronize(stream));
@@ -861,7 +1006,33 @@ std::vector<uint8_t> device_assemble(const AsmCase& c, cudaStream_t stream) {
   CK(cudaFree(d_prefix));
   CK(cudaFree(d_dec));
   CK(cudaFree(d_out));
+  if (d_tfs) CK(cudaFree(d_tfs));
   return out;
+}
+
+// As compare_out, but values may differ by `rel` relative (+ 1e-5 absolute): the device's
+// logf / sincosf against the host's.
+std::string compare_close(const std::vector<uint8_t>& want, const std::vector<uint8_t>& got, int out_dtype, float rel) {
+  if (want.size() != got.size()) return "size differs";
+  const size_t es = out_dtype == 0 ? 4 : 2;
+  for (size_t i = 0; i < want.size() / es; ++i) {
+    float a, b;
+    if (es == 4) {
+      std::memcpy(&a, want.data() + i * 4, 4);
+      std::memcpy(&b, got.data() + i * 4, 4);
+    } else {
+      __nv_bfloat16 x, y;
+      std::memcpy(&x, want.data() + i * 2, 2);
+      std::memcpy(&y, got.data() + i * 2, 2);
+      a = __bfloat162float(x);
+      b = __bfloat162float(y);
+    }
+    if (a == b || (std::isnan(a) && std::isnan(b)) || std::fabs(a - b) <= 1e-5f + rel * std::fabs(a)) continue;
+    char msg[160];
+    std::snprintf(msg, sizeof msg, "element %zu: want %g got %g", i, double(a), double(b));
+    return msg;
+  }
+  return {};
 }
 
 std::vector<uint8_t> device_unshuffle(const UnshuffleCase& c, uint32_t filter, cudaStream_t stream,
@@ -895,6 +1066,18 @@ int device_suites(uint64_t seed, int n_cases) {
     assemble.check(diff.empty(), c.label + " (" + std::to_string(c.ops.size()) + " ops): " + diff);
   }
   assemble.report();
+
+  Tally fused{"device assemble + transforms"};
+  for (const AsmCase& c : transform_cases(rng, n_cases)) {
+    const std::vector<uint8_t> want = ref_transform(c, ref_assemble(c));
+    const std::vector<uint8_t> got = device_assemble(c, stream);
+    const bool noise = c.tfs[0].intensity && c.tfs[0].noise_factor != 0.0f;
+    // Geometry and scale/shift bit for bit; noise up to log/sin/cos rounding (and one bf16 step).
+    const std::string diff = noise ? compare_close(want, got, c.out_dtype, c.out_dtype == 0 ? 1e-5f : 1e-2f)
+                                   : compare_out(want, got, c.out_dtype);
+    fused.check(diff.empty(), c.label + " (" + std::to_string(c.ops.size()) + " ops): " + diff);
+  }
+  fused.report();
 
   Tally unshuffle{"device unshuffle"};
   for (int i = 0; i < n_cases; ++i) {
@@ -1088,7 +1271,7 @@ int device_suites(uint64_t seed, int n_cases) {
   many.report();
 
   CK(cudaStreamDestroy(stream));
-  return assemble.fail + unshuffle.fail + copy.fail + status.fail + sums.fail + many.fail;
+  return assemble.fail + fused.fail + unshuffle.fail + copy.fail + status.fail + sums.fail + many.fail;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -46,6 +46,18 @@ struct CopyOpView {
   uint32_t extent[4];
 };
 
+/// Mirror of ffi::SampleTransform: a sample's flips, turns and intensity change, applied by
+/// the assemble kernel (Augment fused into assemble; dev/ops.md, `push` with a transform).
+struct SampleTransformView {
+  uint64_t map;          // axis map, damacy::augment's word 2 (0: identity)
+  float scale;           // y = float(x) * scale + shift (intensity only)
+  float shift;
+  uint32_t noise_g;      // the noise counter's odd multiplier and offset
+  uint32_t noise_b;
+  float noise_factor;    // float(-2 * noise_std**2); 0: no noise
+  bool intensity;        // scale, shift and noise applied (else geometry alone)
+};
+
 /// Source dtype codes of GpuCopyOp::src_dtype.
 enum SrcDtype : uint32_t {
   kBool = 0,

@@ -11,12 +11,14 @@
 #include <string>
 
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include "damacy/detail/gpu_augment.h"
+#include "device/device_batch.h"
 #include "damacy/errors.h"
 #include "torch_errors.h"
 
@@ -59,7 +61,17 @@ int dtype_code(const at::Tensor& x, bool intensity) {
   }
 }
 
+at::Tensor augment_launch(const at::Tensor& x, const at::Tensor& params, float factor, bool intensity);
+
 at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double noise_std, bool intensity) {
+  if (!(std::isfinite(noise_std) && noise_std >= 0)) {
+    throw InvalidArgument("augment: noise_std must be finite and >= 0, found " + std::to_string(noise_std));
+  }
+  return augment_launch(x, params, static_cast<float>(-2.0 * noise_std * noise_std), intensity);
+}
+
+// The op's checks and launch with the noise given as its factor (float(-2 * noise_std**2)).
+at::Tensor augment_launch(const at::Tensor& x, const at::Tensor& params, float factor, bool intensity) {
   if (!x.is_cuda()) throw InvalidArgument("augment: x must be a CUDA tensor");
   if (x.dim() < 1 || x.dim() - 1 > kAugmentMaxDims) {
     throw InvalidArgument("augment: x must be [batch, *sample] with at most " + std::to_string(kAugmentMaxDims) +
@@ -76,9 +88,6 @@ at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double no
                           std::to_string(gpu::kAugmentArgRows) + " samples), found " +
                           std::string(c10::toString(params.scalar_type())) + " " + shape_text(params) + " on " +
                           params.device().str());
-  }
-  if (!(std::isfinite(noise_std) && noise_std >= 0)) {
-    throw InvalidArgument("augment: noise_std must be finite and >= 0, found " + std::to_string(noise_std));
   }
   const int code = dtype_code(x, intensity);
   gpu::AugmentShape shape{};
@@ -106,7 +115,6 @@ at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double no
       shape.in_stride[d] = x.stride(d);
       shape.out_stride[d] = out.stride(d);
     }
-    const float factor = static_cast<float>(-2.0 * noise_std * noise_std);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream(x.get_device()).stream();
     const cudaError_t rc = gpu::launch_augment(x.const_data_ptr(), out.mutable_data_ptr(),
                                                by_value ? nullptr : p.const_data_ptr<int64_t>(), shape, code, intensity,
@@ -119,6 +127,36 @@ at::Tensor augment_cuda(const at::Tensor& x, const at::Tensor& params, double no
 }
 
 }  // namespace
+
+at::Tensor apply_transforms(const at::Tensor& x, const rust::Vec<ffi::SampleTransform>& tfs) {
+  if (tfs.empty()) return x;
+  const int64_t n = static_cast<int64_t>(tfs.size());
+  if (x.dim() < 1 || x.size(0) != n) {
+    throw InternalError("a batch of " + shape_text(x) + " with " + std::to_string(n) + " sample transforms");
+  }
+  // One launch applies one noise factor and one intensity flag to the whole batch.
+  const ffi::SampleTransform& first = tfs[0];
+  for (const auto& t : tfs) {
+    if (t.intensity != first.intensity || (t.intensity && t.noise_factor != first.noise_factor)) {
+      throw InvalidArgument("sample transforms of one batch decoded on the CPU must share intensity and noise (the "
+                            "batch is transformed after its copy to the device)");
+    }
+  }
+  at::Tensor params = at::empty({n, kAugmentParamWords}, at::TensorOptions().dtype(at::kLong));
+  auto* w = params.mutable_data_ptr<int64_t>();
+  for (int64_t r = 0; r < n; ++r) {
+    const ffi::SampleTransform& t = tfs[static_cast<size_t>(r)];
+    uint32_t sc = 0, sh = 0;
+    std::memcpy(&sc, &t.scale, 4);
+    std::memcpy(&sh, &t.shift, 4);
+    w[3 * r] = static_cast<int64_t>(uint64_t(sc) | (uint64_t(sh) << 32));
+    w[3 * r + 1] = static_cast<int64_t>(uint64_t(t.noise_g) | (uint64_t(t.noise_b) << 32));
+    w[3 * r + 2] = static_cast<int64_t>(t.map);
+  }
+  if (n > gpu::kAugmentArgRows) params = params.pin_memory().to(x.device(), /*non_blocking=*/true);
+  return augment_launch(x, params, first.intensity ? first.noise_factor : 0.0f, first.intensity);
+}
+
 }  // namespace damacy::detail
 
 TORCH_LIBRARY_IMPL(damacy, CUDA, m) { m.impl("augment", &damacy::detail::augment_cuda); }

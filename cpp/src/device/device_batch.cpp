@@ -465,9 +465,20 @@ void DeviceRunner::launch(rust::Box<ffi::Batch> batch) {
   if (total) {
     at::Tensor d_copies = upload(copies.data(), copies.size(), st.device, stream);
     at::Tensor d_prefix = upload(prefix.data(), prefix.size(), st.device, stream);
+    // The samples' transforms (Augment fused into assemble), one per sample, when pushed.
+    const rust::Vec<ffi::SampleTransform> tfs = batch->sample_transforms();
+    const ffi::SampleTransform* d_tfs = nullptr;
+    bool intensity = false;
+    if (!tfs.empty()) {
+      at::Tensor d_t = upload(tfs.data(), tfs.size(), st.device, stream);
+      d_tfs = reinterpret_cast<const ffi::SampleTransform*>(d_t.data_ptr());
+      for (const auto& t : tfs) intensity = intensity || t.intensity;
+      keep.push_back(d_t);
+    }
     check_cuda(gpu::launch_assemble(reinterpret_cast<const ffi::GpuCopyOp*>(d_copies.data_ptr()),
                                     static_cast<int>(copies.size()), reinterpret_cast<const uint64_t*>(d_prefix.data_ptr()),
-                                    total, d_arena_p, out.data_ptr(), out_code, sample_voxels, sample4, stream),
+                                    total, d_arena_p, out.data_ptr(), out_code, sample_voxels, sample4, stream, d_tfs,
+                                    intensity),
                "assemble");
     keep.insert(keep.end(), {d_copies, d_prefix});
   }

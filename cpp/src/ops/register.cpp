@@ -3,6 +3,7 @@
 // RuntimeError whose message starts with "[Token] ", which python/damacy/_ops.py maps back.
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -59,8 +60,35 @@ std::tuple<at::Tensor, std::vector<std::string>, std::vector<std::int64_t>> pop_
 // order until the window is full; returns (how many were pushed, the window's room after).
 // A sample whose push throws is the first of the next call, so its error is raised for it
 // alone: when sample i > 0 throws, this returns (i, room) and the next call raises.
+// `transforms`: empty, or 4 words per sample (dev/ops.md, push_many): the sample's
+// SampleTransform as scale | shift << 32 (float32 bits), noise_g | noise_b << 32, map,
+// noise_factor (float32 bits) | intensity << 32.
+SampleTransform transform_of(const std::vector<std::int64_t>& w, std::size_t i) {
+  const auto word = [&](std::size_t k) { return static_cast<std::uint64_t>(w[4 * i + k]); };
+  const auto f32 = [](std::uint64_t bits) {
+    const auto b = static_cast<std::uint32_t>(bits);
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+  };
+  SampleTransform t;
+  t.scale = f32(word(0));
+  t.shift = f32(word(0) >> 32);
+  t.noise_g = static_cast<std::uint32_t>(word(1));
+  t.noise_b = static_cast<std::uint32_t>(word(1) >> 32);
+  t.map = word(2);
+  t.noise_factor = f32(word(3));
+  t.intensity = ((word(3) >> 32) & 1u) != 0;
+  return t;
+}
+
 std::tuple<std::int64_t, std::int64_t> push_many(Pipeline& p, const std::vector<std::string>& uris,
-                                                 const std::vector<std::int64_t>& boxes) {
+                                                 const std::vector<std::int64_t>& boxes,
+                                                 const std::vector<std::int64_t>& transforms) {
+  if (!transforms.empty() && transforms.size() != 4 * uris.size()) {
+    throw InvalidArgument("push_many: transforms must hold 4 words for each of the " + std::to_string(uris.size()) +
+                          " uris, found " + std::to_string(transforms.size()));
+  }
   std::size_t at = 0;
   std::size_t i = 0;
   std::vector<std::int64_t> starts, stops;
@@ -75,7 +103,9 @@ std::tuple<std::int64_t, std::int64_t> push_many(Pipeline& p, const std::vector<
       const auto first = boxes.begin() + static_cast<std::ptrdiff_t>(at + 1);
       starts.assign(first, first + static_cast<std::ptrdiff_t>(rank));
       stops.assign(first + static_cast<std::ptrdiff_t>(rank), first + static_cast<std::ptrdiff_t>(2 * rank));
-      if (!p.push(uris[i], starts, stops)) break;
+      const bool pushed = transforms.empty() ? p.push(uris[i], starts, stops)
+                                             : p.push(uris[i], starts, stops, transform_of(transforms, i));
+      if (!pushed) break;
       at += 1 + 2 * rank;
     } catch (...) {
       if (i == 0) throw;
@@ -142,12 +172,13 @@ TORCH_LIBRARY(damacy, m) {
           {torch::arg("uri"), torch::arg("starts"), torch::arg("stops")})
       .def(
           "push_many",
-          [](const Self& self, std::vector<std::string> uris, std::vector<std::int64_t> boxes) {
-            return damacy::push_many(self->pipeline, uris, boxes);
+          [](const Self& self, std::vector<std::string> uris, std::vector<std::int64_t> boxes,
+             std::vector<std::int64_t> transforms) {
+            return damacy::push_many(self->pipeline, uris, boxes, transforms);
           },
           "Offers samples in order until the window is full (boxes as [rank, starts.., stops..] per "
-          "uri); returns (how many were pushed, the window's room after).",
-          {torch::arg("uris"), torch::arg("boxes")})
+          "uri; transforms empty or 4 words per uri); returns (how many were pushed, the window's room after).",
+          {torch::arg("uris"), torch::arg("boxes"), torch::arg("transforms") = std::vector<std::int64_t>{}})
       .def("window_room", [](const Self& self) { return static_cast<std::int64_t>(self->pipeline.window_room()); })
       .def(
           "pop", [](const Self& self, double timeout_s) { return self->pipeline.pop(timeout_s); },

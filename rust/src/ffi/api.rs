@@ -20,6 +20,7 @@ pub mod bridge {
         type GpuChecksumOp = crate::ffi::records::GpuChecksumOp;
         type GpuUnshuffleOp = crate::ffi::records::GpuUnshuffleOp;
         type GpuCopyOp = crate::ffi::records::GpuCopyOp;
+        type SampleTransform = crate::ffi::records::SampleTransform;
         type Stats = crate::ffi::records::Stats;
     }
 
@@ -84,6 +85,9 @@ pub mod bridge {
         fn pipeline_new(cfg: &Config) -> Result<Box<Pipeline>>;
         /// Offers one sample; `false` when the lookahead window is full (pop first).
         fn push_sample(self: &Pipeline, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool>;
+        /// `push_sample` with the sample's transform (`SampleTransform`), applied where its
+        /// batch is made on the device; one this pipeline cannot apply fails its batch.
+        fn push_sample_transformed(self: &Pipeline, uri: &str, starts: &[i64], stops: &[i64], transform: &SampleTransform) -> Result<bool>;
         /// The next batch in push order; waits at most `timeout_s` (negative: the
         /// config's `pop_timeout_s`).
         fn pop_batch(self: &Pipeline, timeout_s: f64) -> Result<Box<Batch>>;
@@ -141,6 +145,9 @@ pub mod bridge {
         fn decode_op_context(self: &Batch, i: u32) -> String;
         /// The batch's samples, in batch order.
         fn sample_records(self: &Batch) -> Vec<SampleRecord>;
+        /// The samples' transforms in batch order (identity where none was pushed); empty
+        /// when no sample of the batch has one.
+        fn sample_transforms(self: &Batch) -> Vec<SampleTransform>;
 
         /// Facts about the array at `uri`; `usage`: also count its stored objects and bytes
         /// (lists the whole array).
@@ -208,6 +215,9 @@ impl Pipeline {
     fn push_sample(&self, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool> {
         guard(|| self.push(uri, starts, stops))
     }
+    fn push_sample_transformed(&self, uri: &str, starts: &[i64], stops: &[i64], transform: &crate::ffi::records::SampleTransform) -> Result<bool> {
+        guard(|| self.push_with(uri, starts, stops, Some(*transform)))
+    }
     fn pop_batch(&self, timeout_s: f64) -> Result<Box<Batch>> {
         guard(|| self.pop(timeout_s))
     }
@@ -221,6 +231,9 @@ impl Batch {
         self.samples()
             .map(|(uri, aabb)| SampleRecord { uri: uri.to_string(), starts: aabb.iter().map(|b| b.0).collect(), stops: aabb.iter().map(|b| b.1).collect() })
             .collect()
+    }
+    fn sample_transforms(&self) -> Vec<crate::ffi::records::SampleTransform> {
+        self.transforms()
     }
 }
 

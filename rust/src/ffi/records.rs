@@ -143,6 +143,22 @@ pub mod bridge {
         extent: [u32; 4],
     }
 
+    /// A sample's transform, pushed with it and applied where its batch is made on a CUDA
+    /// device (Augment fused into assemble; dev/ops.md, `push_sample_transformed`): `map`,
+    /// damacy::augment's axis-map word (flips and 90-degree turns; 0: identity); with
+    /// `intensity`, `y = float(x) * scale + shift` plus noise (`noise_factor` =
+    /// float(-2 * noise_std**2), 0: none) from the counter (`noise_g`, `noise_b`).
+    #[derive(Debug, Clone, Copy, Default, PartialEq)]
+    struct SampleTransform {
+        map: u64,
+        scale: f32,
+        shift: f32,
+        noise_g: u32,
+        noise_b: u32,
+        noise_factor: f32,
+        intensity: bool,
+    }
+
     /// Hits, misses and evictions of one cache.
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
     struct CacheCounts {
@@ -199,8 +215,11 @@ pub mod bridge {
         buffers_allocated: u64,
         buffers_held_by_caller: u64,
     }
+
+    // A batch's transforms cross as a Vec (api.rs `sample_transforms`).
+    impl Vec<SampleTransform> {}
 }
 
 
 pub use bridge::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, Stats, Status};
-pub(crate) use bridge::{CacheCounts, DecodeCodec, OutDtype, PrefetchCounts, ShuffleKind, SrcDtype};
+pub(crate) use bridge::{CacheCounts, DecodeCodec, OutDtype, PrefetchCounts, SampleTransform, ShuffleKind, SrcDtype};

@@ -11,7 +11,7 @@ use super::buffers::Lease;
 use super::{OutDtype, Shared};
 use crate::decode::device::DeviceOp;
 use crate::error::{err, Error, Result};
-use crate::ffi::records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp};
+use crate::ffi::records::{GpuChecksumOp, GpuCopyOp, GpuDecodeOp, GpuUnshuffleOp, SampleTransform};
 use crate::io::Spawner;
 use crate::prefetch::Resolved;
 
@@ -24,6 +24,8 @@ pub(super) struct SampleSpec {
     pub(super) error: Option<Error>,
     /// Its prefetch ticket (valid samples).
     pub(super) ticket: Option<u64>,
+    /// Its transform, applied where the batch is made on the device (checked at push).
+    pub(super) transform: Option<SampleTransform>,
 }
 
 /// Device work of one batch, filled in by its jobs.
@@ -286,5 +288,11 @@ impl Batch {
     /// The batch's samples (uri and box), in batch order.
     pub fn samples(&self) -> impl Iterator<Item = (&str, &[(i64, i64)])> {
         self.samples.iter().map(|s| (s.uri.as_str(), s.aabb.as_slice()))
+    }
+
+    /// The samples' transforms, in batch order (identity for a sample pushed without one);
+    /// empty when no sample of the batch has one.
+    pub fn transforms(&self) -> Vec<SampleTransform> {
+        super::transform::of_batch(self.samples.iter().map(|s| s.transform.as_ref()))
     }
 }

@@ -21,6 +21,7 @@ mod buffers;
 mod config;
 mod run;
 mod stats;
+mod transform;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,6 +38,7 @@ pub(crate) use crate::plan::Array;
 pub(crate) use crate::prefetch::MultiscaleInfo;
 
 use crate::error::{err, Result};
+use crate::ffi::records::SampleTransform;
 use crate::io::{Spawner, WorkerPool};
 use crate::plan::{self, ResolvedSample};
 use crate::prefetch::{self, Prefetcher};
@@ -354,6 +356,16 @@ impl Pipeline {
     /// # Errors
     /// Shutdown after `close`.
     pub fn push(&self, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool> {
+        self.push_with(uri, starts, stops, None)
+    }
+
+    /// [`push`](Self::push) with the sample's transform (`ffi::SampleTransform`), applied
+    /// where its batch is made on the device; a transform this pipeline cannot apply fails
+    /// the sample's batch (InvalidArgument), as a bad box does.
+    ///
+    /// # Errors
+    /// As [`push`](Self::push).
+    pub fn push_with(&self, uri: &str, starts: &[i64], stops: &[i64], transform: Option<SampleTransform>) -> Result<bool> {
         let cfg = &self.shared.cfg;
         // An invalid box does not fail `push`: like every other problem with a sample, it
         // fails the sample's batch, so batch boundaries stay where the caller expects them.
@@ -366,7 +378,7 @@ impl Pipeline {
         } else if uri.is_empty() {
             Some(err!(InvalidArgument, "empty uri"))
         } else {
-            None
+            transform.as_ref().and_then(|t| transform::check(cfg, uri, t))
         };
         if error.is_none() && !self.remote_grown.load(Ordering::Acquire) && crate::store::is_remote_uri(uri) {
             self.reading_remote(uri)?;
@@ -380,7 +392,7 @@ impl Pipeline {
         }
         let aabb: Vec<(i64, i64)> = starts.iter().copied().zip(stops.iter().copied()).collect();
         let ticket = error.is_none().then(|| self.shared.prefetch.submit(uri, &aabb));
-        w.forming.push(SampleSpec { uri: uri.to_string(), aabb, error, ticket });
+        w.forming.push(SampleSpec { uri: uri.to_string(), aabb, error, ticket, transform });
         w.unpopped += 1;
         self.shared.stats.sample_pushed();
         if w.forming.len() == cfg.samples_per_batch as usize {

@@ -21,6 +21,7 @@ struct GpuDecodeOp;
 struct GpuChecksumOp;
 struct GpuUnshuffleOp;
 struct GpuCopyOp;
+struct SampleTransform;
 }  // namespace damacy::ffi
 
 namespace damacy::gpu {
@@ -38,11 +39,18 @@ enum OutDtypeCode : int { kOutF32 = 0, kOutBf16 = 1 };
 ///   padded to rank 4 with leading 1s; sample_voxels = its product.
 /// The ops must cover every output voxel exactly once (the planner's invariant); voxels no op
 /// covers are left as they were. cudaErrorInvalidValue for a bad out_dtype or n_ops < 0.
+/// `d_transforms` (device, one per sample of the batch, or null): each sample's voxels are
+/// written through its transform's axis map (flips and turns: the sample as damacy::augment
+/// would make it from the plain batch), and with `intensity` set, a transform with its
+/// `intensity` flag also changes the values as that op does (the cast value rounded to the
+/// output type, then * scale, + shift, + noise; dev/ops.md). Maps are trusted (Rust checks
+/// them at push); a map that is not a permutation of equal extents is the identity.
 cudaError_t launch_assemble(const ffi::GpuCopyOp* d_ops, int n_ops,
                             const uint64_t* d_op_voxel_prefix, uint64_t total_voxels,
                             const uint8_t* d_decoded, void* d_out, int out_dtype,
                             uint64_t sample_voxels, const uint32_t sample_shape[4],
-                            cudaStream_t stream);
+                            cudaStream_t stream, const ffi::SampleTransform* d_transforms = nullptr,
+                            bool intensity = false);
 
 /// Undoes blosc1 byte shuffle for the ops of kind 1 (others untouched): each op's `len` bytes
 /// at `offset` are read from d_src_arena (the scratch copy) and written to d_dst_arena at the
