@@ -15,6 +15,8 @@
 #   pipeline, data and v2/NGFF suites)
 #   opt-in: "kernsan" (compute-sanitizer memcheck and racecheck on damacy_kernels_test
 #   --cases 4, after "build"; T_KERNSAN per tool, default 300 s)
+#   opt-in: "profile" (dev/gpu/profile_fused.py: kernels' device time per batch, Augment fused /
+#   on batch / off, batches of 8 and 32)
 #   opt-in: "augment" (issue 15: tests/test_training.py on CUDA, examples/train_augmented.py
 #   --device cuda, bench/bench_augment.py with and without augmentation)
 #
@@ -203,15 +205,22 @@ if has augment; then
   ageo="--shape 128 512 512 --sample 64 128 128 --path /tmp/bench-augment-big.zarr"
   for b in 8 32; do
     # shellcheck disable=SC2086
-    timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch "$b" --threads 16 --repeat 5 \
+    timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch "$b" --threads 16 --repeat 3 \
       > "$OUT/bench-augment-$b.txt" 2>&1
-    log "bench_augment batch $b rc=$?"; tail -3 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
+    log "bench_augment batch $b rc=$?"; tail -5 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
   done
   # the noise's share: the same at batch 32 without noise (flips, turns, scale/shift only)
   # shellcheck disable=SC2086
-  timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch 32 --threads 16 --repeat 5 --noise 0 \
+  timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch 32 --threads 16 --repeat 3 --noise 0 \
     > "$OUT/bench-augment-32-nonoise.txt" 2>&1
-  log "bench_augment batch 32 noise 0 rc=$?"; tail -3 "$OUT/bench-augment-32-nonoise.txt" | tee -a "$OUT/summary.txt"
+  log "bench_augment batch 32 noise 0 rc=$?"; tail -5 "$OUT/bench-augment-32-nonoise.txt" | tee -a "$OUT/summary.txt"
+fi
+if has profile; then  # opt-in: device time per kernel with Augment fused / on batch / off
+  for b in 8 32; do
+    timeout 200 python3 dev/gpu/profile_fused.py --path /tmp/bench-augment-big.zarr --batch "$b" --batches $((1600 / b)) \
+      > "$OUT/profile-fused-$b.txt" 2>&1
+    log "profile_fused batch $b rc=$?"; grep -v Warn "$OUT/profile-fused-$b.txt" | tail -30 | tee -a "$OUT/summary.txt"
+  done
 fi
 if has pipwheel; then
   if ! ls .whl/scikit_build_core-*.whl >/dev/null 2>&1; then

@@ -1120,15 +1120,27 @@ class CropDataset(IterableDataset):
         return self._keys[k] if self._kind == "dict" else k if self._kind == "tuple" else None
 
     def _samples(self, plan: _EpochPlan, js: Any, key: int, fused: Augment | None = None,
-                 floating: bool = True) -> Iterator[Sample]:
+                 floating: bool = True, draws: dict[int, Any] | None = None) -> Iterator[Sample]:
         """The samples for `key` of the batches `js`; a short last batch is padded with
         repeats of its last sample (read, then sliced away). With `fused`, each sample
-        carries its draw of that Augment (the pipeline applies it)."""
+        carries its draw of that Augment (the pipeline applies it); `draws` (batch ->
+        draws, shared by the keys' generators) makes a batch's draws once for all keys."""
         B, S = self.samples_per_batch, self.sampler.sample_shape
+        n_keys = len(self._keys)
         for j in js():
             sample = None
             rng = self._sample_range(j, plan.n_samples)
-            words = fused.push_words(rng, self._epoch, self._intensity_key(key), floating) if fused is not None else None
+            words = None
+            if fused is not None:
+                hit = draws.get(j) if draws is not None else None
+                if hit is None:
+                    hit = [fused._draws(rng, self._epoch), 0]
+                    if draws is not None:
+                        draws[j] = hit
+                hit[1] += 1
+                if draws is not None and hit[1] == n_keys:
+                    del draws[j]  # every key has it
+                words = fused.push_words(hit[0], self._intensity_key(key), floating)
             for r, i in enumerate(rng):
                 a, starts, _ = plan.sample(i)
                 box = self._read_box(key, [(b, b + s) for b, s in zip(starts, S)])
@@ -1150,10 +1162,11 @@ class CropDataset(IterableDataset):
         streams = _Streams(configs, self.on_error, self.padding)
         tracked = self.on_error != "raise" or self.padding != "constant"
         fused = self._fused_augment(configs)
+        draws: dict[int, Any] = {}
         try:
             for k, pipe in enumerate(streams.pipes):
                 floating = json.loads(configs[k].to_json())["dtype"] in _FLOAT_OUT
-                pipe.push(self._samples(plan, js, k, fused, floating))
+                pipe.push(self._samples(plan, js, k, fused, floating, draws))
             for j in js():
                 rng = self._sample_range(j, plan.n_samples)
                 n = len(rng)

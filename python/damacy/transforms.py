@@ -445,14 +445,14 @@ class Augment:
         limit = 3.4028234663852886e38
         return all(abs(v) <= limit for r in (self.scale, self.shift) if r is not None for v in r)
 
-    def push_words(self, index: Sequence[int], epoch: int, key: Any, floating: bool) -> list[tuple[int, int, int, int]]:
-        """Per sample of `index`: the 4 words of its pipeline transform (dev/ops.md
-        push_many): scale | shift << 32 (float32 bits), g | b << 32, the axis map,
-        noise_factor (float32 bits of -2 * noise_std**2) | intensity << 32."""
+    def push_words(self, draws: list[tuple[int, int, float, float, int]], key: Any, floating: bool) -> list[tuple[int, int, int, int]]:
+        """Per draw (`_draws`; one list serves every key of a batch): the 4 words of its
+        pipeline transform (dev/ops.md push_many): scale | shift << 32 (float32 bits),
+        g | b << 32, the axis map, noise_factor (float32 bits of -2 * noise_std**2) |
+        intensity << 32."""
         intensity = self._wants(key, floating) and (self.scale is not None or self.shift is not None or self.noise_std > 0)
         factor = -2.0 * self.noise_std * self.noise_std if intensity else 0.0
         pack, unpack, size = _PUSH_ROW.pack_into, _PUSH_WORDS.unpack_from, _PUSH_ROW.size
-        draws = self._draws(index, epoch)
         buf = bytearray(size * len(draws))
         words, no_shift = self._map_words, self.shift is None
         for r, (mask, k, scale, shift, seed) in enumerate(draws):
