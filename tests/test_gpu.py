@@ -254,6 +254,34 @@ def test_output_is_on_cuda0_and_ordered_on_the_current_stream(name, fixture_arra
     assert_batches_same(got, want, f"{name} on a side stream")
 
 
+@pytest.mark.parametrize("dtype", ["f32", "i32"])
+def test_cpu_decoded_batches_reach_the_current_stream_intact(dtype, error_arrays):
+    """decode="cpu" on CUDA: batches are copied from their pinned pool buffers by an async
+    H2D on the uploader's stream, joined to the caller's. Popped behind long queued work on
+    the caller's stream, on a side stream, and all kept while later batches reuse the pool
+    buffers (n_batch_buffers=2): every batch keeps the oracle's values."""
+    uri, boxes = _good_samples(error_arrays, 48, seed=23)
+    oracle = F.OracleArray(error_arrays["good"])
+    side = torch.cuda.Stream(device=DEVICE)
+    kept = []
+    with damacy.Pipeline(_small_config((8, 8, 8), 4, decode="cpu", dtype=dtype, n_batch_buffers=2)) as pipe:
+        pipe.push(damacy.Sample(uri, b) for b in boxes)
+        for i in range(12):
+            stream = side if i % 3 == 2 else torch.cuda.current_stream()
+            with torch.cuda.stream(stream):
+                _sleep_ms(5)  # the copy must not wait for this, nor this for the copy
+                batch = pipe.pop()
+                kept.append(batch.clone() if i % 2 else batch)
+        stats = pipe.stats()
+    torch.cuda.synchronize()
+    assert stats.buffers_allocated <= 2
+    for i, t in enumerate(kept):
+        assert t.is_cuda
+        want = oracle.read_batch(boxes[i * 4:(i + 1) * 4])
+        want = want.to(torch.int32) if dtype == "i32" else want
+        F.assert_same(t.cpu(), want, f"batch {i}")
+
+
 def test_default_stream_consumer_sees_the_values(error_arrays):
     uri, boxes = _good_samples(error_arrays, 32, seed=11)
     oracle = F.OracleArray(error_arrays["good"])

@@ -25,7 +25,7 @@ namespace {
 
 // Storage context deleter of a CPU batch tensor (runs when the storage dies).
 void drop_batch(void* batch) noexcept {
-  // SAFETY: `batch` came from rust::Box<ffi::Batch>::into_raw in to_tensor, exactly once.
+  // SAFETY: `batch` came from rust::Box<ffi::Batch>::into_raw in cpu_tensor, exactly once.
   (void)rust::Box<ffi::Batch>::from_raw(static_cast<ffi::Batch*>(batch));
 }
 
@@ -62,8 +62,9 @@ at::Device parse_device(const std::string& device) {
   }
 }
 
-// The batch as a tensor on `device`; consumes the batch.
-at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
+// The batch's bytes as a CPU tensor that owns the batch (its pool buffer goes back to Rust
+// when the last reference dies); consumes the batch.
+at::Tensor cpu_tensor(rust::Box<ffi::Batch> batch) {
   const rust::Slice<std::uint8_t> bytes = batch->bytes();
   const rust::Vec<std::int64_t> shape_rs = batch->shape();
   const std::vector<std::int64_t> shape(shape_rs.begin(), shape_rs.end());
@@ -78,31 +79,16 @@ at::Tensor to_tensor(rust::Box<ffi::Batch> batch, const at::Device& device) {
                         std::to_string(numel * item));
   }
 
-  // Transforms (Augment fused) of a CPU-made batch: applied after its copy to the device.
-  const rust::Vec<ffi::SampleTransform> transforms = batch->sample_transforms();
-  at::Tensor cpu;
   if (reinterpret_cast<std::uintptr_t>(bytes.data()) % item != 0) {
     // Torch kernels assume element alignment; Rust's buffers should always give it, and a
     // copy keeps a misaligned buffer from ever reaching them.
-    cpu = at::empty(shape, options);
+    at::Tensor cpu = at::empty(shape, options);
     std::memcpy(cpu.data_ptr(), bytes.data(), bytes.size());
-  } else {
-    void* data = bytes.data();
-    // The TensorMaker owns the context from here on (also if make_tensor throws).
-    cpu = at::for_blob(data, shape).context(batch.into_raw(), &drop_batch).options(options).make_tensor();
+    return cpu;
   }
-  // Rust refuses transforms on CPU devices at push.
-  if (device.is_cpu()) return cpu;
-  // CPU decode for a CUDA device: a synchronous copy on the current stream; the CPU buffer
-  // goes back to the pool right after.
-  at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
-  if (transforms.empty()) return out;
-#if DAMACY_WITH_CUDA
-  return detail::on_device("transforming the batch on " + device.str(),
-                           [&] { return detail::apply_transforms(out, transforms); });
-#else
-  throw InvalidArgument("sample transforms need a CUDA build of damacy (this one has no CUDA support)");
-#endif
+  void* data = bytes.data();
+  // The TensorMaker owns the context from here on (also if make_tensor throws).
+  return at::for_blob(data, shape).context(batch.into_raw(), &drop_batch).options(options).make_tensor();
 }
 
 }  // namespace
@@ -113,6 +99,7 @@ struct Pipeline::Impl {
   rust::Box<ffi::Pipeline> rust;
 #if DAMACY_WITH_CUDA
   std::unique_ptr<detail::DeviceRunner> runner = nullptr;  // device path (decode on the GPU)
+  std::unique_ptr<detail::HostUploader> uploader = nullptr;  // CPU decode for a CUDA device
 #endif
 
   // The next batch as a tensor, with its samples when asked. Rust counts it delivered only
@@ -120,12 +107,36 @@ struct Pipeline::Impl {
   at::Tensor next(double timeout_s, std::vector<Sample>* samples) {
 #if DAMACY_WITH_CUDA
     if (runner) return next_device(timeout_s, samples);
+    if (uploader) uploader->reap();  // buffers of finished copies back to Rust first
 #endif
     auto batch = detail::call([&] { return rust->pop_batch(timeout_s); });
     if (samples) *samples = to_samples(batch->sample_records());
-    at::Tensor t = to_tensor(std::move(batch), device);
+    // Transforms (Augment fused) of a CPU-made batch: applied after its copy to the device.
+    const rust::Vec<ffi::SampleTransform> transforms = batch->sample_transforms();
+    at::Tensor t = cpu_tensor(std::move(batch));
+    // Rust refuses transforms on CPU devices at push.
+    if (!device.is_cpu()) t = to_device(std::move(t), transforms);
     rust->delivered(1, false);
     return t;
+  }
+
+  // A CPU-made batch on the CUDA device: async from its pinned pool buffer (HostUploader),
+  // then its transforms.
+  at::Tensor to_device(at::Tensor cpu, const rust::Vec<ffi::SampleTransform>& transforms) {
+#if DAMACY_WITH_CUDA
+    at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] {
+      return uploader ? uploader->upload(std::move(cpu)) : cpu.to(device);
+    });
+    if (transforms.empty()) return out;
+    return detail::on_device("transforming the batch on " + device.str(),
+                             [&] { return detail::apply_transforms(out, transforms); });
+#else
+    at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
+    if (!transforms.empty()) {
+      throw InvalidArgument("sample transforms need a CUDA build of damacy (this one has no CUDA support)");
+    }
+    return out;
+#endif
   }
 
 #if DAMACY_WITH_CUDA
@@ -167,6 +178,7 @@ struct Pipeline::Impl {
   void close() {
 #if DAMACY_WITH_CUDA
     if (runner) runner->close();  // unpins slabs before Rust may free them
+    if (uploader) uploader->close();  // the same for pinned output buffers
 #endif
     rust->close();
   }
@@ -204,6 +216,9 @@ Pipeline::Pipeline(const Config& requested) {
   if (device.is_cuda() && config.decodes_on_device()) {
     impl_->runner = detail::on_device("starting the device runner on " + device.str(),
                                       [&] { return std::make_unique<detail::DeviceRunner>(device); });
+  } else if (device.is_cuda()) {
+    impl_->uploader = detail::on_device("starting the batch uploader on " + device.str(),
+                                        [&] { return std::make_unique<detail::HostUploader>(device); });
   }
 #endif
 }

@@ -153,6 +153,102 @@ struct DeviceRunner::State {
   }
 };
 
+struct HostUploader::State {
+  at::Device device;
+  c10::cuda::CUDAStream stream;
+  std::map<void*, size_t> pinned;  // buffer start -> registered bytes
+  std::set<void*> refused;         // buffers cudaHostRegister refused: copied synchronously
+  std::deque<std::pair<cudaEvent_t, at::Tensor>> inflight;  // copy done -> CPU tensor to drop
+  bool closed = false;
+
+  explicit State(const at::Device& d) : device(d), stream(c10::cuda::getStreamFromPool(false, d.index())) {}
+
+  // Whether [p, p + n) lies in a pinned buffer (pinning it now when it is new).
+  bool pin(void* p, size_t n) {
+    auto it = pinned.find(p);
+    if (it != pinned.end() && it->second >= n) return true;
+    if (refused.count(p)) return false;
+    if (it != pinned.end()) {  // not in flight (reaped first): may be re-pinned larger
+      drain();
+      cudaHostUnregister(p);
+      pinned.erase(it);
+    }
+    if (cudaHostRegister(p, n, cudaHostRegisterDefault) != cudaSuccess) {
+      (void)cudaGetLastError();  // clear it: the copy goes the synchronous way
+      refused.insert(p);
+      return false;
+    }
+    pinned[p] = n;
+    return true;
+  }
+
+  void drain() noexcept {
+    for (auto& [ev, t] : inflight) {
+      cudaEventSynchronize(ev);
+      cudaEventDestroy(ev);
+    }
+    inflight.clear();
+  }
+};
+
+HostUploader::HostUploader(const at::Device& device) : state_(std::make_unique<State>(device)) {}
+
+HostUploader::~HostUploader() { close(); }
+
+void HostUploader::reap() noexcept {
+  auto& q = state_->inflight;
+  while (!q.empty() && cudaEventQuery(q.front().first) == cudaSuccess) {
+    cudaEventDestroy(q.front().first);
+    q.pop_front();
+  }
+  (void)cudaGetLastError();  // cudaErrorNotReady is not an error here
+}
+
+at::Tensor HostUploader::upload(at::Tensor cpu) {
+  State& st = *state_;
+  if (st.closed) throw ShutdownError("host uploader closed");
+  c10::cuda::CUDAGuard guard(st.device);
+  const size_t n = cpu.nbytes();
+  const c10::cuda::CUDAStream user = c10::cuda::getCurrentCUDAStream(st.device.index());
+  if (n == 0 || !st.pin(cpu.data_ptr(), n)) return cpu.to(st.device);
+  at::Tensor out = [&] {
+    c10::cuda::CUDAStreamGuard on_copy(st.stream);  // allocated for the copy stream
+    return at::empty(cpu.sizes(), cpu.options().device(st.device));
+  }();
+  check_cuda(cudaMemcpyAsync(out.data_ptr(), cpu.data_ptr(), n, cudaMemcpyHostToDevice, st.stream.stream()), "batch H2D");
+  cudaEvent_t done = nullptr;
+  check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "event");
+  const cudaError_t rec = cudaEventRecord(done, st.stream.stream());
+  const cudaError_t wait = rec == cudaSuccess ? cudaStreamWaitEvent(user.stream(), done, 0) : rec;
+  if (wait != cudaSuccess) {
+    cudaStreamSynchronize(st.stream.stream());  // the buffer must not go back while read
+    cudaEventDestroy(done);
+    check_cuda(wait, "joining the caller's stream");
+  }
+  st.inflight.emplace_back(done, std::move(cpu));
+  // Used on the caller's stream: not handed out again before the caller's work is done.
+  out.record_stream(user);
+  // A few copies in flight at most: each holds a pool buffer Rust needs for later batches.
+  while (st.inflight.size() > 2) {
+    cudaEventSynchronize(st.inflight.front().first);
+    cudaEventDestroy(st.inflight.front().first);
+    st.inflight.pop_front();
+  }
+  return out;
+}
+
+void HostUploader::close() noexcept {
+  if (!state_ || state_->closed) return;
+  state_->closed = true;
+  try {
+    c10::cuda::CUDAGuard guard(state_->device);
+    state_->drain();  // drops the CPU tensors: their buffers go back to Rust
+    for (auto& [p, n] : state_->pinned) cudaHostUnregister(p);
+    state_->pinned.clear();
+  } catch (...) {
+  }
+}
+
 DeviceRunner::DeviceRunner(const at::Device& device) : state_(std::make_unique<State>(device)) {}
 
 DeviceRunner::~DeviceRunner() { close(); }

@@ -35,6 +35,34 @@ std::string nvcomp_unavailable_reason();
 /// `intensity` and `noise_factor` (InvalidArgument otherwise).
 at::Tensor apply_transforms(const at::Tensor& x, const rust::Vec<ffi::SampleTransform>& tfs);
 
+/// CPU-made batches for a CUDA device (decode on the CPU): each batch's host buffer (a Rust
+/// pool buffer, reused batch after batch) is pinned once with cudaHostRegister and copied by
+/// one async H2D on the uploader's own stream, which the caller's current stream then waits
+/// for (an event); the batch's CPU tensor (so its pool buffer) is kept until the copy is
+/// done. The host thread no longer waits for a pageable copy (staged by the driver, behind
+/// the caller's queued work). A buffer that cannot be pinned is copied as before
+/// (synchronously, on the current stream).
+class HostUploader {
+ public:
+  explicit HostUploader(const at::Device& device);
+  ~HostUploader();
+  HostUploader(const HostUploader&) = delete;
+  HostUploader& operator=(const HostUploader&) = delete;
+
+  /// Releases the CPU tensors whose copies are done (their buffers go back to Rust); call
+  /// before waiting for the next batch, so the pool is not short of them.
+  void reap() noexcept;
+  /// `cpu` (a batch owning its pool buffer) on the device, usable on the caller's current
+  /// stream.
+  at::Tensor upload(at::Tensor cpu);
+  /// Waits for every copy, drops the CPU tensors and unpins the buffers. Idempotent.
+  void close() noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
 class DeviceRunner {
  public:
   explicit DeviceRunner(const at::Device& device);
