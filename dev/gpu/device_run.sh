@@ -205,7 +205,7 @@ if has augment; then
   ageo="--shape 128 512 512 --sample 64 128 128 --path /tmp/bench-augment-big.zarr"
   for b in 8 32; do
     # shellcheck disable=SC2086
-    timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch "$b" --threads 16 --repeat 3 \
+    timeout 200 python3 bench/bench_augment.py --device cuda $ageo --samples 8192 --batch "$b" --threads 16 --repeat 5 \
       > "$OUT/bench-augment-$b.txt" 2>&1
     log "bench_augment batch $b rc=$?"; tail -5 "$OUT/bench-augment-$b.txt" | tee -a "$OUT/summary.txt"
   done

@@ -451,16 +451,21 @@ class Augment:
         g | b << 32, the axis map, noise_factor (float32 bits of -2 * noise_std**2) |
         intensity << 32."""
         intensity = self._wants(key, floating) and (self.scale is not None or self.shift is not None or self.noise_std > 0)
-        factor = -2.0 * self.noise_std * self.noise_std if intensity else 0.0
-        pack, unpack, size = _PUSH_ROW.pack_into, _PUSH_WORDS.unpack_from, _PUSH_ROW.size
-        buf = bytearray(size * len(draws))
-        words, no_shift = self._map_words, self.shift is None
-        for r, (mask, k, scale, shift, seed) in enumerate(draws):
+        words, maps = self._map_words, []
+        for mask, k, _, _, _ in draws:
             word = words.get((mask, k))
-            if word is None:
-                word = self._map_word(mask, k)
-            pack(buf, size * r, scale, -0.0 if no_shift else shift, *_noise_key(seed), word, factor, int(intensity))
-        return [unpack(buf, size * r) for r in range(len(draws))]
+            maps.append(word if word is not None else self._map_word(mask, k))
+        if not intensity:  # geometry alone: the map word (the other words are not read)
+            return [(0, 0, m, 0) for m in maps]
+        factor = -2.0 * self.noise_std * self.noise_std
+        no_shift = self.shift is None
+        flat: list[Any] = []
+        for (mask, k, scale, shift, seed), m in zip(draws, maps):
+            flat += (scale, -0.0 if no_shift else shift, *_noise_key(seed), m, factor, 1)
+        n = len(draws)
+        # one pack for the batch, read back as 4 int64 words per sample
+        q = memoryview(struct.pack("<" + _PUSH_ROW.format.lstrip("<") * n, *flat)).cast("q")
+        return [tuple(q[4 * r:4 * r + 4]) for r in range(n)]
 
     def _fused(self, x: torch.Tensor, wants: bool, draws: list[tuple[int, int, float, float, int]],
                cache: dict[Any, Any]) -> torch.Tensor | None:
@@ -524,7 +529,6 @@ _FUSED_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _PARAM_ROW = struct.Struct("<ffIIQ")
 # A pipeline transform (push_words): the row above, then float32 noise_factor | uint32 flags.
 _PUSH_ROW = struct.Struct("<ffIIQfI")
-_PUSH_WORDS = struct.Struct("<4q")
 # Batches up to this many samples pass the table on the CPU (gpu_augment.h kAugmentArgRows).
 _ARG_ROWS = 128
 _fused_state: list[Any] = []
