@@ -124,6 +124,12 @@ struct Pipeline::Impl {
   // then its transforms.
   at::Tensor to_device(at::Tensor cpu, const rust::Vec<ffi::SampleTransform>& transforms) {
 #if DAMACY_WITH_CUDA
+    // Started at the first batch, not with the pipeline: a CUDA build on a machine without
+    // a driver still constructs cuda pipelines (they fail at pop, like any device work).
+    if (device.is_cuda() && !uploader) {
+      uploader = detail::on_device("starting the batch uploader on " + device.str(),
+                                   [&] { return std::make_unique<detail::HostUploader>(device); });
+    }
     at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] {
       return uploader ? uploader->upload(std::move(cpu)) : cpu.to(device);
     });
@@ -216,9 +222,6 @@ Pipeline::Pipeline(const Config& requested) {
   if (device.is_cuda() && config.decodes_on_device()) {
     impl_->runner = detail::on_device("starting the device runner on " + device.str(),
                                       [&] { return std::make_unique<detail::DeviceRunner>(device); });
-  } else if (device.is_cuda()) {
-    impl_->uploader = detail::on_device("starting the batch uploader on " + device.str(),
-                                        [&] { return std::make_unique<detail::HostUploader>(device); });
   }
 #endif
 }
