@@ -264,15 +264,15 @@ impl ChunkCodec {
 
     /// How many decoded bytes to produce for a crop that reads the first `need` bytes: a
     /// blosc prefix always pays (only its blocks are decompressed); libzstd's streaming
-    /// decoder, which a stopped stream needs, costs ~2.5× the bulk decoder per byte (measured:
-    /// `prefix_timing`, dev/perf.md), so a zstd prefix is decoded only up to a quarter of the
-    /// chunk and the whole chunk (bulk) beyond.
+    /// decoder, which a stopped stream needs, costs about what the bulk decoder does per byte
+    /// plus up to one 128 KiB block (measured: `prefix_timing`, dev/perf.md), so a zstd
+    /// prefix is decoded up to 7/8 of the chunk and the whole chunk (bulk) beyond.
     pub fn prefix_len(&self, need: usize) -> usize {
         if !self.decodes_prefix() || need >= self.decoded_len {
             return self.decoded_len;
         }
         let zstd = self.steps.contains(&Step::Zstd);
-        if zstd && need > self.decoded_len / 4 {
+        if zstd && need > self.decoded_len / 8 * 7 {
             self.decoded_len
         } else {
             need
@@ -619,12 +619,13 @@ mod tests {
                 assert!(out[..] == decoded[..n], "{codecs}: prefix of {n} bytes differs");
             }
         }
-        // How much is decoded: zstd prefixes up to a quarter of the chunk (the streaming
-        // decoder is slower per byte), blosc prefixes of any length.
+        // How much is decoded: zstd prefixes up to 7/8 of the chunk (bulk beyond: the
+        // streaming decoder's last block would cost about what the rest does), blosc
+        // prefixes of any length.
         let z = codec_for("uint16", &json!(0), &chains[0], &shape).unwrap();
         let b = codec_for("uint16", &json!(0), &chains[3], &shape).unwrap();
         let full = z.decoded_len();
-        assert_eq!((z.prefix_len(100), z.prefix_len(full / 4), z.prefix_len(full / 4 + 2)), (100, full / 4, full));
+        assert_eq!((z.prefix_len(100), z.prefix_len(full / 8 * 7), z.prefix_len(full / 8 * 7 + 2)), (100, full / 8 * 7, full));
         assert_eq!((b.prefix_len(100), b.prefix_len(full - 2), b.prefix_len(full + 5)), (100, full - 2, full));
         // Not a prefix codec: transposed, or two compressors. decode_prefix_into then needs the whole chunk.
         let t = json!([transpose(&[2, 1, 0]), bytes("little"), zstd()]);
@@ -651,7 +652,7 @@ mod tests {
                 codec.decode_into(&encoded, &mut out).unwrap();
             }
             let whole = t.elapsed().as_secs_f64() / f64::from(reps);
-            for frac in [1u32, 4, 8, 16, 31] {
+            for frac in [1u32, 4, 8, 12, 16, 20, 24, 28, 31] {
                 let len = n * frac as usize / 32;
                 let t = std::time::Instant::now();
                 for _ in 0..reps {
