@@ -22,6 +22,10 @@ chunk depth, crop depth, codec and batch size:
   blosc64-b32   as blosc64 with batch 32 (batch size)
   chunk16       u16 zstd, chunk 16x64x64 (shallow chunks), crops 64x128x128, batch 8
   thin8         as thin with crops 8x256x256 (crop depth)
+  thin-big      as thin on a 512x2048x2048 volume (4 GiB decoded, 4x the window cache's
+                bound: chunks are shared across batches about as rarely as on a large
+                volume; written once, ~2 GB on disk, ~1.5 min on 2 cores)
+  blosc64-big   as blosc64 on the same large volume shape (volume size)
 
 Outputs `bench/results/<out>.{json,md}` and `<out>.png` when matplotlib is installed (else
 a note in the Markdown file). The machine is named in all of them (`--machine`, default:
@@ -82,6 +86,8 @@ class Klass:
 
 
 VOL = (256, 512, 512)
+#: 4 GiB of u16: larger than damacy's window cache (1 GiB) and tensorstore-cache's pool.
+VOL_BIG = (512, 2048, 2048)
 CLASSES = {
     "blosc64": Klass("blosc64", "u16 blosc-zstd chunk 64^3, 64x128x128 crops, batch 8",
                      [ArraySpec("uint16", "blosc-zstd", VOL, (64, 64, 64), (128, 256, 256))], (64, 128, 128), 8, True),
@@ -99,6 +105,10 @@ CLASSES = {
                      [ArraySpec("uint16", "zstd", VOL, (16, 64, 64), (128, 256, 256))], (64, 128, 128), 8),
     "thin8": Klass("thin8", "as thin, 8x256x256 crops (crop depth)",
                    [ArraySpec("uint16", "zstd", VOL, (32, 128, 128), (128, 256, 256))], (8, 256, 256), 64),
+    "thin-big": Klass("thin-big", "as thin, 512x2048x2048 volume (4 GiB: volume size)",
+                      [ArraySpec("uint16", "zstd", VOL_BIG, (32, 128, 128), (128, 256, 256))], (1, 256, 256), 64),
+    "blosc64-big": Klass("blosc64-big", "as blosc64, 512x2048x2048 volume (4 GiB: volume size)",
+                         [ArraySpec("uint16", "blosc-zstd", VOL_BIG, (64, 64, 64), (128, 256, 256))], (64, 128, 128), 8),
 }
 
 #: damacy configs (`--variants`): "default" sets only what the workload fixes.

@@ -39,7 +39,18 @@ pub(crate) struct DecodedCache {
     entries: HashMap<ChunkKey, (Arc<Vec<u8>>, u64, u64)>,
     order: BTreeMap<u64, ChunkKey>,
     stats: CacheStats,
+    /// Buffers of evicted entries no batch holds any more, for the next decodes
+    /// ([`take_buffer`](Self::take_buffer)): their pages are already mapped, so a decode
+    /// into one pays no page faults and no zero fill (on the 2-core dev VM, fresh buffers
+    /// cost a quarter of the decode time: dev/perf.md). At most [`SPARE_MAX`] buffers and
+    /// an eighth of the capacity, which the entries leave free for them (sized for a
+    /// window's worth of chunks aging out at once).
+    spare: Vec<Vec<u8>>,
+    spare_bytes: u64,
 }
+
+/// Most evicted buffers kept for reuse.
+const SPARE_MAX: usize = 1024;
 
 impl DecodedCache {
     /// A cache of at most `capacity` decoded bytes (0: never stores anything); with
@@ -99,17 +110,19 @@ impl DecodedCache {
 
     /// Stores `value` for `key`, decoded by batch `seq`: first drops the entries the window
     /// left behind (oldest first, while their last use is more than `window` batches before
-    /// `seq`), then evicts least recently used entries to stay within the capacity; a value
-    /// larger than the capacity is not stored.
+    /// `seq`), then evicts least recently used entries to stay within the capacity (values
+    /// counted by their allocations' capacities, an eighth left to spare buffers); a value
+    /// larger than that is not stored.
     pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>, seq: u64) {
-        let size = value.len() as u64;
-        if size > self.capacity || self.entries.get(&key).is_some_and(|e| e.0.len() >= value.len()) {
+        let size = value.capacity() as u64;
+        if size > self.entry_capacity() || self.entries.get(&key).is_some_and(|e| e.0.len() >= value.len()) {
             return;
         }
         // A longer prefix of a chunk replaces the shorter one.
         if let Some((old, tick, _)) = self.entries.remove(&key) {
             self.order.remove(&tick);
-            self.bytes -= old.len() as u64;
+            self.bytes -= old.capacity() as u64;
+            self.recycle(old);
         }
         if let Some(window) = self.window {
             while let Some((_, old)) = self.order.first_key_value() {
@@ -120,7 +133,7 @@ impl DecodedCache {
                 self.evict_oldest();
             }
         }
-        while self.bytes + size > self.capacity {
+        while self.bytes + size > self.entry_capacity() {
             if !self.evict_oldest() {
                 break;
             }
@@ -135,10 +148,47 @@ impl DecodedCache {
     fn evict_oldest(&mut self) -> bool {
         let Some((_, old)) = self.order.pop_first() else { return false };
         if let Some((v, ..)) = self.entries.remove(&old) {
-            self.bytes -= v.len() as u64;
+            self.bytes -= v.capacity() as u64;
             self.stats.evictions += 1;
+            self.recycle(v);
         }
         true
+    }
+
+    /// Bytes the spare buffers may take.
+    fn spare_capacity(&self) -> u64 {
+        self.capacity / 8
+    }
+
+    /// Bytes the entries may take: the capacity less what the spares may.
+    fn entry_capacity(&self) -> u64 {
+        self.capacity - self.spare_capacity()
+    }
+
+    /// Keeps an evicted value's buffer for [`take_buffer`](Self::take_buffer) when no batch
+    /// holds it and the spares have room; drops it otherwise.
+    fn recycle(&mut self, v: Arc<Vec<u8>>) {
+        let Ok(buf) = Arc::try_unwrap(v) else { return };
+        let size = buf.capacity() as u64;
+        if self.spare.len() < SPARE_MAX && self.spare_bytes + size <= self.spare_capacity() {
+            self.spare_bytes += size;
+            self.spare.push(buf);
+        }
+    }
+
+    /// A buffer of exactly `need` bytes for a decode whose result may be inserted: an evicted
+    /// entry's buffer of capacity `need..=2 × need` when there is one (its old bytes left in
+    /// place: the decode overwrites all of them), else `None` (the caller allocates).
+    pub(crate) fn take_buffer(&mut self, need: usize) -> Option<Vec<u8>> {
+        let at = self.spare.iter().position(|b| b.capacity() >= need && b.capacity() / 2 <= need)?;
+        let mut buf = self.spare.swap_remove(at);
+        self.spare_bytes -= buf.capacity() as u64;
+        if buf.len() >= need {
+            buf.truncate(need);
+        } else {
+            buf.resize(need, 0); // within its capacity: no allocation
+        }
+        Some(buf)
     }
 
     /// `true` when some prefix of `key` is held (a look-up that needed more missed).
@@ -218,5 +268,37 @@ mod tests {
         off.insert(k(0), Arc::new(vec![0; 1]), 0);
         assert!(off.get(&k(0), 0).is_none());
         assert_eq!(off.stats().misses, 0, "a disabled cache counts nothing");
+    }
+
+    #[test]
+    fn evicted_buffers_are_reused_when_no_batch_holds_them_within_the_bound() {
+        // Entries: 256 - 256 / 8 = 224 bytes (28 of 8 bytes); spares: 32 bytes (four buffers).
+        let mut c = DecodedCache::new(256, None);
+        c.insert(k(0), Arc::new(vec![7; 8]), 0);
+        let held = c.get(&k(0), 0).unwrap(); // a batch still reads entry 0
+        for i in 1..29 {
+            c.insert(k(i), Arc::new(vec![8; 8]), 0); // the 29th evicts 0: held, so dropped
+        }
+        assert!(c.get(&k(0), 0).is_none(), "0 evicted");
+        assert!(c.take_buffer(4).is_none(), "entry 0's buffer was held when evicted");
+        c.insert(k(29), Arc::new(vec![9; 8]), 0); // evicts 1: kept
+        assert_eq!(held[0], 7, "a held value stays intact after its eviction");
+        assert!(c.take_buffer(17).is_none(), "no spare of capacity 17..=34");
+        assert!(c.take_buffer(3).is_none(), "no spare of capacity 3..=6");
+        let b = c.take_buffer(5).expect("entry 1's buffer (8 in 5..=10)");
+        assert_eq!((b.len(), b.capacity()), (5, 8));
+        assert!(c.take_buffer(5).is_none(), "taken");
+        // Values plus spares stay within the capacity.
+        for i in 30..80 {
+            c.insert(k(i), Arc::new(vec![0; 8]), 0);
+            assert!(c.bytes() + c.spare_bytes <= 256, "{} + {}", c.bytes(), c.spare_bytes);
+            assert!(c.spare_bytes <= 32);
+        }
+        assert_eq!(c.spare.len(), 4, "the spares filled up to their bound");
+        // A longer prefix replacing an entry frees the shorter one's buffer.
+        let mut e = DecodedCache::new(256, None);
+        e.insert(k(0), Arc::new(vec![0; 8]), 0);
+        e.insert(k(0), Arc::new(vec![0; 12]), 0);
+        assert_eq!(e.take_buffer(8).map(|b| b.len()), Some(8), "the replaced buffer");
     }
 }

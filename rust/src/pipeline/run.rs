@@ -271,9 +271,17 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         // A chunk whose cached prefix was too short is read a second time: decode it whole,
         // so a chunk costs at most two decodes however its crops grow.
         let need = if grow { codec.decoded_len() } else { codec.prefix_len(need) };
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(need).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
-        buf.resize(need, 0);
+        // An evicted entry's buffer when there is one (no page faults, no zero fill).
+        let spare = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).take_buffer(need);
+        let mut buf = match spare {
+            Some(b) => b,
+            None => {
+                let mut b = Vec::new();
+                b.try_reserve_exact(need).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
+                b.resize(need, 0);
+                b
+            }
+        };
         codec.decode_prefix_into(encoded, &mut buf)?;
         assemble_from(&buf);
         if let Some(key) = key {
