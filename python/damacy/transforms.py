@@ -417,11 +417,12 @@ class Augment:
         table = torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3)
         return table if len(draws) <= _ARG_ROWS else _to_device(table, device)
 
-    # --- fused into the pipeline's assemble (CropDataset on CUDA) ---------------------------
+    # --- fused into the pipeline's assemble (CropDataset) -------------------------------------
     #
     # The dataset pushes each sample with its draw as a transform (`push_words`); the pipeline
-    # applies it where it makes the batch (the GPU assemble kernel, or the augment kernel
-    # after the CPU path's copy), so the batch arrives augmented: no pass over it here.
+    # applies it where it makes the batch (the GPU assemble kernel; on CPU-made batches, the
+    # pipeline's workers once the sample is assembled), so the batch arrives augmented: no
+    # pass over it here.
 
     def _wants(self, key: Any, floating: bool) -> bool:
         """Whether the tensor of `key` (dict key, tuple position or None) gets intensity."""
