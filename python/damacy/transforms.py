@@ -16,6 +16,11 @@ scale and shift, and one counter-based draw for the noise. Both give the same va
 geometry, scale and shift bit for bit (``x * scale`` then ``+ shift``, two float32
 roundings), the noise up to float rounding of log/sqrt/cos/sin.
 
+As the first transform of a CropDataset, an Augment is not called on the batch at all: each
+sample is pushed with its draw (`push_words`) and the pipeline applies it where it makes
+the batch, on any device (the GPU assemble kernel; the pipeline's Rust workers for batches
+made on the CPU), with the same values.
+
 The draws: all arithmetic mod 2**64 (seed, epoch and index taken mod 2**64), with
 splitmix64's ``mix64(z)`` (``z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
 z *= 0x94d049bb133111eb; z ^= z >> 31``) and ``step(h, v) = mix64(h + v + G)``,
