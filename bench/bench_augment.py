@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Cost of damacy.data.Augment per batch: CropDataset batches with and without augmentation.
 
-The same seeded RandomCrops epoch of an image + u8 label pair is read twice, in this process
-(num_workers=0, so on CUDA the pipeline assembles on the GPU and Augment runs there, on the
-current stream), once plain and once with flips + 90-degree turns + scale/shift + noise.
-Prints samples/s of each and the augmentation's own time per batch (measured around the
-transform, synchronised on CUDA).
+The same seeded RandomCrops epoch of an image + u8 label pair is read in this process
+(num_workers=0): plain; augmented with flips + 90-degree turns + scale/shift + noise as a
+user runs it (fused: the pipeline applies each sample's draw where it makes the batch, in
+the GPU assemble kernel or, for CPU-made batches, in its workers); and with Augment on the
+popped batch (the unfused path, on the batch's device). Prints samples/s of each and the
+on-batch Augment's own time per batch (measured around the transform, synchronised on CUDA).
 
     python bench/bench_augment.py                        # CPU, the example volume
     python bench/bench_augment.py --device cuda --samples 4096 --batch 32 --sample 64 128 128
@@ -64,14 +65,12 @@ def main() -> None:
 
     timed_aug = type("TimedAugment", (Augment,), {"__call__": lambda self, b, index=None, epoch=0: timed(b, index, epoch)})()
 
-    import damacy.data as data_mod
-
-    real_fused_op = data_mod._fused_op
+    real_fused = CropDataset._fused_augment
 
     def run(transform, fuse: bool = True) -> float:
         # fuse=False: Augment on the popped batch (the path before it was fused into the
-        # pipeline), by hiding the op CropDataset checks for.
-        data_mod._fused_op = real_fused_op if fuse else (lambda: None)
+        # pipeline), by telling CropDataset it cannot fuse.
+        CropDataset._fused_augment = real_fused if fuse else (lambda self, configs: None)
         ds = CropDataset([{"image": str(path), "label": str(path)}], RandomCrops(args.sample, seed=0, num_samples=args.samples),
                          samples_per_batch=args.batch, dtype={"image": "f32", "label": "u8"}, device=args.device,
                          transform=transform, config=damacy.Config(n_io_threads=args.threads))
@@ -93,7 +92,7 @@ def main() -> None:
     # augmented rate is Augment as a user runs it (no synchronisation: it queues on the
     # stream behind the batch's assemble); a separate pass then synchronises around Augment
     # to time it alone (that pass's own rate is not reported: the syncs stall the pipeline).
-    # "augmented": as a user runs it (on CUDA fused into the pipeline when the dataset can);
+    # "augmented": as a user runs it (fused into the pipeline when the dataset can);
     # "on batch": Augment run on the popped batch (the unfused path), for comparison.
     plains, augs, batchwise = [], [], []
     for _ in range(args.repeat):

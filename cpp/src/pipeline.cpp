@@ -111,18 +111,15 @@ struct Pipeline::Impl {
 #endif
     auto batch = detail::call([&] { return rust->pop_batch(timeout_s); });
     if (samples) *samples = to_samples(batch->sample_records());
-    // Transforms (Augment fused) of a CPU-made batch: applied after its copy to the device.
-    const rust::Vec<ffi::SampleTransform> transforms = batch->sample_transforms();
+    // A CPU-made batch arrives with its samples' transforms (Augment fused) applied by Rust.
     at::Tensor t = cpu_tensor(std::move(batch));
-    // Rust refuses transforms on CPU devices at push.
-    if (!device.is_cpu()) t = to_device(std::move(t), transforms);
+    if (!device.is_cpu()) t = to_device(std::move(t));
     rust->delivered(1, false);
     return t;
   }
 
-  // A CPU-made batch on the CUDA device: async from its pinned pool buffer (HostUploader),
-  // then its transforms.
-  at::Tensor to_device(at::Tensor cpu, const rust::Vec<ffi::SampleTransform>& transforms) {
+  // A CPU-made batch on the CUDA device: async from its pinned pool buffer (HostUploader).
+  at::Tensor to_device(at::Tensor cpu) {
 #if DAMACY_WITH_CUDA
     // Started at the first batch, not with the pipeline: a CUDA build on a machine without
     // a driver still constructs cuda pipelines (they fail at pop, like any device work).
@@ -130,18 +127,11 @@ struct Pipeline::Impl {
       uploader = detail::on_device("starting the batch uploader on " + device.str(),
                                    [&] { return std::make_unique<detail::HostUploader>(device); });
     }
-    at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] {
+    return detail::on_device("copying the batch to " + device.str(), [&] {
       return uploader ? uploader->upload(std::move(cpu)) : cpu.to(device);
     });
-    if (transforms.empty()) return out;
-    return detail::on_device("transforming the batch on " + device.str(),
-                             [&] { return detail::apply_transforms(out, transforms); });
 #else
-    at::Tensor out = detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
-    if (!transforms.empty()) {
-      throw InvalidArgument("sample transforms need a CUDA build of damacy (this one has no CUDA support)");
-    }
-    return out;
+    return detail::on_device("copying the batch to " + device.str(), [&] { return cpu.to(device); });
 #endif
   }
 

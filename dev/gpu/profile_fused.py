@@ -12,7 +12,6 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
 import damacy
-import damacy.data as data_mod
 from damacy.data import Augment, CropDataset, RandomCrops
 
 p = argparse.ArgumentParser()
@@ -26,11 +25,11 @@ a = p.parse_args()
 if not (__import__("pathlib").Path(a.path) / "zarr.json").exists():  # bench_augment.py's volume
     torch.ops.damacy.write_example_volume(a.path, [128, 512, 512], [32, 64, 64], [64, 128, 128], "zstd", 0)
 aug = Augment(seed=0, flip_axes=(-3, -2, -1), rot90_plane=(-2, -1), scale=(0.9, 1.1), shift=(-0.1, 0.1), noise_std=a.noise)
-real = data_mod._fused_op
+real = CropDataset._fused_augment
 
 
 def epoch(transform, fuse, prof=None):
-    data_mod._fused_op = real if fuse else (lambda: None)
+    CropDataset._fused_augment = real if fuse else (lambda self, configs: None)
     n = a.batch * a.batches
     ds = CropDataset([{"image": a.path, "label": a.path}], RandomCrops(a.sample, seed=0, num_samples=n), samples_per_batch=a.batch,
                      dtype={"image": "f32", "label": "u8"}, device="cuda", transform=transform,

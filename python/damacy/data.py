@@ -51,7 +51,7 @@ from .config import Config, is_dtype
 from .errors import InvalidArgument, NotFound, RankMismatch, StorageError
 from .pipeline import Pipeline
 from .sample import Sample, _TransformedSample
-from .transforms import Augment, _fused_op
+from .transforms import Augment
 
 __all__ = ["Augment", "CropDataset", "RandomCrops", "GridCrops", "LabelCrops", "Stitcher", "stitch", "to_device", "array_shape", "level_uri"]
 
@@ -1099,17 +1099,20 @@ class CropDataset(IterableDataset):
     def _fused_augment(self, configs: Sequence[Config]) -> Augment | None:
         """The leading `transform` when it is an Augment the pipelines can apply where they
         make the batch (samples pushed with their draws; dev/ops.md push_many), else None
-        (it runs on the batch). Needs a CUDA device and a CUDA build, samples whose values
-        the batch path would give too (Augment.fusable), no reordering of the axes
-        (channels already first), and no policy that rewrites rows after the pop ("fill"
-        rows, reflect/edge padding: they would then stay unaugmented)."""
+        (it runs on the batch). Any device and build: the pipeline's workers apply the draws
+        to CPU-made batches (CPU device, and CPU decode for a CUDA device), the assemble
+        kernel to GPU-decoded ones. Needs the Augment first (later transforms see augmented
+        batches), samples whose values the batch path would give too (Augment.fusable), no
+        reordering of the axes after the pop (channels already first: the draws' axes are
+        the pipeline's), and no policy that rewrites rows after the pop ("fill" rows,
+        reflect/edge padding: they would then stay unaugmented)."""
         aug = self.transforms[0] if self.transforms else None
-        if not isinstance(aug, Augment) or self.on_error == "fill" or self.padding != "constant" or _fused_op() is None:
+        if not isinstance(aug, Augment) or self.on_error == "fill" or self.padding != "constant":
             return None
         for k, cfg in enumerate(configs):
             fields = json.loads(cfg.to_json())
             ch = self._channels[k]
-            if not str(fields["device"]).startswith("cuda") or (ch is not None and ch[0] and list(ch[0]) != list(range(len(ch[0])))):
+            if ch is not None and ch[0] and list(ch[0]) != list(range(len(ch[0]))):
                 return None
             if not aug.fusable(fields["sample_shape"], self._intensity_key(k), fields["dtype"] in _FLOAT_OUT):
                 return None

@@ -16,6 +16,11 @@ scale and shift, and one counter-based draw for the noise. Both give the same va
 geometry, scale and shift bit for bit (``x * scale`` then ``+ shift``, two float32
 roundings), the noise up to float rounding of log/sqrt/cos/sin.
 
+As the first transform of a CropDataset, an Augment is not called on the batch at all: each
+sample is pushed with its draw (`push_words`) and the pipeline applies it where it makes
+the batch, on any device (the GPU assemble kernel; the pipeline's Rust workers for batches
+made on the CPU), with the same values.
+
 The draws: all arithmetic mod 2**64 (seed, epoch and index taken mod 2**64), with
 splitmix64's ``mix64(z)`` (``z ^= z >> 30; z *= 0xbf58476d1ce4e5b9; z ^= z >> 27;
 z *= 0x94d049bb133111eb; z ^= z >> 31``) and ``step(h, v) = mix64(h + v + G)``,
@@ -417,11 +422,12 @@ class Augment:
         table = torch.frombuffer(buf, dtype=torch.int64).view(len(draws), 3)
         return table if len(draws) <= _ARG_ROWS else _to_device(table, device)
 
-    # --- fused into the pipeline's assemble (CropDataset on CUDA) ---------------------------
+    # --- fused into the pipeline's assemble (CropDataset) -------------------------------------
     #
     # The dataset pushes each sample with its draw as a transform (`push_words`); the pipeline
-    # applies it where it makes the batch (the GPU assemble kernel, or the augment kernel
-    # after the CPU path's copy), so the batch arrives augmented: no pass over it here.
+    # applies it where it makes the batch (the GPU assemble kernel; on CPU-made batches, the
+    # pipeline's workers once the sample is assembled), so the batch arrives augmented: no
+    # pass over it here.
 
     def _wants(self, key: Any, floating: bool) -> bool:
         """Whether the tensor of `key` (dict key, tuple position or None) gets intensity."""

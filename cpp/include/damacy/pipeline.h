@@ -47,8 +47,8 @@ struct Sample {
   friend bool operator!=(const Sample& a, const Sample& b) { return !(a == b); }
 };
 
-/// A per-sample transform applied where the batch is made on a CUDA device (fused into the
-/// GPU assemble kernel; after the copy on the CPU-decode path): what Python's
+/// A per-sample transform applied where the batch is made (fused into the GPU assemble
+/// kernel; on CPU-made batches, by the Rust workers once the sample is assembled): what Python's
 /// damacy.transforms.Augment computes, pushed with the sample (dev/ops.md, damacy::augment's
 /// parameter row). `map`: the axis map, one byte per output axis counted from the last
 /// (byte e-1 for axis -e): bits 0-3 the source axis counted from the last (0: itself), bit 4
@@ -56,7 +56,7 @@ struct Sample {
 /// outputs), y = float(x) * scale + shift + the noise contract's normal times
 /// sqrt(-noise_factor / 2) (noise_factor = float(-2 * noise_std**2); 0: no noise) from the
 /// counter (noise_g odd, noise_b). A transform the pipeline cannot apply (a map that is not
-/// a permutation of equal extents, a CPU device, intensity on integer outputs) fails the
+/// a permutation of equal extents, intensity on integer outputs) fails the
 /// sample's batch with InvalidArgument.
 struct SampleTransform {
   std::uint64_t map = 0;

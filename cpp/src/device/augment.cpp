@@ -128,35 +128,6 @@ at::Tensor augment_launch(const at::Tensor& x, const at::Tensor& params, float f
 
 }  // namespace
 
-at::Tensor apply_transforms(const at::Tensor& x, const rust::Vec<ffi::SampleTransform>& tfs) {
-  if (tfs.empty()) return x;
-  const int64_t n = static_cast<int64_t>(tfs.size());
-  if (x.dim() < 1 || x.size(0) != n) {
-    throw InternalError("a batch of " + shape_text(x) + " with " + std::to_string(n) + " sample transforms");
-  }
-  // One launch applies one noise factor and one intensity flag to the whole batch.
-  const ffi::SampleTransform& first = tfs[0];
-  for (const auto& t : tfs) {
-    if (t.intensity != first.intensity || (t.intensity && t.noise_factor != first.noise_factor)) {
-      throw InvalidArgument("sample transforms of one batch decoded on the CPU must share intensity and noise (the "
-                            "batch is transformed after its copy to the device)");
-    }
-  }
-  at::Tensor params = at::empty({n, kAugmentParamWords}, at::TensorOptions().dtype(at::kLong));
-  auto* w = params.mutable_data_ptr<int64_t>();
-  for (int64_t r = 0; r < n; ++r) {
-    const ffi::SampleTransform& t = tfs[static_cast<size_t>(r)];
-    uint32_t sc = 0, sh = 0;
-    std::memcpy(&sc, &t.scale, 4);
-    std::memcpy(&sh, &t.shift, 4);
-    w[3 * r] = static_cast<int64_t>(uint64_t(sc) | (uint64_t(sh) << 32));
-    w[3 * r + 1] = static_cast<int64_t>(uint64_t(t.noise_g) | (uint64_t(t.noise_b) << 32));
-    w[3 * r + 2] = static_cast<int64_t>(t.map);
-  }
-  if (n > gpu::kAugmentArgRows) params = params.pin_memory().to(x.device(), /*non_blocking=*/true);
-  return augment_launch(x, params, first.intensity ? first.noise_factor : 0.0f, first.intensity);
-}
-
 }  // namespace damacy::detail
 
 TORCH_LIBRARY_IMPL(damacy, CUDA, m) { m.impl("augment", &damacy::detail::augment_cuda); }

@@ -29,12 +29,6 @@ std::string gpu_info_json(const std::string& search_path);
 /// "" when nvCOMP is usable, else why (with the fix).
 std::string nvcomp_unavailable_reason();
 
-/// `x` (a batch on a CUDA device, [B, ...]) through its samples' transforms (B of them; none:
-/// `x` itself) by the augment kernel on the current stream: the CPU-decode path's way of
-/// applying what the GPU path fuses into assemble. One launch, so the transforms must share
-/// `intensity` and `noise_factor` (InvalidArgument otherwise).
-at::Tensor apply_transforms(const at::Tensor& x, const rust::Vec<ffi::SampleTransform>& tfs);
-
 /// CPU-made batches for a CUDA device (decode on the CPU): each batch's host buffer (a Rust
 /// pool buffer, reused batch after batch) is pinned once with cudaHostRegister and copied by
 /// one async H2D on the uploader's own stream, which the caller's current stream then waits

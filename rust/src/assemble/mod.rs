@@ -15,10 +15,16 @@
 //!
 //! The output buffer is shared by the worker threads; each voxel is written by exactly one
 //! op (the planner's invariant), which is what makes the unsynchronised writes sound.
-//! Calls nothing; called by the pipeline's workers.
+//! `transform`: the per-sample transform pass of CPU-made batches (flips, turns, intensity
+//! and noise; `noise` its counter-based draw), run once a sample's copies are all written.
+//!
+//! Calls nothing outside this stage; called by the pipeline's workers.
 
 mod dtype;
+mod noise;
+mod transform;
 pub use dtype::OutDtype;
+pub(crate) use transform::apply as apply_transform;
 use crate::plan::{Copy, Region};
 use crate::zarr::SourceDtype;
 
@@ -60,6 +66,18 @@ impl OutBuffer {
         assert!((at + n) * size <= self.len, "output write out of range");
         // SAFETY: in range (asserted); exclusive per the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at * size), n * size) }
+    }
+
+    /// The bytes of sample `i` (`None`: past the buffer's end).
+    ///
+    /// # Safety
+    /// No other thread may access that sample's elements while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn sample(&self, i: usize) -> Option<&mut [u8]> {
+        let bytes = self.sample_voxels.checked_mul(self.dtype.size())?;
+        let at = i.checked_mul(bytes).filter(|&at| at.checked_add(bytes).is_some_and(|end| end <= self.len))?;
+        // SAFETY: in range (checked); exclusive per the caller's contract.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), bytes) })
     }
 }
 

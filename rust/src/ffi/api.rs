@@ -86,7 +86,8 @@ pub mod bridge {
         /// Offers one sample; `false` when the lookahead window is full (pop first).
         fn push_sample(self: &Pipeline, uri: &str, starts: &[i64], stops: &[i64]) -> Result<bool>;
         /// `push_sample` with the sample's transform (`SampleTransform`), applied where its
-        /// batch is made on the device; one this pipeline cannot apply fails its batch.
+        /// batch is made (CPU-made batches: by Rust; device batches: by the assemble kernel,
+        /// `sample_transforms`); one this pipeline cannot apply fails its batch.
         fn push_sample_transformed(self: &Pipeline, uri: &str, starts: &[i64], stops: &[i64], transform: &SampleTransform) -> Result<bool>;
         /// The next batch in push order; waits at most `timeout_s` (negative: the
         /// config's `pop_timeout_s`).
@@ -145,8 +146,9 @@ pub mod bridge {
         fn decode_op_context(self: &Batch, i: u32) -> String;
         /// The batch's samples, in batch order.
         fn sample_records(self: &Batch) -> Vec<SampleRecord>;
-        /// The samples' transforms in batch order (identity where none was pushed); empty
-        /// when no sample of the batch has one.
+        /// The samples' transforms still to apply on the device, in batch order (identity where
+        /// none was pushed): a device batch's (the assemble kernel applies them); empty for a
+        /// CPU-made batch (Rust applied them) and when no sample of the batch has one.
         fn sample_transforms(self: &Batch) -> Vec<SampleTransform>;
 
         /// Facts about the array at `uri`; `usage`: also count its stored objects and bytes

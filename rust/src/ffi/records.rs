@@ -143,8 +143,8 @@ pub mod bridge {
         extent: [u32; 4],
     }
 
-    /// A sample's transform, pushed with it and applied where its batch is made on a CUDA
-    /// device (Augment fused into assemble; dev/ops.md, `push_sample_transformed`): `map`,
+    /// A sample's transform, pushed with it and applied where its batch is made (Augment
+    /// fused into assemble; dev/ops.md, `push_sample_transformed`): `map`,
     /// damacy::augment's axis-map word (flips and 90-degree turns; 0: identity); with
     /// `intensity`, `y = float(x) * scale + shift` plus noise (`noise_factor` =
     /// float(-2 * noise_std**2), 0: none) from the counter (`noise_g`, `noise_b`).

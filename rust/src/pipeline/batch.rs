@@ -1,5 +1,6 @@
 //! One batch in flight and one finished: the state its jobs share ([`InFlight`]), the
-//! guard that finishes it when its last job ends ([`JobGuard`]), how a job is queued
+//! guard that finishes it when its last job ends ([`JobGuard`]; or, once, starts its next
+//! phase instead: [`InFlight::then`]), how a job is queued
 //! ([`spawn_job`]: an error *or a panic* fails the batch, typed and naming the job), and
 //! the finished [`Batch`] handed to `pop`.
 
@@ -24,7 +25,8 @@ pub(super) struct SampleSpec {
     pub(super) error: Option<Error>,
     /// Its prefetch ticket (valid samples).
     pub(super) ticket: Option<u64>,
-    /// Its transform, applied where the batch is made on the device (checked at push).
+    /// Its transform, applied where the batch is made (checked at push): by the pipeline's
+    /// workers on the CPU path, by the extension on the device path.
     pub(super) transform: Option<SampleTransform>,
 }
 
@@ -100,7 +102,13 @@ pub(super) struct InFlight {
     pub(super) lease: Mutex<Option<Lease>>,
     pub(super) resolved: Mutex<Option<Resolved>>,
     pub(super) device: Mutex<Option<DeviceWork>>,
+    /// Work that starts when every job so far has ended (the CPU path's sample transforms):
+    /// it queues the phase's jobs, and the batch finishes when those end.
+    pub(super) next_phase: Mutex<Option<Phase>>,
 }
+
+/// A batch's next phase ([`InFlight::then`]): queues its jobs with [`spawn_job`].
+pub(super) type Phase = Box<dyn FnOnce(&Arc<Shared>, &Arc<InFlight>) + Send>;
 
 impl InFlight {
     pub(super) fn new(seq: u64, samples: Vec<SampleSpec>, formed_at: Instant) -> Self {
@@ -115,7 +123,14 @@ impl InFlight {
             lease: Mutex::new(None),
             resolved: Mutex::new(None),
             device: Mutex::new(None),
+            next_phase: Mutex::new(None),
         }
+    }
+
+    /// Runs `phase` once the jobs queued so far (and the planner's count) have ended, unless
+    /// the batch failed by then; the batch finishes after the jobs `phase` queues.
+    pub(super) fn then(&self, phase: Phase) {
+        *self.next_phase.lock().unwrap_or_else(PoisonError::into_inner) = Some(phase);
     }
 
     /// Records the batch's first error.
@@ -159,8 +174,23 @@ pub(super) struct JobGuard {
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
-        if self.batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.finish(&self.batch);
+        while self.batch.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last job of a phase: no other job of the batch runs now.
+            let next = if self.batch.failed() || self.shared.shutdown.load(Ordering::Acquire) {
+                None
+            } else {
+                self.batch.next_phase.lock().unwrap_or_else(PoisonError::into_inner).take()
+            };
+            let Some(next) = next else {
+                self.shared.finish(&self.batch);
+                return;
+            };
+            // This guard counts again while the phase queues its jobs, then lets go (the loop).
+            self.batch.remaining.fetch_add(1, Ordering::AcqRel);
+            let run = std::panic::AssertUnwindSafe(|| next(&self.shared, &self.batch));
+            if let Err(payload) = std::panic::catch_unwind(run) {
+                self.batch.fail(err!(Internal, "batch {}: starting its next phase panicked (a bug; please report it): {}", self.batch.seq, panic_text(&*payload)));
+            }
         }
     }
 }
@@ -290,9 +320,13 @@ impl Batch {
         self.samples.iter().map(|s| (s.uri.as_str(), s.aabb.as_slice()))
     }
 
-    /// The samples' transforms, in batch order (identity for a sample pushed without one);
-    /// empty when no sample of the batch has one.
+    /// The samples' transforms still to apply on the device, in batch order (identity for a
+    /// sample pushed without one): a device batch's; empty for a CPU-made batch (its workers
+    /// applied them) and when no sample of the batch has one.
     pub fn transforms(&self) -> Vec<SampleTransform> {
+        if self.device.is_none() {
+            return Vec::new();
+        }
         super::transform::of_batch(self.samples.iter().map(|s| s.transform.as_ref()))
     }
 }

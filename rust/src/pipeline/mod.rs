@@ -360,7 +360,8 @@ impl Pipeline {
     }
 
     /// [`push`](Self::push) with the sample's transform (`ffi::SampleTransform`), applied
-    /// where its batch is made on the device; a transform this pipeline cannot apply fails
+    /// where its batch is made (CPU path: by the workers; device path: by the extension's
+    /// assemble kernel, [`Batch::transforms`]); a transform this pipeline cannot apply fails
     /// the sample's batch (InvalidArgument), as a bad box does.
     ///
     /// # Errors

@@ -125,6 +125,8 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
     // every job below dropped its guard; jobs write disjoint voxels (planner invariant).
     let out = unsafe { OutBuffer::new(lease.ptr(), lease.len(), cfg.dtype, cfg.sample_voxels()) };
     batch.set_lease(lease);
+    // The samples' transforms, once every job below has written its voxels.
+    super::transform::apply_after_assemble(pool, batch, out);
 
     // Chunks found decoded in the cache are not read: their op's source becomes Absent and
     // `cached` holds the bytes the job assembles from. A read is where a rewritten shard is

@@ -386,3 +386,57 @@ fn a_batch_whose_device_store_producer_failed_on_the_host_runs_again_without_the
     drop(next);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cpu_batches_are_transformed_by_the_workers_and_hand_over_no_transforms() {
+    // A CPU pipeline (and a CUDA one decoding on the CPU: u8 labels), samples 8×8×8 at
+    // z = 0, 4: sample 0 flipped along x and turned in (y, x) (map 0x1102 | flip), sample 1
+    // plain; f32 with scale/shift; the reference is the plain batch moved by hand.
+    use crate::ffi::records::SampleTransform;
+    let dir = volume("transforms", &[], 31);
+    let vol = dir.to_str().unwrap();
+    let at = |z: i64| ([z, 4, 4], [z + 8, 12, 12]);
+    // out[z, y, x] = src[z, x, 7 - y] (k = 1 turn: axis -2 reads -1 backwards, -1 reads -2)
+    let turn = SampleTransform { map: 0x1102, scale: 1.0, ..SampleTransform::default() };
+    let bright = SampleTransform { intensity: true, scale: 2.0, shift: -3.0, ..turn };
+    for (device, dtype, t) in [("cpu", crate::pipeline::OutDtype::F32, bright), ("cpu", crate::pipeline::OutDtype::U8, turn), ("cuda:0", crate::pipeline::OutDtype::U8, turn)] {
+        let cfg = Config { device: device.into(), dtype, ..config() };
+        let p = Pipeline::new(cfg).unwrap();
+        assert!(!p.shared.gpu_mode);
+        let es = dtype.size();
+        let pop = |with: Option<SampleTransform>| {
+            let (s0, e0) = at(0);
+            let (s1, e1) = at(4);
+            assert!(p.push_with(vol, &s0, &e0, with).unwrap() && p.push(vol, &s1, &e1).unwrap());
+            let mut b = p.pop(-1.0).unwrap();
+            assert!(b.transforms().is_empty(), "{device}: applied, none left for the extension");
+            b.bytes().to_vec()
+        };
+        let plain = pop(None);
+        let got = pop(Some(t));
+        let one = 512 * es;
+        assert_eq!(got[one..], plain[one..], "{device} {dtype:?}: sample 1 has no transform");
+        for z in 0..8 {
+            for y in 0..8 {
+                for x in 0..8 {
+                    let (dst, src) = ((z * 64 + y * 8 + x) * es, (z * 64 + x * 8 + (7 - y)) * es);
+                    if dtype == crate::pipeline::OutDtype::F32 {
+                        let v = f32::from_ne_bytes(plain[src..src + 4].try_into().unwrap());
+                        assert_eq!(f32::from_ne_bytes(got[dst..dst + 4].try_into().unwrap()), v * 2.0 - 3.0, "{z} {y} {x}");
+                    } else {
+                        assert_eq!(got[dst], plain[src], "{device} {z} {y} {x}");
+                    }
+                }
+            }
+        }
+        assert_ne!(got[..one], plain[..one]);
+    }
+    // A batch that fails runs no transform job and fails as before; the next one is fine.
+    let p = pipeline();
+    let (s0, e0) = at(0);
+    assert!(p.push_with(&uri("fault-error", &dir), &s0, &e0, Some(turn)).unwrap() && p.push(vol, &s0, &e0).unwrap());
+    assert_eq!(p.pop(-1.0).unwrap_err().status(), Status::Storage);
+    assert!(p.push_with(vol, &s0, &e0, Some(turn)).unwrap() && p.push(vol, &s0, &e0).unwrap());
+    drop(p.pop(-1.0).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

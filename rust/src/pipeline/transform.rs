@@ -1,12 +1,18 @@
 //! Per-sample transforms pushed with their samples (Augment fused into assemble): checked at
-//! push, carried with the sample to its batch, applied by the extension where the batch is
-//! made on a CUDA device (the assemble kernel on the GPU path; the augment kernel after the
-//! copy on the CPU-decode path). The record and its meaning: `ffi::SampleTransform`,
+//! push, carried with the sample to its batch, applied where the batch is made: on the CPU
+//! path by the pipeline's workers once the batch's copies are written (one job per sample,
+//! [`apply_after_assemble`]), on the device path by the extension's assemble kernel
+//! ([`of_batch`] hands them over). The record and its meaning: `ffi::SampleTransform`,
 //! dev/ops.md.
 
+use std::cell::RefCell;
+
+use super::batch::{spawn_job, InFlight};
 use super::Config;
+use crate::assemble::{self, OutBuffer};
 use crate::error::{err, Error};
 use crate::ffi::records::SampleTransform;
+use crate::io::Spawner;
 
 /// Axis-map slots of a transform word (damacy::augment's kAugmentMaxDims).
 const MAP_SLOTS: usize = 8;
@@ -14,9 +20,6 @@ const MAP_SLOTS: usize = 8;
 /// Why `t` cannot be applied to the samples of `cfg` (`None`: it can). A bad transform fails
 /// its sample's batch, like every other problem with a sample.
 pub(super) fn check(cfg: &Config, uri: &str, t: &SampleTransform) -> Option<Error> {
-    if !cfg.device.starts_with("cuda") {
-        return Some(err!(InvalidArgument, "{uri}: sample transforms are applied on CUDA devices only (device {:?}); use Augment on the batch", cfg.device));
-    }
     let shape = &cfg.sample_shape;
     let rank = shape.len();
     if rank > MAP_SLOTS {
@@ -66,6 +69,34 @@ pub(super) fn check(cfg: &Config, uri: &str, t: &SampleTransform) -> Option<Erro
     None
 }
 
+thread_local! {
+    /// A worker's copy of the sample it transforms (one sample's bytes at most, kept).
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// CPU path: queues, for when the batch's copies and fills have all been written, one job
+/// per sample whose transform does something (geometry and intensity in place,
+/// `assemble::apply_transform`, through the worker's scratch copy). A batch without
+/// transforms gets no phase and no job.
+pub(super) fn apply_after_assemble(pool: &Spawner, batch: &InFlight, out: OutBuffer) {
+    let todo: Vec<(usize, SampleTransform)> =
+        batch.samples.iter().enumerate().filter_map(|(i, s)| s.transform.filter(|t| t.map != 0 || t.intensity).map(|t| (i, t))).collect();
+    if todo.is_empty() {
+        return;
+    }
+    let pool = pool.clone();
+    batch.then(Box::new(move |shared, batch| {
+        for (i, t) in todo {
+            spawn_job(shared, &pool, batch, move |b| format!("{}: transforming sample {i} of batch {}", b.uri(i as u32), b.seq), move |shared, _| {
+                // SAFETY: `out` is the batch's lease, kept until `finish`, which runs after this
+                // job; every copy and fill job has ended, and sample i is this job's alone.
+                let bytes = unsafe { out.sample(i) }.ok_or_else(|| err!(Internal, "internal: sample {i} is outside the batch buffer"))?;
+                SCRATCH.with_borrow_mut(|scratch| assemble::apply_transform(bytes, &shared.cfg.sample_shape, shared.cfg.dtype, &t, scratch))
+            });
+        }
+    }));
+}
+
 /// The batch's transforms, one per sample (identity where a sample has none); empty when no
 /// sample of the batch has one.
 pub(super) fn of_batch<'a>(transforms: impl Iterator<Item = Option<&'a SampleTransform>> + Clone) -> Vec<SampleTransform> {
@@ -99,7 +130,8 @@ mod tests {
             let e = check(&c, "a", &t(map)).unwrap_or_else(|| panic!("{map:#x} accepted"));
             assert!(e.to_string().contains("transform map"), "{e}");
         }
-        assert!(check(&cfg(&[4, 8, 8], "cpu"), "a", &t(0)).unwrap().to_string().contains("CUDA devices only"));
+        // every device: CPU-made batches are transformed by the workers
+        assert!(check(&cfg(&[4, 8, 8], "cpu"), "a", &t(0x0112)).is_none());
     }
 
     #[test]
