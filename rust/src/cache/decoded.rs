@@ -1,5 +1,6 @@
-//! The decoded-chunk cache of the CPU path: decoded chunks kept across batches, bounded by
-//! bytes (`decoded_cache_bytes`, 0 = off), least recently used evicted first. With a
+//! The decoded-chunk cache of the CPU path: decoded chunks, or decoded byte ranges of them
+//! ([`DecodedSpan`]: a prefix, or the blosc blocks some crops read), kept across batches,
+//! bounded by bytes (`decoded_cache_bytes`, 0 = off), least recently used evicted first. With a
 //! window (`decoded_cache_bytes` unset: chunk sharing across the look-ahead window), an
 //! entry that no batch of the last `window` batches used is dropped first, so the cache
 //! holds about the window's working set, not the byte bound. Keyed by where
@@ -27,6 +28,29 @@ pub struct ChunkKey {
     pub generation: Generation,
 }
 
+/// The decoded bytes `offset..offset + bytes.len()` of one chunk's decoded form (native
+/// endian, C order): the whole chunk (offset 0, every byte), a prefix (offset 0), or the
+/// blosc blocks some crops read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DecodedSpan {
+    /// Where `bytes` start in the decoded chunk.
+    pub offset: usize,
+    /// The decoded bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl DecodedSpan {
+    /// One past the last byte held.
+    pub(crate) fn end(&self) -> usize {
+        self.offset.saturating_add(self.bytes.len())
+    }
+
+    /// `true` when the bytes `lo..hi` of the chunk are held (always, for an empty range).
+    pub(crate) fn covers(&self, lo: usize, hi: usize) -> bool {
+        lo >= hi || (self.offset <= lo && hi <= self.end())
+    }
+}
+
 /// A byte-bounded LRU map from chunk to decoded bytes. Not synchronised.
 #[derive(Default)]
 pub(crate) struct DecodedCache {
@@ -36,7 +60,7 @@ pub(crate) struct DecodedCache {
     bytes: u64,
     clock: u64,
     /// Value, LRU tick, the latest batch that used it.
-    entries: HashMap<ChunkKey, (Arc<Vec<u8>>, u64, u64)>,
+    entries: HashMap<ChunkKey, (Arc<DecodedSpan>, u64, u64)>,
     order: BTreeMap<u64, ChunkKey>,
     stats: CacheStats,
 }
@@ -55,27 +79,27 @@ impl DecodedCache {
 
     /// The decoded bytes of `key`, marking it recently used by batch `seq`.
     #[cfg(test)]
-    pub(crate) fn get(&mut self, key: &ChunkKey, seq: u64) -> Option<Arc<Vec<u8>>> {
-        self.lookup(key, 0, seq, true)
+    pub(crate) fn get(&mut self, key: &ChunkKey, seq: u64) -> Option<Arc<DecodedSpan>> {
+        self.lookup(key, (0, 0), seq, true)
     }
 
-    /// As [`get`](Self::get) for entries that may be prefixes of a chunk: a hit needs at
-    /// least `need` bytes (a shorter entry counts as a miss).
-    pub(crate) fn get_at_least(&mut self, key: &ChunkKey, need: usize, seq: u64) -> Option<Arc<Vec<u8>>> {
+    /// As [`get`](Self::get) for entries that may be parts of a chunk: a hit must hold the
+    /// decoded bytes `need.0..need.1` (an entry that does not counts as a miss).
+    pub(crate) fn get_covering(&mut self, key: &ChunkKey, need: (usize, usize), seq: u64) -> Option<Arc<DecodedSpan>> {
         self.lookup(key, need, seq, true)
     }
 
-    /// As [`get_at_least`](Self::get_at_least), but a miss is not counted (a look-up made
+    /// As [`get_covering`](Self::get_covering), but a miss is not counted (a look-up made
     /// ahead of the one that decides, so each chunk counts one miss at most).
-    pub(crate) fn probe(&mut self, key: &ChunkKey, need: usize, seq: u64) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn probe(&mut self, key: &ChunkKey, need: (usize, usize), seq: u64) -> Option<Arc<DecodedSpan>> {
         self.lookup(key, need, seq, false)
     }
 
-    fn lookup(&mut self, key: &ChunkKey, need: usize, seq: u64, count_miss: bool) -> Option<Arc<Vec<u8>>> {
+    fn lookup(&mut self, key: &ChunkKey, (lo, hi): (usize, usize), seq: u64, count_miss: bool) -> Option<Arc<DecodedSpan>> {
         if !self.enabled() {
             return None;
         }
-        if self.entries.get(key).is_some_and(|e| e.0.len() < need) {
+        if self.entries.get(key).is_some_and(|e| !e.0.covers(lo, hi)) {
             self.stats.misses += u64::from(count_miss);
             return None;
         }
@@ -100,16 +124,16 @@ impl DecodedCache {
     /// Stores `value` for `key`, decoded by batch `seq`: first drops the entries the window
     /// left behind (oldest first, while their last use is more than `window` batches before
     /// `seq`), then evicts least recently used entries to stay within the capacity; a value
-    /// larger than the capacity is not stored.
-    pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<Vec<u8>>, seq: u64) {
-        let size = value.len() as u64;
-        if size > self.capacity || self.entries.get(&key).is_some_and(|e| e.0.len() >= value.len()) {
+    /// larger than the capacity, or one whose bytes an entry of `key` already holds, is not
+    /// stored. One entry per chunk: any other entry of `key` is replaced.
+    pub(crate) fn insert(&mut self, key: ChunkKey, value: Arc<DecodedSpan>, seq: u64) {
+        let size = value.bytes.len() as u64;
+        if size > self.capacity || self.entries.get(&key).is_some_and(|e| e.0.covers(value.offset, value.end())) {
             return;
         }
-        // A longer prefix of a chunk replaces the shorter one.
         if let Some((old, tick, _)) = self.entries.remove(&key) {
             self.order.remove(&tick);
-            self.bytes -= old.len() as u64;
+            self.bytes -= old.bytes.len() as u64;
         }
         if let Some(window) = self.window {
             while let Some((_, old)) = self.order.first_key_value() {
@@ -135,13 +159,13 @@ impl DecodedCache {
     fn evict_oldest(&mut self) -> bool {
         let Some((_, old)) = self.order.pop_first() else { return false };
         if let Some((v, ..)) = self.entries.remove(&old) {
-            self.bytes -= v.len() as u64;
+            self.bytes -= v.bytes.len() as u64;
             self.stats.evictions += 1;
         }
         true
     }
 
-    /// `true` when some prefix of `key` is held (a look-up that needed more missed).
+    /// `true` when some part of `key` is held (a look-up that needed other bytes missed).
     pub(crate) fn holds(&self, key: &ChunkKey) -> bool {
         self.entries.contains_key(key)
     }
@@ -162,6 +186,10 @@ impl DecodedCache {
 mod tests {
     use super::*;
 
+    fn whole(fill: u8, n: usize) -> Arc<DecodedSpan> {
+        Arc::new(DecodedSpan { offset: 0, bytes: vec![fill; n] })
+    }
+
     fn k(i: u64) -> ChunkKey {
         ChunkKey { store: "/s".into(), key: "f".into(), offset: i, generation: Generation::new("g") }
     }
@@ -169,53 +197,78 @@ mod tests {
     #[test]
     fn a_window_drops_what_the_window_left_behind() {
         let mut c = DecodedCache::new(1 << 20, Some(2));
-        c.insert(k(0), Arc::new(vec![0; 4]), 0);
-        c.insert(k(1), Arc::new(vec![1; 4]), 1);
+        c.insert(k(0), whole(0, 4), 0);
+        c.insert(k(1), whole(1, 4), 1);
         assert!(c.get(&k(0), 2).is_some(), "used by batch 2: kept while the window may need it");
-        c.insert(k(2), Arc::new(vec![2; 4]), 4);
+        c.insert(k(2), whole(2, 4), 4);
         assert!(c.get(&k(1), 4).is_none(), "last used by batch 1, more than 2 batches before 4: dropped");
         assert!(c.get(&k(0), 4).is_some(), "last used by batch 2: kept");
-        c.insert(k(3), Arc::new(vec![3; 4]), 9);
+        c.insert(k(3), whole(3, 4), 9);
         assert!(c.get(&k(0), 9).is_none() && c.get(&k(2), 9).is_none());
         assert_eq!(c.bytes(), 4, "only the live entry is held");
         let other_generation = ChunkKey { generation: Generation::new("g2"), ..k(3) };
         assert!(c.get(&other_generation, 9).is_none(), "a rewritten object never hits its old bytes");
         // Prefixes: a short entry serves short needs only; a longer one replaces it.
         let mut p = DecodedCache::new(100, Some(2));
-        p.insert(k(7), Arc::new(vec![7; 4]), 0);
-        assert!(p.get_at_least(&k(7), 4, 0).is_some());
-        assert!(p.get_at_least(&k(7), 5, 0).is_none(), "a 4-byte prefix cannot serve 5 bytes");
-        assert!(p.probe(&k(7), 5, 0).is_none());
-        p.insert(k(7), Arc::new(vec![7; 8]), 0);
-        assert_eq!(p.get_at_least(&k(7), 8, 0).unwrap().len(), 8);
+        p.insert(k(7), whole(7, 4), 0);
+        assert!(p.get_covering(&k(7), (0, 4), 0).is_some());
+        assert!(p.get_covering(&k(7), (0, 5), 0).is_none(), "a 4-byte prefix cannot serve 5 bytes");
+        assert!(p.probe(&k(7), (0, 5), 0).is_none());
+        p.insert(k(7), whole(7, 8), 0);
+        assert_eq!(p.get_covering(&k(7), (0, 8), 0).unwrap().bytes.len(), 8);
         assert_eq!(p.bytes(), 8, "the shorter entry was replaced, not added");
-        p.insert(k(7), Arc::new(vec![7; 2]), 0);
-        assert_eq!(p.get_at_least(&k(7), 8, 0).unwrap().len(), 8, "a shorter one does not replace a longer one");
+        p.insert(k(7), whole(7, 2), 0);
+        assert_eq!(p.get_covering(&k(7), (0, 8), 0).unwrap().bytes.len(), 8, "a shorter one does not replace a longer one");
         // The byte bound holds with a window too.
         let mut small = DecodedCache::new(8, Some(100));
         for i in 0..5 {
-            small.insert(k(i), Arc::new(vec![0; 4]), i);
+            small.insert(k(i), whole(0, 4), i);
             assert!(small.bytes() <= 8);
         }
     }
 
     #[test]
+    fn a_span_serves_only_the_ranges_it_holds() {
+        let span = |offset: usize, n: usize| Arc::new(DecodedSpan { offset, bytes: (0..n).map(|i| (offset + i) as u8).collect() });
+        let mut c = DecodedCache::new(100, Some(4));
+        c.insert(k(1), span(16, 32), 0); // bytes 16..48
+        let hit = c.get_covering(&k(1), (20, 40), 1).unwrap();
+        assert_eq!((hit.offset, hit.bytes[20 - hit.offset]), (16, 20), "byte i of the chunk is at i - offset");
+        for outside in [(0, 20), (8, 16), (40, 49), (47, 64), (0, 64)] {
+            assert!(c.get_covering(&k(1), outside, 1).is_none(), "{outside:?} is not all inside 16..48");
+        }
+        assert_eq!(c.stats().misses, 5);
+        assert!(c.holds(&k(1)), "a part is held: the caller decodes the chunk again, whole");
+        // A span inside the held one is not stored; one it does not hold replaces it; the
+        // whole chunk replaces any span.
+        c.insert(k(1), span(24, 8), 1);
+        assert_eq!(c.get_covering(&k(1), (16, 48), 1).unwrap().offset, 16);
+        c.insert(k(1), span(32, 32), 1); // 32..64
+        assert!(c.get_covering(&k(1), (16, 20), 1).is_none());
+        assert_eq!(c.get_covering(&k(1), (40, 64), 1).unwrap().offset, 32);
+        assert_eq!(c.bytes(), 32);
+        c.insert(k(1), span(0, 64), 2);
+        assert!(c.get_covering(&k(1), (0, 64), 2).is_some() && c.get_covering(&k(1), (16, 20), 2).is_some());
+        assert_eq!(c.bytes(), 64, "one entry per chunk");
+    }
+
+    #[test]
     fn bounded_by_bytes_lru() {
         let mut c = DecodedCache::new(10, None);
-        c.insert(k(0), Arc::new(vec![0; 4]), 0);
-        c.insert(k(1), Arc::new(vec![1; 4]), 0);
+        c.insert(k(0), whole(0, 4), 0);
+        c.insert(k(1), whole(1, 4), 0);
         assert!(c.get(&k(0), 0).is_some(), "touch 0: 1 is now the oldest");
-        c.insert(k(2), Arc::new(vec![2; 4]), 0);
+        c.insert(k(2), whole(2, 4), 0);
         assert!(c.get(&k(1), 0).is_none(), "1 evicted");
-        assert_eq!(c.get(&k(0), 0).unwrap()[0], 0);
-        assert_eq!(c.get(&k(2), 0).unwrap()[0], 2);
+        assert_eq!(c.get(&k(0), 0).unwrap().bytes[0], 0);
+        assert_eq!(c.get(&k(2), 0).unwrap().bytes[0], 2);
         assert!(c.bytes() <= 10);
-        c.insert(k(3), Arc::new(vec![3; 11]), 0);
+        c.insert(k(3), whole(3, 11), 0);
         assert!(c.get(&k(3), 0).is_none(), "larger than the capacity: not stored");
-        c.insert(k(4), Arc::new(vec![4; 1]), 1000);
+        c.insert(k(4), whole(4, 1), 1000);
         assert!(c.get(&k(0), 1000).is_some(), "no window: age in batches does not matter");
         let mut off = DecodedCache::new(0, None);
-        off.insert(k(0), Arc::new(vec![0; 1]), 0);
+        off.insert(k(0), whole(0, 1), 0);
         assert!(off.get(&k(0), 0).is_none());
         assert_eq!(off.stats().misses, 0, "a disabled cache counts nothing");
     }
