@@ -137,17 +137,18 @@ pub(super) fn run_cpu<'a>(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFl
     // Per chunk op: the bytes of its chunk that later batches of the window read, when its
     // chunk decodes in spans and is kept for them.
     let mut ahead: Vec<Option<(usize, usize)>> = vec![None; plan.chunk_ops.len()];
+    let caching = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    if caching && plan.arrays.iter().any(|a| a.decoder.cpu.decodes_span()) {
+        let spans = crate::plan::window_spans(&plan.arrays, later, |a| a.decoder.cpu.decodes_span());
+        if !spans.is_empty() {
+            for (op, a) in plan.chunk_ops.iter().zip(&mut ahead) {
+                *a = spans.get(&(Arc::clone(&plan.arrays[op.array as usize].id), op.coords.clone())).copied();
+            }
+        }
+    }
     {
         let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.enabled() {
-            if plan.arrays.iter().any(|a| a.decoder.cpu.decodes_span()) {
-                let spans = crate::plan::window_spans(&plan.arrays, later, |a| a.decoder.cpu.decodes_span());
-                if !spans.is_empty() {
-                    for (op, a) in plan.chunk_ops.iter().zip(&mut ahead) {
-                        *a = spans.get(&(Arc::clone(&plan.arrays[op.array as usize].id), op.coords.clone())).copied();
-                    }
-                }
-            }
             for (i, op) in plan.chunk_ops.iter_mut().enumerate() {
                 let array = &plan.arrays[op.array as usize];
                 if let Some(k) = range_key(array, &op.source) {
