@@ -1,5 +1,6 @@
 //! The single-parser targets: `zarr_json`, `shard_index`, `blosc_frame`, `zstd_frame`.
 
+use damacy::testing::decode::ChunkCodec;
 use damacy::testing::zarr::blosc::{BloscFrame, HEAD_PROBE};
 use damacy::testing::zarr::{zstd_frame, ArrayMeta, KeyEncoding, ShardIndex, MAX_CHUNKS_PER_SHARD, MAX_DECODED_CHUNK_BYTES, MAX_EXTENT, MAX_RANK};
 use damacy::Status;
@@ -152,6 +153,7 @@ pub fn blosc_frame(chunk: &[u8]) {
             return;
         }
     };
+    blosc_spans(chunk, frame.nbytes);
     assert_eq!(u64::from(frame.cbytes), len);
     assert!(frame.typesize > 0);
     if frame.memcpyed {
@@ -179,6 +181,41 @@ pub fn blosc_frame(chunk: &[u8]) {
         }
     }
     assert_eq!(decoded, u64::from(frame.nbytes));
+}
+
+/// The CPU path's span decode of `chunk` as the chunk of a `uint8` array of `nbytes`
+/// elements (the header's decoded size, up to 1 MiB): spans at the start, the middle, the
+/// end and across blocks are typed errors (Decode) or bytes that cover the range asked for;
+/// when the whole chunk decodes, every span decodes too and equals its bytes of it.
+fn blosc_spans(chunk: &[u8], nbytes: u32) {
+    let n = nbytes as usize;
+    if n == 0 || n > 1 << 20 {
+        return;
+    }
+    let json = json!({"zarr_format": 3, "node_type": "array", "shape": [n], "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [n]}}, "fill_value": 0,
+        "codecs": [{"name": "bytes"}, {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle", "typesize": 1, "blocksize": 0}}]});
+    let meta = ArrayMeta::parse(json.to_string().as_bytes()).expect("a uint8 blosc array");
+    let codec = ChunkCodec::new(&meta).expect("its codec");
+    assert!(codec.decodes_span());
+    let mut whole = vec![0u8; n];
+    let whole = codec.decode_into(chunk, &mut whole).map(|()| whole);
+    let mut out = Vec::new();
+    for (lo, hi) in [(0, 1), (n / 3, n / 2 + 1), (n - 1, n), (n / 4, n - n / 4), (0, n)] {
+        let hi = hi.max(lo + 1).min(n);
+        match codec.decode_span_into(chunk, lo, hi, &mut out) {
+            Ok(offset) => {
+                assert!(offset <= lo && offset + out.len() >= hi && offset + out.len() <= n, "span {lo}..{hi}: got {offset}..+{}", out.len());
+                if let Ok(w) = &whole {
+                    assert!(out[..] == w[offset..offset + out.len()], "span {lo}..{hi} differs from the whole chunk");
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.status(), Status::Decode, "{e}");
+                assert!(whole.is_err(), "span {lo}..{hi} fails ({e}) where the whole chunk decodes");
+            }
+        }
+    }
 }
 
 /// The `zstd_frame` input: `[decoded_len:4 LE][frame]`.

@@ -25,6 +25,7 @@ mod noise;
 mod transform;
 pub use dtype::OutDtype;
 pub(crate) use transform::apply as apply_transform;
+use crate::error::{err, Result};
 use crate::plan::{Copy, Region};
 use crate::zarr::SourceDtype;
 
@@ -258,21 +259,49 @@ fn for_each_row(extent: &[u64], src_shape: &[u64], src_start: &[u64], dst_shape:
     }
 }
 
-/// Copies one region of a decoded chunk (native-endian `src` elements of `chunk_shape`)
-/// into its sample.
+/// Copies one region of a decoded chunk into its sample. `src` holds the bytes
+/// `src_offset..src_offset + src.len()` of the decoded chunk (native-endian elements of
+/// `chunk_shape`, C order): the whole chunk, a prefix, or a span of blosc blocks.
+///
+/// # Errors
+/// Internal, before anything is written, when the region reads bytes `src` does not hold
+/// (a span or prefix decoded for other copies: a bug, never a read out of range).
 ///
 /// # Safety
 /// The destination voxels must not be accessed concurrently (planner invariant).
-pub(crate) unsafe fn copy_region(src: &[u8], src_dtype: SourceDtype, chunk_shape: &[u64], copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) {
+pub(crate) unsafe fn copy_region(src: &[u8], src_offset: usize, src_dtype: SourceDtype, chunk_shape: &[u64], copy: &Copy, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
     let cast = row_cast(src_dtype, out.dtype);
-    let es = src_dtype.size();
+    let es = src_dtype.size() as u64;
     let row = *copy.extent.last().unwrap_or(&1) as usize;
+    // The rows of a box inside the chunk lie, in C order, between its first and its last
+    // element: one check for the whole copy.
+    let last: Vec<u64> = copy.chunk_start.iter().zip(&copy.extent).map(|(s, e)| (s + e).saturating_sub(1)).collect();
+    let (first, last) = (ravel(&copy.chunk_start, chunk_shape), ravel(&last, chunk_shape));
+    let (lo, hi) = (first.saturating_mul(es), last.saturating_add(1).saturating_mul(es));
+    let (held_lo, held_hi) = (src_offset as u64, (src_offset as u64).saturating_add(src.len() as u64));
+    let outside = || err!(Internal, "internal: a copy reads bytes {lo}..{hi} of its decoded chunk, which holds only {held_lo}..{held_hi} (a bug; please report it)");
+    if lo < held_lo || hi > held_hi || copy.chunk_start.iter().zip(&copy.extent).zip(chunk_shape).any(|((s, e), n)| s + e > *n) {
+        return Err(outside());
+    }
     let base = copy.sample as usize * out.sample_voxels;
+    let (es, offset) = (es as usize, src_offset);
+    let mut result = Ok(());
     for_each_row(&copy.extent, chunk_shape, &copy.chunk_start, sample_shape, &copy.sample_start, |s, d| {
+        // In range (checked above); `get` keeps even a broken invariant from reading outside.
+        let Some(row_src) = (s * es).checked_sub(offset).and_then(|a| src.get(a..a + row * es)) else {
+            result = Err(outside());
+            return;
+        };
         // SAFETY: exclusive per this function's contract.
         let dst = unsafe { out.elems(base + d, row) };
-        cast(&src[s * es..(s + row) * es], dst);
+        cast(row_src, dst);
     });
+    result
+}
+
+/// The C-order index of `coords` in a box of `shape`, saturating.
+fn ravel(coords: &[u64], shape: &[u64]) -> u64 {
+    coords.iter().zip(shape).fold(0u64, |acc, (c, n)| acc.saturating_mul(*n).saturating_add(*c))
 }
 
 /// Writes the fill value (one native-endian source element) into a region of a sample.
@@ -316,9 +345,30 @@ mod tests {
         let mut dst = vec![0u8; 2 * 2 * 4];
         let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::F32, 2) };
         let copy = Copy { sample: 1, chunk_start: vec![1, 1], sample_start: vec![0, 0], extent: vec![1, 2] };
-        unsafe { copy_region(&src, SourceDtype::U16, &[2, 3], &copy, &out, &[1, 2]) };
+        unsafe { copy_region(&src, 0, SourceDtype::U16, &[2, 3], &copy, &out, &[1, 2]) }.unwrap();
         let got: Vec<f32> = dst.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap())).collect();
         assert_eq!(got, [0.0, 0.0, 4.0, 5.0]);
+    }
+
+    #[test]
+    fn copies_from_a_span_and_refuses_bytes_it_does_not_hold() {
+        // chunk 4x3 of u16: 0..12; the span holds rows 1..3 (elements 3..9, bytes 6..18).
+        let span: Vec<u8> = (3u16..9).flat_map(u16::to_ne_bytes).collect();
+        let mut dst = vec![0u8; 2 * 3 * 4];
+        let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::F32, 6) };
+        let copy = Copy { sample: 0, chunk_start: vec![1, 1], sample_start: vec![0, 0], extent: vec![2, 2] };
+        unsafe { copy_region(&span, 6, SourceDtype::U16, &[4, 3], &copy, &out, &[2, 3]) }.unwrap();
+        let got: Vec<f32> = dst.chunks_exact(4).map(|b| f32::from_ne_bytes(b.try_into().unwrap())).collect();
+        assert_eq!(got, [4.0, 5.0, 0.0, 7.0, 8.0, 0.0]);
+        // Rows 0..2 (element 2 is before the span), rows 2..4 (element 9 after it), a box
+        // reaching past the chunk: typed errors, nothing written.
+        dst.fill(0xAB);
+        for (start, extent) in [(vec![0, 2], vec![2, 1]), (vec![2, 0], vec![2, 1]), (vec![1, 2], vec![1, 2])] {
+            let copy = Copy { sample: 0, chunk_start: start, sample_start: vec![0, 0], extent };
+            let e = unsafe { copy_region(&span, 6, SourceDtype::U16, &[4, 3], &copy, &out, &[2, 3]) }.unwrap_err();
+            assert_eq!(e.status(), crate::Status::Internal, "{e}");
+        }
+        assert!(dst.iter().all(|&b| b == 0xAB));
     }
 
     #[test]
@@ -383,7 +433,7 @@ mod tests {
         let mut dst = vec![0u8; 6 * 8];
         let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::I64, 6) };
         let copy = Copy { sample: 0, chunk_start: vec![0, 0], sample_start: vec![0, 0], extent: vec![1, 4] };
-        unsafe { copy_region(&src, SourceDtype::I64, &[1, 4], &copy, &out, &[1, 6]) };
+        unsafe { copy_region(&src, 0, SourceDtype::I64, &[1, 4], &copy, &out, &[1, 6]) }.unwrap();
         let r = Region { start: vec![0, 4], extent: vec![1, 2] };
         unsafe { fill_region(&(-9i64).to_ne_bytes(), SourceDtype::I64, 0, &r, &out, &[1, 6]) };
         let got: Vec<i64> = dst.chunks_exact(8).map(|b| i64::from_ne_bytes(b.try_into().unwrap())).collect();
@@ -393,7 +443,7 @@ mod tests {
         let mut dst = vec![0u8; 4];
         let out = unsafe { OutBuffer::new(dst.as_mut_ptr(), dst.len(), OutDtype::U8, 4) };
         let copy = Copy { sample: 0, chunk_start: vec![0], sample_start: vec![0], extent: vec![3] };
-        unsafe { copy_region(&src, SourceDtype::U16, &[3], &copy, &out, &[4]) };
+        unsafe { copy_region(&src, 0, SourceDtype::U16, &[3], &copy, &out, &[4]) }.unwrap();
         let r = Region { start: vec![3], extent: vec![1] };
         unsafe { fill_region(&65535u16.to_ne_bytes(), SourceDtype::U16, 0, &r, &out, &[4]) };
         assert_eq!(dst, [1, 0, 255, 255]);

@@ -254,12 +254,34 @@ impl ChunkCodec {
         self.decoded_len
     }
 
+    /// The one compressor of a chain that is the identity array→bytes part (C order, native
+    /// endian), then that compressor, then optionally a crc32c over the compressed bytes
+    /// (decode order: `[crc32c,] compressor`): its first `n` decoded bytes are the first `n`
+    /// bytes of the chunk's elements. `None` for any other chain (a checksum inside the
+    /// compressor, two compressors, a transpose, a byte swap).
+    fn sole_compressor(&self) -> Option<Step> {
+        if self.array.is_some() {
+            return None;
+        }
+        match self.steps[..] {
+            [s] | [Step::Crc32c, s] if s != Step::Crc32c => Some(s),
+            _ => None,
+        }
+    }
+
     /// `true` when [`decode_prefix_into`](Self::decode_prefix_into) can stop early: the
     /// chain is one compressor (zstd, or blosc), after an optional crc32c, and the
     /// array→bytes part is the identity (C order, native endian), so the first `n` decoded
     /// bytes are the first `n` bytes of the chunk's elements.
     pub fn decodes_prefix(&self) -> bool {
-        self.array.is_none() && matches!(self.steps.iter().filter(|&&s| s != Step::Crc32c).collect::<Vec<_>>()[..], [Step::Zstd | Step::Blosc])
+        matches!(self.sole_compressor(), Some(Step::Zstd | Step::Blosc))
+    }
+
+    /// `true` when [`decode_span_into`](Self::decode_span_into) decodes only the blosc
+    /// blocks of a byte range: the chain is bytes (native endian, no transpose) → blosc,
+    /// after an optional crc32c.
+    pub fn decodes_span(&self) -> bool {
+        self.sole_compressor() == Some(Step::Blosc)
     }
 
     /// How many decoded bytes to produce for a crop that reads the first `need` bytes: a
@@ -306,9 +328,8 @@ impl ChunkCodec {
         if self.steps.first() == Some(&Step::Crc32c) {
             src = strip_crc32c(src).map_err(with_names)?;
         }
-        let step = *self.steps.iter().find(|&&s| s != Step::Crc32c).unwrap_or(&Step::Zstd);
-        match step {
-            Step::Zstd => zstd_prefix(src, out, self.decoded_len),
+        match self.sole_compressor() {
+            Some(Step::Zstd) => zstd_prefix(src, out, self.decoded_len),
             _ => blosc_prefix(src, out, self.decoded_len),
         }
         .map_err(with_names)?;
@@ -319,6 +340,93 @@ impl ChunkCodec {
         }
         Ok(())
     }
+
+    /// Decodes the blosc blocks that hold bytes `lo..hi` of the decoded chunk (C order) into
+    /// `out` (resized to what was decoded) and returns the offset of `out[0]` in the
+    /// decoded chunk: `out` holds bytes `offset..offset + out.len()`, which cover `lo..hi`
+    /// and end on block boundaries (or at the chunk's end), so a later range inside those
+    /// blocks is served too. Only those blocks are decompressed (`blosc_getitem`); damage
+    /// in other blocks goes unnoticed (it never reaches an output). The framing is checked
+    /// as for a whole chunk (header, sizes against the metadata, the block table and the
+    /// streams of every block decoded), and so is a trailing crc32c (over the whole chunk).
+    /// Without [`decodes_span`](Self::decodes_span), when the blocks are more than 7/8 of
+    /// the chunk (a span then costs about what the whole chunk does), or when their bytes
+    /// are not whole blosc items (a typesize not dividing the block size), the whole chunk
+    /// is decoded (offset 0).
+    ///
+    /// # Errors
+    /// As [`decode_into`](Self::decode_into) (Decode for corrupt or truncated data, sizes
+    /// other than the metadata's; OutOfMemory when `out` cannot grow); InvalidArgument
+    /// when `lo..hi` is empty or reaches past the chunk.
+    pub fn decode_span_into(&self, encoded: &[u8], lo: usize, hi: usize, out: &mut Vec<u8>) -> Result<usize> {
+        if lo >= hi || hi > self.decoded_len {
+            return Err(err!(InvalidArgument, "span {lo}..{hi} is not a non-empty range of a {}-byte chunk", self.decoded_len));
+        }
+        let whole = |out: &mut Vec<u8>| {
+            resize_exact(out, self.decoded_len)?;
+            self.decode_into(encoded, out).map(|()| 0)
+        };
+        if !self.decodes_span() {
+            return whole(out);
+        }
+        let cap = max_encoded_len(self.decoded_len as u64);
+        if encoded.len() as u64 > cap {
+            return Err(err!(Decode, "stored chunk of {} bytes exceeds the {cap} bytes any encoding of a {}-byte chunk takes (codecs: {})", encoded.len(), self.decoded_len, self.names));
+        }
+        let with_names = |e: crate::error::Error| crate::error::Error::new(e.status(), format!("{} (codecs: {})", e.message(), self.names));
+        let src = if self.steps.first() == Some(&Step::Crc32c) { strip_crc32c(encoded).map_err(with_names)? } else { encoded };
+        let frame = BloscFrame::parse(src, src.len() as u64).map_err(with_names)?;
+        let Some((s_lo, s_hi)) = block_span(&frame, lo, hi, self.decoded_len).map_err(with_names)? else {
+            return whole(out);
+        };
+        resize_exact(out, s_hi - s_lo)?;
+        blosc_items(src, &frame, s_lo, out).map_err(with_names)?;
+        if self.is_bool {
+            for b in out.iter_mut() {
+                *b = u8::from(*b != 0);
+            }
+        }
+        Ok(s_lo)
+    }
+}
+
+/// Resizes `buf` to exactly `n` bytes, failing with OutOfMemory rather than aborting.
+fn resize_exact(buf: &mut Vec<u8>, n: usize) -> Result<()> {
+    if n > buf.len() {
+        buf.try_reserve_exact(n - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {n} bytes to decode a chunk"))?;
+    }
+    buf.resize(n, 0);
+    Ok(())
+}
+
+/// The decoded bytes `[s_lo, s_hi)` of the whole blosc blocks of `frame` that hold bytes
+/// `lo..hi` of a chunk of `full` bytes; `None` when they are more than 7/8 of the chunk or
+/// are not whole items of the frame's typesize (then the chunk is decoded whole). All arithmetic is
+/// on the header's values (hostile), checked.
+///
+/// # Errors
+/// Decode when the header's decoded size is not the metadata's.
+fn block_span(frame: &BloscFrame, lo: usize, hi: usize, full: usize) -> Result<Option<(usize, usize)>> {
+    let nbytes = frame.nbytes as usize;
+    if nbytes != full {
+        return Err(err!(Decode, "blosc header: {nbytes} decoded bytes, expected {full}"));
+    }
+    if frame.memcpyed {
+        // Stored raw: the span is a plain copy, exactly the bytes asked for.
+        return Ok(Some((lo, hi)).filter(|&s| s != (0, full)));
+    }
+    // parse: blocksize > 0 whenever nbytes > 0 (and full >= hi > lo >= 0 here).
+    let bs = (frame.blocksize as usize).max(1);
+    let s_lo = lo / bs * bs;
+    let s_hi = hi.div_ceil(bs).checked_mul(bs).map_or(full, |e| e.min(full));
+    let ts = frame.typesize as usize;
+    // blosc_getitem decompresses each block into scratch and copies it out, so a span of
+    // most of the chunk costs what the whole chunk does (`span_timing`, dev/perf.md: a
+    // span's bytes cost 1.0-1.2x the whole decode's): beyond 7/8 of it, decode it whole.
+    if s_hi - s_lo > full - full / 8 || !s_lo.is_multiple_of(ts) || !s_hi.is_multiple_of(ts) {
+        return Ok(None);
+    }
+    Ok(Some((s_lo, s_hi)))
 }
 
 /// The first `out.len()` bytes of a zstd stream that decodes to `full` bytes: the stream is
@@ -353,41 +461,71 @@ fn zstd_prefix(src: &[u8], out: &mut [u8], full: usize) -> Result<()> {
 }
 
 /// The first `out.len()` bytes of a blosc chunk that decodes to `full` bytes: only the
-/// blocks that hold them are decompressed (`blosc_getitem`, which keeps its state on its
-/// own stack: safe on many threads), after the same framing checks as a whole chunk.
+/// blocks that hold them are decompressed, after the same framing checks as a whole chunk.
 fn blosc_prefix(src: &[u8], out: &mut [u8], full: usize) -> Result<()> {
     let frame = BloscFrame::parse(src, src.len() as u64)?;
     let nbytes = frame.nbytes as usize;
     if nbytes != full {
         return Err(err!(Decode, "blosc header: {nbytes} decoded bytes, expected {full}"));
     }
-    let typesize = frame.typesize.max(1) as usize;
-    let mut declared = 0usize;
-    // SAFETY: `src` is a valid slice of `src.len()` bytes; `declared` is a valid out-pointer.
-    let valid = unsafe { blosc_src::blosc_cbuffer_validate(src.as_ptr().cast(), src.len(), &raw mut declared) };
-    if valid != 0 || declared != nbytes {
-        return Err(err!(Decode, "blosc: the chunk's framing is inconsistent (c-blosc rejects it)"));
-    }
-    let items = out.len().div_ceil(typesize);
-    let blocksize = frame.blocksize.max(1) as usize;
-    for b in 0..out.len().div_ceil(blocksize).min(frame.blocks.len()) {
-        let (start, end) = frame.blocks[b];
-        frame.streams(b, &src[start as usize..end as usize])?;
-    }
-    if items * typesize > nbytes || items * typesize != out.len() {
+    if !out.len().is_multiple_of(frame.typesize.max(1) as usize) {
         // The prefix is not a whole number of blosc items: decode the whole chunk.
-        let mut whole = vec![0u8; nbytes];
+        let mut whole = Vec::new();
+        resize_exact(&mut whole, nbytes)?;
         blosc_decompress(src, &mut whole)?;
         out.copy_from_slice(&whole[..out.len()]);
         return Ok(());
     }
-    let (Ok(n_items), Ok(_)) = (i32::try_from(items), i32::try_from(nbytes)) else {
+    blosc_items(src, &frame, 0, out)
+}
+
+/// Decodes bytes `at..at + out.len()` of the blosc chunk `src` (parsed as `frame`, its
+/// decoded size checked against the metadata by the caller) into `out`: only the blocks
+/// that hold them are decompressed (`blosc_getitem`, which keeps its state on its own
+/// stack: safe on many threads; a raw chunk is copied). Unless the chunk is raw, `at` and
+/// `out.len()` must be whole items of the frame's typesize. First checks what a whole
+/// decode checks of these blocks: c-blosc's own validation, the header's flags, and the
+/// stream sizes of every block decompressed.
+///
+/// # Errors
+/// Decode for a range outside the chunk or not of whole items, framing c-blosc rejects, a
+/// stream running past its block, or a failed decompression.
+fn blosc_items(src: &[u8], frame: &BloscFrame, at: usize, out: &mut [u8]) -> Result<()> {
+    let nbytes = frame.nbytes as usize;
+    let end = at.checked_add(out.len()).filter(|&e| e <= nbytes).ok_or_else(|| err!(Decode, "blosc: bytes {at}..+{} outside the {nbytes}-byte chunk", out.len()))?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut declared = 0usize;
+    // SAFETY: `src` is a valid slice of `src.len()` bytes; `declared` is a valid out-pointer.
+    let valid = unsafe { blosc_src::blosc_cbuffer_validate(src.as_ptr().cast(), src.len(), &raw mut declared) };
+    // Flag 0x08 ("compressor flags from the future") fails a whole decode in c-blosc but is
+    // not checked by blosc_getitem: refuse it here too, so both paths agree.
+    if valid != 0 || declared != nbytes || src.get(2).is_none_or(|f| f & 0x08 != 0) {
+        return Err(err!(Decode, "blosc: the chunk's framing is inconsistent (c-blosc rejects it)"));
+    }
+    if frame.memcpyed {
+        // parse: cbytes == 16 + nbytes == src.len(), so the raw bytes are in range.
+        out.copy_from_slice(&src[16 + at..16 + end]);
+        return Ok(());
+    }
+    let typesize = frame.typesize.max(1) as usize;
+    if !at.is_multiple_of(typesize) || !end.is_multiple_of(typesize) {
+        return Err(err!(Decode, "blosc: bytes {at}..{end} are not whole items of {typesize} bytes"));
+    }
+    let blocksize = frame.blocksize.max(1) as usize;
+    for b in at / blocksize..end.div_ceil(blocksize).min(frame.blocks.len()) {
+        let (start, stop) = frame.blocks[b];
+        frame.streams(b, &src[start as usize..stop as usize])?;
+    }
+    let (Ok(start), Ok(n_items), Ok(_)) = (i32::try_from(at / typesize), i32::try_from(out.len() / typesize), i32::try_from(nbytes)) else {
         return Err(err!(Decode, "blosc: {nbytes} bytes exceed c-blosc's 2^31"));
     };
-    // SAFETY: `src` passed c-blosc's own validation and our parser (cbytes == src.len());
-    // `out` has room for `items × typesize` bytes (checked above), which is what
-    // blosc_getitem writes for items 0..items.
-    let n = unsafe { blosc_src::blosc_getitem(src.as_ptr().cast(), 0, n_items, out.as_mut_ptr().cast()) };
+    // SAFETY: `src` passed c-blosc's own validation and our parser (cbytes == src.len(),
+    // every block inside the chunk after its head); `out` has room for `n_items × typesize`
+    // bytes (its length, checked whole items above), which is what blosc_getitem writes
+    // for items start..start + n_items, all inside the chunk (checked above).
+    let n = unsafe { blosc_src::blosc_getitem(src.as_ptr().cast(), start, n_items, out.as_mut_ptr().cast()) };
     if n < 0 || n as usize != out.len() {
         return Err(err!(Decode, "blosc: decompression failed (code {n})"));
     }
@@ -664,6 +802,48 @@ mod tests {
         }
     }
 
+    /// Timing of whole-chunk vs span decodes of the bench classes' blosc chunks (dev/perf.md,
+    /// issue 18): `cargo test --release --lib span_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn span_timing() {
+        let cases = [
+            ("uint16", vec![64u64, 64, 64], json!([bytes("little"), blosc_blocks("zstd", "shuffle", 2, 3, 0)])), // blosc64
+            ("float32", vec![32, 96, 96], json!([bytes("little"), blosc_blocks("lz4", "bitshuffle", 4, 5, 0)])), // paired
+        ];
+        for (dtype, shape, codecs) in cases {
+            let es = data_type_from_name(dtype).unwrap().1;
+            let n = shape.iter().product::<u64>() as usize * es;
+            let decoded = smooth_chunk(n, 5);
+            let encoded = zarrs_encode(dtype, &json!(0), &codecs, &shape, &decoded);
+            let codec = codec_for(dtype, &json!(0), &codecs, &shape).unwrap();
+            let frame = BloscFrame::parse(&encoded, encoded.len() as u64).unwrap();
+            let (bs, nb) = (frame.blocksize as usize, frame.blocks.len());
+            let reps = 40;
+            let (mut out, mut buf) = (vec![0u8; n], Vec::new());
+            // Best of 5 rounds, whole and spans alternated (a shared machine).
+            let mut best = vec![f64::MAX; nb];
+            for _ in 0..5 {
+                for (k, b) in best.iter_mut().enumerate() {
+                    let t = std::time::Instant::now();
+                    for _ in 0..reps {
+                        if k == 0 {
+                            codec.decode_into(&encoded, &mut out).unwrap();
+                        } else {
+                            codec.decode_span_into(&encoded, 0, k * bs, &mut buf).unwrap();
+                        }
+                    }
+                    *b = b.min(t.elapsed().as_secs_f64() / f64::from(reps));
+                }
+            }
+            let whole = best[0];
+            println!("{dtype} {shape:?} {codecs}: {nb} blocks of {bs} bytes, whole {:.0} us", whole * 1e6);
+            for (k, part) in best.iter().enumerate().skip(1) {
+                println!("  span of {k}/{nb} blocks: {:.0} us ({:.2} of whole, {:.2} per block of whole's)", part * 1e6, part / whole, part / whole * nb as f64 / k as f64);
+            }
+        }
+    }
+
     #[test]
     fn a_damaged_or_short_stream_fails_its_prefix() {
         let shape = [64u64, 64, 32];
@@ -694,6 +874,152 @@ mod tests {
         let bencoded = zarrs_encode("uint16", &json!(0), &blosc, &shape, &decoded);
         for cut in [0, 8, 16, bencoded.len() / 2] {
             assert!(bcodec.decode_prefix_into(&bencoded[..cut], &mut vec![0u8; 4096]).is_err(), "blosc cut at {cut}");
+        }
+    }
+
+    fn blosc_blocks(cname: &str, shuffle: &str, typesize: usize, clevel: u32, blocksize: usize) -> Value {
+        json!({"name": "blosc", "configuration":
+            {"cname": cname, "clevel": clevel, "shuffle": shuffle, "typesize": typesize, "blocksize": blocksize}})
+    }
+
+    /// Random element-aligned ranges `lo..hi` of a chunk of `n` bytes, plus the edges.
+    fn ranges(n: usize, es: usize, seed: u64) -> Vec<(usize, usize)> {
+        let r = random_bytes(64, seed);
+        let at = |b: u8| usize::from(b) * (n / es) / 256 * es;
+        let mut out = vec![(0, es), (n - es, n), (0, n), (es, n - es), (n / 2, n / 2 + es)];
+        for p in r.chunks_exact(2) {
+            let (a, b) = (at(p[0]).min(at(p[1])), at(p[0]).max(at(p[1])) + es);
+            out.push((a, b.min(n)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_span_equals_the_same_bytes_of_the_whole_chunk() {
+        // (dtype, chunk shape, blosc codec): compressors, shuffles, typesizes equal to,
+        // smaller and larger than the element, a short last block, a raw chunk (clevel 0),
+        // blocks stored raw (incompressible), a crc32c after blosc, a bool chunk. c-blosc
+        // makes blocks of at least 64 KiB for the codecs that split blocks into streams
+        // (all but zstd, typesize <= 16), so those chunks are larger.
+        let cases = [
+            ("uint16", vec![16u64, 32, 32], json!([bytes("little"), blosc_blocks("zstd", "shuffle", 2, 3, 4096)])),
+            ("uint16", vec![15, 64, 128], json!([bytes("little"), blosc_blocks("lz4", "bitshuffle", 2, 5, 4096)])),
+            ("float32", vec![16, 64, 64], json!([bytes("little"), blosc_blocks("lz4", "bitshuffle", 4, 5, 8192)])),
+            ("float32", vec![16, 48, 80], json!([bytes("little"), blosc_blocks("blosclz", "shuffle", 4, 5, 2000)])),
+            ("int64", vec![16, 32, 64], json!([bytes("little"), blosc_blocks("zlib", "noshuffle", 8, 5, 4096)])),
+            ("uint8", vec![32, 64], json!([bytes("little"), blosc_blocks("zstd", "shuffle", 1, 3, 256)])),
+            ("uint16", vec![16, 32, 32], json!([bytes("little"), blosc_blocks("zstd", "shuffle", 4, 3, 4096)])),
+            ("uint16", vec![3, 5, 7], json!([bytes("little"), blosc_blocks("lz4", "shuffle", 4, 5, 128)])),
+            ("uint32", vec![16, 64, 64], json!([bytes("little"), blosc_blocks("lz4", "shuffle", 1, 5, 4096)])),
+            ("uint16", vec![16, 32, 32], json!([bytes("little"), blosc_blocks("lz4", "noshuffle", 2, 0, 4096)])),
+            ("uint16", vec![16, 32, 32], json!([bytes("little"), blosc_blocks("zstd", "shuffle", 2, 3, 4096), crc32c()])),
+            ("bool", vec![256, 1024], json!([bytes("little"), blosc_blocks("lz4", "noshuffle", 1, 5, 512)])),
+            ("uint16", vec![16, 32, 32], json!([bytes("little"), blosc_blocks("zstd", "noshuffle", 2, 3, 4096)])),
+        ];
+        for (ci, (dtype, shape, codecs)) in cases.iter().enumerate() {
+            let fill = if *dtype == "bool" { json!(false) } else { json!(0) };
+            let es = data_type_from_name(dtype).unwrap().1;
+            let n = shape.iter().product::<u64>() as usize * es;
+            let mut decoded = if *dtype == "bool" { random_chunk(dtype, shape, ci as u64) } else { smooth_chunk(n, ci as u64 + 3) };
+            if ci == 12 {
+                decoded[n / 2..].copy_from_slice(&random_bytes(n - n / 2, 5));
+            }
+            let encoded = zarrs_encode(dtype, &fill, codecs, shape, &decoded);
+            let codec = codec_for(dtype, &fill, codecs, shape).unwrap();
+            assert!(codec.decodes_span() && codec.decodes_prefix(), "{codecs}");
+            let mut fewer = 0;
+            for (lo, hi) in ranges(n, es, ci as u64 + 100) {
+                let mut out = vec![0xAA; 3];
+                let offset = codec.decode_span_into(&encoded, lo, hi, &mut out).unwrap();
+                assert!(offset <= lo && offset + out.len() >= hi, "{codecs}: {lo}..{hi} not inside {offset}..+{}", out.len());
+                assert!(out[..] == decoded[offset..offset + out.len()], "{codecs}: span {lo}..{hi} (decoded {offset}..+{}) differs", out.len());
+                fewer += usize::from(out.len() < n);
+            }
+            // Fewer bytes than the chunk for some range, except where blosc items do not
+            // line up with the chunk's end (typesize 4 over 210 bytes: decoded whole).
+            assert!(fewer > 0 || ci == 7, "{codecs}: every span decoded the whole chunk");
+        }
+        // Not a span codec: the whole chunk, offset 0.
+        let shape = [16u64, 32, 32];
+        let decoded = smooth_chunk(16 * 32 * 32 * 2, 77);
+        for codecs in [json!([bytes("little"), zstd()]), json!([bytes("big"), blosc("lz4", "shuffle", 2)]), json!([bytes("little"), crc32c(), blosc("lz4", "shuffle", 2)])] {
+            let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+            let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+            assert!(!codec.decodes_span(), "{codecs}");
+            let mut out = Vec::new();
+            assert_eq!(codec.decode_span_into(&encoded, 100, 200, &mut out).unwrap(), 0);
+            let mut whole = vec![0u8; decoded.len()];
+            codec.decode_into(&encoded, &mut whole).unwrap();
+            assert!(out == whole, "{codecs}");
+        }
+        // A checksum inside the compressor is neither a span nor a prefix chain (its
+        // decoded stream is 4 bytes longer than the chunk): decoded whole, and right.
+        let inner_crc = json!([bytes("little"), crc32c(), blosc_blocks("lz4", "shuffle", 2, 5, 1024)]);
+        let codec = codec_for("uint16", &json!(0), &inner_crc, &shape).unwrap();
+        assert!(!codec.decodes_prefix());
+        let encoded = zarrs_encode("uint16", &json!(0), &inner_crc, &shape, &decoded);
+        let mut prefix = vec![0u8; 1000];
+        codec.decode_prefix_into(&encoded, &mut prefix).unwrap_err(); // not a prefix codec: needs the whole buffer
+        let mut whole = vec![0u8; decoded.len()];
+        codec.decode_into(&encoded, &mut whole).unwrap();
+        assert!(whole == decoded);
+    }
+
+    #[test]
+    fn a_damaged_blosc_span_is_a_decode_error() {
+        let shape = [16u64, 32, 32];
+        let n = 16 * 32 * 32 * 2;
+        let decoded = smooth_chunk(n, 21);
+        let codecs = json!([bytes("little"), blosc_blocks("zstd", "shuffle", 2, 3, 4096)]);
+        let encoded = zarrs_encode("uint16", &json!(0), &codecs, &shape, &decoded);
+        let codec = codec_for("uint16", &json!(0), &codecs, &shape).unwrap();
+        let frame = BloscFrame::parse(&encoded, encoded.len() as u64).unwrap();
+        assert_eq!(frame.blocks.len(), 8);
+        let mut out = Vec::new();
+        let span = |enc: &[u8], lo: usize, hi: usize| codec.decode_span_into(enc, lo, hi, &mut Vec::new());
+        // Truncated, empty, garbage, each at several ranges: Decode, never a panic.
+        for (lo, hi) in [(0, 2), (5000, 9000), (n - 2, n)] {
+            for bad in [&encoded[..encoded.len() / 2], &encoded[..12], &[][..], &random_bytes(encoded.len(), 3)[..]] {
+                assert_eq!(span(bad, lo, hi).unwrap_err().status(), Status::Decode, "{lo}..{hi}, {} bytes", bad.len());
+            }
+        }
+        // A lying header: more or fewer decoded bytes than the metadata, a block size
+        // that makes the table run past the chunk.
+        for (at, v) in [(4usize, n as u32 * 2), (4, n as u32 - 2), (8, 16)] {
+            let mut bad = encoded.clone();
+            bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(span(&bad, 5000, 9000).unwrap_err().status(), Status::Decode, "header field {at} = {v}");
+        }
+        // Block 2's start pointing outside the chunk, or into the block table.
+        for start in [u32::MAX, encoded.len() as u32 + 1, 8] {
+            let mut bad = encoded.clone();
+            bad[16 + 8..16 + 12].copy_from_slice(&start.to_le_bytes());
+            assert_eq!(span(&bad, 8192, 9000).unwrap_err().status(), Status::Decode, "block start {start}");
+        }
+        // A stream size running past its block; a corrupt stream inside the span.
+        let (s2, e2) = frame.blocks[2];
+        let mut bad = encoded.clone();
+        bad[s2 as usize..s2 as usize + 4].copy_from_slice(&(e2 - s2).to_le_bytes());
+        assert_eq!(span(&bad, 8192, 9000).unwrap_err().status(), Status::Decode);
+        let mut bad = encoded.clone();
+        for b in &mut bad[s2 as usize + 8..e2 as usize] {
+            *b ^= 0x5a;
+        }
+        assert_eq!(span(&bad, 8192, 9000).unwrap_err().status(), Status::Decode);
+        // ... which a span of other blocks does not read (documented: damage elsewhere goes
+        // unnoticed, it never reaches an output).
+        let offset = codec.decode_span_into(&bad, 0, 4096, &mut out).unwrap();
+        assert!(offset == 0 && out[..] == decoded[..4096]);
+        // A crc32c chain checks the whole chunk, inside the span or not.
+        let crc = json!([bytes("little"), blosc_blocks("zstd", "shuffle", 2, 3, 4096), crc32c()]);
+        let ccodec = codec_for("uint16", &json!(0), &crc, &shape).unwrap();
+        let mut cenc = zarrs_encode("uint16", &json!(0), &crc, &shape, &decoded);
+        let last = cenc.len() - 10;
+        cenc[last] ^= 1;
+        assert_eq!(ccodec.decode_span_into(&cenc, 0, 2, &mut out).unwrap_err().status(), Status::Decode);
+        // Ranges that are no span of the chunk.
+        for (lo, hi) in [(10, 10), (20, 10), (0, n + 2), (usize::MAX - 1, usize::MAX)] {
+            assert_eq!(codec.decode_span_into(&encoded, lo, hi, &mut out).unwrap_err().status(), Status::InvalidArgument, "{lo}..{hi}");
         }
     }
 

@@ -197,6 +197,9 @@ pub mod bridge {
         staged_bytes: u64,
         blosc_blocks_decoded: u64,
         blosc_blocks_skipped: u64,
+        /// Decoded bytes produced by CPU decoding (the CPU path, and chunks the GPU path
+        /// decodes on the host): whole chunks, prefixes, spans of blosc blocks.
+        cpu_bytes_decoded: u64,
         /// GPU path: batches run again without the device chunk store because a batch
         /// that was to keep chunks for them failed before its device work ran.
         device_store_replans: u64,

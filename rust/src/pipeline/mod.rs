@@ -615,10 +615,8 @@ fn dispatch(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, later: 
         }
     };
     shared.stats.planned(t0.elapsed(), &plan);
-    let r = if shared.gpu_mode {
-        let later = later.iter().flat_map(|j| j.samples.iter().map(move |s| (j.seq, s.uri.as_str(), s.aabb.as_slice())));
-        run::run_device(shared, pool, batch, plan, &resolved.layouts(), later)
-    } else { run::run_cpu(shared, pool, batch, plan) };
+    let later = later.iter().flat_map(|j| j.samples.iter().map(move |s| (j.seq, s.uri.as_str(), s.aabb.as_slice())));
+    let r = if shared.gpu_mode { run::run_device(shared, pool, batch, plan, &resolved.layouts(), later) } else { run::run_cpu(shared, pool, batch, plan, later) };
     batch.set_resolved(resolved);
     r
 }

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use super::batch::{spawn_job, DeviceWork, InFlight};
 use super::Shared;
 use crate::assemble::{self, OutBuffer};
-use crate::cache::decoded::ChunkKey;
+use crate::cache::decoded::{ChunkKey, DecodedSpan};
 use crate::cache::device::{StoreUse, Want, SLOT_ALIGN};
 use crate::decode::device::{self as dev, BlockChoice, DeviceCodec};
-use crate::decode::max_encoded_len;
+use crate::decode::{max_encoded_len, ChunkCodec};
 use crate::error::{err, Error, Result};
 use crate::ffi::records::GpuDecodeOp;
 use crate::io::{self, Read, Spawner};
@@ -116,8 +116,10 @@ fn spawn_generation_checks(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InF
     }
 }
 
-/// The CPU path: decode and assemble straight into the batch's output buffer.
-pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, mut plan: BatchPlan) -> Result<()> {
+/// The CPU path: decode and assemble straight into the batch's output buffer. `later`: the
+/// samples of the look-ahead window (the blosc blocks they read of this batch's chunks are
+/// decoded with it when the decoded cache keeps chunks for them).
+pub(super) fn run_cpu<'a>(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight>, mut plan: BatchPlan, later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>) -> Result<()> {
     let cfg = &shared.cfg;
     check_budgets(shared, batch, plan.read_bytes, plan.decoded_bytes)?;
     let lease = shared.buffers.acquire(&shared.shutdown)?.ok_or_else(|| err!(Shutdown, "pipeline closed"))?;
@@ -132,8 +134,20 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
     // `cached` holds the bytes the job assembles from. A read is where a rewritten shard is
     // noticed, so each shard object with hits gets one `head` per batch instead (`checks`:
     // object → its cached generation and a chunk to name).
-    let mut cached: Vec<Option<Arc<Vec<u8>>>> = vec![None; plan.chunk_ops.len()];
+    let mut cached: Vec<Option<Arc<DecodedSpan>>> = vec![None; plan.chunk_ops.len()];
     let mut checks = Checks::default();
+    // Per chunk op: the bytes of its chunk that later batches of the window read, when its
+    // chunk decodes in spans and is kept for them.
+    let mut ahead: Vec<Option<(usize, usize)>> = vec![None; plan.chunk_ops.len()];
+    let caching = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).enabled();
+    if caching && plan.arrays.iter().any(|a| a.decoder.cpu.decodes_span()) {
+        let spans = crate::plan::window_spans(&plan.arrays, later, |a| a.decoder.cpu.decodes_span());
+        if !spans.is_empty() {
+            for (op, a) in plan.chunk_ops.iter().zip(&mut ahead) {
+                *a = spans.get(&(Arc::clone(&plan.arrays[op.array as usize].id), op.coords.clone())).copied();
+            }
+        }
+    }
     {
         let mut cache = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.enabled() {
@@ -164,9 +178,10 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
         });
     }
     spawn_generation_checks(shared, pool, batch, &plan, checks);
+    let ahead = Arc::new(ahead);
     // Coalesced ranges: one read, then each chunk it holds is decoded and assembled.
     for read in staging.reads {
-        let plan = Arc::clone(&plan);
+        let (plan, ahead) = (Arc::clone(&plan), Arc::clone(&ahead));
         let first = read.chunks.first().copied().unwrap_or(0);
         let what_plan = Arc::clone(&plan);
         spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[first]), move |shared, batch| {
@@ -182,7 +197,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
                 let ChunkSource::Range { offset, nbytes, .. } = op.source else { continue };
                 let at = (offset - read.offset) as usize;
                 let encoded = &bytes[at..at + nbytes as usize];
-                decode_and_assemble(shared, batch.seq, op, array, Some(encoded), range_key(array, &op.source), &out).map_err(|e| chunk_context(e, batch, op))?;
+                decode_and_assemble(shared, batch.seq, op, array, Some(encoded), range_key(array, &op.source), ahead[i], &out).map_err(|e| chunk_context(e, batch, op))?;
             }
             Ok(())
         });
@@ -193,7 +208,7 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
         if matches!(plan.chunk_ops[i].source, ChunkSource::Range { .. }) {
             continue;
         }
-        let (plan, cached) = (Arc::clone(&plan), Arc::clone(&cached));
+        let (plan, cached, ahead) = (Arc::clone(&plan), Arc::clone(&cached), Arc::clone(&ahead));
         let what_plan = Arc::clone(&plan);
         spawn_job(shared, pool, batch, move |b| chunk_name(b, &what_plan.chunk_ops[i]), move |shared, batch| {
             let op = &plan.chunk_ops[i];
@@ -201,21 +216,18 @@ pub(super) fn run_cpu(shared: &Arc<Shared>, pool: &Spawner, batch: &Arc<InFlight
             let meta = &array.meta;
             if let Some(decoded) = &cached[i] {
                 let t = Instant::now();
-                for c in &op.copies {
-                    // SAFETY: exclusive voxels (planner invariant).
-                    unsafe { assemble::copy_region(decoded, meta.dtype, meta.chunk_shape(), c, &out, &shared.cfg.sample_shape) };
-                }
+                copy_all(op, array, decoded, &out, &shared.cfg.sample_shape).map_err(|e| chunk_context(e, batch, op))?;
                 shared.stats.chunk_cached(t.elapsed());
                 return Ok(());
             }
             let ChunkSource::File(key) = &op.source else {
-                return decode_and_assemble(shared, batch.seq, op, array, None, None, &out);
+                return decode_and_assemble(shared, batch.seq, op, array, None, None, None, &out);
             };
             let t0 = Instant::now();
             let found = io::read_whole(&*array.store, key, max_encoded_len(meta.decoded_chunk_bytes)).map_err(|e| chunk_context(e, batch, op))?;
             shared.stats.read_op(found.as_ref().map_or(0, |(b, _)| b.len() as u64), t0.elapsed());
             let cache_key = found.as_ref().map(|(_, info)| ChunkKey { store: Arc::clone(&array.id), key: Arc::clone(key), offset: 0, generation: info.generation.clone() });
-            decode_and_assemble(shared, batch.seq, op, array, found.as_ref().map(|(b, _)| b.as_slice()), cache_key, &out).map_err(|e| chunk_context(e, batch, op))
+            decode_and_assemble(shared, batch.seq, op, array, found.as_ref().map(|(b, _)| b.as_slice()), cache_key, ahead[i], &out).map_err(|e| chunk_context(e, batch, op))
         });
     }
     Ok(())
@@ -225,12 +237,48 @@ thread_local! {
     static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// Writes every copy of `op` from `decoded` (the whole chunk or a part of it).
+fn copy_all(op: &ChunkOp, array: &Array, decoded: &DecodedSpan, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
+    copy_from(op, array, &decoded.bytes, decoded.offset, out, sample_shape)
+}
+
+/// Writes every copy of `op` from `bytes`, the decoded bytes of its chunk from `offset`.
+fn copy_from(op: &ChunkOp, array: &Array, bytes: &[u8], offset: usize, out: &OutBuffer, sample_shape: &[u64]) -> Result<()> {
+    let meta = &array.meta;
+    for c in &op.copies {
+        // SAFETY: exclusive voxels (planner invariant).
+        unsafe { assemble::copy_region(bytes, offset, meta.dtype, meta.chunk_shape(), c, out, sample_shape) }?;
+    }
+    Ok(())
+}
+
+/// Decodes the bytes `lo..hi` of a chunk, or more, into `buf` and returns where `buf`
+/// starts in the decoded chunk: a span of blosc blocks, a prefix (zstd, blosc), or the
+/// whole chunk, as the codec can (`ChunkCodec::decodes_span`, `prefix_len`).
+fn decode_part(shared: &Shared, codec: &ChunkCodec, encoded: &[u8], (lo, hi): (usize, usize), buf: &mut Vec<u8>) -> Result<usize> {
+    let offset = if codec.decodes_span() {
+        codec.decode_span_into(encoded, lo, hi, buf)?
+    } else {
+        let n = codec.prefix_len(hi);
+        if n > buf.len() {
+            buf.try_reserve_exact(n - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {n} bytes to decode a chunk"))?;
+        }
+        buf.resize(n, 0);
+        codec.decode_prefix_into(encoded, buf)?;
+        0
+    };
+    shared.stats.cpu_decoded(buf.len());
+    Ok(offset)
+}
+
 /// Decodes one chunk's `encoded` bytes (None: absent, fill) and writes its copies; with a
 /// `key` and the decoded cache on, first looks the chunk up (another batch of the window
 /// may have decoded it since this batch was planned; for a whole-object chunk this is the
-/// only look-up, its generation being known once read) and else keeps the decoded chunk
-/// for later batches (batch `seq`).
-fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, encoded: Option<&[u8]>, key: Option<ChunkKey>, out: &OutBuffer) -> Result<()> {
+/// only look-up, its generation being known once read) and else keeps the decoded chunk,
+/// or the part of it this batch and the window's later batches read (`ahead`), for later
+/// batches (batch `seq`).
+#[allow(clippy::too_many_arguments)]
+fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, encoded: Option<&[u8]>, key: Option<ChunkKey>, ahead: Option<(usize, usize)>, out: &OutBuffer) -> Result<()> {
     let meta = &array.meta;
     let sample_shape = &shared.cfg.sample_shape;
     let t1 = Instant::now();
@@ -242,26 +290,22 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         shared.stats.chunk_filled(t1.elapsed());
         return Ok(());
     };
-    let assemble_from = |buf: &[u8]| {
+    let assemble_from = |buf: &[u8], offset: usize| {
         let t2 = Instant::now();
-        for c in &op.copies {
-            // SAFETY: exclusive voxels (planner invariant).
-            unsafe { assemble::copy_region(buf, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
-        }
+        copy_from(op, array, buf, offset, out, sample_shape)?;
         shared.stats.chunk_decoded(0, Duration::ZERO, t2 - t1, t2.elapsed());
+        Ok(())
     };
     let codec = &array.decoder.cpu;
     // Decode less: a C-order chunk whose copies end before its end needs only a prefix
-    // (zstd stops there; blosc decodes the blocks up to it). Cached entries are prefixes
-    // too: one serves this chunk when it is at least `need` bytes long.
+    // (zstd stops there); of a blosc chunk only the blocks its copies (and the window's
+    // later batches) read are decoded. Cached entries are such parts too: one serves this
+    // chunk when it holds the bytes its copies read.
     let need = chunk_need(array, op);
-    let hit = key.as_ref().and_then(|k| shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).get_at_least(k, need, seq));
+    let hit = key.as_ref().and_then(|k| shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).get_covering(k, need, seq));
     if let Some(decoded) = hit {
         let t = Instant::now();
-        for c in &op.copies {
-            // SAFETY: exclusive voxels (planner invariant).
-            unsafe { assemble::copy_region(&decoded, meta.dtype, meta.chunk_shape(), c, out, sample_shape) };
-        }
+        copy_all(op, array, &decoded, out, sample_shape)?;
         shared.stats.chunk_cached(t.elapsed());
         return Ok(());
     }
@@ -270,65 +314,59 @@ fn decode_and_assemble(shared: &Shared, seq: u64, op: &ChunkOp, array: &Array, e
         (cache.enabled(), cache.holds(k))
     });
     if caching {
-        // A chunk whose cached prefix was too short is read a second time: decode it whole,
-        // so a chunk costs at most two decodes however its crops grow.
-        let need = if grow { codec.decoded_len() } else { codec.prefix_len(need) };
+        // A chunk whose cached part did not hold what a batch reads is read a second time:
+        // decode it whole, so a chunk costs at most two decodes however its crops move.
+        let want = if grow { (0, codec.decoded_len()) } else { ahead.map_or(need, |a| (need.0.min(a.0), need.1.max(a.1))) };
         // An evicted entry's buffer when there is one (no page faults, no zero fill).
-        let spare = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).take_buffer(need);
-        let mut buf = match spare {
-            Some(b) => b,
-            None => {
-                let mut b = Vec::new();
-                b.try_reserve_exact(need).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
-                b.resize(need, 0);
-                b
-            }
-        };
-        codec.decode_prefix_into(encoded, &mut buf)?;
-        assemble_from(&buf);
+        let mut bytes = shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).take_buffer(want.1 - want.0).unwrap_or_default();
+        let offset = decode_part(shared, codec, encoded, want, &mut bytes)?;
+        assemble_from(&bytes, offset)?;
+        let span = DecodedSpan { offset, bytes };
         if let Some(key) = key {
             // Just read at this generation: hits need no check for the recheck interval.
             shared.validated_now(&key.store, &key.key, &key.generation, array.store.is_remote());
-            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(buf), seq);
+            shared.decoded.lock().unwrap_or_else(PoisonError::into_inner).insert(key, Arc::new(span), seq);
         }
         return Ok(());
     }
-    let need = codec.prefix_len(need);
     DECODED.with_borrow_mut(|buf| {
-        if buf.len() < need {
-            buf.try_reserve_exact(need - buf.len()).map_err(|_| err!(OutOfMemory, "cannot allocate {need} bytes to decode a chunk"))?;
-        }
-        buf.resize(need, 0);
-        codec.decode_prefix_into(encoded, buf)?;
-        assemble_from(buf);
-        Ok(())
+        let offset = decode_part(shared, codec, encoded, need, buf)?;
+        assemble_from(buf, offset)
     })
 }
 
-/// The decoded bytes `op` needs of its chunk: a prefix when the codec can stop early, else
-/// the whole chunk (how much is then decoded: `ChunkCodec::prefix_len`).
-fn chunk_need(array: &Array, op: &ChunkOp) -> usize {
+/// The decoded bytes `lo..hi` of its chunk that `op`'s copies read: from the first to the
+/// last element any copy reads (C order) when the codec decodes spans, from the start when
+/// it decodes prefixes, else the whole chunk.
+fn chunk_need(array: &Array, op: &ChunkOp) -> (usize, usize) {
     let codec = &array.decoder.cpu;
-    if codec.decodes_prefix() {
-        prefix_needed(op, array.meta.chunk_shape(), array.meta.dtype.size()).min(codec.decoded_len())
+    let (lo, hi) = copies_span(op, array.meta.chunk_shape(), array.meta.dtype.size());
+    let hi = hi.min(codec.decoded_len());
+    if codec.decodes_span() {
+        (lo.min(hi), hi)
+    } else if codec.decodes_prefix() {
+        (0, hi)
     } else {
-        codec.decoded_len()
+        (0, codec.decoded_len())
     }
 }
 
-/// Bytes of a decoded C-order chunk of `chunk_shape` (elements of `es` bytes) up to the
-/// last element any of `op`'s copies reads.
-fn prefix_needed(op: &ChunkOp, chunk_shape: &[u64], es: usize) -> usize {
-    let mut need = 0u64;
+/// Bytes of a decoded C-order chunk of `chunk_shape` (elements of `es` bytes) from the
+/// first to one past the last element any of `op`'s copies reads.
+fn copies_span(op: &ChunkOp, chunk_shape: &[u64], es: usize) -> (usize, usize) {
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
     for c in &op.copies {
-        let mut last = 0u64;
+        let (mut first, mut last) = (0u64, 0u64);
         for (d, &n) in chunk_shape.iter().enumerate() {
-            let hi = (c.chunk_start[d] + c.extent[d]).saturating_sub(1).min(n.saturating_sub(1));
-            last = last * n + hi;
+            let top = n.saturating_sub(1);
+            first = first * n + c.chunk_start[d].min(top);
+            last = last * n + (c.chunk_start[d] + c.extent[d]).saturating_sub(1).min(top);
         }
-        need = need.max(last + 1);
+        lo = lo.min(first);
+        hi = hi.max(last + 1);
     }
-    usize::try_from(need.saturating_mul(es as u64)).unwrap_or(usize::MAX)
+    let bytes = |e: u64| usize::try_from(e.saturating_mul(es as u64)).unwrap_or(usize::MAX);
+    (bytes(lo.min(hi)), bytes(hi))
 }
 
 /// The staging slab of a batch, written by its jobs at disjoint ranges.
@@ -562,6 +600,7 @@ impl StageJob {
         // SAFETY: each CPU slot is owned by its chunk.
         let out = unsafe { self.slab.range(at, len)? };
         array.decoder.cpu.decode_into(&encoded, out).map_err(|e| chunk_context(e, batch, op))?;
+        shared.stats.cpu_decoded(out.len());
         shared.stats.read_op(encoded.len() as u64, t1 - t0);
         shared.stats.chunk_decoded(0, Duration::ZERO, t1.elapsed(), Duration::ZERO);
         let dst = self.staging.decoded[i].unwrap_or(0);

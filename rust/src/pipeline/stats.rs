@@ -34,6 +34,7 @@ pub(super) struct Stats {
     device_read_ops: AtomicU64,
     blocks_decoded: AtomicU64,
     blocks_skipped: AtomicU64,
+    cpu_bytes_decoded: AtomicU64,
     store_replans: AtomicU64,
     latencies_us: Mutex<VecDeque<u64>>,
 }
@@ -86,6 +87,11 @@ impl Stats {
     pub(super) fn blocks(&self, decoded: u64, skipped: u64) {
         self.blocks_decoded.fetch_add(decoded, Relaxed);
         self.blocks_skipped.fetch_add(skipped, Relaxed);
+    }
+    /// Decoded bytes a CPU decode produced (a whole chunk, a prefix, or a span of blosc
+    /// blocks).
+    pub(super) fn cpu_decoded(&self, bytes: usize) {
+        self.cpu_bytes_decoded.fetch_add(bytes as u64, Relaxed);
     }
     pub(super) fn read_op(&self, bytes: u64, io: Duration) {
         self.bytes_read.fetch_add(bytes, Relaxed);
@@ -146,6 +152,7 @@ impl Stats {
             staged_bytes: self.staged_bytes.load(Relaxed),
             blosc_blocks_decoded: self.blocks_decoded.load(Relaxed),
             blosc_blocks_skipped: self.blocks_skipped.load(Relaxed),
+            cpu_bytes_decoded: self.cpu_bytes_decoded.load(Relaxed),
             device_store_replans: self.store_replans.load(Relaxed),
             array_meta: cache(caches.array_meta),
             shard_index: cache(caches.shard_index),

@@ -440,3 +440,84 @@ fn cpu_batches_are_transformed_by_the_workers_and_hand_over_no_transforms() {
     drop(p.pop(-1.0).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A batch of one crop of 4×8×8 voxels at (z, 4, 4), held (not dropped) by the caller.
+fn crop_at(p: &Pipeline, uri: &str, z: i64) -> Box<super::Batch> {
+    assert!(p.push(uri, &[z, 4, 4], &[z + 4, 12, 12]).unwrap());
+    p.pop(-1.0).unwrap()
+}
+
+fn as_f32(b: &mut super::Batch) -> Vec<f32> {
+    b.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+#[test]
+fn blosc_spans_serve_what_they_hold_and_a_chunk_they_do_not_is_decoded_again() {
+    // 48×16×16 u16, unsharded, chunks 16³ (8 KiB) in blosc blocks of 1 KiB: a block is two
+    // z-slices of a chunk. Values are checked against the chunk files decoded whole.
+    let dir = std::env::temp_dir().join(format!("damacy-pipe-spans-{}", std::process::id()));
+    crate::example::write_example_volume(dir.to_str().unwrap(), &[48, 16, 16], &[16, 16, 16], &[], "blosc-zstd:1024", 21).unwrap();
+    let meta = crate::zarr::ArrayMeta::parse(&std::fs::read(dir.join("zarr.json")).unwrap()).unwrap();
+    let codec = crate::decode::ChunkCodec::new(&meta).unwrap();
+    assert!(codec.decodes_span());
+    let chunks: Vec<Vec<u16>> = (0..3)
+        .map(|z| {
+            let mut out = vec![0u8; codec.decoded_len()];
+            codec.decode_into(&std::fs::read(dir.join(format!("c/{z}/0/0"))).unwrap(), &mut out).unwrap();
+            out.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect()
+        })
+        .collect();
+    let want = |z: i64| -> Vec<f32> {
+        let mut v = Vec::new();
+        for zz in z..z + 4 {
+            let (c, lz) = ((zz / 16) as usize, (zz % 16) as usize);
+            for y in 4..12 {
+                for x in 4..12 {
+                    v.push(f32::from(chunks[c][lz * 256 + y * 16 + x]));
+                }
+            }
+        }
+        v
+    };
+    let cfg = Config { samples_per_batch: 1, sample_shape: vec![4, 8, 8], n_io_threads: 2, n_batch_buffers: 1, lookahead_samples: Some(8), pop_timeout_s: 20.0, ..Config::default() };
+    let p = Pipeline::new(cfg).unwrap();
+    let u = dir.to_str().unwrap();
+    let decoded = |p: &Pipeline| p.stats().cpu_bytes_decoded;
+    let step = |z: i64| {
+        let before = decoded(&p);
+        let got = as_f32(&mut crop_at(&p, u, z));
+        assert_eq!(got, want(z), "crop at z = {z}");
+        decoded(&p) - before
+    };
+    // z 2..6 reads bytes 1024..3072 of chunk 0 (its blocks 1 and 2); z 3..7 bytes 1536..3584
+    // (block 3 too): not held, so the chunk is decoded again, whole; z 0..4 is then a hit.
+    assert_eq!(step(2), 2048, "only blocks 1 and 2");
+    assert_eq!(step(3), 8192, "the span does not hold block 3: decoded again, whole");
+    assert_eq!(step(0), 0, "the whole chunk serves any crop");
+    assert_eq!(step(19), 3072, "chunk 1, bytes 1536..3584: blocks 1 to 3");
+    assert_eq!(step(20), 0, "bytes 2048..4096 of chunk 1: inside the span, a hit");
+    assert!(p.stats().decoded_cache.hits >= 2);
+    // The window: with one output buffer, a batch waits for it inside its dispatch, so the
+    // batches pushed meanwhile are in the window of the next one. b2 (chunk 2, z 2..6 of
+    // it) sees b3 (z 8..12): it decodes blocks 1 to 5 once, and b3 hits them.
+    let b0 = crop_at(&p, u, 0);
+    let before = decoded(&p);
+    for z in [1, 34, 40] {
+        assert!(p.push(u, &[z, 4, 4], &[z + 4, 12, 12]).unwrap());
+    }
+    drop(b0);
+    for z in [1, 34, 40] {
+        assert_eq!(as_f32(&mut p.pop(-1.0).unwrap()), want(z), "crop at z = {z}");
+    }
+    assert_eq!(decoded(&p) - before, 5120, "chunk 2 bytes 1024..6144, decoded once for both crops");
+    drop(p);
+    // Without the cache the same crops decode only their own blocks, every time.
+    let off = Pipeline::new(Config { decoded_cache_bytes: Some(0), samples_per_batch: 1, sample_shape: vec![4, 8, 8], n_io_threads: 2, pop_timeout_s: 20.0, ..Config::default() }).unwrap();
+    for z in [2, 3, 0, 34, 40] {
+        let before = decoded(&off);
+        assert_eq!(as_f32(&mut crop_at(&off, u, z)), want(z));
+        let lz = (z % 16) as u64;
+        assert_eq!(decoded(&off) - before, ((lz + 4).div_ceil(2) - lz / 2) * 1024, "z = {z}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

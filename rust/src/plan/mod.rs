@@ -386,13 +386,13 @@ pub(crate) fn plan_batch(samples: &[ResolvedSample<'_>], shards: &dyn ShardLooku
 /// [`next_uses`] (the look-ahead only steers the device chunk store; it need not be exact).
 pub(crate) const MAX_LOOKAHEAD_CELLS: u64 = 4096;
 
-/// The first later batch that reads each chunk: for every `(seq, uri, aabb)` of the
-/// look-ahead window (in increasing `seq`) whose uri names one of `arrays`, the chunks its
-/// in-bounds part touches, keyed by (the array's store id, chunk coordinates). Samples of
-/// arrays the batch does not read, and samples of more than [`MAX_LOOKAHEAD_CELLS`] chunks,
-/// are skipped.
-pub(crate) fn next_uses<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>) -> HashMap<(Arc<str>, Vec<u64>), u64> {
-    let mut out: HashMap<(Arc<str>, Vec<u64>), u64> = HashMap::new();
+/// Calls `f(array, seq, coords, part)` for every chunk that a `(seq, uri, aabb)` of the
+/// look-ahead window (in increasing `seq`) touches, in arrays of `arrays`: `coords` in the
+/// chunk grid, `part` the `(first, last)` voxel (inclusive, per dimension) of the sample's
+/// in-bounds part inside that chunk, in chunk coordinates. Samples of arrays the batch does
+/// not read, and samples of more than [`MAX_LOOKAHEAD_CELLS`] chunks, are skipped.
+fn window_cells<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>, mut f: impl FnMut(&Arc<Array>, u64, Vec<u64>, &[(u64, u64)])) {
+    let mut part = Vec::new();
     for (seq, uri, aabb) in later {
         let Some(array) = arrays.iter().find(|a| a.uri == uri) else { continue };
         let meta = &array.meta;
@@ -400,13 +400,51 @@ pub(crate) fn next_uses<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (
             continue;
         }
         let Some(inside) = clip(aabb, &meta.shape) else { continue };
-        if count_cells(&inside, meta.chunk_shape()) > MAX_LOOKAHEAD_CELLS {
+        let chunk = meta.chunk_shape();
+        if count_cells(&inside, chunk) > MAX_LOOKAHEAD_CELLS {
             continue;
         }
-        for coords in cells(&inside, meta.chunk_shape()) {
-            out.entry((Arc::clone(&array.id), coords)).or_insert(seq);
+        for coords in cells(&inside, chunk) {
+            part.clear();
+            part.extend(coords.iter().zip(chunk).zip(&inside).map(|((&c, &n), &(lo, hi))| {
+                let origin = c * n;
+                (lo.max(origin) - origin, hi.min(origin + n) - 1 - origin)
+            }));
+            f(array, seq, coords, &part);
         }
     }
+}
+
+/// The first later batch that reads each chunk: for every sample of the look-ahead window
+/// ([`window_cells`]), the chunks its in-bounds part touches, keyed by (the array's store
+/// id, chunk coordinates).
+pub(crate) fn next_uses<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>) -> HashMap<(Arc<str>, Vec<u64>), u64> {
+    let mut out: HashMap<(Arc<str>, Vec<u64>), u64> = HashMap::new();
+    window_cells(arrays, later, |array, seq, coords, _| {
+        out.entry((Arc::clone(&array.id), coords)).or_insert(seq);
+    });
+    out
+}
+
+/// The decoded bytes of each chunk that the look-ahead window reads: for the chunks of the
+/// arrays `wanted` accepts that samples of the window touch ([`window_cells`]), keyed as in
+/// [`next_uses`], the smallest byte range `lo..hi` of the chunk's decoded form (C order)
+/// holding every element those samples read from it.
+pub(crate) fn window_spans<'a>(arrays: &[Arc<Array>], later: impl Iterator<Item = (u64, &'a str, &'a [(i64, i64)])>, wanted: impl Fn(&Array) -> bool) -> HashMap<(Arc<str>, Vec<u64>), (usize, usize)> {
+    let mut out: HashMap<(Arc<str>, Vec<u64>), (usize, usize)> = HashMap::new();
+    let mut last = Vec::new();
+    window_cells(arrays, later, |array, _, coords, part| {
+        if !wanted(array) {
+            return;
+        }
+        let (shape, es) = (array.meta.chunk_shape(), array.meta.dtype.size());
+        last.clear();
+        last.extend(part.iter().map(|p| p.1));
+        let first: Vec<u64> = part.iter().map(|p| p.0).collect();
+        let (lo, hi) = (ravel(&first, shape) * es, (ravel(&last, shape) + 1) * es);
+        let span = out.entry((Arc::clone(&array.id), coords)).or_insert((lo, hi));
+        *span = (span.0.min(lo), span.1.max(hi));
+    });
     out
 }
 

@@ -213,4 +213,38 @@ proptest! {
         }
         prop_assert!(got.keys().all(|(id, c)| *id == a.id && c.iter().zip(&n_chunks).all(|(x, n)| x < n)));
     }
+
+    /// `window_spans` (the CPU path's look-ahead for blosc spans): per chunk, the smallest
+    /// C-order byte range holding every voxel of the chunk that a later box of the array
+    /// covers (brute force over the chunk's voxels), nothing for chunks no later box reads.
+    #[test]
+    fn window_spans_hold_every_voxel_later_boxes_read(
+        (shape, grid, inner) in geometry(),
+        boxes in proptest::collection::vec((proptest::collection::vec((-3i64..22, 1i64..8), 3), 0u64..4, any::<bool>()), 0..8),
+    ) {
+        let a = array(&meta_json(&shape, &grid, inner.as_deref()));
+        let rank = shape.len();
+        let chunk = a.meta.chunk_shape().to_vec();
+        let mut later: Vec<Later> = boxes
+            .iter()
+            .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
+            .collect();
+        later.sort_by_key(|l| l.0);
+        let got = window_spans(std::slice::from_ref(&a), later.iter().map(|(s, u, b)| (*s, u.as_str(), b.as_slice())), |_| true);
+        let n_chunks: Vec<u64> = shape.iter().zip(&chunk).map(|(s, c)| s.div_ceil(*c)).collect();
+        let voxels = cells(&chunk.iter().map(|&n| (0, n)).collect::<Vec<_>>(), &vec![1; rank]);
+        for coords in cells(&n_chunks.iter().map(|&n| (0, n)).collect::<Vec<_>>(), &vec![1; rank]) {
+            let mut want: Option<(usize, usize)> = None;
+            for local in &voxels {
+                let global: Vec<i64> = local.iter().zip(&coords).zip(&chunk).map(|((l, c), n)| (c * n + l) as i64).collect();
+                let read = later.iter().any(|(_, u, b)| *u == a.uri && b.iter().zip(&global).zip(&shape).all(|((&(lo, hi), &g), &n)| lo <= g && g < hi && g < n as i64));
+                if read {
+                    let i = ravel(local, &chunk);
+                    want = Some(want.map_or((i, i + 1), |(lo, hi)| (lo.min(i), hi.max(i + 1))));
+                }
+            }
+            prop_assert_eq!(got.get(&(Arc::clone(&a.id), coords.clone())).copied(), want, "chunk {:?}", coords);
+        }
+        prop_assert!(window_spans(std::slice::from_ref(&a), later.iter().map(|(s, u, b)| (*s, u.as_str(), b.as_slice())), |_| false).is_empty());
+    }
 }
