@@ -181,9 +181,12 @@ fn hostile_sizes_fail_the_plan_typed() {
 /// One sample of a later batch: its batch, uri and box.
 type Later = (u64, String, Vec<(i64, i64)>);
 
-/// The later samples of proptest's `(box as (start, extent) per dimension, batch, other
-/// uri)`, boxes cut to the array's rank, in increasing batch.
-fn later_boxes(a: &Array, boxes: &[(Vec<(i64, i64)>, u64, bool)]) -> Vec<Later> {
+/// A generated later sample: its box as (start, extent) per dimension, its batch, and
+/// whether it names another uri.
+type LaterBox = (Vec<(i64, i64)>, u64, bool);
+
+/// The later samples of `boxes`, cut to the array's rank, in increasing batch.
+fn later_boxes(a: &Array, boxes: &[LaterBox]) -> Vec<Later> {
     let rank = a.meta.rank();
     let mut later: Vec<Later> = boxes
         .iter()
