@@ -838,7 +838,8 @@ mod tests {
             let whole = best[0];
             println!("{dtype} {shape:?} {codecs}: {nb} blocks of {bs} bytes, whole {:.0} us", whole * 1e6);
             for (k, part) in best.iter().enumerate().skip(1) {
-                println!("  span of {k}/{nb} blocks: {:.0} us ({:.2} of whole, {:.2} per block of whole's)", part * 1e6, part / whole, part / whole * nb as f64 / k as f64);
+                let share = (k * bs) as f64 / n as f64;
+                println!("  span of {k}/{nb} blocks ({:.0}% of the bytes): {:.0} us ({:.2} of whole, {:.2}x whole's cost per byte)", share * 100.0, part * 1e6, part / whole, part / whole / share);
             }
         }
     }
