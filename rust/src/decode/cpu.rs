@@ -422,7 +422,7 @@ fn block_span(frame: &BloscFrame, lo: usize, hi: usize, full: usize) -> Result<O
     let ts = frame.typesize as usize;
     // blosc_getitem decompresses each block into scratch and copies it out, so a span of
     // most of the chunk costs what the whole chunk does (`span_timing`, dev/perf.md: a
-    // span's bytes cost 1.0-1.2x the whole decode's): beyond 7/8 of it, decode it whole.
+    // span's bytes cost 0.9-1.1x the whole decode's): beyond 7/8 of it, decode it whole.
     if s_hi - s_lo > full - full / 8 || !s_lo.is_multiple_of(ts) || !s_hi.is_multiple_of(ts) {
         return Ok(None);
     }
