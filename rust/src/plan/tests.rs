@@ -181,6 +181,21 @@ fn hostile_sizes_fail_the_plan_typed() {
 /// One sample of a later batch: its batch, uri and box.
 type Later = (u64, String, Vec<(i64, i64)>);
 
+/// A generated later sample: its box as (start, extent) per dimension, its batch, and
+/// whether it names another uri.
+type LaterBox = (Vec<(i64, i64)>, u64, bool);
+
+/// The later samples of `boxes`, cut to the array's rank, in increasing batch.
+fn later_boxes(a: &Array, boxes: &[LaterBox]) -> Vec<Later> {
+    let rank = a.meta.rank();
+    let mut later: Vec<Later> = boxes
+        .iter()
+        .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
+        .collect();
+    later.sort_by_key(|l| l.0);
+    later
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// `next_uses` (the device chunk store's look-ahead): for every chunk, the first later
@@ -194,12 +209,7 @@ proptest! {
         let a = array(&meta_json(&shape, &grid, inner.as_deref()));
         let rank = shape.len();
         let chunk = a.meta.chunk_shape().to_vec();
-        let later: Vec<Later> = boxes
-            .iter()
-            .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
-            .collect();
-        let mut sorted = later.clone();
-        sorted.sort_by_key(|l| l.0);
+        let sorted = later_boxes(&a, &boxes);
         let got = next_uses(std::slice::from_ref(&a), sorted.iter().map(|(s, u, b)| (*s, u.as_str(), b.as_slice())));
         let n_chunks: Vec<u64> = shape.iter().zip(&chunk).map(|(s, c)| s.div_ceil(*c)).collect();
         for coords in cells(&n_chunks.iter().map(|&n| (0, n)).collect::<Vec<_>>(), &vec![1; rank]) {
@@ -225,11 +235,7 @@ proptest! {
         let a = array(&meta_json(&shape, &grid, inner.as_deref()));
         let rank = shape.len();
         let chunk = a.meta.chunk_shape().to_vec();
-        let mut later: Vec<Later> = boxes
-            .iter()
-            .map(|(b, seq, other)| (*seq, if *other { "other".to_string() } else { a.uri.clone() }, b[..rank].iter().map(|&(s, e)| (s, s + e)).collect()))
-            .collect();
-        later.sort_by_key(|l| l.0);
+        let later = later_boxes(&a, &boxes);
         let got = window_spans(std::slice::from_ref(&a), later.iter().map(|(s, u, b)| (*s, u.as_str(), b.as_slice())), |_| true);
         let n_chunks: Vec<u64> = shape.iter().zip(&chunk).map(|(s, c)| s.div_ceil(*c)).collect();
         let voxels = cells(&chunk.iter().map(|&n| (0, n)).collect::<Vec<_>>(), &vec![1; rank]);

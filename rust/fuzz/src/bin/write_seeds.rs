@@ -21,6 +21,9 @@ const FIXTURES: &[(&str, &[u64], &[u64], &[u64], &str)] = &[
     ("sharded-zstd", &[16, 16, 16], &[8, 8, 8], &[16, 16, 16], "zstd"),
     ("sharded-blosc", &[16, 16, 16], &[8, 8, 8], &[16, 16, 16], "blosc-zstd"),
     ("sharded-blosc256", &[16, 16, 16], &[8, 8, 8], &[16, 16, 16], "blosc-zstd:256"),
+    // 16³ chunks in 1 KiB blocks (two z-slices each), boxes at 15..18: the CPU path decodes
+    // the span of the blocks a box reads, here the last block of the first chunk.
+    ("sharded-blosc1k", &[18, 18, 18], &[16, 16, 16], &[32, 32, 32], "blosc-zstd:1024"),
     ("chunked-zstd", &[12, 16, 16], &[8, 8, 8], &[], "zstd"),
     ("chunked-blosc", &[12, 16, 16], &[8, 8, 8], &[], "blosc-zstd"),
     ("rank2-sharded", &[20, 24], &[8, 8], &[16, 16], "zstd"),
